@@ -1,0 +1,256 @@
+//! The application behind the event loop: sessions open, frames arrive, sessions close,
+//! server API requests come in, and each turn ends with a commit. It decides what to
+//! store and whom to tell, and hands the server an outbox of frames to write.
+//!
+//! The server owns sockets; the app owns the store, the hub and who is online. The app
+//! never touches a socket: everything it wants sent goes into the outbox, which the
+//! server applies only after `end_turn` has committed the turn's writes. That is how
+//! "nothing is sent before it is stored" holds for every endpoint at once.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde::Serialize;
+use tungstenite::Utf8Bytes;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::endpoints::{self, Endpoint};
+use crate::http::Request;
+use crate::hub::{ConnId, Hub, Topic};
+use crate::metrics::Metrics;
+use crate::model::{Identity, Micros, UserId, now_micros};
+use crate::store::Store;
+
+/// A serialized frame: JSON text, shared by every connection it goes to.
+pub type Frame = Utf8Bytes;
+
+/// Serializes a frame once; cloning it for each recipient is a reference-count bump.
+pub fn to_frame<T: Serialize>(value: &T) -> Frame {
+    Utf8Bytes::from(serde_json::to_string(value).expect("frames are plain JSON values"))
+}
+
+/// Something for the server to do once the turn's writes are committed.
+pub enum Out {
+    /// A text frame to some connections. `durable` frames report stored data and are
+    /// dropped if the commit fails.
+    Frame { to: Vec<ConnId>, frame: Frame, durable: bool },
+    /// Close one connection with a close code.
+    Close { to: ConnId, code: u16, reason: String },
+    /// Answer a server API request; `durable` answers become 500 if the commit fails.
+    Http { to: ConnId, response: Vec<u8>, durable: bool },
+}
+
+/// Why a WebSocket session is refused after the upgrade: a close code and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(code: u16, reason: impl Into<String>) -> Refusal {
+        Refusal { code, reason: reason.into() }
+    }
+}
+
+/// Close codes used by more than one endpoint.
+pub mod close_code {
+    /// RFC 6455: the server is going away (shutdown, idle timeout).
+    pub const GOING_AWAY: u16 = 1001;
+    /// RFC 6455: a message larger than the configured limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// RFC 6455: the server hit an unexpected condition.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// RFC 6455 (IANA registry): try again later; used for the per-user connection cap.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Seed documents: a valid token on someone else's resource.
+    pub const FORBIDDEN: u16 = 4003;
+}
+
+/// One open WebSocket session: who, on which endpoint, subscribed to what.
+pub struct Session {
+    pub conn: ConnId,
+    pub identity: Identity,
+    pub endpoint: Endpoint,
+    /// Topics to leave when the session closes.
+    pub topics: Vec<Topic>,
+    /// The conversation this session is bound to, when its endpoint has one.
+    pub conversation: Option<i64>,
+}
+
+/// A per-user token bucket for the messages-per-minute limit.
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+pub struct App {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub api_key: String,
+    pub store: Store,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// Open sessions per user, for the per-user cap.
+    online: HashMap<UserId, Vec<ConnId>>,
+    buckets: HashMap<UserId, Bucket>,
+    outbox: Vec<Out>,
+    /// The time of the current turn, set by `begin_turn`.
+    pub now: Micros,
+}
+
+impl App {
+    pub fn new(config: Config, verifier: Verifier, api_key: String, store: Store) -> App {
+        App {
+            config,
+            verifier,
+            api_key,
+            store,
+            hub: Hub::default(),
+            metrics: Metrics::default(),
+            online: HashMap::new(),
+            buckets: HashMap::new(),
+            outbox: Vec::new(),
+            now: now_micros(),
+        }
+    }
+
+    pub fn begin_turn(&mut self) {
+        self.now = now_micros();
+    }
+
+    /// Opens a session on an upgraded, authenticated connection, or says why not.
+    pub fn open(&mut self, conn: ConnId, endpoint: Endpoint, identity: Identity) -> Result<Session, Refusal> {
+        let user_conns = self.online.get(&identity.user_id).map_or(0, Vec::len);
+        if user_conns >= self.config.limits.max_connections_per_user {
+            return Err(Refusal::new(close_code::TRY_AGAIN_LATER, "too many connections for this user"));
+        }
+        if user_conns == 0
+            && let Err(e) = self.store.upsert_user(&identity.user_id, &identity.name, self.now)
+        {
+            log::error!("cannot record user: {e}");
+            return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
+        }
+        let mut session = Session { conn, identity, endpoint, topics: Vec::new(), conversation: None };
+        endpoints::open(self, &mut session)?;
+        self.online.entry(session.identity.user_id.clone()).or_default().push(conn);
+        self.metrics.connection_opened(session.endpoint.name());
+        Ok(session)
+    }
+
+    /// A text frame from a client.
+    pub fn on_text(&mut self, session: &mut Session, text: &str) {
+        self.metrics.frames_in += 1;
+        self.metrics.bytes_in += text.len() as u64;
+        if !self.take_rate_token(&session.identity.user_id) {
+            self.metrics.rate_limited += 1;
+            let limit = self.config.limits.rate_limit_per_minute;
+            let message = format!("Rate limit exceeded: at most {limit} messages per minute; message dropped.");
+            self.send(session.conn, endpoints::error_frame(&session.endpoint, &message));
+            return;
+        }
+        endpoints::on_text(self, session, text);
+    }
+
+    /// A binary frame from a client: no seed protocol has any.
+    pub fn on_binary(&mut self, session: &mut Session, len: usize) {
+        self.metrics.frames_in += 1;
+        self.metrics.bytes_in += len as u64;
+        let frame = endpoints::error_frame(&session.endpoint, "Binary frames are not supported; send JSON text.");
+        self.send(session.conn, frame);
+    }
+
+    /// A session ended, for whatever reason. Its subscriptions go, and whoever should
+    /// hear of it does.
+    pub fn close(&mut self, session: Session) {
+        endpoints::close(self, &session);
+        let user = &session.identity.user_id;
+        if let Some(conns) = self.online.get_mut(user) {
+            conns.retain(|c| *c != session.conn);
+            if conns.is_empty() {
+                self.online.remove(user);
+            }
+        }
+        self.metrics.connection_closed(session.endpoint.name());
+    }
+
+    /// A complete request on the server API listener.
+    pub fn on_api(&mut self, conn: ConnId, request: Request) {
+        self.metrics.api_requests += 1;
+        let (response, durable) = crate::api::handle(self, &request);
+        self.outbox.push(Out::Http { to: conn, response, durable });
+    }
+
+    /// Commits the turn's writes and returns what to send. When the commit fails, frames
+    /// that report stored data are dropped and API answers become errors.
+    pub fn end_turn(&mut self) -> Vec<Out> {
+        let mut outbox = std::mem::take(&mut self.outbox);
+        match self.store.commit() {
+            Ok(0) => {}
+            Ok(writes) => self.metrics.committed(writes),
+            Err(e) => {
+                log::error!("commit failed, the turn's writes are rolled back: {e}");
+                self.metrics.commit_failures += 1;
+                outbox.retain(|out| !matches!(out, Out::Frame { durable: true, .. }));
+                for out in &mut outbox {
+                    if let Out::Http { response, durable: true, .. } = out {
+                        *response = crate::http::HttpError::new(500, "could not store the request").to_response();
+                    }
+                }
+            }
+        }
+        outbox
+    }
+
+    /// Forgets rate-limit buckets that have refilled, so the map does not grow with
+    /// every user ever seen. Called from the server's periodic sweep.
+    pub fn sweep(&mut self) {
+        let capacity = f64::from(self.config.limits.rate_limit_per_minute);
+        let per_second = capacity / 60.0;
+        let now = Instant::now();
+        self.buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < capacity);
+    }
+
+    fn take_rate_token(&mut self, user: &UserId) -> bool {
+        let capacity = f64::from(self.config.limits.rate_limit_per_minute);
+        let per_second = capacity / 60.0;
+        let now = Instant::now();
+        let bucket = self.buckets.entry(user.clone()).or_insert(Bucket { tokens: capacity, updated: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * per_second).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Queues a frame to one connection; it does not depend on the commit.
+    pub fn send(&mut self, to: ConnId, frame: Frame) {
+        self.outbox.push(Out::Frame { to: vec![to], frame, durable: false });
+    }
+
+    /// Queues a frame to every connection of a topic, optionally but one.
+    pub fn publish(&mut self, topic: &Topic, frame: Frame, except: Option<ConnId>, durable: bool) {
+        let to: Vec<ConnId> = self.hub.conns(topic).iter().copied().filter(|c| Some(*c) != except).collect();
+        if !to.is_empty() {
+            self.outbox.push(Out::Frame { to, frame, durable });
+        }
+    }
+
+    /// Queues a close of another connection (used by the server API's disconnect).
+    pub fn close_conn(&mut self, to: ConnId, code: u16, reason: &str) {
+        self.outbox.push(Out::Close { to, code, reason: reason.to_string() });
+    }
+
+    /// Connections of a user that are open right now.
+    pub fn user_conns(&self, user: &UserId) -> &[ConnId] {
+        self.online.get(user).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn online_users(&self) -> impl Iterator<Item = &UserId> {
+        self.online.keys()
+    }
+}

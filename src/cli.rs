@@ -1,0 +1,187 @@
+//! The command line: `switchboard [serve]`, `switchboard token`, `--help`, `--version`.
+//! Reads the configuration, opens the store, finds or generates the secrets, binds the
+//! listeners and hands over to the event loop. Exit codes: 0 after a clean stop, 2 for a
+//! bad setting or command line, 1 when start-up fails otherwise.
+
+use std::io::Read;
+
+use crate::app::App;
+use crate::auth::{self, Verifier};
+use crate::config::{Config, JwtAlgorithm, RawSettings, settings_help};
+use crate::server::Server;
+use crate::store::Store;
+
+const JWT_SECRET_SETTING: &str = "jwt_secret";
+const API_KEY_SETTING: &str = "api_key";
+/// Lifetime of the token printed at start-up for trying things out.
+const HINT_TOKEN_TTL_SECS: u64 = 3600;
+const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+fn usage() -> String {
+    format!(
+        "switchboard {} - a real-time WebSocket server in one binary
+
+Usage:
+  switchboard [serve] [SETTINGS]      run the server (the default)
+  switchboard token --user ID [--name NAME] [--ttl SECS] [SETTINGS]
+                                      print an HS256 access token for trying things out
+  switchboard --help | --version
+
+Every setting can be given as a flag or as an environment variable; the flag wins.
+{}",
+        env!("CARGO_PKG_VERSION"),
+        settings_help()
+    )
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    if args.iter().any(|a| a == "--help" || a == "-h") || args.first().is_some_and(|a| a == "help") {
+        print!("{}", usage());
+        return 0;
+    }
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        println!("switchboard {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let (raw, rest) = match RawSettings::gather(&args, |name| std::env::var(name).ok()) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let config = match raw.into_config() {
+        Ok(config) => config,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    match rest.first().map(String::as_str) {
+        None | Some("serve") if rest.len() <= 1 => serve(config),
+        Some("token") => token(config, &rest[1..]),
+        Some(other) => fail(2, &format!("unknown command or flag {other:?}; see switchboard --help")),
+        None => fail(2, "see switchboard --help"),
+    }
+}
+
+fn fail(code: i32, message: &str) -> i32 {
+    eprintln!("switchboard: {message}");
+    code
+}
+
+/// Secrets in use, and whether they were kept by switchboard rather than configured.
+struct Secrets {
+    jwt_secret: String,
+    api_key: String,
+    jwt_secret_generated: bool,
+}
+
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A configured value wins; otherwise the one kept in the database, generated on first use.
+fn kept_or_generated(store: &mut Store, configured: &Option<String>, setting: &str) -> Result<(String, bool), String> {
+    if let Some(value) = configured {
+        return Ok((value.clone(), false));
+    }
+    if let Some(value) = store.setting(setting).map_err(|e| e.to_string())? {
+        return Ok((value, true));
+    }
+    let value = random_hex(32).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    store.put_setting_now(setting, &value).map_err(|e| e.to_string())?;
+    log::info!("generated {setting} and kept it in the database");
+    Ok((value, true))
+}
+
+fn secrets(store: &mut Store, config: &Config) -> Result<Secrets, String> {
+    let (jwt_secret, jwt_secret_generated) = if config.jwt.algorithm == JwtAlgorithm::Hs256 {
+        kept_or_generated(store, &config.jwt.secret, JWT_SECRET_SETTING)?
+    } else {
+        (String::new(), false)
+    };
+    let (api_key, _) = kept_or_generated(store, &config.api_key, API_KEY_SETTING)?;
+    Ok(Secrets { jwt_secret, api_key, jwt_secret_generated })
+}
+
+fn serve(config: Config) -> i32 {
+    let _ = simple_logger::SimpleLogger::new().with_level(config.log_level).with_utc_timestamps().init();
+    let mut store = match Store::open(&config.db_path, config.db_sync_full) {
+        Ok(store) => store,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    let secrets = match secrets(&mut store, &config) {
+        Ok(secrets) => secrets,
+        Err(e) => return fail(1, &e),
+    };
+    let verifier = match Verifier::new(&config.jwt, &secrets.jwt_secret) {
+        Ok(verifier) => verifier,
+        Err(e) => return fail(2, &e),
+    };
+    let db_path = config.db_path.clone();
+    let app = App::new(config, verifier, secrets.api_key.clone(), store);
+    let (server, bound) = match Server::bind(app) {
+        Ok(bound) => bound,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    println!(
+        "switchboard {} listening on ws://{} (server API on http://{})",
+        env!("CARGO_PKG_VERSION"),
+        bound.ws,
+        bound.api
+    );
+    if secrets.jwt_secret_generated {
+        let token = auth::mint_token(&secrets.jwt_secret, "1", Some("demo"), HINT_TOKEN_TTL_SECS);
+        println!(
+            "JWT secret and API key generated and kept in {}; set SWITCHBOARD_JWT_SECRET to use your backend's.",
+            db_path.display()
+        );
+        println!("try (token valid 1 h): wscat -c 'ws://{}/ws/chat/lobby/?token={token}'", bound.ws);
+        println!("server API: curl -H 'Authorization: Bearer {}' http://{}/api/online", secrets.api_key, bound.api);
+    }
+    match server.run() {
+        Ok(()) => 0,
+        Err(e) => fail(1, &format!("event loop failed: {e}")),
+    }
+}
+
+fn token(config: Config, args: &[String]) -> i32 {
+    let mut user = None;
+    let mut name = None;
+    let mut ttl = DEFAULT_TOKEN_TTL_SECS;
+    let mut index = 0;
+    while index < args.len() {
+        let (flag, value) = match args[index].split_once('=') {
+            Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
+            None => (args[index].clone(), args.get(index + 1).cloned()),
+        };
+        index += if args[index].contains('=') { 1 } else { 2 };
+        let Some(value) = value else { return fail(2, &format!("{flag} needs a value")) };
+        match flag.as_str() {
+            "--user" => user = Some(value),
+            "--name" => name = Some(value),
+            "--ttl" => match value.parse() {
+                Ok(secs) if secs > 0 => ttl = secs,
+                _ => return fail(2, "--ttl takes a positive number of seconds"),
+            },
+            other => return fail(2, &format!("unknown flag {other:?} for token; see switchboard --help")),
+        }
+    }
+    let Some(user) = user.filter(|u| !u.is_empty()) else { return fail(2, "token needs --user ID") };
+    if config.jwt.algorithm != JwtAlgorithm::Hs256 {
+        return fail(2, "token signs HS256 only; with a public-key algorithm, tokens come from your backend");
+    }
+    let secret = match &config.jwt.secret {
+        Some(secret) => secret.clone(),
+        None => {
+            let mut store = match Store::open(&config.db_path, config.db_sync_full) {
+                Ok(store) => store,
+                Err(e) => return fail(1, &e.to_string()),
+            };
+            match kept_or_generated(&mut store, &None, JWT_SECRET_SETTING) {
+                Ok((secret, _)) => secret,
+                Err(e) => return fail(1, &e),
+            }
+        }
+    };
+    println!("{}", auth::mint_token(&secret, &user, name.as_deref(), ttl));
+    0
+}

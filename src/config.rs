@@ -1,0 +1,462 @@
+//! Every setting switchboard has: its name, default, environment variable and
+//! command-line flag, and the typed `Config` they are parsed into.
+//!
+//! One table (`SETTINGS`) drives parsing, validation and `--help`, so a setting cannot
+//! exist in one place and be missing from another. A flag wins over the environment,
+//! which wins over the default. A bad value stops start-up with one line naming the
+//! setting. This module does not open files or sockets; `cli` does that.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One configurable setting.
+pub struct Setting {
+    /// The flag without its leading dashes, e.g. `listen` for `--listen`.
+    pub flag: &'static str,
+    /// The environment variable, e.g. `SWITCHBOARD_LISTEN`.
+    pub env: &'static str,
+    /// The default, or `None` when unset means "not configured".
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+/// The table of settings, in the order `--help` lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        flag: "listen",
+        env: "SWITCHBOARD_LISTEN",
+        default: Some("127.0.0.1:8000"),
+        help: "address of the WebSocket listener",
+    },
+    Setting {
+        flag: "api-listen",
+        env: "SWITCHBOARD_API_LISTEN",
+        default: Some("127.0.0.1:8001"),
+        help: "address of the server API listener (keep it private)",
+    },
+    Setting {
+        flag: "db",
+        env: "SWITCHBOARD_DB",
+        default: Some("./switchboard.db"),
+        help: "SQLite database file (created when missing)",
+    },
+    Setting {
+        flag: "db-sync",
+        env: "SWITCHBOARD_DB_SYNC",
+        default: Some("normal"),
+        help: "SQLite synchronous mode: normal (survives a process crash) or full (also a power loss)",
+    },
+    Setting {
+        flag: "jwt-secret",
+        env: "SWITCHBOARD_JWT_SECRET",
+        default: None,
+        help: "HS256 secret shared with the application backend (generated and kept in the database when unset)",
+    },
+    Setting {
+        flag: "jwt-public-key-file",
+        env: "SWITCHBOARD_JWT_PUBLIC_KEY_FILE",
+        default: None,
+        help: "PEM public key for RS256, ES256 or EdDSA tokens",
+    },
+    Setting {
+        flag: "jwt-algorithm",
+        env: "SWITCHBOARD_JWT_ALGORITHM",
+        default: Some("HS256"),
+        help: "HS256, RS256, ES256 or EdDSA; tokens signed otherwise are refused",
+    },
+    Setting {
+        flag: "jwt-issuer",
+        env: "SWITCHBOARD_JWT_ISSUER",
+        default: None,
+        help: "required `iss` claim, when set",
+    },
+    Setting {
+        flag: "jwt-audience",
+        env: "SWITCHBOARD_JWT_AUDIENCE",
+        default: None,
+        help: "required `aud` claim, when set",
+    },
+    Setting {
+        flag: "jwt-leeway-secs",
+        env: "SWITCHBOARD_JWT_LEEWAY_SECS",
+        default: Some("30"),
+        help: "clock skew allowed on exp and nbf",
+    },
+    Setting {
+        flag: "api-key",
+        env: "SWITCHBOARD_API_KEY",
+        default: None,
+        help: "Bearer key of the server API (generated and kept in the database when unset)",
+    },
+    Setting {
+        flag: "idle-timeout-secs",
+        env: "SWITCHBOARD_IDLE_TIMEOUT_SECS",
+        default: Some("60"),
+        help: "close a connection after this long with nothing from the client (quiet clients are pinged at half of it)",
+    },
+    Setting {
+        flag: "handshake-timeout-secs",
+        env: "SWITCHBOARD_HANDSHAKE_TIMEOUT_SECS",
+        default: Some("10"),
+        help: "drop a connection that has not finished its HTTP request and upgrade by then",
+    },
+    Setting {
+        flag: "max-message-bytes",
+        env: "SWITCHBOARD_MAX_MESSAGE_BYTES",
+        default: Some("65536"),
+        help: "largest message a client may send; larger closes with 1009",
+    },
+    Setting {
+        flag: "rate-limit-per-minute",
+        env: "SWITCHBOARD_RATE_LIMIT_PER_MINUTE",
+        default: Some("300"),
+        help: "messages a user may send per minute over all their connections",
+    },
+    Setting {
+        flag: "max-connections",
+        env: "SWITCHBOARD_MAX_CONNECTIONS",
+        default: Some("10000"),
+        help: "connections held at once, over both listeners",
+    },
+    Setting {
+        flag: "max-connections-per-user",
+        env: "SWITCHBOARD_MAX_CONNECTIONS_PER_USER",
+        default: Some("64"),
+        help: "WebSocket connections one user may hold at once",
+    },
+    Setting {
+        flag: "outbound-buffer-bytes",
+        env: "SWITCHBOARD_OUTBOUND_BUFFER_BYTES",
+        default: Some("1048576"),
+        help: "unsent bytes held for one connection before it is dropped as a slow consumer",
+    },
+    Setting {
+        flag: "history-limit",
+        env: "SWITCHBOARD_HISTORY_LIMIT",
+        default: Some("50"),
+        help: "messages replayed to a client when it joins a room or conversation",
+    },
+    Setting {
+        flag: "chat-protocol",
+        env: "SWITCHBOARD_CHAT_PROTOCOL",
+        default: Some("rooms"),
+        help: "what /ws/chat/{id}/ speaks: rooms (004), consultation (001) or support (002)",
+    },
+    Setting {
+        flag: "allowed-origins",
+        env: "SWITCHBOARD_ALLOWED_ORIGINS",
+        default: None,
+        help: "comma-separated Origin values browsers may connect from (unset: any)",
+    },
+    Setting {
+        flag: "log",
+        env: "SWITCHBOARD_LOG",
+        default: Some("info"),
+        help: "log level: off, error, warn, info, debug or trace",
+    },
+];
+
+/// Which seed protocol `/ws/chat/{id}/` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatProtocol {
+    Rooms,
+    Consultation,
+    Support,
+}
+
+/// Which JWT algorithm verifies tokens; never taken from the token itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    /// HS256 secret; `None` means "use the one kept in the database".
+    pub secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+}
+
+/// Limits enforced per connection and per user.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub rate_limit_per_minute: u32,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub outbound_buffer_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub db_path: PathBuf,
+    pub db_sync_full: bool,
+    pub jwt: JwtConfig,
+    /// `None` means "use the one kept in the database".
+    pub api_key: Option<String>,
+    pub limits: Limits,
+    pub history_limit: usize,
+    pub chat_protocol: ChatProtocol,
+    /// Empty means any origin is accepted.
+    pub allowed_origins: Vec<String>,
+    pub log_level: log::LevelFilter,
+}
+
+/// A setting that could not be used, named so that the operator can fix it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Raw values gathered from flags and the environment, before typing.
+pub struct RawSettings {
+    values: HashMap<&'static str, String>,
+}
+
+impl RawSettings {
+    /// Collects values: flags (`--name value` or `--name=value`) win over the environment.
+    /// Returns the arguments that are not settings (the subcommand's own) untouched.
+    pub fn gather(
+        args: &[String],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(RawSettings, Vec<String>), ConfigError> {
+        let mut values = HashMap::new();
+        for setting in SETTINGS {
+            if let Some(value) = env(setting.env) {
+                values.insert(setting.flag, value);
+            }
+        }
+        let mut rest = Vec::new();
+        let mut index = 0;
+        while index < args.len() {
+            let arg = &args[index];
+            index += 1;
+            let Some(body) = arg.strip_prefix("--") else {
+                rest.push(arg.clone());
+                continue;
+            };
+            let (name, inline_value) = match body.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (body, None),
+            };
+            let Some(setting) = SETTINGS.iter().find(|s| s.flag == name) else {
+                rest.push(arg.clone());
+                continue;
+            };
+            let value = match inline_value {
+                Some(value) => value,
+                None => {
+                    let value = args
+                        .get(index)
+                        .ok_or_else(|| ConfigError(format!("--{} ({}) needs a value", setting.flag, setting.env)))?;
+                    index += 1;
+                    value.clone()
+                }
+            };
+            values.insert(setting.flag, value);
+        }
+        Ok((RawSettings { values }, rest))
+    }
+
+    fn get(&self, flag: &str) -> Option<&str> {
+        let configured = self.values.get(flag).map(String::as_str);
+        let default = SETTINGS.iter().find(|s| s.flag == flag).and_then(|s| s.default);
+        configured.or(default)
+    }
+
+    fn optional(&self, flag: &str) -> Option<String> {
+        self.get(flag).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, flag: &str, what: &str) -> Result<T, ConfigError> {
+        let raw = self.get(flag).unwrap_or_default();
+        raw.trim().parse().map_err(|_| invalid(flag, raw, what))
+    }
+
+    fn positive(&self, flag: &str) -> Result<u64, ConfigError> {
+        let value: u64 = self.parsed(flag, "a positive whole number")?;
+        if value == 0 {
+            return Err(invalid(flag, "0", "a positive whole number"));
+        }
+        Ok(value)
+    }
+
+    /// Types and checks every value.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let algorithm = match self.get("jwt-algorithm").unwrap_or_default().trim() {
+            "HS256" => JwtAlgorithm::Hs256,
+            "RS256" => JwtAlgorithm::Rs256,
+            "ES256" => JwtAlgorithm::Es256,
+            "EdDSA" => JwtAlgorithm::EdDsa,
+            other => return Err(invalid("jwt-algorithm", other, "HS256, RS256, ES256 or EdDSA")),
+        };
+        let public_key_file = self.optional("jwt-public-key-file").map(PathBuf::from);
+        if algorithm != JwtAlgorithm::Hs256 && public_key_file.is_none() {
+            return Err(ConfigError(format!(
+                "SWITCHBOARD_JWT_PUBLIC_KEY_FILE (--jwt-public-key-file) is required with SWITCHBOARD_JWT_ALGORITHM={}",
+                self.get("jwt-algorithm").unwrap_or_default()
+            )));
+        }
+        let secret = self.optional("jwt-secret");
+        if let Some(secret) = &secret
+            && secret.len() < 16
+        {
+            return Err(ConfigError(
+                "invalid SWITCHBOARD_JWT_SECRET (--jwt-secret): use at least 16 characters".into(),
+            ));
+        }
+        let api_key = self.optional("api-key");
+        if let Some(key) = &api_key
+            && key.len() < 16
+        {
+            return Err(ConfigError("invalid SWITCHBOARD_API_KEY (--api-key): use at least 16 characters".into()));
+        }
+        let chat_protocol = match self.get("chat-protocol").unwrap_or_default().trim() {
+            "rooms" => ChatProtocol::Rooms,
+            "consultation" => ChatProtocol::Consultation,
+            "support" => ChatProtocol::Support,
+            other => return Err(invalid("chat-protocol", other, "rooms, consultation or support")),
+        };
+        let log_level = match self.get("log").unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+            "off" => log::LevelFilter::Off,
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            other => return Err(invalid("log", other, "off, error, warn, info, debug or trace")),
+        };
+        let db_sync_full = match self.get("db-sync").unwrap_or_default().trim() {
+            "normal" => false,
+            "full" => true,
+            other => return Err(invalid("db-sync", other, "normal or full")),
+        };
+        let max_message_bytes = self.positive("max-message-bytes")? as usize;
+        let outbound_buffer_bytes = self.positive("outbound-buffer-bytes")? as usize;
+        if outbound_buffer_bytes < max_message_bytes * 2 {
+            return Err(ConfigError(format!(
+                "invalid SWITCHBOARD_OUTBOUND_BUFFER_BYTES (--outbound-buffer-bytes): {outbound_buffer_bytes} must be at least twice SWITCHBOARD_MAX_MESSAGE_BYTES ({max_message_bytes}), so one largest message fits"
+            )));
+        }
+        let db = self.get("db").unwrap_or_default().trim().to_string();
+        if db.is_empty() {
+            return Err(invalid("db", "", "a file path"));
+        }
+        Ok(Config {
+            listen: self.parsed("listen", "an address such as 127.0.0.1:8000")?,
+            api_listen: self.parsed("api-listen", "an address such as 127.0.0.1:8001")?,
+            db_path: PathBuf::from(db),
+            db_sync_full,
+            jwt: JwtConfig {
+                algorithm,
+                secret,
+                public_key_file,
+                issuer: self.optional("jwt-issuer"),
+                audience: self.optional("jwt-audience"),
+                leeway_secs: self.parsed("jwt-leeway-secs", "a whole number of seconds")?,
+            },
+            api_key,
+            limits: Limits {
+                idle_timeout: Duration::from_secs(self.positive("idle-timeout-secs")?),
+                handshake_timeout: Duration::from_secs(self.positive("handshake-timeout-secs")?),
+                max_message_bytes,
+                rate_limit_per_minute: self.positive("rate-limit-per-minute")? as u32,
+                max_connections: self.positive("max-connections")? as usize,
+                max_connections_per_user: self.positive("max-connections-per-user")? as usize,
+                outbound_buffer_bytes,
+            },
+            history_limit: self.parsed("history-limit", "a whole number")?,
+            chat_protocol,
+            allowed_origins: self
+                .optional("allowed-origins")
+                .map(|v| {
+                    v.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect()
+                })
+                .unwrap_or_default(),
+            log_level,
+        })
+    }
+}
+
+fn invalid(flag: &str, value: &str, what: &str) -> ConfigError {
+    let env = SETTINGS.iter().find(|s| s.flag == flag).map(|s| s.env).unwrap_or("?");
+    ConfigError(format!("invalid {env} (--{flag}): {value:?} is not {what}"))
+}
+
+/// The settings part of `--help`.
+pub fn settings_help() -> String {
+    let mut out = String::from("Settings (flag, environment variable, default):\n");
+    for s in SETTINGS {
+        let default = s.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
+        out.push_str(&format!("  --{:<26} {}{}\n  {:28} {}\n", s.flag, s.env, default, "", s.help));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (raw, _) = RawSettings::gather(&args, |name| env.get(name).cloned())?;
+        raw.into_config()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = parse(&[], &[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(config.api_listen.to_string(), "127.0.0.1:8001");
+        assert_eq!(config.limits.max_message_bytes, 65536);
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.limits.rate_limit_per_minute, 300);
+        assert_eq!(config.chat_protocol, ChatProtocol::Rooms);
+    }
+
+    #[test]
+    fn flag_wins_over_environment() {
+        let config = parse(&["--listen", "127.0.0.1:9"], &[("SWITCHBOARD_LISTEN", "127.0.0.1:7")]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9");
+        let config = parse(&["--listen=127.0.0.1:5"], &[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:5");
+    }
+
+    #[test]
+    fn a_bad_setting_names_itself() {
+        let err = parse(&[], &[("SWITCHBOARD_MAX_MESSAGE_BYTES", "lots")]).unwrap_err();
+        assert!(err.0.contains("SWITCHBOARD_MAX_MESSAGE_BYTES"), "{err}");
+        let err = parse(&["--chat-protocol", "irc"], &[]).unwrap_err();
+        assert!(err.0.contains("--chat-protocol"), "{err}");
+        let err = parse(&[], &[("SWITCHBOARD_JWT_ALGORITHM", "RS256")]).unwrap_err();
+        assert!(err.0.contains("SWITCHBOARD_JWT_PUBLIC_KEY_FILE"), "{err}");
+        let err = parse(&["--idle-timeout-secs", "0"], &[]).unwrap_err();
+        assert!(err.0.contains("SWITCHBOARD_IDLE_TIMEOUT_SECS"), "{err}");
+    }
+
+    #[test]
+    fn every_setting_is_in_help() {
+        let help = settings_help();
+        for s in SETTINGS {
+            assert!(help.contains(s.env) && help.contains(s.flag));
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Document 004, room chat: `/ws/chat/{room_name}/` and `/ws/rooms/{room_name}/`.
+//!
+//! On connect: `room_users_list` (everyone in the room, this user included), then the
+//! room's recent history as `chat_message` frames, oldest first. `{"message": ...}` is
+//! stored, then broadcast to everyone in the room, sender included. `user_join` goes to
+//! the others when a user's first connection to the room opens, `user_leave` to those
+//! left when their last one closes. Errors are `{"error": ...}` frames. A refused token
+//! closes with 4001, a bad room name with 4000. Ids are JSON strings, as the document
+//! shows them.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::app::{App, Frame, Refusal, Session, close_code, to_frame};
+use crate::features::chat::{self, ChatError};
+use crate::hub::Topic;
+use crate::model::format_timestamp;
+use crate::store::{ConversationKind, StoredMessage};
+
+pub const AUTH_FAILED: u16 = 4001;
+/// "Room not found or could not be created".
+pub const BAD_ROOM: u16 = 4000;
+pub const MAX_ROOM_NAME: usize = 100;
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    r#type: &'static str,
+    message: &'a str,
+    sender_username: &'a str,
+    sender_id: &'a str,
+    timestamp: String,
+}
+
+#[derive(Serialize)]
+struct UserEvent<'a> {
+    r#type: &'static str,
+    user_id: &'a str,
+    username: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoomUser<'a> {
+    id: &'a str,
+    username: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoomUsersList<'a> {
+    r#type: &'static str,
+    users: Vec<RoomUser<'a>>,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    error: &'a str,
+}
+
+pub fn error_frame(message: &str) -> Frame {
+    to_frame(&ErrorFrame { error: message })
+}
+
+fn chat_message_frame(message: &StoredMessage) -> Frame {
+    to_frame(&ChatMessage {
+        r#type: "chat_message",
+        message: &message.content,
+        sender_username: &message.sender_name,
+        sender_id: message.sender_id.as_ref().map_or("", |id| id.as_str()),
+        timestamp: format_timestamp(message.created_at),
+    })
+}
+
+/// 1–100 characters of ASCII letters, digits, `_`, `-` and `.`.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=MAX_ROOM_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+pub fn open(app: &mut App, session: &mut Session, room: &str) -> Result<(), Refusal> {
+    if !valid_room_name(room) {
+        return Err(Refusal::new(BAD_ROOM, "invalid room name"));
+    }
+    let internal = |e| {
+        log::error!("cannot open room: {e}");
+        Refusal::new(close_code::INTERNAL_ERROR, "internal error")
+    };
+    let conversation = app.store.get_or_create_conversation(ConversationKind::Room, room, app.now).map_err(internal)?;
+    let history = app.store.recent_messages(conversation, app.config.history_limit).map_err(internal)?;
+    let topic = Topic::Conversation(conversation);
+    let first = app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    session.topics.push(topic.clone());
+    session.conversation = Some(conversation);
+
+    let users = to_frame(&RoomUsersList {
+        r#type: "room_users_list",
+        users: app.hub.users(&topic).map(|(id, name)| RoomUser { id: id.as_str(), username: name }).collect(),
+    });
+    app.send(session.conn, users);
+    for message in &history {
+        app.send(session.conn, chat_message_frame(message));
+    }
+    if first {
+        let join = to_frame(&UserEvent {
+            r#type: "user_join",
+            user_id: session.identity.user_id.as_str(),
+            username: &session.identity.name,
+        });
+        app.publish(&topic, join, Some(session.conn), false);
+    }
+    Ok(())
+}
+
+pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
+    let Some(conversation) = session.conversation else { return };
+    let content = match serde_json::from_str::<Value>(text) {
+        Err(_) => return app.send(session.conn, error_frame("Invalid JSON.")),
+        Ok(Value::Object(object)) => match object.get("message") {
+            Some(Value::String(content)) => content.clone(),
+            Some(_) => return app.send(session.conn, error_frame("\"message\" must be a string.")),
+            None => return app.send(session.conn, error_frame("Missing \"message\".")),
+        },
+        Ok(_) => return app.send(session.conn, error_frame("Expected a JSON object with a \"message\".")),
+    };
+    match chat::post(&mut app.store, conversation, &session.identity, &content, app.now) {
+        Ok(message) => {
+            app.metrics.messages_stored += 1;
+            app.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
+        }
+        Err(ChatError::Empty) => app.send(session.conn, error_frame("Message is empty.")),
+        Err(ChatError::Store(e)) => {
+            log::error!("cannot store a room message: {e}");
+            app.send(session.conn, error_frame("Message could not be stored."));
+        }
+    }
+}
+
+/// Stores a message posted through the server API and broadcasts it to the room.
+pub fn post_from_api(
+    app: &mut App,
+    room: &str,
+    sender: &crate::model::Identity,
+    content: &str,
+) -> Result<StoredMessage, String> {
+    let conversation =
+        app.store.get_or_create_conversation(ConversationKind::Room, room, app.now).map_err(|e| e.to_string())?;
+    let message = match chat::post(&mut app.store, conversation, sender, content, app.now) {
+        Ok(message) => message,
+        Err(ChatError::Empty) => return Err("message is empty".into()),
+        Err(ChatError::Store(e)) => return Err(e.to_string()),
+    };
+    app.metrics.messages_stored += 1;
+    app.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
+    Ok(message)
+}
+
+pub fn close(app: &mut App, session: &Session) {
+    for topic in &session.topics {
+        if app.hub.unsubscribe(topic, session.conn, &session.identity.user_id) {
+            let leave = to_frame(&UserEvent {
+                r#type: "user_leave",
+                user_id: session.identity.user_id.as_str(),
+                username: &session.identity.name,
+            });
+            app.publish(topic, leave, None, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room_name("general"));
+        assert!(valid_room_name("a.b-c_9"));
+        assert!(valid_room_name(&"x".repeat(100)));
+        assert!(!valid_room_name(&"x".repeat(101)));
+        assert!(!valid_room_name(""));
+        assert!(!valid_room_name("a b"));
+        assert!(!valid_room_name("é"));
+    }
+}

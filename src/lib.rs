@@ -1,0 +1,17 @@
+//! switchboard: a real-time WebSocket server that speaks the WebSocket APIs of five
+//! existing backends, keeps its state in one SQLite file, and runs as one small static
+//! binary. See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod endpoints;
+pub mod features;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod store;

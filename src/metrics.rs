@@ -1,0 +1,122 @@
+//! Counters and gauges, and their Prometheus text rendering.
+//!
+//! Plain integers bumped on the event-loop thread; nothing here is atomic because
+//! nothing else reads them. Rendering happens when the server API is asked for
+//! `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::auth::AuthError;
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Open WebSocket connections by endpoint name.
+    pub open_connections: BTreeMap<&'static str, i64>,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    pub messages_stored: u64,
+    pub commits: u64,
+    pub commit_failures: u64,
+    pub committed_writes: u64,
+    /// Histogram of writes per commit: bucket upper bounds in `COMMIT_BUCKETS`.
+    pub commit_batch_buckets: [u64; COMMIT_BUCKETS.len()],
+    pub slow_consumer_disconnects: u64,
+    pub rate_limited: u64,
+    pub auth_failures: BTreeMap<&'static str, u64>,
+    pub handshake_timeouts: u64,
+    pub idle_timeouts: u64,
+    pub api_requests: u64,
+}
+
+pub const COMMIT_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 64, 256, 1024];
+
+impl Metrics {
+    pub fn auth_failure(&mut self, error: AuthError) {
+        *self.auth_failures.entry(error.reason()).or_default() += 1;
+    }
+
+    pub fn committed(&mut self, writes: usize) {
+        self.commits += 1;
+        self.committed_writes += writes as u64;
+        for (bucket, bound) in self.commit_batch_buckets.iter_mut().zip(COMMIT_BUCKETS) {
+            if writes as u64 <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    pub fn connection_opened(&mut self, endpoint: &'static str) {
+        *self.open_connections.entry(endpoint).or_default() += 1;
+    }
+
+    pub fn connection_closed(&mut self, endpoint: &'static str) {
+        *self.open_connections.entry(endpoint).or_default() -= 1;
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP switchboard_{name} {help}\n# TYPE switchboard_{name} counter\nswitchboard_{name} {value}"
+            );
+        };
+        counter(
+            "connections_accepted_total",
+            "TCP connections accepted on the WebSocket listener.",
+            self.connections_accepted,
+        );
+        counter("connections_refused_total", "Connections refused at a connection cap.", self.connections_refused);
+        counter("frames_in_total", "WebSocket data frames received.", self.frames_in);
+        counter("bytes_in_total", "Payload bytes of data frames received.", self.bytes_in);
+        counter("frames_out_total", "WebSocket data frames queued to clients.", self.frames_out);
+        counter("bytes_out_total", "Payload bytes of data frames queued to clients.", self.bytes_out);
+        counter("messages_stored_total", "Chat messages and events stored.", self.messages_stored);
+        counter("commits_total", "SQLite transactions committed (one per busy loop turn).", self.commits);
+        counter("commit_failures_total", "SQLite commits that failed and were rolled back.", self.commit_failures);
+        counter(
+            "slow_consumer_disconnects_total",
+            "Connections dropped because their outbound buffer filled.",
+            self.slow_consumer_disconnects,
+        );
+        counter("rate_limited_total", "Client messages dropped by the per-user rate limit.", self.rate_limited);
+        counter(
+            "handshake_timeouts_total",
+            "Connections dropped before finishing their handshake.",
+            self.handshake_timeouts,
+        );
+        counter("idle_timeouts_total", "Connections closed after the idle timeout.", self.idle_timeouts);
+        counter("api_requests_total", "Server API requests answered.", self.api_requests);
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_open_connections Open WebSocket connections by endpoint.\n# TYPE switchboard_open_connections gauge"
+        );
+        for (endpoint, count) in &self.open_connections {
+            let _ = writeln!(out, "switchboard_open_connections{{endpoint=\"{endpoint}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_auth_failures_total Refused tokens by reason.\n# TYPE switchboard_auth_failures_total counter"
+        );
+        for error in AuthError::ALL {
+            let count = self.auth_failures.get(error.reason()).copied().unwrap_or(0);
+            let _ = writeln!(out, "switchboard_auth_failures_total{{reason=\"{}\"}} {count}", error.reason());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_commit_batch_size Writes per SQLite commit.\n# TYPE switchboard_commit_batch_size histogram"
+        );
+        for (bound, count) in COMMIT_BUCKETS.iter().zip(self.commit_batch_buckets) {
+            let _ = writeln!(out, "switchboard_commit_batch_size_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "switchboard_commit_batch_size_bucket{{le=\"+Inf\"}} {}", self.commits);
+        let _ = writeln!(out, "switchboard_commit_batch_size_sum {}", self.committed_writes);
+        let _ = writeln!(out, "switchboard_commit_batch_size_count {}", self.commits);
+        out
+    }
+}

@@ -1,0 +1,126 @@
+//! Small domain types shared by every layer: who a user is, and time stamps.
+//!
+//! Nothing here knows about sockets, SQL or any seed document's JSON shapes.
+
+use std::fmt;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A user id as the application backend issues it: SimpleJWT's integer `user_id`, or
+/// a string `sub` such as a UUID. Kept as text; cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct UserId(Rc<str>);
+
+impl UserId {
+    pub fn new(id: &str) -> UserId {
+        UserId(Rc::from(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Ids that are canonical decimal integers (what SimpleJWT issues) go out as JSON
+    /// numbers, everything else as strings, so each document's clients see the type
+    /// their backend used.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self.as_integer() {
+            Some(n) => serde_json::Value::from(n),
+            None => serde_json::Value::from(self.as_str()),
+        }
+    }
+
+    pub fn as_integer(&self) -> Option<i64> {
+        let s = self.as_str();
+        let n: i64 = s.parse().ok()?;
+        (n.to_string() == s).then_some(n)
+    }
+
+    /// Reads an id a client sent: a JSON integer or a non-empty string.
+    pub fn from_json(value: &serde_json::Value) -> Option<UserId> {
+        match value {
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Some(UserId::new(&n.to_string())),
+            serde_json::Value::String(s) if !s.is_empty() && s.len() <= MAX_USER_ID_LEN => Some(UserId::new(s)),
+            _ => None,
+        }
+    }
+}
+
+/// Longest user id accepted from a token or a client.
+pub const MAX_USER_ID_LEN: usize = 200;
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.as_integer() {
+            Some(n) => serializer.serialize_i64(n),
+            None => serializer.serialize_str(self.as_str()),
+        }
+    }
+}
+
+/// Who is on the other end of a connection, from a verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: UserId,
+    pub name: Rc<str>,
+}
+
+/// Microseconds since the Unix epoch, the unit time stamps are stored in.
+pub type Micros = i64;
+
+pub fn now_micros() -> Micros {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// RFC 3339 in UTC with microseconds, the way Django REST framework writes
+/// `DateTimeField`s: `2024-01-15T10:00:00.123456Z`.
+pub fn format_timestamp(micros: Micros) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_timestamp(1_710_417_600_123_456), "2024-03-14T12:00:00.123456Z");
+        assert_eq!(format_timestamp(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn integer_ids_go_out_as_numbers() {
+        assert_eq!(UserId::new("5").to_json(), serde_json::json!(5));
+        assert_eq!(UserId::new("05").to_json(), serde_json::json!("05"));
+        assert_eq!(UserId::new("user-id").to_json(), serde_json::json!("user-id"));
+        assert_eq!(UserId::from_json(&serde_json::json!(5)), Some(UserId::new("5")));
+        assert_eq!(UserId::from_json(&serde_json::json!("")), None);
+        assert_eq!(UserId::from_json(&serde_json::json!(1.5)), None);
+    }
+}

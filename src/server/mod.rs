@@ -1,0 +1,699 @@
+//! The event loop: one thread, one mio `Poll`, every socket non-blocking. The only code
+//! that touches mio or a socket.
+//!
+//! A turn: wait for readiness (at most until the next sweep), accept until WouldBlock,
+//! read requests and frames until WouldBlock (or a per-turn budget, for fairness), let
+//! the app handle them, then `end_turn`: the app commits the turn's writes and returns
+//! its outbox, the frames go into the connections' write buffers, and every connection
+//! with pending output is flushed. A flush that would block waits for a writable event.
+//! Once a second a sweep drops handshakes past their deadline, pings quiet connections,
+//! closes idle ones and ends close handshakes that the peer never finished.
+//!
+//! It does not know JSON, SQL or any seed document: sessions belong to the app.
+
+mod conn;
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+use crate::app::{App, Out, close_code};
+use crate::auth;
+use crate::endpoints;
+use crate::http::{self, HttpError, Parsed};
+use crate::hub::ConnId;
+
+use conn::{Conn, Listener, Phase};
+
+const WS_LISTENER: Token = Token(usize::MAX - 1);
+const API_LISTENER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// How often the sweep runs (deadlines are checked at this granularity).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a close handshake the server started may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long shutdown waits for clients to answer the close before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Frames read from one connection per turn before others get their turn.
+const MAX_FRAMES_PER_READ: usize = 64;
+/// tungstenite's read buffer per connection: small, since idle memory is a headline figure.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Addresses the listeners are bound to (port 0 resolved).
+pub struct Bound {
+    pub ws: SocketAddr,
+    pub api: SocketAddr,
+}
+
+pub struct Server {
+    poll: Poll,
+    ws_listener: Option<TcpListener>,
+    api_listener: Option<TcpListener>,
+    signals: Signals,
+    conns: Slab<Conn>,
+    next_serial: u64,
+    app: App,
+    ws_config: WebSocketConfig,
+    /// Connections with output waiting for the end-of-turn flush.
+    dirty: Vec<usize>,
+    /// Connections that stopped reading at the per-turn budget and must be read again.
+    backlog: Vec<usize>,
+    /// Connections finished this turn, removed from the slab at its end.
+    gone: Vec<usize>,
+    /// Kept open so that when the process runs out of file descriptors one can be freed
+    /// to accept and refuse a connection cleanly instead of leaving it in the backlog.
+    reserve_fd: Option<std::fs::File>,
+    next_sweep: Instant,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Server {
+    pub fn bind(app: App) -> io::Result<(Server, Bound)> {
+        let poll = Poll::new()?;
+        let mut ws_listener = TcpListener::bind(app.config.listen).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {} (SWITCHBOARD_LISTEN): {e}", app.config.listen))
+        })?;
+        let mut api_listener = TcpListener::bind(app.config.api_listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} (SWITCHBOARD_API_LISTEN): {e}", app.config.api_listen),
+            )
+        })?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry().register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut api_listener, API_LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let bound = Bound { ws: ws_listener.local_addr()?, api: api_listener.local_addr()? };
+        let limits = &app.config.limits;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            // Frames accumulate until the end-of-turn flush; the write buffer never
+            // writes on its own before it is full, and full means a slow consumer.
+            .write_buffer_size(limits.outbound_buffer_bytes - 1)
+            .max_write_buffer_size(limits.outbound_buffer_bytes)
+            .max_message_size(Some(limits.max_message_bytes))
+            .max_frame_size(Some(limits.max_message_bytes));
+        let server = Server {
+            poll,
+            ws_listener: Some(ws_listener),
+            api_listener: Some(api_listener),
+            signals,
+            conns: Slab::new(),
+            next_serial: 1,
+            app,
+            ws_config,
+            dirty: Vec::new(),
+            backlog: Vec::new(),
+            gone: Vec::new(),
+            reserve_fd: std::fs::File::open("/dev/null").ok(),
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
+            shutdown_deadline: None,
+        };
+        Ok((server, bound))
+    }
+
+    /// Runs until SIGTERM or SIGINT, then closes every connection with 1001, commits
+    /// what is pending and returns.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let now = Instant::now();
+            if let Some(deadline) = self.shutdown_deadline
+                && (self.conns.is_empty() || now >= deadline)
+            {
+                break;
+            }
+            let timeout =
+                if self.backlog.is_empty() { self.next_sweep.saturating_duration_since(now) } else { Duration::ZERO };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.app.begin_turn();
+            for key in std::mem::take(&mut self.backlog) {
+                self.on_readable(key);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WS_LISTENER => self.accept(Listener::WebSocket),
+                    API_LISTENER => self.accept(Listener::Api),
+                    SIGNALS => self.on_signal(),
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        if event.is_writable() {
+                            self.mark_dirty(key);
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= self.next_sweep {
+                self.sweep();
+            }
+            self.end_turn();
+        }
+        for key in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
+            self.finish(key, "server stopped");
+        }
+        self.end_turn();
+        log::info!("switchboard stopped");
+        Ok(())
+    }
+
+    fn on_signal(&mut self) {
+        let received: Vec<i32> = self.signals.pending().collect();
+        if received.is_empty() || self.shutdown_deadline.is_some() {
+            return;
+        }
+        log::info!("signal {} received: closing {} connections and stopping", received[0], self.conns.len());
+        self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+        for listener in [self.ws_listener.take(), self.api_listener.take()].into_iter().flatten() {
+            let mut listener = listener;
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            match self.conns[key].phase {
+                Phase::Open { .. } => self.close_ws(key, close_code::GOING_AWAY, "server shutting down"),
+                _ => self.finish(key, "server shutting down"),
+            }
+        }
+    }
+
+    fn accept(&mut self, which: Listener) {
+        loop {
+            let listener = match which {
+                Listener::WebSocket => self.ws_listener.as_ref(),
+                Listener::Api => self.api_listener.as_ref(),
+            };
+            let Some(listener) = listener else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, which),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE) | Some(ENFILE)) => {
+                    if !self.refuse_with_reserve_fd(which) {
+                        log::warn!("out of file descriptors; connections wait in the backlog");
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: free the reserve, accept one connection, refuse it with 503,
+    /// and take the reserve back. Returns false when there was no reserve to free.
+    fn refuse_with_reserve_fd(&mut self, which: Listener) -> bool {
+        if self.reserve_fd.take().is_none() {
+            return false;
+        }
+        let listener = match which {
+            Listener::WebSocket => self.ws_listener.as_ref(),
+            Listener::Api => self.api_listener.as_ref(),
+        };
+        if let Some(Ok((mut stream, _))) = listener.map(|l| l.accept()) {
+            self.app.metrics.connections_refused += 1;
+            let _ = stream.write(&HttpError::new(503, "server is at its connection limit").to_response());
+        }
+        self.reserve_fd = std::fs::File::open("/dev/null").ok();
+        log::warn!("out of file descriptors: refused a connection with 503");
+        true
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, listener: Listener) {
+        if listener == Listener::WebSocket {
+            self.app.metrics.connections_accepted += 1;
+        }
+        if self.conns.len() >= self.app.config.limits.max_connections {
+            // Refuse before reading anything: a best-effort 503 and close. Existing
+            // connections are untouched.
+            self.app.metrics.connections_refused += 1;
+            let _ = stream.write(&HttpError::new(503, "server is at its connection limit").to_response());
+            log::warn!("refused {peer}: {} connections open (SWITCHBOARD_MAX_CONNECTIONS)", self.conns.len());
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("cannot register {peer}: {e}");
+            return;
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        entry.insert(Conn::new(serial, peer, listener, stream));
+        // Edge-triggered: a request that arrived with the connection must be read now.
+        self.on_readable(key);
+    }
+
+    fn conn_id(&self, key: usize) -> ConnId {
+        ConnId { slot: key, serial: self.conns[key].serial }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        match conn.phase {
+            Phase::Request { .. } => self.read_request(key),
+            Phase::Open { .. } => self.read_frames(key),
+            Phase::Waiting { .. } | Phase::Respond { .. } | Phase::Gone => {}
+        }
+    }
+
+    /// Reads the HTTP request until it is complete, then upgrades or answers it.
+    fn read_request(&mut self, key: usize) {
+        let max_body = match self.conns[key].listener {
+            Listener::WebSocket => 0,
+            Listener::Api => crate::api::MAX_BODY_BYTES,
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            let conn = &mut self.conns[key];
+            let Phase::Request { stream, buf } = &mut conn.phase else { return };
+            match stream.read(&mut chunk) {
+                Ok(0) => return self.finish(key, "closed before the request was complete"),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    match http::parse_request(buf, max_body) {
+                        Parsed::Incomplete => continue,
+                        Parsed::Invalid(error) => return self.respond(key, error.to_response()),
+                        Parsed::Complete(request) => {
+                            return match conn.listener {
+                                Listener::WebSocket => self.upgrade(key, request),
+                                Listener::Api => {
+                                    let id = self.conn_id(key);
+                                    let conn = &mut self.conns[key];
+                                    conn.phase = match std::mem::take(&mut conn.phase) {
+                                        Phase::Request { stream, .. } => Phase::Waiting { stream },
+                                        other => other,
+                                    };
+                                    self.app.on_api(id, request);
+                                }
+                            };
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.finish(key, "connection reset before the request was complete"),
+            }
+        }
+    }
+
+    /// Switches the connection to sending an HTTP response, then closing.
+    fn respond(&mut self, key: usize, response: Vec<u8>) {
+        let conn = &mut self.conns[key];
+        conn.phase = match std::mem::take(&mut conn.phase) {
+            Phase::Request { stream, .. } | Phase::Waiting { stream } => {
+                Phase::Respond { stream, out: response, written: 0 }
+            }
+            other => other,
+        };
+        if let Phase::Respond { out, .. } = &conn.phase {
+            conn.close_reason = Some(format!("HTTP {}", status_of(out)));
+        }
+        self.mark_dirty(key);
+    }
+
+    /// Answers a complete WebSocket request: 404 for an unknown path, an HTTP error for
+    /// a bad upgrade or a foreign Origin, else 101 followed by the session (or, for a
+    /// refused token or resource, a close frame with the document's code).
+    fn upgrade(&mut self, key: usize, request: http::Request) {
+        let config = &self.app.config;
+        let origin_refused = !config.allowed_origins.is_empty()
+            && request
+                .header_str("Origin")
+                .is_some_and(|origin| !config.allowed_origins.iter().any(|o| o == origin.trim_end_matches('/')));
+        let Some(endpoint) = endpoints::route(&request.path, config.chat_protocol) else {
+            return self.respond(key, HttpError::new(404, "no WebSocket endpoint at this path").to_response());
+        };
+        let ws_key = match http::websocket_key(&request) {
+            Ok(k) => k,
+            Err(error) => return self.respond(key, error.to_response()),
+        };
+        if origin_refused {
+            return self.respond(key, HttpError::new(403, "origin not allowed").to_response());
+        }
+        let token = auth::token_from_request(request.query.as_deref(), request.header("Authorization"));
+        let identity = match token {
+            Some(token) => self.app.verifier.verify(&token),
+            None => Err(auth::AuthError::Missing),
+        };
+
+        let conn = &mut self.conns[key];
+        let Phase::Request { stream, .. } = std::mem::take(&mut conn.phase) else { return };
+        let ws = WebSocket::from_raw_socket(stream, Role::Server, Some(self.ws_config));
+        conn.phase = Phase::Open { ws, preamble: http::upgrade_response(&ws_key), closing_since: None, session: None };
+        conn.path = request.path.clone();
+        conn.last_seen = Instant::now();
+        self.mark_dirty(key);
+
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(error) => {
+                self.app.metrics.auth_failure(error);
+                log::info!(
+                    "refused conn={} peer={} path={}: token {}",
+                    self.conns[key].serial,
+                    self.conns[key].peer,
+                    request.path,
+                    error.reason()
+                );
+                return self.close_ws(key, endpoint.auth_close_code(), "unauthorized");
+            }
+        };
+        let id = self.conn_id(key);
+        let user = identity.user_id.clone();
+        match self.app.open(id, endpoint, identity) {
+            Ok(session) => {
+                let conn = &mut self.conns[key];
+                log::info!("open conn={} peer={} path={} user={}", conn.serial, conn.peer, conn.path, user);
+                if let Phase::Open { session: slot, .. } = &mut conn.phase {
+                    *slot = Some(session);
+                }
+            }
+            Err(refusal) => {
+                log::info!(
+                    "refused conn={} path={} user={}: {}",
+                    self.conns[key].serial,
+                    request.path,
+                    user,
+                    refusal.reason
+                );
+                self.close_ws(key, refusal.code, &refusal.reason);
+            }
+        }
+    }
+
+    /// Reads frames until WouldBlock, the per-turn budget, or the end of the connection.
+    fn read_frames(&mut self, key: usize) {
+        for _ in 0..MAX_FRAMES_PER_READ {
+            let conn = &mut self.conns[key];
+            let Phase::Open { ws, preamble, session, closing_since } = &mut conn.phase else { return };
+            if !preamble.is_empty() {
+                // The 101 is not out yet; reading resumes when it is (see `flush`).
+                return;
+            }
+            match ws.read() {
+                Ok(message) => {
+                    conn.last_seen = Instant::now();
+                    conn.pinged = false;
+                    match (message, session.as_mut(), closing_since.is_some()) {
+                        (Message::Text(text), Some(session), false) => self.app.on_text(session, &text),
+                        (Message::Binary(data), Some(session), false) => self.app.on_binary(session, data.len()),
+                        _ => {}
+                    }
+                    // tungstenite may have queued a pong or a close reply.
+                    self.mark_dirty(key);
+                }
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
+                    let reason = if closing_since.is_some() { "closed" } else { "closed by client" };
+                    return self.finish(key, reason);
+                }
+                Err(WsError::Capacity(e)) => {
+                    log::debug!("conn={}: {e}", conn.serial);
+                    return self.fail_ws(key, close_code::TOO_BIG, "message too big");
+                }
+                Err(WsError::Protocol(e)) => {
+                    log::debug!("conn={}: {e}", conn.serial);
+                    return self.fail_ws(key, u16::from(CloseCode::Protocol), "protocol error");
+                }
+                Err(WsError::Utf8(_)) => return self.fail_ws(key, u16::from(CloseCode::Invalid), "invalid UTF-8"),
+                Err(WsError::WriteBufferFull(_)) => return self.drop_slow_consumer(key),
+                Err(e) => return self.finish(key, &format!("read error: {e}")),
+            }
+        }
+        self.backlog.push(key);
+    }
+
+    /// Starts a close handshake with a code; the connection stays until the client
+    /// answers or `CLOSE_GRACE` passes. The session ends now.
+    fn close_ws(&mut self, key: usize, code: u16, reason: &str) {
+        let conn = &mut self.conns[key];
+        let Phase::Open { ws, preamble, session, closing_since } = &mut conn.phase else { return };
+        if closing_since.is_some() {
+            return;
+        }
+        *closing_since = Some(Instant::now());
+        conn.close_reason = Some(format!("{code} {reason}"));
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
+        // tungstenite's close writes to the socket at once, so it must wait for the 101.
+        if preamble.is_empty() {
+            let _ = ws.close(Some(frame));
+        } else {
+            conn.deferred_close = Some(frame);
+        }
+        if let Some(session) = session.take() {
+            self.app.close(session);
+        }
+        self.mark_dirty(key);
+    }
+
+    /// Closes after a protocol violation: the close frame is sent, then the socket is
+    /// dropped without waiting, since the input stream cannot be trusted any more.
+    fn fail_ws(&mut self, key: usize, code: u16, reason: &str) {
+        self.close_ws(key, code, reason);
+        self.conns[key].drop_after_flush = true;
+    }
+
+    fn drop_slow_consumer(&mut self, key: usize) {
+        self.app.metrics.slow_consumer_disconnects += 1;
+        self.finish(key, "slow consumer: outbound buffer full");
+    }
+
+    /// Ends a connection now: its session closes, a log line is written, and the socket
+    /// is dropped at the end of the turn.
+    fn finish(&mut self, key: usize, reason: &str) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let phase = std::mem::take(&mut conn.phase);
+        if matches!(phase, Phase::Gone) {
+            return;
+        }
+        let was_open = matches!(phase, Phase::Open { .. });
+        if let Phase::Open { session: Some(session), .. } = phase {
+            self.app.close(session);
+        }
+        let conn = &self.conns[key];
+        if was_open {
+            let reason = conn.close_reason.as_deref().map_or(reason.to_string(), |r| format!("{r} ({reason})"));
+            log::info!(
+                "close conn={} peer={} path={} reason=\"{}\" after={:.1}s",
+                conn.serial,
+                conn.peer,
+                conn.path,
+                reason,
+                conn.opened.elapsed().as_secs_f64()
+            );
+        } else {
+            log::debug!(
+                "close conn={} peer={} reason=\"{}\"",
+                conn.serial,
+                conn.peer,
+                conn.close_reason.as_deref().unwrap_or(reason)
+            );
+        }
+        self.gone.push(key);
+    }
+
+    /// Writes what is pending: first the 101 preamble, then tungstenite's buffer.
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.dirty = false;
+        match &mut conn.phase {
+            Phase::Respond { stream, out, written } => {
+                while *written < out.len() {
+                    match stream.write(&out[*written..]) {
+                        Ok(0) => return self.finish(key, "reset"),
+                        Ok(n) => *written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return self.finish(key, "reset while answering"),
+                    }
+                }
+                let _ = stream.flush();
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                self.finish(key, "answered")
+            }
+            Phase::Open { ws, preamble, .. } => {
+                if !preamble.is_empty() {
+                    let mut written = 0;
+                    while written < preamble.len() {
+                        match ws.get_mut().write(&preamble[written..]) {
+                            Ok(0) => return self.finish(key, "reset during upgrade"),
+                            Ok(n) => written += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => return self.finish(key, "reset during upgrade"),
+                        }
+                    }
+                    preamble.drain(..written);
+                    if !preamble.is_empty() {
+                        return;
+                    }
+                    *preamble = Vec::new();
+                    if let Some(frame) = self.conns[key].deferred_close.take() {
+                        let Phase::Open { ws, .. } = &mut self.conns[key].phase else { return };
+                        let _ = ws.close(Some(frame));
+                    }
+                    // Frames may have arrived while the 101 was pending.
+                    self.backlog.push(key);
+                }
+                let Phase::Open { ws, .. } = &mut self.conns[key].phase else { return };
+                match ws.flush() {
+                    Ok(()) => {
+                        if self.conns[key].drop_after_flush {
+                            self.finish(key, "protocol violation");
+                        }
+                    }
+                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => self.finish(key, "closed"),
+                    Err(WsError::WriteBufferFull(_)) => self.drop_slow_consumer(key),
+                    Err(e) => self.finish(key, &format!("write error: {e}")),
+                }
+            }
+            Phase::Request { .. } | Phase::Waiting { .. } | Phase::Gone => {}
+        }
+    }
+
+    /// Commits, applies the outbox and flushes. Flushes can end sessions whose closing
+    /// queues more frames (a `user_leave`), so this repeats until nothing is left; it
+    /// ends because every round either writes or finishes connections.
+    fn end_turn(&mut self) {
+        loop {
+            let outbox = self.app.end_turn();
+            if outbox.is_empty() && self.dirty.is_empty() {
+                break;
+            }
+            self.apply(outbox);
+            for key in std::mem::take(&mut self.dirty) {
+                self.flush(key);
+            }
+        }
+        for key in std::mem::take(&mut self.gone) {
+            self.conns.try_remove(key);
+        }
+    }
+
+    fn apply(&mut self, outbox: Vec<Out>) {
+        for out in outbox {
+            match out {
+                Out::Frame { to, frame, .. } => {
+                    for id in to {
+                        self.write_frame(id, &frame);
+                    }
+                }
+                Out::Close { to, code, reason } => {
+                    if self.is_current(to) {
+                        self.close_ws(to.slot, code, &reason);
+                    }
+                }
+                Out::Http { to, response, .. } => {
+                    if self.is_current(to) {
+                        self.respond(to.slot, response);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, id: ConnId) -> bool {
+        self.conns.get(id.slot).is_some_and(|c| c.serial == id.serial && !matches!(c.phase, Phase::Gone))
+    }
+
+    fn write_frame(&mut self, id: ConnId, frame: &crate::app::Frame) {
+        if !self.is_current(id) {
+            return;
+        }
+        let conn = &mut self.conns[id.slot];
+        let Phase::Open { ws, closing_since: None, session: Some(_), .. } = &mut conn.phase else { return };
+        match ws.write(Message::Text(frame.clone())) {
+            Ok(()) => {
+                self.app.metrics.frames_out += 1;
+                self.app.metrics.bytes_out += frame.len() as u64;
+                self.mark_dirty(id.slot);
+            }
+            Err(WsError::WriteBufferFull(_)) => self.drop_slow_consumer(id.slot),
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => self.mark_dirty(id.slot),
+            Err(e) => self.finish(id.slot, &format!("write error: {e}")),
+        }
+    }
+
+    /// Deadlines: handshakes, pings, idle timeouts, unfinished close handshakes.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.next_sweep = now + SWEEP_INTERVAL;
+        let limits = self.app.config.limits.clone();
+        let ping_after = limits.idle_timeout / 2;
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            match &mut conn.phase {
+                Phase::Request { .. } | Phase::Waiting { .. } | Phase::Respond { .. } => {
+                    if now.duration_since(conn.opened) >= limits.handshake_timeout {
+                        self.app.metrics.handshake_timeouts += 1;
+                        self.finish(key, "handshake timeout");
+                    }
+                }
+                Phase::Open { closing_since: Some(since), .. } => {
+                    if now.duration_since(*since) >= CLOSE_GRACE {
+                        self.finish(key, "close handshake timeout");
+                    }
+                }
+                Phase::Open { ws, closing_since: None, .. } => {
+                    let quiet = now.duration_since(conn.last_seen);
+                    if quiet >= limits.idle_timeout {
+                        self.app.metrics.idle_timeouts += 1;
+                        self.close_ws(key, close_code::GOING_AWAY, "idle timeout");
+                    } else if quiet >= ping_after && !conn.pinged {
+                        conn.pinged = true;
+                        let _ = ws.write(Message::Ping(Default::default()));
+                        self.mark_dirty(key);
+                    }
+                }
+                Phase::Gone => {}
+            }
+        }
+        self.app.sweep();
+        if self.reserve_fd.is_none() {
+            self.reserve_fd = std::fs::File::open("/dev/null").ok();
+            self.accept(Listener::WebSocket);
+            self.accept(Listener::Api);
+        }
+    }
+}
+
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+fn status_of(response: &[u8]) -> &str {
+    std::str::from_utf8(response.get(9..12).unwrap_or(b"???")).unwrap_or("???")
+}

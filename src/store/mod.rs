@@ -1,0 +1,276 @@
+//! SQLite: opening the file, migrations, typed queries and group commit. The only code
+//! that knows SQL.
+//!
+//! The database is in WAL mode. Writes made during one event-loop turn share one
+//! transaction, opened lazily by the first write (`ensure_transaction`) and committed
+//! by the server at the end of the turn (`commit`), before anything of that turn is
+//! sent to any client. Reads inside the turn see the turn's own writes.
+
+mod migrations;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::model::{Micros, UserId};
+
+pub use migrations::MIGRATIONS;
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The file could not be opened or is not a database: fatal at start-up.
+    Open(String),
+    /// A query failed: the turn's writes are rolled back and its deliveries dropped.
+    Sqlite(rusqlite::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Open(message) => f.write_str(message),
+            StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(e)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The kinds of conversation; each is served by one seed protocol family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConversationKind {
+    Room,
+}
+
+impl ConversationKind {
+    fn as_sql(self) -> &'static str {
+        match self {
+            ConversationKind::Room => "room",
+        }
+    }
+}
+
+/// A stored chat message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub sender_id: Option<UserId>,
+    pub sender_name: String,
+    pub content: String,
+    pub message_type: String,
+    pub created_at: Micros,
+}
+
+pub struct Store {
+    conn: Connection,
+    in_transaction: bool,
+    /// Writes since the last commit, for the commit-batch metric.
+    writes_in_transaction: usize,
+}
+
+impl Store {
+    /// Opens (creating when missing) the database and applies pending migrations.
+    pub fn open(path: &Path, sync_full: bool) -> StoreResult<Store> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Open(format!("cannot open database {}: {e}", path.display())))?;
+        let setup = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            if sync_full { "FULL" } else { "NORMAL" }
+        );
+        conn.execute_batch(&setup)
+            .map_err(|e| StoreError::Open(format!("cannot use database {}: {e}", path.display())))?;
+        migrations::apply(&conn)
+            .map_err(|e| StoreError::Open(format!("cannot migrate database {}: {e}", path.display())))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Store { conn, in_transaction: false, writes_in_transaction: 0 })
+    }
+
+    /// Opens the turn's transaction if it is not open yet.
+    fn ensure_transaction(&mut self) -> StoreResult<()> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_transaction = true;
+        }
+        self.writes_in_transaction += 1;
+        Ok(())
+    }
+
+    /// Commits the turn's writes. Returns how many writes the commit carried (0 when
+    /// there was no transaction). On failure everything of the turn is rolled back.
+    pub fn commit(&mut self) -> StoreResult<usize> {
+        if !self.in_transaction {
+            return Ok(0);
+        }
+        self.in_transaction = false;
+        let writes = std::mem::take(&mut self.writes_in_transaction);
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        Ok(writes)
+    }
+
+    /// Abandons the turn's writes.
+    pub fn rollback(&mut self) {
+        if self.in_transaction {
+            self.in_transaction = false;
+            self.writes_in_transaction = 0;
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    pub fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+            .query_row(params![key], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// Stores a setting at once, outside the turn's transaction (start-up only).
+    pub fn put_setting_now(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        debug_assert!(!self.in_transaction);
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Records a user seen on a verified token, keeping their latest display name.
+    pub fn upsert_user(&mut self, id: &UserId, name: &str, now: Micros) -> StoreResult<()> {
+        self.ensure_transaction()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO users (id, name, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen",
+            )?
+            .execute(params![id.as_str(), name, now])?;
+        Ok(())
+    }
+
+    /// The id of a conversation by kind and key, creating it when it does not exist.
+    pub fn get_or_create_conversation(&mut self, kind: ConversationKind, key: &str, now: Micros) -> StoreResult<i64> {
+        if let Some(id) = self.conversation_id(kind, key)? {
+            return Ok(id);
+        }
+        self.ensure_transaction()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO conversations (kind, key, title, created_at, updated_at) VALUES (?1, ?2, ?2, ?3, ?3)",
+            )?
+            .execute(params![kind.as_sql(), key, now])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn conversation_id(&self, kind: ConversationKind, key: &str) -> StoreResult<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM conversations WHERE kind = ?1 AND key = ?2")?
+            .query_row(params![kind.as_sql(), key], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// Stores a message in the turn's transaction and returns it with its id.
+    pub fn insert_message(
+        &mut self,
+        conversation_id: i64,
+        sender: Option<(&UserId, &str)>,
+        content: &str,
+        message_type: &str,
+        now: Micros,
+    ) -> StoreResult<StoredMessage> {
+        self.ensure_transaction()?;
+        let (sender_id, sender_name) = match sender {
+            Some((id, name)) => (Some(id.as_str()), name),
+            None => (None, ""),
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![conversation_id, sender_id, sender_name, content, message_type, now])?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .prepare_cached("UPDATE conversations SET updated_at = ?2 WHERE id = ?1")?
+            .execute(params![conversation_id, now])?;
+        Ok(StoredMessage {
+            id,
+            conversation_id,
+            sender_id: sender.map(|(id, _)| id.clone()),
+            sender_name: sender_name.to_string(),
+            content: content.to_string(),
+            message_type: message_type.to_string(),
+            created_at: now,
+        })
+    }
+
+    /// The newest `limit` messages of a conversation, oldest first.
+    pub fn recent_messages(&self, conversation_id: i64, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, conversation_id, sender_id, sender_name, content, message_type, created_at FROM (
+                 SELECT * FROM messages WHERE conversation_id = ?1 ORDER BY id DESC LIMIT ?2
+             ) ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![conversation_id, limit as i64], message_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        sender_id: row.get::<_, Option<String>>(2)?.map(|s| UserId::new(&s)),
+        sender_name: row.get(3)?,
+        content: row.get(4)?,
+        message_type: row.get(5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), false).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn group_commit_keeps_a_turns_writes_together() {
+        let (dir, mut store) = temp_store();
+        let user = UserId::new("1");
+        let room = store.get_or_create_conversation(ConversationKind::Room, "lobby", 1).unwrap();
+        for i in 0..3 {
+            store.insert_message(room, Some((&user, "ann")), &format!("m{i}"), "text", 2).unwrap();
+        }
+        assert_eq!(store.commit().unwrap(), 4);
+        store.insert_message(room, Some((&user, "ann")), "lost", "text", 3).unwrap();
+        store.rollback();
+        drop(store);
+        let store = Store::open(&dir.path().join("t.db"), false).unwrap();
+        let history = store.recent_messages(room, 2).unwrap();
+        let contents: Vec<_> = history.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["m1", "m2"]);
+    }
+
+    #[test]
+    fn reopening_applies_no_migration_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(Store::open(&path, false).unwrap());
+        let store = Store::open(&path, true).unwrap();
+        let applied: i64 = store.conn.query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0)).unwrap();
+        assert_eq!(applied as usize, MIGRATIONS.len());
+    }
+}
