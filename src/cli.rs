@@ -104,6 +104,14 @@ fn secrets(store: &mut Store, config: &Config) -> Result<Secrets, String> {
 
 fn serve(config: Config) -> i32 {
     let _ = simple_logger::SimpleLogger::new().with_level(config.log_level).with_utc_timestamps().init();
+    // A public key is checked before anything is written, so a bad key file fails alone.
+    let public_key_verifier = match config.jwt.algorithm {
+        JwtAlgorithm::Hs256 => None,
+        _ => match Verifier::new(&config.jwt, "") {
+            Ok(verifier) => Some(verifier),
+            Err(e) => return fail(2, &e),
+        },
+    };
     let mut store = match Store::open(&config.db_path, config.db_sync_full) {
         Ok(store) => store,
         Err(e) => return fail(1, &e.to_string()),
@@ -112,7 +120,7 @@ fn serve(config: Config) -> i32 {
         Ok(secrets) => secrets,
         Err(e) => return fail(1, &e),
     };
-    let verifier = match Verifier::new(&config.jwt, &secrets.jwt_secret) {
+    let verifier = match public_key_verifier.map_or_else(|| Verifier::new(&config.jwt, &secrets.jwt_secret), Ok) {
         Ok(verifier) => verifier,
         Err(e) => return fail(2, &e),
     };
