@@ -109,7 +109,8 @@ fn the_first_run_hint_is_a_ready_to_paste_wscat_command() {
 #[test]
 fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&[], &[("SWITCHBOARD_LISTEN", "nowhere")], "SWITCHBOARD_LISTEN"),
         (&["--max-message-bytes", "-1"], &[], "SWITCHBOARD_MAX_MESSAGE_BYTES"),
         (&[], &[("SWITCHBOARD_CHAT_PROTOCOL", "irc")], "SWITCHBOARD_CHAT_PROTOCOL"),
