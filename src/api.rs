@@ -9,13 +9,18 @@
 //! - `GET /metrics` (Prometheus text)
 //! - `GET /api/online`
 //! - `POST /api/rooms/{room}/messages`
+//! - `POST /api/conversations`, `GET /api/conversations/{kind}/{id}`,
+//!   `PUT /api/conversations/{kind}/{id}/members`
+//! - `POST /api/inbound` (a customer message from an external platform)
 
 use serde_json::{Value, json};
 
-use crate::app::App;
-use crate::endpoints::rooms;
+use crate::app::{App, close_code};
+use crate::endpoints::{rooms, support};
 use crate::http::{HttpError, Request, json_response, response};
+use crate::hub::Topic;
 use crate::model::{Identity, UserId};
+use crate::store::{Conversation, ConversationKind, Customer, NewConversation, NewCustomer};
 
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -40,13 +45,24 @@ pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool) {
         }
         ("GET", ["api", "online"]) => Ok((200, online(app))),
         ("POST", ["api", "rooms", room, "messages"]) => post_room_message(app, room, request),
-        (_, ["metrics"] | ["api", "online"] | ["api", "rooms", _, "messages"]) => {
-            Err(HttpError::new(405, "method not allowed"))
-        }
+        ("POST", ["api", "conversations"]) => create_conversation(app, request),
+        ("GET", ["api", "conversations", kind, id]) => get_conversation(app, kind, id),
+        ("PUT", ["api", "conversations", kind, id, "members"]) => set_members(app, kind, id, request),
+        ("POST", ["api", "inbound"]) => inbound(app, request),
+        (
+            _,
+            ["metrics"]
+            | ["api", "online"]
+            | ["api", "rooms", _, "messages"]
+            | ["api", "conversations"]
+            | ["api", "conversations", _, _]
+            | ["api", "conversations", _, _, "members"]
+            | ["api", "inbound"],
+        ) => Err(HttpError::new(405, "method not allowed")),
         _ => Err(HttpError::new(404, "no such API route")),
     };
     match answer {
-        Ok((status, body)) => (json_response(status, &body), status == 201),
+        Ok((status, body)) => (json_response(status, &body), request.method != "GET"),
         Err(e) => (e.to_response(), false),
     }
 }
@@ -93,9 +109,12 @@ pub fn required_str<'a>(body: &'a serde_json::Map<String, Value>, field: &str) -
 }
 
 fn online(app: &App) -> Value {
-    let mut users: Vec<&UserId> = app.online_users().collect();
-    users.sort();
-    json!({ "users": users.iter().map(|u| json!({"user_id": u.to_json(), "connections": app.user_conns(u).len()})).collect::<Vec<_>>() })
+    let users: Vec<Value> = app
+        .online_users()
+        .into_iter()
+        .map(|(id, user)| json!({"user_id": id.to_json(), "name": &*user.name, "connections": user.conns.len()}))
+        .collect();
+    json!({ "users": users })
 }
 
 /// Publishes a message into a room as a given sender (default: "system").
@@ -120,4 +139,247 @@ fn post_room_message(app: &mut App, room: &str, request: &Request) -> Answer {
     let stored = rooms::post_from_api(app, &room, &sender, message)
         .map_err(|e| HttpError::new(500, format!("could not store the message: {e}")))?;
     Ok((201, json!({"id": stored.id, "room": room, "created_at": crate::model::format_timestamp(stored.created_at)})))
+}
+
+/// Conversation ids in paths: the same rule as room names.
+fn valid_key(key: &str) -> bool {
+    rooms::valid_room_name(key)
+}
+
+fn optional_str<'a>(body: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>, HttpError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(HttpError::new(422, format!("\"{field}\" must be a string"))),
+    }
+}
+
+fn parse_kind(kind: &str) -> Result<ConversationKind, HttpError> {
+    match kind {
+        "consultation" => Ok(ConversationKind::Consultation),
+        "support" => Ok(ConversationKind::Support),
+        _ => Err(HttpError::new(422, "\"kind\" must be \"consultation\" or \"support\"")),
+    }
+}
+
+fn parse_members(value: Option<&Value>) -> Result<Vec<UserId>, HttpError> {
+    let Some(Value::Array(items)) = value else {
+        return Err(HttpError::new(422, "\"members\" must be an array of user ids"));
+    };
+    let mut members = Vec::with_capacity(items.len());
+    for item in items {
+        let user = UserId::from_json(item)
+            .ok_or_else(|| HttpError::new(422, "each member must be a non-empty string or an integer user id"))?;
+        if !members.contains(&user) {
+            members.push(user);
+        }
+    }
+    Ok(members)
+}
+
+fn parse_customer(
+    value: Option<&Value>,
+    source: Option<&str>,
+) -> Result<Option<(String, NewCustomerFields)>, HttpError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+    let Value::Object(object) = value else {
+        return Err(HttpError::new(422, "\"customer\" must be an object"));
+    };
+    let source = match (optional_str(object, "source")?, source) {
+        (Some(s), _) | (None, Some(s)) if !s.trim().is_empty() => s.to_string(),
+        _ => return Err(HttpError::new(422, "the customer's \"source\" is required (telegram, instagram, ...)")),
+    };
+    let external_id = match object.get("external_id").or_else(|| object.get("id")) {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(HttpError::new(422, "\"customer.external_id\" is required (the platform's user id)")),
+    };
+    let fields = NewCustomerFields {
+        external_id,
+        first_name: optional_str(object, "first_name")?.map(str::to_string),
+        last_name: optional_str(object, "last_name")?.map(str::to_string),
+        profile_picture: optional_str(object, "profile_picture")?.map(str::to_string),
+    };
+    Ok(Some((source, fields)))
+}
+
+/// Owned customer fields from a request body.
+struct NewCustomerFields {
+    external_id: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    profile_picture: Option<String>,
+}
+
+fn upsert_customer(app: &mut App, source: &str, fields: &NewCustomerFields) -> Result<Customer, HttpError> {
+    let new = NewCustomer {
+        source,
+        external_id: &fields.external_id,
+        first_name: fields.first_name.as_deref(),
+        last_name: fields.last_name.as_deref(),
+        profile_picture: fields.profile_picture.as_deref(),
+    };
+    app.store.upsert_customer(&new, app.now).map_err(store_error)
+}
+
+fn store_error(e: crate::store::StoreError) -> HttpError {
+    log::error!("server API: {e}");
+    HttpError::new(500, "could not store the request")
+}
+
+fn conversation_json(app: &App, conversation: &Conversation) -> Result<Value, HttpError> {
+    let members: Vec<Value> =
+        app.store.members(conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
+    let customer = conversation.customer.as_ref().map(|c| {
+        json!({"id": c.id, "source": c.source, "external_id": c.external_id, "first_name": c.first_name,
+               "last_name": c.last_name, "profile_picture": c.profile_picture})
+    });
+    Ok(json!({"conversation": {
+        "id": conversation.key,
+        "kind": conversation.kind.as_sql(),
+        "title": conversation.title,
+        "status": conversation.status,
+        "priority": conversation.priority,
+        "members": members,
+        "customer": customer,
+        "created_at": crate::model::format_timestamp(conversation.created_at),
+        "updated_at": crate::model::format_timestamp(conversation.updated_at),
+    }}))
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut urandom, &mut bytes);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mixed = u64::from_le_bytes(bytes) ^ (nanos as u64);
+    format!("{mixed:016x}")
+}
+
+/// `POST /api/conversations`: a consultation or support conversation with its members.
+fn create_conversation(app: &mut App, request: &Request) -> Answer {
+    let body = json_body(request)?;
+    let kind = parse_kind(body.get("kind").and_then(Value::as_str).unwrap_or(""))?;
+    let key = match optional_str(&body, "id")? {
+        Some(key) if valid_key(key) => key.to_string(),
+        Some(_) => return Err(HttpError::new(422, "\"id\" must be 1-100 letters, digits, _, - or .")),
+        None => random_key(),
+    };
+    let members = parse_members(body.get("members"))?;
+    let customer = parse_customer(body.get("customer"), None)?;
+    let status = optional_str(&body, "status")?.unwrap_or("active").to_string();
+    if status.is_empty() || status.len() > 50 {
+        return Err(HttpError::new(422, "\"status\" must be 1-50 characters"));
+    }
+    let priority = match body.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(value) => value.as_i64().ok_or_else(|| HttpError::new(422, "\"priority\" must be an integer"))?,
+    };
+    let title = optional_str(&body, "title")?.map(str::to_string);
+    if app.store.conversation(kind, &key).map_err(store_error)?.is_some() {
+        return Err(HttpError::new(409, format!("a {} conversation with id {key:?} exists", kind.as_sql())));
+    }
+    let customer = match customer {
+        Some((source, fields)) => Some(upsert_customer(app, &source, &fields)?),
+        None => None,
+    };
+    let title = title.unwrap_or_else(|| match &customer {
+        Some(c) => format!("{} - {} {}", c.source, c.first_name, c.last_name).trim().to_string(),
+        None => key.clone(),
+    });
+    let new = NewConversation {
+        kind,
+        key: &key,
+        title: &title,
+        status: &status,
+        priority,
+        customer_id: customer.as_ref().map(|c| c.id),
+    };
+    let id = app.store.create_conversation(&new, app.now).map_err(store_error)?;
+    app.store.set_members(id, &members).map_err(store_error)?;
+    let conversation =
+        app.store.conversation_by_id(id).map_err(store_error)?.ok_or_else(|| HttpError::new(500, "lost"))?;
+    Ok((201, conversation_json(app, &conversation)?))
+}
+
+fn find_conversation(app: &App, kind: &str, id: &str) -> Result<Conversation, HttpError> {
+    let kind = parse_kind(kind).map_err(|_| HttpError::new(404, "no such conversation kind"))?;
+    let id = crate::http::percent_decode(id);
+    app.store
+        .conversation(kind, &id)
+        .map_err(store_error)?
+        .ok_or_else(|| HttpError::new(404, format!("no {} conversation with id {id:?}", kind.as_sql())))
+}
+
+fn get_conversation(app: &mut App, kind: &str, id: &str) -> Answer {
+    let conversation = find_conversation(app, kind, id)?;
+    Ok((200, conversation_json(app, &conversation)?))
+}
+
+/// `PUT /api/conversations/{kind}/{id}/members`: replaces the member set. Removed
+/// members' open sockets on the conversation close with 4003.
+fn set_members(app: &mut App, kind: &str, id: &str, request: &Request) -> Answer {
+    let conversation = find_conversation(app, kind, id)?;
+    let body = json_body(request)?;
+    let members = parse_members(body.get("members"))?;
+    let removed = app.store.set_members(conversation.id, &members).map_err(store_error)?;
+    let topic = Topic::Conversation(conversation.id);
+    for user in &removed {
+        for conn in app.hub.user_conns(&topic, user).to_vec() {
+            app.close_conn(conn, close_code::FORBIDDEN, "removed from the conversation");
+        }
+    }
+    Ok((200, conversation_json(app, &conversation)?))
+}
+
+/// `POST /api/inbound`: a customer's message from an external platform.
+fn inbound(app: &mut App, request: &Request) -> Answer {
+    let body = json_body(request)?;
+    let source = required_str(&body, "source")?.to_string();
+    let content = required_str(&body, "content")?.to_string();
+    let Some((source, fields)) = parse_customer(body.get("customer"), Some(&source))? else {
+        return Err(HttpError::new(422, "\"customer\" is required"));
+    };
+    let members = match body.get("members") {
+        None | Some(Value::Null) => None,
+        value => Some(parse_members(value)?),
+    };
+    let conversation_id = optional_str(&body, "conversation_id")?.map(str::to_string);
+    let existing = match &conversation_id {
+        Some(id) => Some(find_conversation(app, "support", id)?),
+        None => None,
+    };
+    let customer = upsert_customer(app, &source, &fields)?;
+    let (conversation, created) = match existing {
+        Some(conversation) => (conversation, false),
+        None => match app.store.open_support_conversation(customer.id).map_err(store_error)? {
+            Some(conversation) => (conversation, false),
+            None => {
+                let key = random_key();
+                let title =
+                    format!("{} - {} {}", customer.source, customer.first_name, customer.last_name).trim().to_string();
+                let new = NewConversation {
+                    kind: ConversationKind::Support,
+                    key: &key,
+                    title: &title,
+                    status: "active",
+                    priority: 0,
+                    customer_id: Some(customer.id),
+                };
+                let id = app.store.create_conversation(&new, app.now).map_err(store_error)?;
+                app.store.set_members(id, members.as_deref().unwrap_or(&[])).map_err(store_error)?;
+                let conversation = app
+                    .store
+                    .conversation_by_id(id)
+                    .map_err(store_error)?
+                    .ok_or_else(|| HttpError::new(500, "lost"))?;
+                (conversation, true)
+            }
+        },
+    };
+    let now = app.now;
+    let message = support::post_customer_message(app, &conversation, &customer, &content, now).map_err(store_error)?;
+    let object = serde_json::to_value(support::MessageObject::new(&message, Some(&customer))).unwrap_or(Value::Null);
+    Ok((201, json!({"conversation_id": conversation.key, "created_conversation": created, "message": object})))
 }

@@ -79,6 +79,12 @@ pub struct Session {
     pub conversation: Option<i64>,
 }
 
+/// A user with at least one open session.
+pub struct OnlineUser {
+    pub name: std::rc::Rc<str>,
+    pub conns: Vec<ConnId>,
+}
+
 /// A per-user token bucket for the messages-per-minute limit.
 struct Bucket {
     tokens: f64,
@@ -92,8 +98,9 @@ pub struct App {
     pub store: Store,
     pub hub: Hub,
     pub metrics: Metrics,
-    /// Open sessions per user, for the per-user cap.
-    online: HashMap<UserId, Vec<ConnId>>,
+    /// Users with open sessions: their display name and connections (per-user cap,
+    /// presence, the server API's online list).
+    online: HashMap<UserId, OnlineUser>,
     buckets: HashMap<UserId, Bucket>,
     outbox: Vec<Out>,
     /// The time of the current turn, set by `begin_turn`.
@@ -122,7 +129,7 @@ impl App {
 
     /// Opens a session on an upgraded, authenticated connection, or says why not.
     pub fn open(&mut self, conn: ConnId, endpoint: Endpoint, identity: Identity) -> Result<Session, Refusal> {
-        let user_conns = self.online.get(&identity.user_id).map_or(0, Vec::len);
+        let user_conns = self.online.get(&identity.user_id).map_or(0, |u| u.conns.len());
         if user_conns >= self.config.limits.max_connections_per_user {
             return Err(Refusal::new(close_code::TRY_AGAIN_LATER, "too many connections for this user"));
         }
@@ -134,7 +141,16 @@ impl App {
         }
         let mut session = Session { conn, identity, endpoint, topics: Vec::new(), conversation: None };
         endpoints::open(self, &mut session)?;
-        self.online.entry(session.identity.user_id.clone()).or_default().push(conn);
+        let identity = &session.identity;
+        let user = self
+            .online
+            .entry(identity.user_id.clone())
+            .or_insert_with(|| OnlineUser { name: identity.name.clone(), conns: Vec::new() });
+        user.name = identity.name.clone();
+        user.conns.push(conn);
+        if user_conns == 0 {
+            endpoints::presence::user_online(self, &session.identity, Some(conn));
+        }
         self.metrics.connection_opened(session.endpoint.name());
         Ok(session)
     }
@@ -166,10 +182,11 @@ impl App {
     pub fn close(&mut self, session: Session) {
         endpoints::close(self, &session);
         let user = &session.identity.user_id;
-        if let Some(conns) = self.online.get_mut(user) {
-            conns.retain(|c| *c != session.conn);
-            if conns.is_empty() {
+        if let Some(online) = self.online.get_mut(user) {
+            online.conns.retain(|c| *c != session.conn);
+            if online.conns.is_empty() {
                 self.online.remove(user);
+                endpoints::presence::user_offline(self, user);
             }
         }
         self.metrics.connection_closed(session.endpoint.name());
@@ -247,10 +264,21 @@ impl App {
 
     /// Connections of a user that are open right now.
     pub fn user_conns(&self, user: &UserId) -> &[ConnId] {
-        self.online.get(user).map(Vec::as_slice).unwrap_or(&[])
+        self.online.get(user).map(|u| u.conns.as_slice()).unwrap_or(&[])
     }
 
-    pub fn online_users(&self) -> impl Iterator<Item = &UserId> {
-        self.online.keys()
+    /// Users online now, ordered by id.
+    pub fn online_users(&self) -> Vec<(&UserId, &OnlineUser)> {
+        let mut users: Vec<_> = self.online.iter().collect();
+        users.sort_by(|a, b| a.0.cmp(b.0));
+        users
+    }
+
+    /// Queues a frame to every connection of one user in a topic.
+    pub fn publish_to_user(&mut self, topic: &Topic, user: &UserId, frame: Frame, durable: bool) {
+        let to = self.hub.user_conns(topic, user).to_vec();
+        if !to.is_empty() {
+            self.outbox.push(Out::Frame { to, frame, durable });
+        }
     }
 }

@@ -23,14 +23,21 @@ pub struct ConnId {
 /// Something frames are published to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
-    /// Everyone connected to one conversation (a room, for now).
+    /// Everyone connected to one conversation (room, consultation, support chat).
     Conversation(i64),
+    /// Subscribers of presence events (`/ws/presence/`).
+    Presence,
+    /// One user's conversation-list sockets (`/ws/conversations/`).
+    ConversationList(UserId),
+    /// One user's direct-chat sockets (`/ws/v1/chat/`).
+    DirectInbox(UserId),
 }
 
 #[derive(Default)]
 struct Members {
     conns: Vec<ConnId>,
-    users: BTreeMap<UserId, (Rc<str>, u32)>,
+    /// Per user: display name and their connections in this topic.
+    users: BTreeMap<UserId, (Rc<str>, Vec<ConnId>)>,
 }
 
 #[derive(Default)]
@@ -43,10 +50,11 @@ impl Hub {
     pub fn subscribe(&mut self, topic: Topic, conn: ConnId, identity: &Identity) -> bool {
         let members = self.topics.entry(topic).or_default();
         members.conns.push(conn);
-        let entry = members.users.entry(identity.user_id.clone()).or_insert_with(|| (identity.name.clone(), 0));
+        let entry =
+            members.users.entry(identity.user_id.clone()).or_insert_with(|| (identity.name.clone(), Vec::new()));
         entry.0 = identity.name.clone();
-        entry.1 += 1;
-        entry.1 == 1
+        entry.1.push(conn);
+        entry.1.len() == 1
     }
 
     /// Removes a connection. Returns true when it was the user's last in this topic.
@@ -59,8 +67,8 @@ impl Hub {
         }
         let mut last = false;
         if let Some(entry) = members.users.get_mut(user) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
+            entry.1.retain(|c| *c != conn);
+            if entry.1.is_empty() {
                 members.users.remove(user);
                 last = true;
             }
@@ -73,6 +81,11 @@ impl Hub {
 
     pub fn conns(&self, topic: &Topic) -> &[ConnId] {
         self.topics.get(topic).map(|m| m.conns.as_slice()).unwrap_or(&[])
+    }
+
+    /// One user's connections in a topic.
+    pub fn user_conns(&self, topic: &Topic, user: &UserId) -> &[ConnId] {
+        self.topics.get(topic).and_then(|m| m.users.get(user)).map(|(_, conns)| conns.as_slice()).unwrap_or(&[])
     }
 
     /// The users connected to a topic, ordered by id, with their display names.

@@ -1,11 +1,18 @@
 //! The seed protocols: which path speaks which document, and the dispatch of a
 //! session's events to the module of its document. Each module under here is the only
-//! code that knows its document's JSON shapes.
+//! code that knows its document's JSON shapes and close codes.
 
+pub mod consultation;
+pub mod direct;
+pub mod presence;
 pub mod rooms;
+pub mod support;
 
-use crate::app::{App, Frame, Refusal, Session};
+use serde_json::{Map, Value};
+
+use crate::app::{App, Frame, Refusal, Session, close_code};
 use crate::config::ChatProtocol;
+use crate::store::{Conversation, ConversationKind, StoreError};
 
 /// Close code for a refused token unless a document names another (PRODUCT.md).
 pub const AUTH_FAILED: u16 = 4001;
@@ -15,6 +22,16 @@ pub const AUTH_FAILED: u16 = 4001;
 pub enum Endpoint {
     /// 004: `/ws/chat/{room}/` (by default) and `/ws/rooms/{room}/`.
     Rooms { room: String },
+    /// 001: `/ws/consultations/{id}/` (and `/ws/chat/{id}/` by setting).
+    Consultation { id: String },
+    /// 002: `/ws/conversations/{id}/` (and `/ws/chat/{id}/` by setting).
+    SupportChat { id: String },
+    /// 002: `/ws/conversations/`.
+    ConversationList,
+    /// 003: `/ws/v1/chat/`.
+    DirectChat,
+    /// 001: `/ws/presence/`.
+    Presence,
 }
 
 impl Endpoint {
@@ -22,6 +39,11 @@ impl Endpoint {
     pub fn name(&self) -> &'static str {
         match self {
             Endpoint::Rooms { .. } => "rooms",
+            Endpoint::Consultation { .. } => "consultation",
+            Endpoint::SupportChat { .. } => "support_chat",
+            Endpoint::ConversationList => "conversation_list",
+            Endpoint::DirectChat => "direct_chat",
+            Endpoint::Presence => "presence",
         }
     }
 
@@ -29,6 +51,8 @@ impl Endpoint {
     pub fn auth_close_code(&self) -> u16 {
         match self {
             Endpoint::Rooms { .. } => rooms::AUTH_FAILED,
+            Endpoint::DirectChat => direct::AUTH_FAILED,
+            _ => AUTH_FAILED,
         }
     }
 }
@@ -42,10 +66,16 @@ pub fn route(path: &str, chat_protocol: ChatProtocol) -> Option<Endpoint> {
     let param = |s: &str| crate::http::percent_decode(s);
     match segments.as_slice() {
         ["ws", "rooms", room] => Some(Endpoint::Rooms { room: param(room) }),
-        ["ws", "chat", room] => match chat_protocol {
-            ChatProtocol::Rooms => Some(Endpoint::Rooms { room: param(room) }),
-            ChatProtocol::Consultation | ChatProtocol::Support => None,
-        },
+        ["ws", "chat", id] => Some(match chat_protocol {
+            ChatProtocol::Rooms => Endpoint::Rooms { room: param(id) },
+            ChatProtocol::Consultation => Endpoint::Consultation { id: param(id) },
+            ChatProtocol::Support => Endpoint::SupportChat { id: param(id) },
+        }),
+        ["ws", "consultations", id] => Some(Endpoint::Consultation { id: param(id) }),
+        ["ws", "conversations", id] => Some(Endpoint::SupportChat { id: param(id) }),
+        ["ws", "conversations"] => Some(Endpoint::ConversationList),
+        ["ws", "presence"] => Some(Endpoint::Presence),
+        ["ws", "v1", "chat"] => Some(Endpoint::DirectChat),
         _ => None,
     }
 }
@@ -53,26 +83,82 @@ pub fn route(path: &str, chat_protocol: ChatProtocol) -> Option<Endpoint> {
 pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
     match session.endpoint.clone() {
         Endpoint::Rooms { room } => rooms::open(app, session, &room),
+        Endpoint::Consultation { id } => consultation::open(app, session, &id),
+        Endpoint::SupportChat { id } => support::open_chat(app, session, &id),
+        Endpoint::ConversationList => support::open_list(app, session),
+        Endpoint::DirectChat => direct::open(app, session),
+        Endpoint::Presence => presence::open(app, session),
     }
 }
 
 pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
     match session.endpoint {
         Endpoint::Rooms { .. } => rooms::on_text(app, session, text),
+        Endpoint::Consultation { .. } => consultation::on_text(app, session, text),
+        Endpoint::SupportChat { .. } => support::on_chat_text(app, session, text),
+        Endpoint::ConversationList => support::on_list_text(app, session, text),
+        Endpoint::DirectChat => direct::on_text(app, session, text),
+        Endpoint::Presence => {}
     }
 }
 
 pub fn close(app: &mut App, session: &Session) {
     match session.endpoint {
         Endpoint::Rooms { .. } => rooms::close(app, session),
+        _ => {
+            for topic in &session.topics {
+                app.hub.unsubscribe(topic, session.conn, &session.identity.user_id);
+            }
+        }
     }
 }
 
 /// The endpoint's error frame for a message it cannot act on.
 pub fn error_frame(endpoint: &Endpoint, message: &str) -> Frame {
     match endpoint {
-        Endpoint::Rooms { .. } => rooms::error_frame(message),
+        Endpoint::Rooms { .. } | Endpoint::SupportChat { .. } | Endpoint::ConversationList | Endpoint::Presence => {
+            rooms::error_frame(message)
+        }
+        Endpoint::Consultation { .. } => consultation::error_frame(message),
+        Endpoint::DirectChat => direct::error_frame(message),
     }
+}
+
+/// What `parse_object` says about text that is not JSON at all.
+pub const NOT_JSON: &str = "Invalid JSON.";
+
+/// Parses a client frame that must be a JSON object; the error is a message for the
+/// endpoint's error frame.
+pub fn parse_object(text: &str) -> Result<Map<String, Value>, &'static str> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err("Expected a JSON object."),
+        Err(_) => Err(NOT_JSON),
+    }
+}
+
+/// A member-only conversation the session's user belongs to, or a 4003 refusal.
+pub fn member_conversation(
+    app: &App,
+    session: &Session,
+    kind: ConversationKind,
+    key: &str,
+) -> Result<Conversation, Refusal> {
+    let conversation = app
+        .store
+        .conversation(kind, key)
+        .map_err(internal)?
+        .ok_or(Refusal::new(close_code::FORBIDDEN, "no such conversation"))?;
+    if !app.store.is_member(conversation.id, &session.identity.user_id).map_err(internal)? {
+        return Err(Refusal::new(close_code::FORBIDDEN, "not a member of this conversation"));
+    }
+    Ok(conversation)
+}
+
+/// A store failure while opening a session: logged, and the session closes with 1011.
+pub fn internal(e: StoreError) -> Refusal {
+    log::error!("store error: {e}");
+    Refusal::new(close_code::INTERNAL_ERROR, "internal error")
 }
 
 #[cfg(test)]
@@ -89,5 +175,19 @@ mod tests {
         assert_eq!(route("/ws/nope/", ChatProtocol::Rooms), None);
         assert_eq!(route("/ws/chat/a/b/", ChatProtocol::Rooms), None);
         assert_eq!(route("", ChatProtocol::Rooms), None);
+    }
+
+    #[test]
+    fn chat_paths_follow_the_setting_and_the_others_stay() {
+        assert_eq!(route("/ws/chat/c1/", ChatProtocol::Consultation), Some(Endpoint::Consultation { id: "c1".into() }));
+        assert_eq!(route("/ws/chat/c1", ChatProtocol::Support), Some(Endpoint::SupportChat { id: "c1".into() }));
+        assert_eq!(
+            route("/ws/consultations/c1/", ChatProtocol::Rooms),
+            Some(Endpoint::Consultation { id: "c1".into() })
+        );
+        assert_eq!(route("/ws/conversations/", ChatProtocol::Rooms), Some(Endpoint::ConversationList));
+        assert_eq!(route("/ws/conversations/x/", ChatProtocol::Rooms), Some(Endpoint::SupportChat { id: "x".into() }));
+        assert_eq!(route("/ws/v1/chat", ChatProtocol::Rooms), Some(Endpoint::DirectChat));
+        assert_eq!(route("/ws/presence/", ChatProtocol::Rooms), Some(Endpoint::Presence));
     }
 }

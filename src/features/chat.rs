@@ -2,7 +2,7 @@
 //! whom to tell and in which shape is the endpoint's business.
 
 use crate::model::{Identity, Micros};
-use crate::store::{Store, StoreError, StoredMessage};
+use crate::store::{NewMessage, Store, StoreError, StoredMessage};
 
 #[derive(Debug)]
 pub enum ChatError {
@@ -28,5 +28,5 @@ pub fn post(
     if content.trim().is_empty() {
         return Err(ChatError::Empty);
     }
-    Ok(store.insert_message(conversation_id, Some((&sender.user_id, &sender.name)), content, "text", now)?)
+    Ok(store.insert_message(NewMessage::text(conversation_id, (&sender.user_id, &sender.name), content), now)?)
 }

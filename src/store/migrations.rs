@@ -8,7 +8,10 @@
 use rusqlite::{Connection, params};
 
 /// (version, name, SQL), in order.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../sql/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../sql/0001_init.sql")),
+    (2, "conversations", include_str!("../../sql/0002_conversations.sql")),
+];
 
 pub fn apply(conn: &Connection) -> Result<(), String> {
     conn.execute_batch(

@@ -6,6 +6,7 @@
 //! by the server at the end of the turn (`commit`), before anything of that turn is
 //! sent to any client. Reads inside the turn see the turn's own writes.
 
+mod conversations;
 mod migrations;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::{Micros, UserId};
 
+pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
 pub use migrations::MIGRATIONS;
 
 #[derive(Debug)]
@@ -44,13 +46,33 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// The kinds of conversation; each is served by one seed protocol family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConversationKind {
+    /// 004: open rooms, created by the first connection.
     Room,
+    /// 001: member-only, created through the server API.
+    Consultation,
+    /// 002: member-only, created through the server API or by an inbound message.
+    Support,
+    /// 003: the two users of a 1:1 pair, created by the first message.
+    Direct,
 }
 
 impl ConversationKind {
-    fn as_sql(self) -> &'static str {
+    pub fn as_sql(self) -> &'static str {
         match self {
             ConversationKind::Room => "room",
+            ConversationKind::Consultation => "consultation",
+            ConversationKind::Support => "support",
+            ConversationKind::Direct => "direct",
+        }
+    }
+
+    pub fn from_sql(kind: &str) -> Option<ConversationKind> {
+        match kind {
+            "room" => Some(ConversationKind::Room),
+            "consultation" => Some(ConversationKind::Consultation),
+            "support" => Some(ConversationKind::Support),
+            "direct" => Some(ConversationKind::Direct),
+            _ => None,
         }
     }
 }
@@ -65,7 +87,38 @@ pub struct StoredMessage {
     pub content: String,
     pub message_type: String,
     pub created_at: Micros,
+    pub customer_id: Option<i64>,
+    pub is_ai_response: bool,
+    pub is_answered: bool,
 }
+
+/// A message to store. `sender` is `None` for messages from a customer or the system.
+pub struct NewMessage<'a> {
+    pub conversation_id: i64,
+    pub sender: Option<(&'a UserId, &'a str)>,
+    pub content: &'a str,
+    pub message_type: &'a str,
+    pub customer_id: Option<i64>,
+    pub is_ai_response: bool,
+    pub is_answered: bool,
+}
+
+impl<'a> NewMessage<'a> {
+    /// A plain text message from a user.
+    pub fn text(conversation_id: i64, sender: (&'a UserId, &'a str), content: &'a str) -> NewMessage<'a> {
+        NewMessage {
+            conversation_id,
+            sender: Some(sender),
+            content,
+            message_type: "text",
+            customer_id: None,
+            is_ai_response: false,
+            is_answered: false,
+        }
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, sender_id, sender_name, content, message_type, created_at, customer_id, is_ai_response, is_answered";
 
 pub struct Store {
     conn: Connection,
@@ -177,50 +230,66 @@ impl Store {
             .optional()?)
     }
 
-    /// Stores a message in the turn's transaction and returns it with its id.
-    pub fn insert_message(
-        &mut self,
-        conversation_id: i64,
-        sender: Option<(&UserId, &str)>,
-        content: &str,
-        message_type: &str,
-        now: Micros,
-    ) -> StoreResult<StoredMessage> {
+    /// Stores a message in the turn's transaction and returns it with its id. The
+    /// conversation's `updated_at` (its last activity) moves with it.
+    pub fn insert_message(&mut self, message: NewMessage<'_>, now: Micros) -> StoreResult<StoredMessage> {
         self.ensure_transaction()?;
-        let (sender_id, sender_name) = match sender {
+        let (sender_id, sender_name) = match message.sender {
             Some((id, name)) => (Some(id.as_str()), name),
             None => (None, ""),
         };
         self.conn
             .prepare_cached(
-                "INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at,
+                                       customer_id, is_ai_response, is_answered)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
-            .execute(params![conversation_id, sender_id, sender_name, content, message_type, now])?;
+            .execute(params![
+                message.conversation_id,
+                sender_id,
+                sender_name,
+                message.content,
+                message.message_type,
+                now,
+                message.customer_id,
+                message.is_ai_response,
+                message.is_answered
+            ])?;
         let id = self.conn.last_insert_rowid();
         self.conn
             .prepare_cached("UPDATE conversations SET updated_at = ?2 WHERE id = ?1")?
-            .execute(params![conversation_id, now])?;
+            .execute(params![message.conversation_id, now])?;
         Ok(StoredMessage {
             id,
-            conversation_id,
-            sender_id: sender.map(|(id, _)| id.clone()),
+            conversation_id: message.conversation_id,
+            sender_id: message.sender.map(|(id, _)| id.clone()),
             sender_name: sender_name.to_string(),
-            content: content.to_string(),
-            message_type: message_type.to_string(),
+            content: message.content.to_string(),
+            message_type: message.message_type.to_string(),
             created_at: now,
+            customer_id: message.customer_id,
+            is_ai_response: message.is_ai_response,
+            is_answered: message.is_answered,
         })
     }
 
     /// The newest `limit` messages of a conversation, oldest first.
     pub fn recent_messages(&self, conversation_id: i64, limit: usize) -> StoreResult<Vec<StoredMessage>> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT id, conversation_id, sender_id, sender_name, content, message_type, created_at FROM (
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM (
                  SELECT * FROM messages WHERE conversation_id = ?1 ORDER BY id DESC LIMIT ?2
-             ) ORDER BY id",
-        )?;
+             ) ORDER BY id"
+        ))?;
         let rows = statement.query_map(params![conversation_id, limit as i64], message_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn message(&self, id: i64) -> StoreResult<Option<StoredMessage>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"))?
+            .query_row(params![id], message_from_row)
+            .optional()?)
     }
 }
 
@@ -233,6 +302,9 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> 
         content: row.get(4)?,
         message_type: row.get(5)?,
         created_at: row.get(6)?,
+        customer_id: row.get(7)?,
+        is_ai_response: row.get(8)?,
+        is_answered: row.get(9)?,
     })
 }
 
@@ -252,10 +324,10 @@ mod tests {
         let user = UserId::new("1");
         let room = store.get_or_create_conversation(ConversationKind::Room, "lobby", 1).unwrap();
         for i in 0..3 {
-            store.insert_message(room, Some((&user, "ann")), &format!("m{i}"), "text", 2).unwrap();
+            store.insert_message(NewMessage::text(room, (&user, "ann"), &format!("m{i}")), 2).unwrap();
         }
         assert_eq!(store.commit().unwrap(), 4);
-        store.insert_message(room, Some((&user, "ann")), "lost", "text", 3).unwrap();
+        store.insert_message(NewMessage::text(room, (&user, "ann"), "lost"), 3).unwrap();
         store.rollback();
         drop(store);
         let store = Store::open(&dir.path().join("t.db"), false).unwrap();

@@ -1,0 +1,168 @@
+//! Document 001, consultation chat: `/ws/consultations/{id}/` (and `/ws/chat/{id}/` when
+//! `SWITCHBOARD_CHAT_PROTOCOL=consultation`).
+//!
+//! Member-only. On connect `connection_established`, then history as `chat_message`
+//! frames. `chat_message` is stored and sent to every member's connections; `typing`
+//! becomes `typing_indicator` for the others; `read_receipt` is stored once and the others
+//! get a `read_receipt` frame. Errors are `{"type": "error", "message": ...}`. Ids are
+//! JSON strings, as the document shows them.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{member_conversation, parse_object};
+use crate::app::{App, Frame, Refusal, Session, to_frame};
+use crate::features::chat::{self, ChatError};
+use crate::hub::Topic;
+use crate::model::format_timestamp;
+use crate::store::{ConversationKind, StoredMessage};
+
+#[derive(Serialize)]
+struct ConnectionEstablished<'a> {
+    r#type: &'static str,
+    message: &'static str,
+    consultation_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    r#type: &'static str,
+    data: MessageData<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageData<'a> {
+    id: String,
+    sender_id: &'a str,
+    sender_name: &'a str,
+    content: &'a str,
+    created_at: String,
+    message_type: &'a str,
+}
+
+#[derive(Serialize)]
+struct TypingIndicator<'a> {
+    r#type: &'static str,
+    user_id: &'a str,
+    user_name: &'a str,
+    is_typing: bool,
+}
+
+#[derive(Serialize)]
+struct ReadReceipt<'a> {
+    r#type: &'static str,
+    message_id: String,
+    user_id: &'a str,
+    user_name: &'a str,
+    read_at: String,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    r#type: &'static str,
+    message: &'a str,
+}
+
+pub fn error_frame(message: &str) -> Frame {
+    to_frame(&ErrorFrame { r#type: "error", message })
+}
+
+fn chat_message_frame(message: &StoredMessage) -> Frame {
+    to_frame(&ChatMessage {
+        r#type: "chat_message",
+        data: MessageData {
+            id: message.id.to_string(),
+            sender_id: message.sender_id.as_ref().map_or("", |id| id.as_str()),
+            sender_name: &message.sender_name,
+            content: &message.content,
+            created_at: format_timestamp(message.created_at),
+            message_type: &message.message_type,
+        },
+    })
+}
+
+pub fn open(app: &mut App, session: &mut Session, id: &str) -> Result<(), Refusal> {
+    let conversation = member_conversation(app, session, ConversationKind::Consultation, id)?;
+    let history = app.store.recent_messages(conversation.id, app.config.history_limit).map_err(super::internal)?;
+    let topic = Topic::Conversation(conversation.id);
+    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    session.topics.push(topic);
+    session.conversation = Some(conversation.id);
+    let established =
+        ConnectionEstablished { r#type: "connection_established", message: "Connected to chat", consultation_id: id };
+    app.send(session.conn, to_frame(&established));
+    for message in &history {
+        app.send(session.conn, chat_message_frame(message));
+    }
+    Ok(())
+}
+
+pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
+    let Some(conversation) = session.conversation else { return };
+    let object = match parse_object(text) {
+        Ok(object) => object,
+        Err(message) => return app.send(session.conn, error_frame(message)),
+    };
+    match object.get("type").and_then(Value::as_str) {
+        Some("chat_message") => post(app, session, conversation, &object),
+        Some("typing") => {
+            let is_typing = object.get("is_typing").and_then(Value::as_bool).unwrap_or(true);
+            let frame = to_frame(&TypingIndicator {
+                r#type: "typing_indicator",
+                user_id: session.identity.user_id.as_str(),
+                user_name: &session.identity.name,
+                is_typing,
+            });
+            app.publish(&Topic::Conversation(conversation), frame, Some(session.conn), false);
+        }
+        Some("read_receipt") => read_receipt(app, session, conversation, &object),
+        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => app.send(session.conn, error_frame("Missing \"type\".")),
+    }
+}
+
+fn post(app: &mut App, session: &Session, conversation: i64, object: &Map<String, Value>) {
+    let Some(content) = object.get("message").and_then(Value::as_str) else {
+        return app.send(session.conn, error_frame("\"message\" must be a string."));
+    };
+    match chat::post(&mut app.store, conversation, &session.identity, content, app.now) {
+        Ok(message) => {
+            app.metrics.messages_stored += 1;
+            app.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
+        }
+        Err(ChatError::Empty) => app.send(session.conn, error_frame("Message is empty.")),
+        Err(ChatError::Store(e)) => {
+            log::error!("cannot store a consultation message: {e}");
+            app.send(session.conn, error_frame("Message could not be stored."));
+        }
+    }
+}
+
+fn read_receipt(app: &mut App, session: &Session, conversation: i64, object: &Map<String, Value>) {
+    let message_id = match object.get("message_id") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    };
+    let message = message_id.and_then(|id| app.store.message(id).ok().flatten());
+    let Some(message) = message.filter(|m| m.conversation_id == conversation) else {
+        return app.send(session.conn, error_frame("No such message in this consultation."));
+    };
+    match app.store.record_read(&message, &session.identity.user_id, app.now) {
+        Ok(true) => {
+            let frame = to_frame(&ReadReceipt {
+                r#type: "read_receipt",
+                message_id: message.id.to_string(),
+                user_id: session.identity.user_id.as_str(),
+                user_name: &session.identity.name,
+                read_at: format_timestamp(app.now),
+            });
+            app.publish(&Topic::Conversation(conversation), frame, Some(session.conn), true);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            log::error!("cannot store a read receipt: {e}");
+            app.send(session.conn, error_frame("Read receipt could not be stored."));
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Document 003, 1:1 direct chat: `/ws/v1/chat/`. A refused token closes with 4003.
+//!
+//! `chat_message{message, recipient_id}` is stored in the pair's conversation and sent to
+//! every direct-chat connection of the recipient (not the sender: the document's frame is
+//! a message *from another user*). Unread messages are delivered on connect, so nothing
+//! sent while the recipient was offline is lost. `mark_read{sender_id}` moves the reader's
+//! position and tells the sender (`messages_read`); `typing{recipient_id}` becomes
+//! `user_typing` for the recipient. Errors are `{"type": "error", "message": ...}`. User
+//! ids are numbers when they are integers, as in the document.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::parse_object;
+use crate::app::{App, Frame, Refusal, Session, to_frame};
+use crate::features::chat::{self, ChatError};
+use crate::hub::Topic;
+use crate::model::{UserId, format_timestamp};
+use crate::store::{ConversationKind, StoredMessage};
+
+pub const AUTH_FAILED: u16 = 4003;
+/// Unread messages delivered on connect, at most.
+const OFFLINE_DELIVERY_LIMIT: usize = 500;
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    r#type: &'static str,
+    id: i64,
+    sender_id: Option<&'a UserId>,
+    sender_name: &'a str,
+    message: &'a str,
+    timestamp: String,
+}
+
+#[derive(Serialize)]
+struct MessagesRead<'a> {
+    r#type: &'static str,
+    reader_id: &'a UserId,
+    timestamp: String,
+}
+
+#[derive(Serialize)]
+struct UserTyping<'a> {
+    r#type: &'static str,
+    sender_id: &'a UserId,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    r#type: &'static str,
+    message: &'a str,
+}
+
+pub fn error_frame(message: &str) -> Frame {
+    to_frame(&ErrorFrame { r#type: "error", message })
+}
+
+fn chat_message_frame(message: &StoredMessage) -> Frame {
+    to_frame(&ChatMessage {
+        r#type: "chat_message",
+        id: message.id,
+        sender_id: message.sender_id.as_ref(),
+        sender_name: &message.sender_name,
+        message: &message.content,
+        timestamp: format_timestamp(message.created_at),
+    })
+}
+
+pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
+    let unread =
+        app.store.unread_direct_messages(&session.identity.user_id, OFFLINE_DELIVERY_LIMIT).map_err(super::internal)?;
+    let topic = Topic::DirectInbox(session.identity.user_id.clone());
+    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    session.topics.push(topic);
+    for message in &unread {
+        app.send(session.conn, chat_message_frame(message));
+    }
+    Ok(())
+}
+
+/// The other user named by `field`, who must be known and not oneself.
+fn other_user(app: &App, session: &Session, object: &Map<String, Value>, field: &str) -> Result<UserId, String> {
+    let user = object.get(field).and_then(UserId::from_json).ok_or(format!("\"{field}\" must be a user id."))?;
+    if user == session.identity.user_id {
+        return Err("You cannot message yourself.".into());
+    }
+    match app.store.user_exists(&user) {
+        Ok(true) => Ok(user),
+        Ok(false) => Err("User not found.".into()),
+        Err(e) => {
+            log::error!("cannot look up a user: {e}");
+            Err("User lookup failed.".into())
+        }
+    }
+}
+
+pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
+    let object = match parse_object(text) {
+        Ok(object) => object,
+        Err(message) => return app.send(session.conn, error_frame(message)),
+    };
+    let result = match object.get("type").and_then(Value::as_str) {
+        Some("chat_message") => send_message(app, session, &object),
+        Some("mark_read") => mark_read(app, session, &object),
+        Some("typing") => other_user(app, session, &object, "recipient_id").map(|recipient| {
+            let frame = to_frame(&UserTyping { r#type: "user_typing", sender_id: &session.identity.user_id });
+            app.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, frame, false);
+        }),
+        Some(other) => Err(format!("Unknown message type: {other}")),
+        None => Err("Missing \"type\".".into()),
+    };
+    if let Err(message) = result {
+        app.send(session.conn, error_frame(&message));
+    }
+}
+
+fn send_message(app: &mut App, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
+    let content = object.get("message").and_then(Value::as_str).ok_or("\"message\" must be a string.")?;
+    let recipient = other_user(app, session, object, "recipient_id")?;
+    let me = &session.identity.user_id;
+    let stored = app
+        .store
+        .direct_conversation(me, &recipient, app.now)
+        .map_err(ChatError::Store)
+        .and_then(|pair| chat::post(&mut app.store, pair, &session.identity, content, app.now));
+    match stored {
+        Ok(message) => {
+            app.metrics.messages_stored += 1;
+            // The sender has read everything up to their own message.
+            if let Err(e) = app.store.advance_read(message.conversation_id, me, message.id) {
+                log::warn!("cannot move the sender's read position: {e}");
+            }
+            app.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, chat_message_frame(&message), true);
+            Ok(())
+        }
+        Err(ChatError::Empty) => Err("Message is empty.".into()),
+        Err(ChatError::Store(e)) => {
+            log::error!("cannot store a direct message: {e}");
+            Err("Message could not be stored.".into())
+        }
+    }
+}
+
+fn mark_read(app: &mut App, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
+    let sender = other_user(app, session, object, "sender_id")?;
+    let reader = &session.identity.user_id;
+    let key = crate::store::direct_key(reader, &sender);
+    let marked = app.store.conversation_id(ConversationKind::Direct, &key).and_then(|pair| match pair {
+        Some(pair) => {
+            let latest = app.store.latest_message_id(pair)?;
+            app.store.advance_read(pair, reader, latest).map(|_| true)
+        }
+        None => Ok(false),
+    });
+    match marked {
+        Ok(true) => {
+            let frame = to_frame(&MessagesRead {
+                r#type: "messages_read",
+                reader_id: reader,
+                timestamp: format_timestamp(app.now),
+            });
+            app.publish_to_user(&Topic::DirectInbox(sender.clone()), &sender, frame, true);
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => {
+            log::error!("cannot store a read position: {e}");
+            Err("Could not mark messages as read.".into())
+        }
+    }
+}

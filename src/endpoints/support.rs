@@ -1,0 +1,348 @@
+//! Document 002, the customer-support inbox.
+//!
+//! Conversation chat at `/ws/conversations/{id}/` (and `/ws/chat/{id}/` when
+//! `SWITCHBOARD_CHAT_PROTOCOL=support`): member-only; `recent_messages` on connect;
+//! `chat_message{content}` is stored as an agent (`support`) message and sent to every
+//! connection of the conversation; `typing` → `typing_indicator` to the others;
+//! `mark_read` moves the user's read position and sends `messages_read` to everyone.
+//!
+//! Conversation list at `/ws/conversations/`: `conversations_list` on connect and on
+//! `get_conversations` / `refresh_conversations`; `new_customer_message` whenever a
+//! customer writes in one of the user's conversations (`post_customer_message`, used by
+//! the server API). Errors are `{"error": ...}`; invalid JSON is exactly
+//! `{"error": "Invalid JSON format"}`.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{member_conversation, parse_object};
+use crate::app::{App, Frame, Refusal, Session, to_frame};
+use crate::hub::Topic;
+use crate::model::{Micros, UserId, format_timestamp};
+use crate::store::{
+    Conversation, ConversationKind, ConversationSummary, Customer, NewMessage, StoreError, StoredMessage,
+};
+
+pub const INVALID_JSON: &str = "Invalid JSON format";
+
+#[derive(Serialize)]
+struct MessageCustomer<'a> {
+    id: i64,
+    first_name: &'a str,
+    last_name: &'a str,
+    source: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct MessageObject<'a> {
+    id: String,
+    content: &'a str,
+    r#type: &'a str,
+    customer: Option<MessageCustomer<'a>>,
+    is_ai_response: bool,
+    is_answered: bool,
+    created_at: String,
+}
+
+impl<'a> MessageObject<'a> {
+    pub fn new(message: &'a StoredMessage, customer: Option<&'a Customer>) -> MessageObject<'a> {
+        MessageObject {
+            id: message.id.to_string(),
+            content: &message.content,
+            r#type: &message.message_type,
+            customer: customer.map(|c| MessageCustomer {
+                id: c.id,
+                first_name: &c.first_name,
+                last_name: &c.last_name,
+                source: &c.source,
+            }),
+            is_ai_response: message.is_ai_response,
+            is_answered: message.is_answered,
+            created_at: format_timestamp(message.created_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    r#type: &'static str,
+    message: MessageObject<'a>,
+}
+
+#[derive(Serialize)]
+struct RecentMessages<'a> {
+    r#type: &'static str,
+    messages: Vec<MessageObject<'a>>,
+}
+
+#[derive(Serialize)]
+struct TypingIndicator<'a> {
+    r#type: &'static str,
+    username: &'a str,
+    is_typing: bool,
+}
+
+#[derive(Serialize)]
+struct MessagesRead<'a> {
+    r#type: &'static str,
+    user_id: &'a UserId,
+}
+
+#[derive(Serialize)]
+struct ListCustomer<'a> {
+    id: i64,
+    first_name: &'a str,
+    last_name: &'a str,
+    source: &'a str,
+    profile_picture: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct LastMessage<'a> {
+    id: String,
+    content: &'a str,
+    r#type: &'a str,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+struct ConversationObject<'a> {
+    id: &'a str,
+    title: &'a str,
+    status: &'a str,
+    customer: Option<ListCustomer<'a>>,
+    priority: i64,
+    created_at: String,
+    updated_at: String,
+    last_message: Option<LastMessage<'a>>,
+    unread_count: i64,
+}
+
+#[derive(Serialize)]
+struct ConversationsList<'a> {
+    r#type: &'static str,
+    conversations: Vec<ConversationObject<'a>>,
+}
+
+#[derive(Serialize)]
+struct NewCustomerMessage<'a> {
+    r#type: &'static str,
+    conversation_id: &'a str,
+    message: MessageObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    error: &'a str,
+}
+
+pub fn error_frame(message: &str) -> Frame {
+    to_frame(&ErrorFrame { error: message })
+}
+
+fn chat_message_frame(message: &StoredMessage, customer: Option<&Customer>) -> Frame {
+    to_frame(&ChatMessage { r#type: "chat_message", message: MessageObject::new(message, customer) })
+}
+
+/// Parses a frame; invalid JSON gets the document's exact error.
+fn parse(app: &mut App, session: &Session, text: &str) -> Option<Map<String, Value>> {
+    match parse_object(text) {
+        Ok(object) => Some(object),
+        Err(super::NOT_JSON) => {
+            app.send(session.conn, error_frame(INVALID_JSON));
+            None
+        }
+        Err(message) => {
+            app.send(session.conn, error_frame(message));
+            None
+        }
+    }
+}
+
+pub fn open_chat(app: &mut App, session: &mut Session, id: &str) -> Result<(), Refusal> {
+    let conversation = member_conversation(app, session, ConversationKind::Support, id)?;
+    let history = app.store.recent_messages(conversation.id, app.config.history_limit).map_err(super::internal)?;
+    let topic = Topic::Conversation(conversation.id);
+    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    session.topics.push(topic);
+    session.conversation = Some(conversation.id);
+    let customer = conversation.customer.as_ref();
+    let recent = RecentMessages {
+        r#type: "recent_messages",
+        messages: history.iter().map(|m| MessageObject::new(m, customer)).collect(),
+    };
+    app.send(session.conn, to_frame(&recent));
+    Ok(())
+}
+
+pub fn on_chat_text(app: &mut App, session: &mut Session, text: &str) {
+    let Some(conversation_id) = session.conversation else { return };
+    let Some(object) = parse(app, session, text) else { return };
+    let topic = Topic::Conversation(conversation_id);
+    match object.get("type").and_then(Value::as_str) {
+        Some("chat_message") => {
+            let content = match object.get("content") {
+                Some(Value::String(content)) if !content.trim().is_empty() => content.as_str(),
+                Some(Value::String(_)) => return app.send(session.conn, error_frame("Message content is empty.")),
+                _ => return app.send(session.conn, error_frame("\"content\" must be a string.")),
+            };
+            match post_agent_message(app, session, conversation_id, content) {
+                Ok((message, conversation)) => {
+                    app.metrics.messages_stored += 1;
+                    let frame = chat_message_frame(&message, conversation.customer.as_ref());
+                    app.publish(&topic, frame, None, true);
+                }
+                Err(e) => {
+                    log::error!("cannot store a support message: {e}");
+                    app.send(session.conn, error_frame("Message could not be stored."));
+                }
+            }
+        }
+        Some("typing") => {
+            let is_typing = object.get("is_typing").and_then(Value::as_bool).unwrap_or(true);
+            let frame =
+                to_frame(&TypingIndicator { r#type: "typing_indicator", username: &session.identity.name, is_typing });
+            app.publish(&topic, frame, Some(session.conn), false);
+        }
+        Some("mark_read") => {
+            let result = app
+                .store
+                .latest_message_id(conversation_id)
+                .and_then(|latest| app.store.advance_read(conversation_id, &session.identity.user_id, latest));
+            match result {
+                Ok(()) => {
+                    let frame = to_frame(&MessagesRead { r#type: "messages_read", user_id: &session.identity.user_id });
+                    app.publish(&topic, frame, None, true);
+                }
+                Err(e) => {
+                    log::error!("cannot store a read position: {e}");
+                    app.send(session.conn, error_frame("Could not mark messages as read."));
+                }
+            }
+        }
+        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => app.send(session.conn, error_frame("Missing \"type\".")),
+    }
+}
+
+/// Stores an agent's reply; the customer's earlier messages become answered.
+fn post_agent_message(
+    app: &mut App,
+    session: &Session,
+    conversation_id: i64,
+    content: &str,
+) -> Result<(StoredMessage, Conversation), StoreError> {
+    let conversation = app
+        .store
+        .conversation_by_id(conversation_id)?
+        .ok_or(StoreError::Open("the conversation was deleted".into()))?;
+    app.store.mark_customer_messages_answered(conversation_id)?;
+    let message = app.store.insert_message(
+        NewMessage {
+            conversation_id,
+            sender: Some((&session.identity.user_id, &session.identity.name)),
+            content,
+            message_type: "support",
+            customer_id: conversation.customer.as_ref().map(|c| c.id),
+            is_ai_response: false,
+            is_answered: true,
+        },
+        app.now,
+    )?;
+    Ok((message, conversation))
+}
+
+pub fn open_list(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
+    let topic = Topic::ConversationList(session.identity.user_id.clone());
+    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    session.topics.push(topic);
+    send_list(app, session);
+    Ok(())
+}
+
+pub fn on_list_text(app: &mut App, session: &mut Session, text: &str) {
+    let Some(object) = parse(app, session, text) else { return };
+    match object.get("type").and_then(Value::as_str) {
+        Some("get_conversations" | "refresh_conversations") => send_list(app, session),
+        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => app.send(session.conn, error_frame("Missing \"type\".")),
+    }
+}
+
+fn send_list(app: &mut App, session: &Session) {
+    match app.store.conversations_of(&session.identity.user_id, ConversationKind::Support) {
+        Ok(summaries) => {
+            let frame = to_frame(&ConversationsList {
+                r#type: "conversations_list",
+                conversations: summaries.iter().map(conversation_object).collect(),
+            });
+            app.send(session.conn, frame);
+        }
+        Err(e) => {
+            log::error!("cannot list conversations: {e}");
+            app.send(session.conn, error_frame("Could not load conversations."));
+        }
+    }
+}
+
+fn conversation_object(summary: &ConversationSummary) -> ConversationObject<'_> {
+    let conversation = &summary.conversation;
+    ConversationObject {
+        id: &conversation.key,
+        title: &conversation.title,
+        status: &conversation.status,
+        customer: conversation.customer.as_ref().map(|c| ListCustomer {
+            id: c.id,
+            first_name: &c.first_name,
+            last_name: &c.last_name,
+            source: &c.source,
+            profile_picture: c.profile_picture.as_deref(),
+        }),
+        priority: conversation.priority,
+        created_at: format_timestamp(conversation.created_at),
+        updated_at: format_timestamp(conversation.updated_at),
+        last_message: summary.last_message.as_ref().map(|m| LastMessage {
+            id: m.id.to_string(),
+            content: &m.content,
+            r#type: &m.message_type,
+            created_at: format_timestamp(m.created_at),
+        }),
+        unread_count: summary.unread_count,
+    }
+}
+
+/// Stores a customer's message from an external platform and pushes it: `chat_message`
+/// to the conversation's sockets, `new_customer_message` to every member's list sockets.
+pub fn post_customer_message(
+    app: &mut App,
+    conversation: &Conversation,
+    customer: &Customer,
+    content: &str,
+    now: Micros,
+) -> Result<StoredMessage, StoreError> {
+    let name = format!("{} {}", customer.first_name, customer.last_name).trim().to_string();
+    let message = app.store.insert_message(
+        NewMessage {
+            conversation_id: conversation.id,
+            sender: None,
+            content,
+            message_type: "customer",
+            customer_id: Some(customer.id),
+            is_ai_response: false,
+            is_answered: false,
+        },
+        now,
+    )?;
+    let message = StoredMessage { sender_name: name, ..message };
+    app.metrics.messages_stored += 1;
+    app.publish(&Topic::Conversation(conversation.id), chat_message_frame(&message, Some(customer)), None, true);
+    let notice = to_frame(&NewCustomerMessage {
+        r#type: "new_customer_message",
+        conversation_id: &conversation.key,
+        message: MessageObject::new(&message, Some(customer)),
+    });
+    for member in app.store.members(conversation.id)? {
+        app.publish_to_user(&Topic::ConversationList(member.clone()), &member, notice.clone(), true);
+    }
+    Ok(message)
+}
