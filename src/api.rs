@@ -12,15 +12,20 @@
 //! - `POST /api/conversations`, `GET /api/conversations/{kind}/{id}`,
 //!   `PUT /api/conversations/{kind}/{id}/members`
 //! - `POST /api/inbound` (a customer message from an external platform)
+//! - `POST /api/notifications`, `POST /api/fraud-alerts`,
+//!   `POST /api/fraud-alerts/{id}/resolve`, `POST /api/messages`
+//! - `POST /api/users/{user_id}/disconnect`
 
 use serde_json::{Value, json};
 
 use crate::app::{App, close_code};
-use crate::endpoints::{rooms, support};
+use crate::endpoints::{banking, notifications, rooms, support};
 use crate::http::{HttpError, Request, json_response, response};
 use crate::hub::Topic;
 use crate::model::{Identity, UserId};
-use crate::store::{Conversation, ConversationKind, Customer, NewConversation, NewCustomer};
+use crate::store::{
+    Conversation, ConversationKind, Customer, NewBankingMessage, NewConversation, NewCustomer, NewNotification,
+};
 
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -49,6 +54,11 @@ pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool) {
         ("GET", ["api", "conversations", kind, id]) => get_conversation(app, kind, id),
         ("PUT", ["api", "conversations", kind, id, "members"]) => set_members(app, kind, id, request),
         ("POST", ["api", "inbound"]) => inbound(app, request),
+        ("POST", ["api", "notifications"]) => create_notification(app, request),
+        ("POST", ["api", "fraud-alerts"]) => create_fraud_alert(app, request),
+        ("POST", ["api", "fraud-alerts", id, "resolve"]) => resolve_fraud_alert(app, id),
+        ("POST", ["api", "messages"]) => create_banking_message(app, request),
+        ("POST", ["api", "users", user, "disconnect"]) => disconnect_user(app, user),
         (
             _,
             ["metrics"]
@@ -57,7 +67,12 @@ pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool) {
             | ["api", "conversations"]
             | ["api", "conversations", _, _]
             | ["api", "conversations", _, _, "members"]
-            | ["api", "inbound"],
+            | ["api", "inbound"]
+            | ["api", "notifications"]
+            | ["api", "fraud-alerts"]
+            | ["api", "fraud-alerts", _, "resolve"]
+            | ["api", "messages"]
+            | ["api", "users", _, "disconnect"],
         ) => Err(HttpError::new(405, "method not allowed")),
         _ => Err(HttpError::new(404, "no such API route")),
     };
@@ -382,4 +397,148 @@ fn inbound(app: &mut App, request: &Request) -> Answer {
     let message = support::post_customer_message(app, &conversation, &customer, &content, now).map_err(store_error)?;
     let object = serde_json::to_value(support::MessageObject::new(&message, Some(&customer))).unwrap_or(Value::Null);
     Ok((201, json!({"conversation_id": conversation.key, "created_conversation": created, "message": object})))
+}
+
+/// Severities a fraud alert may have.
+pub const SEVERITIES: [&str; 4] = ["low", "medium", "high", "critical"];
+/// Longest title, subject or category accepted; bodies are bounded by the request size.
+const MAX_SHORT_TEXT: usize = 500;
+
+fn required_user(body: &serde_json::Map<String, Value>) -> Result<UserId, HttpError> {
+    match body.get("user_id") {
+        None => Err(HttpError::new(422, "\"user_id\" is required")),
+        Some(value) => UserId::from_json(value)
+            .ok_or_else(|| HttpError::new(422, "\"user_id\" must be a non-empty string or an integer")),
+    }
+}
+
+fn short_text<'a>(body: &'a serde_json::Map<String, Value>, field: &str) -> Result<&'a str, HttpError> {
+    let value = required_str(body, field)?;
+    if value.len() > MAX_SHORT_TEXT {
+        return Err(HttpError::new(422, format!("\"{field}\" is longer than {MAX_SHORT_TEXT} bytes")));
+    }
+    Ok(value)
+}
+
+fn path_id(id: &str) -> Result<i64, HttpError> {
+    id.parse().map_err(|_| HttpError::new(404, "no such id"))
+}
+
+/// `POST /api/notifications`: stored, then pushed to the user's three notification
+/// endpoints, each in its document's shape.
+fn create_notification(app: &mut App, request: &Request) -> Answer {
+    let body = json_body(request)?;
+    let user = required_user(&body)?;
+    let title = short_text(&body, "title")?;
+    let message = required_str(&body, "message")?;
+    let category = match (optional_str(&body, "category")?, optional_str(&body, "type")?) {
+        (Some(c), _) | (None, Some(c)) if !c.trim().is_empty() && c.len() <= MAX_SHORT_TEXT => c,
+        (None, None) => "system",
+        _ => return Err(HttpError::new(422, "\"category\" (or \"type\") must be a short non-empty string")),
+    };
+    let link = optional_str(&body, "link")?;
+    let new = NewNotification { user_id: &user, category, title, message, link };
+    let notification = app.store.insert_notification(&new, app.now).map_err(store_error)?;
+    app.metrics.messages_stored += 1;
+    notifications::publish(app, &notification);
+    Ok((
+        201,
+        json!({"notification": {
+            "id": notification.id, "user_id": user.to_json(), "category": notification.category,
+            "title": notification.title, "message": notification.message, "link": notification.link,
+            "is_read": false, "created_at": crate::model::format_timestamp(notification.created_at),
+        }}),
+    ))
+}
+
+fn alert_json(alert: &crate::store::FraudAlert) -> Value {
+    json!({"alert": {
+        "id": alert.id, "user": alert.user_id.to_json(), "message": alert.message, "severity": alert.severity,
+        "is_resolved": alert.is_resolved, "resolved_at": alert.resolved_at.map(crate::model::format_timestamp),
+        "created_at": crate::model::format_timestamp(alert.created_at),
+    }})
+}
+
+/// `POST /api/fraud-alerts`.
+fn create_fraud_alert(app: &mut App, request: &Request) -> Answer {
+    let body = json_body(request)?;
+    let user = required_user(&body)?;
+    let message = required_str(&body, "message")?;
+    let severity = required_str(&body, "severity")?;
+    if !SEVERITIES.contains(&severity) {
+        return Err(HttpError::new(422, format!("\"severity\" must be one of {}", SEVERITIES.join(", "))));
+    }
+    let alert = app.store.insert_fraud_alert(&user, message, severity, app.now).map_err(store_error)?;
+    app.metrics.messages_stored += 1;
+    app.publish(&Topic::FraudAlerts(user), banking::fraud_alert_frame(&alert), None, true);
+    Ok((201, alert_json(&alert)))
+}
+
+/// `POST /api/fraud-alerts/{id}/resolve`: resolves once; resolving again changes nothing.
+fn resolve_fraud_alert(app: &mut App, id: &str) -> Answer {
+    let id = path_id(id)?;
+    let before = app.store.fraud_alert(id).map_err(store_error)?.ok_or_else(|| HttpError::new(404, "no such alert"))?;
+    let alert = app.store.resolve_fraud_alert(id, app.now).map_err(store_error)?.unwrap_or(before.clone());
+    if !before.is_resolved {
+        app.publish(&Topic::FraudAlerts(alert.user_id.clone()), banking::fraud_alert_frame(&alert), None, true);
+    }
+    Ok((200, alert_json(&alert)))
+}
+
+/// `POST /api/messages`: a banking message, optionally a reply in a thread.
+fn create_banking_message(app: &mut App, request: &Request) -> Answer {
+    let body = json_body(request)?;
+    let user = required_user(&body)?;
+    let subject = short_text(&body, "subject")?;
+    let text = required_str(&body, "body")?;
+    let parent = match body.get("parent_message").or_else(|| body.get("parent_id")) {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let id = value.as_i64().ok_or_else(|| HttpError::new(422, "\"parent_message\" must be a message id"))?;
+            let parent = app.store.banking_message(id).map_err(store_error)?;
+            match parent {
+                Some(parent) if parent.user_id == user => Some(parent),
+                _ => return Err(HttpError::new(422, "\"parent_message\" is not a message of this user")),
+            }
+        }
+    };
+    let thread_id = match (optional_str(&body, "thread_id")?, &parent) {
+        (Some(thread), Some(parent)) if thread != parent.thread_id => {
+            return Err(HttpError::new(422, "\"thread_id\" differs from the parent message's thread"));
+        }
+        (Some(thread), _) if !thread.trim().is_empty() && thread.len() <= 100 => thread.to_string(),
+        (Some(_), _) => return Err(HttpError::new(422, "\"thread_id\" must be 1-100 characters")),
+        (None, Some(parent)) => parent.thread_id.clone(),
+        (None, None) => random_key(),
+    };
+    let new = NewBankingMessage {
+        user_id: &user,
+        subject,
+        body: text,
+        thread_id: &thread_id,
+        parent_id: parent.as_ref().map(|p| p.id),
+    };
+    let message = app.store.insert_banking_message(&new, app.now).map_err(store_error)?;
+    app.metrics.messages_stored += 1;
+    let topic = Topic::BankingMessages(user);
+    app.publish(&topic, banking::message_update_frame(&message), None, true);
+    if let Some(parent) = &parent {
+        let updated = app.store.banking_message(parent.id).map_err(store_error)?;
+        if let Some(updated) = updated {
+            app.publish(&topic, banking::message_update_frame(&updated), None, true);
+        }
+    }
+    let frame: Value = serde_json::from_str(banking::message_update_frame(&message).as_str()).unwrap_or(Value::Null);
+    Ok((201, json!({"message": frame["message"]})))
+}
+
+/// `POST /api/users/{user_id}/disconnect`: closes every connection of the user with
+/// each endpoint's authentication close code (a logout).
+fn disconnect_user(app: &mut App, user: &str) -> Answer {
+    let user = UserId::new(&crate::http::percent_decode(user));
+    let conns = app.user_conns(&user).to_vec();
+    for conn in &conns {
+        app.logout_conn(*conn);
+    }
+    Ok((200, json!({"user_id": user.to_json(), "disconnected": conns.len()})))
 }

@@ -37,6 +37,8 @@ pub enum Out {
     Frame { to: Vec<ConnId>, frame: Frame, durable: bool },
     /// Close one connection with a close code.
     Close { to: ConnId, code: u16, reason: String },
+    /// Close one connection with its endpoint's authentication close code (a logout).
+    Logout { to: ConnId },
     /// Answer a server API request; `durable` answers become 500 if the commit fails.
     Http { to: ConnId, response: Vec<u8>, durable: bool },
 }
@@ -260,6 +262,11 @@ impl App {
     /// Queues a close of another connection (used by the server API's disconnect).
     pub fn close_conn(&mut self, to: ConnId, code: u16, reason: &str) {
         self.outbox.push(Out::Close { to, code, reason: reason.to_string() });
+    }
+
+    /// Queues a logout of a connection (see `Out::Logout`).
+    pub fn logout_conn(&mut self, to: ConnId) {
+        self.outbox.push(Out::Logout { to });
     }
 
     /// Connections of a user that are open right now.

@@ -31,6 +31,13 @@ pub enum Topic {
     ConversationList(UserId),
     /// One user's direct-chat sockets (`/ws/v1/chat/`).
     DirectInbox(UserId),
+    /// One user's notification sockets of one endpoint (named by `Endpoint::name`), so
+    /// that a notification is rendered once per document, not once per socket.
+    Notifications(UserId, &'static str),
+    /// One user's fraud-alert sockets.
+    FraudAlerts(UserId),
+    /// One user's banking-message sockets.
+    BankingMessages(UserId),
 }
 
 #[derive(Default)]

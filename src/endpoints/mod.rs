@@ -2,8 +2,10 @@
 //! session's events to the module of its document. Each module under here is the only
 //! code that knows its document's JSON shapes and close codes.
 
+pub mod banking;
 pub mod consultation;
 pub mod direct;
+pub mod notifications;
 pub mod presence;
 pub mod rooms;
 pub mod support;
@@ -32,6 +34,16 @@ pub enum Endpoint {
     DirectChat,
     /// 001: `/ws/presence/`.
     Presence,
+    /// 000: `/ws/messages/{user_id}/`.
+    BankingMessages { user_id: String },
+    /// 000: `/ws/fraud-alerts/{user_id}/`.
+    FraudAlerts { user_id: String },
+    /// 000: `/ws/notifications/{user_id}/`.
+    UserNotifications { user_id: String },
+    /// 001: `/ws/notifications/`.
+    Notifications,
+    /// 003: `/ws/v1/notifications/`.
+    V1Notifications,
 }
 
 impl Endpoint {
@@ -44,6 +56,11 @@ impl Endpoint {
             Endpoint::ConversationList => "conversation_list",
             Endpoint::DirectChat => "direct_chat",
             Endpoint::Presence => "presence",
+            Endpoint::BankingMessages { .. } => "banking_messages",
+            Endpoint::FraudAlerts { .. } => "fraud_alerts",
+            Endpoint::UserNotifications { .. } => "user_notifications",
+            Endpoint::Notifications => "notifications",
+            Endpoint::V1Notifications => "v1_notifications",
         }
     }
 
@@ -52,6 +69,7 @@ impl Endpoint {
         match self {
             Endpoint::Rooms { .. } => rooms::AUTH_FAILED,
             Endpoint::DirectChat => direct::AUTH_FAILED,
+            Endpoint::V1Notifications => notifications::V1_AUTH_FAILED,
             _ => AUTH_FAILED,
         }
     }
@@ -76,6 +94,11 @@ pub fn route(path: &str, chat_protocol: ChatProtocol) -> Option<Endpoint> {
         ["ws", "conversations"] => Some(Endpoint::ConversationList),
         ["ws", "presence"] => Some(Endpoint::Presence),
         ["ws", "v1", "chat"] => Some(Endpoint::DirectChat),
+        ["ws", "messages", user_id] => Some(Endpoint::BankingMessages { user_id: param(user_id) }),
+        ["ws", "fraud-alerts", user_id] => Some(Endpoint::FraudAlerts { user_id: param(user_id) }),
+        ["ws", "notifications", user_id] => Some(Endpoint::UserNotifications { user_id: param(user_id) }),
+        ["ws", "notifications"] => Some(Endpoint::Notifications),
+        ["ws", "v1", "notifications"] => Some(Endpoint::V1Notifications),
         _ => None,
     }
 }
@@ -88,6 +111,10 @@ pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
         Endpoint::ConversationList => support::open_list(app, session),
         Endpoint::DirectChat => direct::open(app, session),
         Endpoint::Presence => presence::open(app, session),
+        Endpoint::BankingMessages { user_id } => banking::open_messages(app, session, &user_id),
+        Endpoint::FraudAlerts { user_id } => banking::open_fraud_alerts(app, session, &user_id),
+        Endpoint::UserNotifications { user_id } => banking::open_notifications(app, session, &user_id),
+        Endpoint::Notifications | Endpoint::V1Notifications => notifications::open(app, session),
     }
 }
 
@@ -98,7 +125,11 @@ pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
         Endpoint::SupportChat { .. } => support::on_chat_text(app, session, text),
         Endpoint::ConversationList => support::on_list_text(app, session, text),
         Endpoint::DirectChat => direct::on_text(app, session, text),
-        Endpoint::Presence => {}
+        Endpoint::Presence | Endpoint::FraudAlerts { .. } => {}
+        Endpoint::BankingMessages { .. } => banking::on_messages_text(app, session, text),
+        Endpoint::UserNotifications { .. } | Endpoint::Notifications | Endpoint::V1Notifications => {
+            notifications::on_text(app, session, text)
+        }
     }
 }
 
@@ -121,6 +152,11 @@ pub fn error_frame(endpoint: &Endpoint, message: &str) -> Frame {
         }
         Endpoint::Consultation { .. } => consultation::error_frame(message),
         Endpoint::DirectChat => direct::error_frame(message),
+        Endpoint::BankingMessages { .. }
+        | Endpoint::FraudAlerts { .. }
+        | Endpoint::UserNotifications { .. }
+        | Endpoint::Notifications
+        | Endpoint::V1Notifications => notifications::error_frame(message),
     }
 }
 
@@ -189,5 +225,19 @@ mod tests {
         assert_eq!(route("/ws/conversations/x/", ChatProtocol::Rooms), Some(Endpoint::SupportChat { id: "x".into() }));
         assert_eq!(route("/ws/v1/chat", ChatProtocol::Rooms), Some(Endpoint::DirectChat));
         assert_eq!(route("/ws/presence/", ChatProtocol::Rooms), Some(Endpoint::Presence));
+        assert_eq!(route("/ws/notifications/", ChatProtocol::Rooms), Some(Endpoint::Notifications));
+        assert_eq!(
+            route("/ws/notifications/7/", ChatProtocol::Rooms),
+            Some(Endpoint::UserNotifications { user_id: "7".into() })
+        );
+        assert_eq!(route("/ws/v1/notifications", ChatProtocol::Rooms), Some(Endpoint::V1Notifications));
+        assert_eq!(
+            route("/ws/messages/7", ChatProtocol::Rooms),
+            Some(Endpoint::BankingMessages { user_id: "7".into() })
+        );
+        assert_eq!(
+            route("/ws/fraud-alerts/7/", ChatProtocol::Rooms),
+            Some(Endpoint::FraudAlerts { user_id: "7".into() })
+        );
     }
 }

@@ -616,6 +616,14 @@ impl Server {
                         self.close_ws(to.slot, code, &reason);
                     }
                 }
+                Out::Logout { to } => {
+                    if self.is_current(to)
+                        && let Phase::Open { session: Some(session), .. } = &self.conns[to.slot].phase
+                    {
+                        let code = session.endpoint.auth_close_code();
+                        self.close_ws(to.slot, code, "logged out");
+                    }
+                }
                 Out::Http { to, response, .. } => {
                     if self.is_current(to) {
                         self.respond(to.slot, response);

@@ -8,6 +8,7 @@
 
 mod conversations;
 mod migrations;
+mod notifications;
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ use crate::model::{Micros, UserId};
 
 pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
 pub use migrations::MIGRATIONS;
+pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
 
 #[derive(Debug)]
 pub enum StoreError {
