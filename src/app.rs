@@ -35,6 +35,8 @@ pub enum Out {
     /// A text frame to some connections. `durable` frames report stored data and are
     /// dropped if the commit fails.
     Frame { to: Vec<ConnId>, frame: Frame, durable: bool },
+    /// A binary frame to one connection (only the echo endpoint sends any).
+    Binary { to: ConnId, data: tungstenite::Bytes },
     /// Close one connection with a close code.
     Close { to: ConnId, code: u16, reason: String },
     /// Close one connection with its endpoint's authentication close code (a logout).
@@ -171,12 +173,11 @@ impl App {
         endpoints::on_text(self, session, text);
     }
 
-    /// A binary frame from a client: no seed protocol has any.
-    pub fn on_binary(&mut self, session: &mut Session, len: usize) {
+    /// A binary frame from a client.
+    pub fn on_binary(&mut self, session: &mut Session, data: &tungstenite::Bytes) {
         self.metrics.frames_in += 1;
-        self.metrics.bytes_in += len as u64;
-        let frame = endpoints::error_frame(&session.endpoint, "Binary frames are not supported; send JSON text.");
-        self.send(session.conn, frame);
+        self.metrics.bytes_in += data.len() as u64;
+        endpoints::on_binary(self, session, data);
     }
 
     /// A session ended, for whatever reason. Its subscriptions go, and whoever should
@@ -249,6 +250,11 @@ impl App {
     /// Queues a frame to one connection; it does not depend on the commit.
     pub fn send(&mut self, to: ConnId, frame: Frame) {
         self.outbox.push(Out::Frame { to: vec![to], frame, durable: false });
+    }
+
+    /// Queues a binary frame to one connection.
+    pub fn send_binary(&mut self, to: ConnId, data: tungstenite::Bytes) {
+        self.outbox.push(Out::Binary { to, data });
     }
 
     /// Queues a frame to every connection of a topic, optionally but one.

@@ -44,6 +44,9 @@ pub enum Endpoint {
     Notifications,
     /// 003: `/ws/v1/notifications/`.
     V1Notifications,
+    /// `/echo`: every message back, no token (test and benchmark builds only).
+    #[cfg(feature = "echo")]
+    Echo,
 }
 
 impl Endpoint {
@@ -61,6 +64,8 @@ impl Endpoint {
             Endpoint::UserNotifications { .. } => "user_notifications",
             Endpoint::Notifications => "notifications",
             Endpoint::V1Notifications => "v1_notifications",
+            #[cfg(feature = "echo")]
+            Endpoint::Echo => "echo",
         }
     }
 
@@ -99,6 +104,8 @@ pub fn route(path: &str, chat_protocol: ChatProtocol) -> Option<Endpoint> {
         ["ws", "notifications", user_id] => Some(Endpoint::UserNotifications { user_id: param(user_id) }),
         ["ws", "notifications"] => Some(Endpoint::Notifications),
         ["ws", "v1", "notifications"] => Some(Endpoint::V1Notifications),
+        #[cfg(feature = "echo")]
+        ["echo"] => Some(Endpoint::Echo),
         _ => None,
     }
 }
@@ -115,6 +122,8 @@ pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
         Endpoint::FraudAlerts { user_id } => banking::open_fraud_alerts(app, session, &user_id),
         Endpoint::UserNotifications { user_id } => banking::open_notifications(app, session, &user_id),
         Endpoint::Notifications | Endpoint::V1Notifications => notifications::open(app, session),
+        #[cfg(feature = "echo")]
+        Endpoint::Echo => Ok(()),
     }
 }
 
@@ -129,6 +138,22 @@ pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
         Endpoint::BankingMessages { .. } => banking::on_messages_text(app, session, text),
         Endpoint::UserNotifications { .. } | Endpoint::Notifications | Endpoint::V1Notifications => {
             notifications::on_text(app, session, text)
+        }
+        #[cfg(feature = "echo")]
+        Endpoint::Echo => app.send(session.conn, Frame::from(text)),
+    }
+}
+
+/// A binary frame: no seed protocol has any, so it gets the endpoint's error frame
+/// (the echo endpoint sends it back).
+pub fn on_binary(app: &mut App, session: &mut Session, data: &tungstenite::Bytes) {
+    match session.endpoint {
+        #[cfg(feature = "echo")]
+        Endpoint::Echo => app.send_binary(session.conn, data.clone()),
+        _ => {
+            let _ = data;
+            let frame = error_frame(&session.endpoint, "Binary frames are not supported; send JSON text.");
+            app.send(session.conn, frame);
         }
     }
 }
@@ -157,6 +182,8 @@ pub fn error_frame(endpoint: &Endpoint, message: &str) -> Frame {
         | Endpoint::UserNotifications { .. }
         | Endpoint::Notifications
         | Endpoint::V1Notifications => notifications::error_frame(message),
+        #[cfg(feature = "echo")]
+        Endpoint::Echo => Frame::from(message),
     }
 }
 

@@ -366,6 +366,14 @@ impl Server {
             Some(token) => self.app.verifier.verify(&token),
             None => Err(auth::AuthError::Missing),
         };
+        #[cfg(feature = "echo")]
+        let identity = match endpoint {
+            endpoints::Endpoint::Echo => Ok(crate::model::Identity {
+                user_id: crate::model::UserId::new(&format!("echo-{}", self.conns[key].serial)),
+                name: "echo".into(),
+            }),
+            _ => identity,
+        };
 
         let conn = &mut self.conns[key];
         let Phase::Request { stream, .. } = std::mem::take(&mut conn.phase) else { return };
@@ -427,7 +435,7 @@ impl Server {
                     conn.pinged = false;
                     match (message, session.as_mut(), closing_since.is_some()) {
                         (Message::Text(text), Some(session), false) => self.app.on_text(session, &text),
-                        (Message::Binary(data), Some(session), false) => self.app.on_binary(session, data.len()),
+                        (Message::Binary(data), Some(session), false) => self.app.on_binary(session, &data),
                         _ => {}
                     }
                     // tungstenite may have queued a pong or a close reply.
@@ -616,6 +624,7 @@ impl Server {
                         self.close_ws(to.slot, code, &reason);
                     }
                 }
+                Out::Binary { to, data } => self.write_message(to, Message::Binary(data)),
                 Out::Logout { to } => {
                     if self.is_current(to)
                         && let Phase::Open { session: Some(session), .. } = &self.conns[to.slot].phase
@@ -638,15 +647,20 @@ impl Server {
     }
 
     fn write_frame(&mut self, id: ConnId, frame: &crate::app::Frame) {
+        self.write_message(id, Message::Text(frame.clone()));
+    }
+
+    fn write_message(&mut self, id: ConnId, message: Message) {
         if !self.is_current(id) {
             return;
         }
         let conn = &mut self.conns[id.slot];
         let Phase::Open { ws, closing_since: None, session: Some(_), .. } = &mut conn.phase else { return };
-        match ws.write(Message::Text(frame.clone())) {
+        let len = message.len() as u64;
+        match ws.write(message) {
             Ok(()) => {
                 self.app.metrics.frames_out += 1;
-                self.app.metrics.bytes_out += frame.len() as u64;
+                self.app.metrics.bytes_out += len;
                 self.mark_dirty(id.slot);
             }
             Err(WsError::WriteBufferFull(_)) => self.drop_slow_consumer(id.slot),
