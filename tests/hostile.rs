@@ -1,0 +1,273 @@
+//! Hostile and careless clients: invalid UTF-8, deeply nested and huge JSON, unknown
+//! types and wrong field types on every endpoint, SQL metacharacters and Unicode in every
+//! text field, binary frames, and a connection flood past the cap.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use util::*;
+
+/// Text that has broken naive SQL, JSON and terminal handling somewhere.
+const NASTY: &str = "Robert'); DROP TABLE messages;-- \" \\ % _ ' OR 1=1 -- \u{0}\u{7f} \u{202e}édé 漢字 🎉👩‍👩‍👧 \n\t\r <script>alert(1)</script>";
+
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007() {
+    let server = Server::start(&[]);
+    let mut client = server.connect_as("/ws/chat/utf8/", json!(1), "ann");
+    client.recv_type("room_users_list");
+    client.ws.get_mut().write_all(&masked_frame(0x1, &[b'{', 0xff, 0xfe, b'}'])).unwrap();
+    assert_eq!(client.expect_close(), Some(1007));
+    // The server is fine.
+    let mut other = server.connect_as("/ws/chat/utf8/", json!(2), "bob");
+    assert_eq!(other.recv()["type"], "room_users_list");
+}
+
+/// Sets up one session on every endpoint for user 5 and returns them with the
+/// frames each endpoint sends on connect already read.
+fn every_endpoint(server: &Server) -> Vec<(&'static str, Client)> {
+    for (kind, id) in [("consultation", "c1"), ("support", "s1")] {
+        let (status, body) =
+            server.api("POST", "/api/conversations", Some(&json!({"kind": kind, "id": id, "members": [5, 6]})));
+        assert_eq!(status, 201, "{body}");
+    }
+    let paths = [
+        "/ws/chat/hostile/",
+        "/ws/consultations/c1/",
+        "/ws/conversations/s1/",
+        "/ws/conversations/",
+        "/ws/v1/chat/",
+        "/ws/presence/",
+        "/ws/notifications/",
+        "/ws/v1/notifications/",
+        "/ws/notifications/5/",
+        "/ws/messages/5/",
+        "/ws/fraud-alerts/5/",
+    ];
+    paths
+        .into_iter()
+        .map(|path| {
+            let mut client = server.connect_as(path, json!(5), "eve");
+            drain(&mut client);
+            (path, client)
+        })
+        .collect()
+}
+
+/// Reads and drops whatever arrives within 150 ms.
+fn drain(client: &mut Client) {
+    client.ws.get_mut().set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+    while client.ws.read().is_ok() {}
+    client.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+}
+
+fn is_error(frame: &Value) -> bool {
+    frame.get("error").is_some_and(Value::is_string) || (frame["type"] == "error" && frame["message"].is_string())
+}
+
+#[test]
+fn garbage_on_every_endpoint_gets_an_error_frame_and_the_connection_stays() {
+    let server = Server::start(&[("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", "100000")]);
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+    let wide = {
+        let fields: Vec<String> = (0..3000).map(|i| format!("\"k{i}\": {i}")).collect();
+        format!("{{{}}}", fields.join(","))
+    };
+    let garbage = [
+        "not json".to_string(),
+        deep.clone(),
+        "{\"type\": 5}".to_string(),
+        "{\"type\": \"no_such_type\"}".to_string(),
+        "{\"type\": \"chat_message\", \"message\": {\"nested\": true}, \"content\": [1], \"recipient_id\": {}}"
+            .to_string(),
+        "{\"type\": \"mark_read\", \"message_id\": [1], \"notification_id\": null, \"sender_id\": 1.5}".to_string(),
+        "{\"type\": \"read_receipt\", \"message_id\": \"'; DROP TABLE messages; --\"}".to_string(),
+        "{\"type\": \"typing\", \"recipient_id\": \"nobody-at-all\"}".to_string(),
+        "\"just a string\"".to_string(),
+        "null".to_string(),
+        wide,
+    ];
+    for (path, mut client) in every_endpoint(&server) {
+        for text in &garbage {
+            client.send_text(text);
+        }
+        client.ws.send(tungstenite::Message::Binary(vec![0, 159, 146, 150].into())).unwrap();
+        // Presence and fraud alerts ignore what clients send; everyone else answers each
+        // frame that is not a valid request with an error (and the wide object, a valid
+        // but meaningless request, with an error or nothing).
+        let mut errors = 0;
+        loop {
+            client.ws.get_mut().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            match client.ws.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if is_error(&frame) {
+                        errors += 1;
+                    }
+                }
+                Ok(tungstenite::Message::Close(frame)) => panic!("{path}: closed: {frame:?}"),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if !matches!(path, "/ws/presence/" | "/ws/fraud-alerts/5/") {
+            assert!(errors >= garbage.len() - 1, "{path}: {errors} error frames");
+        }
+        // Still connected and served.
+        client.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+        client.ws.send(tungstenite::Message::Ping(vec![1].into())).unwrap();
+        loop {
+            match client.ws.read().unwrap_or_else(|e| panic!("{path}: {e}")) {
+                tungstenite::Message::Pong(_) => break,
+                _ => continue,
+            }
+        }
+    }
+    let (status, _) = server.api("GET", "/healthz", None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn every_text_field_is_stored_and_returned_byte_for_byte() {
+    let server = Server::start(&[]);
+    // Rooms.
+    let mut room = server.connect_as("/ws/chat/nasty/", json!(5), NASTY);
+    assert_eq!(room.recv()["users"][0]["username"], NASTY);
+    room.send_json(json!({ "message": NASTY }));
+    let frame = room.recv();
+    assert_eq!((frame["message"].as_str(), frame["sender_username"].as_str()), (Some(NASTY), Some(NASTY)));
+    // Consultation and support chats, and the customer's fields.
+    server.api("POST", "/api/conversations", Some(&json!({"kind": "consultation", "id": "c1", "members": [5]})));
+    let (status, body) = server.api(
+        "POST",
+        "/api/conversations",
+        Some(&json!({"kind": "support", "id": "s1", "title": NASTY, "status": "active", "members": [5],
+                     "customer": {"source": "telegram", "external_id": NASTY, "first_name": NASTY, "last_name": NASTY, "profile_picture": NASTY}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut consultation = server.connect_as("/ws/consultations/c1/", json!(5), "eve");
+    consultation.recv_type("connection_established");
+    consultation.send_json(json!({"type": "chat_message", "message": NASTY}));
+    assert_eq!(consultation.recv()["data"]["content"], NASTY);
+    let mut support = server.connect_as("/ws/conversations/s1/", json!(5), "eve");
+    support.recv_type("recent_messages");
+    support.send_json(json!({"type": "chat_message", "content": NASTY}));
+    let message = support.recv()["message"].clone();
+    assert_eq!((message["content"].as_str(), message["customer"]["first_name"].as_str()), (Some(NASTY), Some(NASTY)));
+    let (_, inbound) = server.api(
+        "POST",
+        "/api/inbound",
+        Some(&json!({"source": "telegram", "customer": {"external_id": NASTY}, "content": NASTY, "conversation_id": "s1"})),
+    );
+    assert_eq!(inbound["message"]["content"], NASTY);
+    let mut list = server.connect_as("/ws/conversations/", json!(5), "eve");
+    let conversation = list.recv()["conversations"][0].clone();
+    assert_eq!(conversation["title"], NASTY);
+    assert_eq!(conversation["customer"]["profile_picture"], NASTY);
+    assert_eq!(conversation["last_message"]["content"], NASTY);
+    // Direct chat.
+    let mut bob = server.connect_as("/ws/v1/chat/", json!(6), NASTY);
+    let mut eve = server.connect_as("/ws/v1/chat/", json!(5), "eve");
+    eve.send_json(json!({"type": "chat_message", "message": NASTY, "recipient_id": 6}));
+    assert_eq!(bob.recv()["message"], NASTY);
+    bob.send_json(json!({"type": "chat_message", "message": "hi", "recipient_id": 5}));
+    assert_eq!(eve.recv()["sender_name"], NASTY);
+    // Notifications, alerts, banking messages through the API.
+    // (A thread id is at most 100 characters.)
+    let thread = "t'; DROP TABLE banking_messages;-- 🎉 \"";
+    for (path, body) in [
+        (
+            "/api/notifications",
+            json!({"user_id": 5, "title": NASTY, "message": NASTY, "category": NASTY, "link": NASTY}),
+        ),
+        ("/api/fraud-alerts", json!({"user_id": 5, "message": NASTY, "severity": "low"})),
+        ("/api/messages", json!({"user_id": 5, "subject": NASTY, "body": NASTY, "thread_id": thread})),
+    ] {
+        let (status, answer) = server.api("POST", path, Some(&body));
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    drop((room, consultation, support, list, bob, eve));
+    // All of it after a restart, from the database.
+    let server = server.restart();
+    let mut n = server.connect_as("/ws/v1/notifications/", json!(5), "eve");
+    let notification = n.recv();
+    for field in ["title", "message", "category", "link"] {
+        assert_eq!(notification[field], NASTY, "{field}");
+    }
+    let mut a = server.connect_as("/ws/fraud-alerts/5/", json!(5), "eve");
+    assert_eq!(a.recv()["alert"]["message"], NASTY);
+    let mut m = server.connect_as("/ws/messages/5/", json!(5), "eve");
+    let message = m.recv()["message"].clone();
+    for field in ["subject", "body"] {
+        assert_eq!(message[field], NASTY, "{field}");
+    }
+    assert_eq!(message["thread_id"], thread);
+    let mut room = server.connect_as("/ws/chat/nasty/", json!(7), "zed");
+    room.recv_type("room_users_list");
+    let history = room.recv();
+    assert_eq!((history["message"].as_str(), history["sender_username"].as_str()), (Some(NASTY), Some(NASTY)));
+    let mut support = server.connect_as("/ws/conversations/s1/", json!(5), "eve");
+    let recent = support.recv();
+    assert!(recent["messages"].as_array().unwrap().iter().all(|m| m["content"] == NASTY), "{recent}");
+}
+
+#[test]
+fn a_connection_flood_past_the_cap_is_refused_and_existing_clients_carry_on() {
+    let server = Server::start(&[("SWITCHBOARD_MAX_CONNECTIONS", "60")]);
+    let mut resident = server.connect_as("/ws/chat/flood/", json!(1), "resident");
+    resident.recv_type("room_users_list");
+    let token = server.token(json!(2), "flood");
+    let request = format!(
+        "GET /ws/chat/flood-{{}}/?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    // 300 connections at once, most of them past the cap.
+    let mut flood: Vec<TcpStream> = Vec::new();
+    for i in 0..300 {
+        let mut stream = TcpStream::connect(server.ws).unwrap();
+        stream.write_all(request.replace("{}", &i.to_string()).as_bytes()).unwrap();
+        flood.push(stream);
+    }
+    let (mut upgraded, mut refused) = (0, 0);
+    for stream in &mut flood {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut head = [0u8; 12];
+        let n = stream.read(&mut head).unwrap_or(0);
+        match &head[..n.min(12)] {
+            b"HTTP/1.1 101" => upgraded += 1,
+            b"HTTP/1.1 503" => refused += 1,
+            other => panic!("unexpected answer {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    assert!(refused >= 240, "{upgraded} upgraded, {refused} refused");
+    assert!(upgraded <= 59);
+    resident.send_json(json!({"message": "still here"}));
+    assert_eq!(resident.recv_type("chat_message")["message"], "still here");
+    drop(flood);
+    eventually("the flood is gone and new clients get in", || {
+        server
+            .try_connect(&format!("/ws/chat/flood/?token={token}"), &[])
+            .is_ok_and(|mut c| c.recv()["type"] == "room_users_list")
+    });
+}
