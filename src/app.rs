@@ -143,13 +143,13 @@ impl App {
             log::error!("cannot record user: {e}");
             return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
         }
-        let mut session = Session { conn, identity, endpoint, topics: Vec::new(), conversation: None };
+        let mut session = Session { conn, identity, endpoint, topics: Vec::with_capacity(1), conversation: None };
         endpoints::open(self, &mut session)?;
         let identity = &session.identity;
         let user = self
             .online
             .entry(identity.user_id.clone())
-            .or_insert_with(|| OnlineUser { name: identity.name.clone(), conns: Vec::new() });
+            .or_insert_with(|| OnlineUser { name: identity.name.clone(), conns: Vec::with_capacity(1) });
         user.name = identity.name.clone();
         user.conns.push(conn);
         if user_conns == 0 {

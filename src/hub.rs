@@ -7,7 +7,7 @@
 //! is the caller's: render a frame once, then hand the hub's connection list and the
 //! shared frame to the outbox.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::model::{Identity, UserId};
@@ -43,8 +43,76 @@ pub enum Topic {
 #[derive(Default)]
 struct Members {
     conns: Vec<ConnId>,
-    /// Per user: display name and their connections in this topic.
-    users: BTreeMap<UserId, (Rc<str>, Vec<ConnId>)>,
+    /// Per user: display name and their connections in this topic. A vector while it is
+    /// small (most topics have one or two users, and an idle connection should cost
+    /// bytes, not a tree node), a hash map once it grows.
+    users: Users,
+}
+
+/// Past this many users a topic's user list becomes a hash map.
+const SMALL_TOPIC_USERS: usize = 16;
+
+type UserEntry = (Rc<str>, Vec<ConnId>);
+
+enum Users {
+    Few(Vec<(UserId, UserEntry)>),
+    Many(HashMap<UserId, UserEntry>),
+}
+
+impl Default for Users {
+    fn default() -> Users {
+        Users::Few(Vec::new())
+    }
+}
+
+impl Users {
+    fn get_mut(&mut self, user: &UserId) -> Option<&mut UserEntry> {
+        match self {
+            Users::Few(users) => users.iter_mut().find(|(id, _)| id == user).map(|(_, entry)| entry),
+            Users::Many(users) => users.get_mut(user),
+        }
+    }
+
+    fn get(&self, user: &UserId) -> Option<&UserEntry> {
+        match self {
+            Users::Few(users) => users.iter().find(|(id, _)| id == user).map(|(_, entry)| entry),
+            Users::Many(users) => users.get(user),
+        }
+    }
+
+    fn insert(&mut self, user: UserId, entry: UserEntry) -> &mut UserEntry {
+        if let Users::Few(users) = self
+            && users.len() >= SMALL_TOPIC_USERS
+        {
+            *self = Users::Many(std::mem::take(users).into_iter().collect());
+        }
+        match self {
+            Users::Few(users) => {
+                users.push((user, entry));
+                &mut users.last_mut().expect("just pushed").1
+            }
+            Users::Many(users) => users.entry(user).or_insert(entry),
+        }
+    }
+
+    fn remove(&mut self, user: &UserId) {
+        match self {
+            Users::Few(users) => users.retain(|(id, _)| id != user),
+            Users::Many(users) => {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Ordered by user id.
+    fn sorted(&self) -> Vec<(&UserId, &UserEntry)> {
+        let mut all: Vec<(&UserId, &UserEntry)> = match self {
+            Users::Few(users) => users.iter().map(|(id, entry)| (id, entry)).collect(),
+            Users::Many(users) => users.iter().collect(),
+        };
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
 }
 
 #[derive(Default)]
@@ -55,10 +123,17 @@ pub struct Hub {
 impl Hub {
     /// Adds a connection. Returns true when it is the user's first in this topic.
     pub fn subscribe(&mut self, topic: Topic, conn: ConnId, identity: &Identity) -> bool {
-        let members = self.topics.entry(topic).or_default();
+        // Vectors start with room for one: most topics hold one connection, and an idle
+        // connection's memory is a headline figure.
+        let members = self
+            .topics
+            .entry(topic)
+            .or_insert_with(|| Members { conns: Vec::with_capacity(1), users: Users::Few(Vec::with_capacity(1)) });
         members.conns.push(conn);
-        let entry =
-            members.users.entry(identity.user_id.clone()).or_insert_with(|| (identity.name.clone(), Vec::new()));
+        let entry = match members.users.get_mut(&identity.user_id) {
+            Some(entry) => entry,
+            None => members.users.insert(identity.user_id.clone(), (identity.name.clone(), Vec::with_capacity(1))),
+        };
         entry.0 = identity.name.clone();
         entry.1.push(conn);
         entry.1.len() == 1
@@ -96,8 +171,9 @@ impl Hub {
     }
 
     /// The users connected to a topic, ordered by id, with their display names.
-    pub fn users(&self, topic: &Topic) -> impl Iterator<Item = (&UserId, &str)> {
-        self.topics.get(topic).into_iter().flat_map(|m| m.users.iter().map(|(id, (name, _))| (id, &**name)))
+    pub fn users(&self, topic: &Topic) -> Vec<(&UserId, &str)> {
+        let Some(members) = self.topics.get(topic) else { return Vec::new() };
+        members.users.sorted().into_iter().map(|(id, (name, _))| (id, &**name)).collect()
     }
 }
 
@@ -121,8 +197,26 @@ mod tests {
         assert!(!hub.unsubscribe(&topic, a, &UserId::new("ann")));
         assert!(hub.unsubscribe(&topic, b, &UserId::new("ann")));
         assert!(!hub.unsubscribe(&topic, b, &UserId::new("ann")), "a second removal changes nothing");
-        assert_eq!(hub.users(&topic).map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["bob"]);
+        assert_eq!(hub.users(&topic).into_iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["bob"]);
         assert!(hub.unsubscribe(&topic, c, &UserId::new("bob")));
         assert!(hub.conns(&topic).is_empty());
+    }
+
+    #[test]
+    fn a_topic_with_many_users_lists_them_in_order() {
+        let mut hub = Hub::default();
+        let topic = Topic::Conversation(2);
+        for i in (0..40).rev() {
+            let conn = ConnId { slot: i, serial: i as u64 };
+            assert!(hub.subscribe(topic.clone(), conn, &ident(&format!("u{i:02}"))));
+        }
+        let users = hub.users(&topic);
+        assert_eq!(users.len(), 40);
+        assert_eq!(users[0].0.as_str(), "u00");
+        assert_eq!(users[39].0.as_str(), "u39");
+        assert!(!hub.subscribe(topic.clone(), ConnId { slot: 99, serial: 99 }, &ident("u07")));
+        assert!(!hub.unsubscribe(&topic, ConnId { slot: 7, serial: 7 }, &UserId::new("u07")));
+        assert!(hub.unsubscribe(&topic, ConnId { slot: 99, serial: 99 }, &UserId::new("u07")));
+        assert_eq!(hub.users(&topic).len(), 39);
     }
 }

@@ -92,7 +92,12 @@ pub fn open(app: &mut App, session: &mut Session, room: &str) -> Result<(), Refu
 
     let users = to_frame(&RoomUsersList {
         r#type: "room_users_list",
-        users: app.hub.users(&topic).map(|(id, name)| RoomUser { id: id.as_str(), username: name }).collect(),
+        users: app
+            .hub
+            .users(&topic)
+            .into_iter()
+            .map(|(id, name)| RoomUser { id: id.as_str(), username: name })
+            .collect(),
     });
     app.send(session.conn, users);
     for message in &history {

@@ -46,8 +46,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Frames read from one connection per turn before others get their turn.
 const MAX_FRAMES_PER_READ: usize = 64;
-/// tungstenite's read buffer per connection: small, since idle memory is a headline figure.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// tungstenite's read buffer per connection, allocated up front for every connection:
+/// small, since idle memory is a headline figure. It bounds one `read` call, so a message
+/// larger than this takes several; chat messages are far smaller.
+const READ_BUFFER_BYTES: usize = 512;
 const EVENTS_CAPACITY: usize = 1024;
 
 /// Addresses the listeners are bound to (port 0 resolved).
