@@ -8,7 +8,6 @@ mod util;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tungstenite::Message;
 use util::*;
 
 const CHAT: &str = "/ws/v1/chat/";
@@ -52,67 +51,6 @@ const ERROR: &str = r#"{
 }"#;
 
 const QUIET: Duration = Duration::from_millis(250);
-
-fn doc(text: &str) -> Value {
-    serde_json::from_str(text).expect("the example is JSON")
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "float",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Asserts that `actual` has exactly the keys of `example`, each value of the same JSON
-/// type, recursively into nested objects.
-fn assert_shape(actual: &Value, example: &Value) {
-    match (actual, example) {
-        (Value::Object(got), Value::Object(want)) => {
-            let mut got_keys: Vec<&str> = got.keys().map(String::as_str).collect();
-            let mut want_keys: Vec<&str> = want.keys().map(String::as_str).collect();
-            got_keys.sort();
-            want_keys.sort();
-            assert_eq!(got_keys, want_keys, "keys of {actual}");
-            for (key, want) in want {
-                assert_eq!(json_type(&got[key]), json_type(want), "type of {key} in {actual}");
-                if want.is_object() {
-                    assert_shape(&got[key], want);
-                }
-            }
-        }
-        _ => assert_eq!(json_type(actual), json_type(example), "{actual}"),
-    }
-}
-
-/// RFC 3339 in UTC with microseconds, as docs/protocols.md promises.
-fn assert_timestamp(value: &Value) {
-    let text = value.as_str().unwrap_or_else(|| panic!("time stamp is not a string: {value}"));
-    let pattern = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-    let ok = text.len() == pattern.len()
-        && text.chars().zip(pattern.chars()).all(|(c, p)| if p == 'd' { c.is_ascii_digit() } else { c == p });
-    assert!(ok, "not an RFC 3339 UTC time stamp with microseconds: {text}");
-}
-
-/// Reads the first thing the server sends and requires it to be a close: a refusal must
-/// come before any frame. Returns the close code.
-fn refused_before_any_frame(server: &Server, path: &str) -> Option<u16> {
-    let mut client = server.try_connect(path, &[]).expect("upgrade");
-    loop {
-        match client.ws.read() {
-            Ok(Message::Text(text)) => panic!("{path}: a frame before the refusal: {text}"),
-            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-            Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return None,
-            Err(e) => panic!("{path}: no close: {e}"),
-        }
-    }
-}
 
 fn aarav(server: &Server) -> Client {
     server.connect_as(CHAT, json!(5), "Aarav Sharma")

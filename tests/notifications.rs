@@ -5,7 +5,7 @@ mod util;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use util::*;
 
 /// The document's example frames, verbatim.
@@ -76,42 +76,6 @@ const APP_CONNECTED: &str = r#"{
   "message": "Connected to notifications"
 }"#;
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Same keys, and the same JSON type for each (a `null` in the example also admits a
-/// string or a number: `read_at` and `resolved_at` become time stamps, `parent_message`
-/// an id).
-fn assert_shape(actual: &Value, example: &str) {
-    let example: Value = serde_json::from_str(example).unwrap();
-    check_shape(actual, &example, "$");
-}
-
-fn check_shape(actual: &Value, example: &Value, at: &str) {
-    match (actual, example) {
-        (Value::Object(a), Value::Object(e)) => {
-            let mut ak: Vec<_> = a.keys().collect();
-            let mut ek: Vec<_> = e.keys().collect();
-            ak.sort();
-            ek.sort();
-            assert_eq!(ak, ek, "keys at {at} of {actual}");
-            for (k, v) in e {
-                check_shape(&a[k], v, &format!("{at}.{k}"));
-            }
-        }
-        (Value::String(_) | Value::Number(_) | Value::Null, Value::Null) => {}
-        (a, e) => assert_eq!(type_name(a), type_name(e), "type at {at}: {a}"),
-    }
-}
-
 #[test]
 fn banking_messages_threads_and_mark_read() {
     let server = Server::start(&[]);
@@ -123,7 +87,7 @@ fn banking_messages_threads_and_mark_read() {
     );
     assert_eq!(status, 201, "{created}");
     let update = ws.recv();
-    assert_shape(&update, MESSAGE_UPDATE);
+    assert_shape(&update, &doc(MESSAGE_UPDATE));
     let parent_id = update["message"]["id"].as_i64().unwrap();
     assert_eq!(update["message"]["user"], 1);
     assert_eq!(update["message"]["thread_id"], "abc123");
@@ -137,17 +101,13 @@ fn banking_messages_threads_and_mark_read() {
     );
     assert_eq!(status, 201);
     let reply = ws.recv();
-    assert_shape(&reply, MESSAGE_UPDATE);
+    assert_shape(&reply, &doc(MESSAGE_UPDATE));
     assert_eq!(reply["message"]["parent_message"], parent_id);
     assert_eq!(reply["message"]["thread_id"], "abc123", "a reply joins its parent's thread");
     let parent = ws.recv();
     assert_eq!(parent["message"]["id"], parent_id);
     assert_eq!(parent["message"]["replies"].as_array().unwrap().len(), 1);
-    check_shape(
-        &parent["message"]["replies"][0],
-        &serde_json::from_str::<Value>(MESSAGE_UPDATE).unwrap()["message"],
-        "reply",
-    );
+    assert_shape(&parent["message"]["replies"][0], &doc(MESSAGE_UPDATE)["message"]);
 
     // The document's mark_read, with this message's id.
     ws.send_text(&format!("{{\n    \"type\": \"mark_read\",\n    \"message_id\": {parent_id}\n  }}"));
@@ -204,13 +164,13 @@ fn fraud_alerts_on_creation_and_resolution() {
     );
     assert_eq!(status, 201, "{created}");
     let alert = ws.recv();
-    assert_shape(&alert, FRAUD_ALERT_UPDATE);
+    assert_shape(&alert, &doc(FRAUD_ALERT_UPDATE));
     assert_eq!(alert["alert"]["severity"], "high");
     let id = alert["alert"]["id"].as_i64().unwrap();
     let (status, resolved) = server.api("POST", &format!("/api/fraud-alerts/{id}/resolve"), None);
     assert_eq!(status, 200, "{resolved}");
     let update = ws.recv();
-    assert_shape(&update, FRAUD_ALERT_UPDATE);
+    assert_shape(&update, &doc(FRAUD_ALERT_UPDATE));
     assert_eq!(update["alert"]["is_resolved"], true);
     assert!(update["alert"]["resolved_at"].is_string());
     // Resolving again changes and pushes nothing.
@@ -243,9 +203,9 @@ fn one_notification_reaches_all_three_endpoints_and_reads_move_every_count() {
     let server = Server::start(&[]);
     let mut banking = server.connect_as("/ws/notifications/7/", json!(7), "ann");
     let mut app = server.connect_as("/ws/notifications/", json!(7), "ann");
-    assert_shape(&app.recv(), APP_CONNECTED);
+    assert_shape(&app.recv(), &doc(APP_CONNECTED));
     let count = app.recv();
-    assert_shape(&count, UNREAD_COUNT);
+    assert_shape(&count, &doc(UNREAD_COUNT));
     assert_eq!(count["count"], 0);
     let mut erp = server.connect_as("/ws/v1/notifications/", json!(7), "ann");
     assert_eq!(erp.recv()["count"], 0);
@@ -259,16 +219,16 @@ fn one_notification_reaches_all_three_endpoints_and_reads_move_every_count() {
     let id = body["notification"]["id"].as_i64().unwrap();
 
     let n = banking.recv();
-    assert_shape(&n, NOTIFICATION_UPDATE);
+    assert_shape(&n, &doc(NOTIFICATION_UPDATE));
     assert_eq!(n["notification"]["type"], "hr");
     assert_eq!(n["notification"]["id"], id);
     let n = app.recv();
-    assert_shape(&n, APP_NOTIFICATION);
+    assert_shape(&n, &doc(APP_NOTIFICATION));
     assert_eq!(n["data"]["notification_type"], "hr");
     assert_eq!(n["data"]["id"], id.to_string());
     assert_eq!(app.recv(), json!({"type": "unread_count", "count": 1}));
     let n = erp.recv();
-    assert_shape(&n, V1_NOTIFICATION);
+    assert_shape(&n, &doc(V1_NOTIFICATION));
     assert_eq!((n["id"].as_i64(), n["link"].as_str()), (Some(id), Some("/hr/leave-applications/12")));
     assert_eq!(erp.recv(), json!({"type": "unread_count", "count": 1}));
 

@@ -27,36 +27,6 @@ const USER_OFFLINE: &str = r#"{
 
 const QUIET: Duration = Duration::from_millis(250);
 
-fn doc(text: &str) -> Value {
-    serde_json::from_str(text).expect("the example is JSON")
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "float",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Asserts that `actual` has exactly the keys of `example`, each value of the same JSON type.
-fn assert_shape(actual: &Value, example: &Value) {
-    let got = actual.as_object().unwrap_or_else(|| panic!("not an object: {actual}"));
-    let want = example.as_object().unwrap();
-    let mut got_keys: Vec<&str> = got.keys().map(String::as_str).collect();
-    let mut want_keys: Vec<&str> = want.keys().map(String::as_str).collect();
-    got_keys.sort();
-    want_keys.sort();
-    assert_eq!(got_keys, want_keys, "keys of {actual}");
-    for (key, want) in want {
-        assert_eq!(json_type(&got[key]), json_type(want), "type of {key} in {actual}");
-    }
-}
-
 fn online(user_id: &str, user_name: &str) -> Value {
     json!({"type": "user_online", "user_id": user_id, "user_name": user_name})
 }

@@ -57,14 +57,9 @@ struct ReadReceipt<'a> {
     read_at: String,
 }
 
-#[derive(Serialize)]
-struct ErrorFrame<'a> {
-    r#type: &'static str,
-    message: &'a str,
-}
-
+/// The document shows no error frame; document 003's shape serves.
 pub fn error_frame(message: &str) -> Frame {
-    to_frame(&ErrorFrame { r#type: "error", message })
+    super::typed_error(message)
 }
 
 fn chat_message_frame(message: &StoredMessage) -> Frame {

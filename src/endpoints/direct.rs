@@ -45,14 +45,8 @@ struct UserTyping<'a> {
     sender_id: &'a UserId,
 }
 
-#[derive(Serialize)]
-struct ErrorFrame<'a> {
-    r#type: &'static str,
-    message: &'a str,
-}
-
 pub fn error_frame(message: &str) -> Frame {
-    to_frame(&ErrorFrame { r#type: "error", message })
+    super::typed_error(message)
 }
 
 fn chat_message_frame(message: &StoredMessage) -> Frame {

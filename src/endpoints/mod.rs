@@ -10,9 +10,10 @@ pub mod presence;
 pub mod rooms;
 pub mod support;
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::app::{App, Frame, Refusal, Session, close_code};
+use crate::app::{App, Frame, Refusal, Session, close_code, to_frame};
 use crate::config::ChatProtocol;
 use crate::store::{Conversation, ConversationKind, StoreError};
 
@@ -185,6 +186,28 @@ pub fn error_frame(endpoint: &Endpoint, message: &str) -> Frame {
         #[cfg(feature = "echo")]
         Endpoint::Echo => Frame::from(message),
     }
+}
+
+#[derive(Serialize)]
+struct BareError<'a> {
+    error: &'a str,
+}
+
+#[derive(Serialize)]
+struct TypedError<'a> {
+    r#type: &'static str,
+    message: &'a str,
+}
+
+/// `{"error": "..."}`: the error frame of documents 004 and 002.
+pub fn bare_error(message: &str) -> Frame {
+    to_frame(&BareError { error: message })
+}
+
+/// `{"type": "error", "message": "..."}`: document 003's error frame, also used where a
+/// document shows none (001, 000).
+pub fn typed_error(message: &str) -> Frame {
+    to_frame(&TypedError { r#type: "error", message })
 }
 
 /// What `parse_object` says about text that is not JSON at all.

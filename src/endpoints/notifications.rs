@@ -61,14 +61,8 @@ struct UnreadCount {
     count: i64,
 }
 
-#[derive(Serialize)]
-struct ErrorFrame<'a> {
-    r#type: &'static str,
-    message: &'a str,
-}
-
 pub fn error_frame(message: &str) -> Frame {
-    to_frame(&ErrorFrame { r#type: "error", message })
+    super::typed_error(message)
 }
 
 fn app_frame(n: &Notification) -> Frame {

@@ -50,13 +50,8 @@ struct RoomUsersList<'a> {
     users: Vec<RoomUser<'a>>,
 }
 
-#[derive(Serialize)]
-struct ErrorFrame<'a> {
-    error: &'a str,
-}
-
 pub fn error_frame(message: &str) -> Frame {
-    to_frame(&ErrorFrame { error: message })
+    super::bare_error(message)
 }
 
 fn chat_message_frame(message: &StoredMessage) -> Frame {

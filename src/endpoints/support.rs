@@ -131,13 +131,8 @@ struct NewCustomerMessage<'a> {
     message: MessageObject<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorFrame<'a> {
-    error: &'a str,
-}
-
 pub fn error_frame(message: &str) -> Frame {
-    to_frame(&ErrorFrame { error: message })
+    super::bare_error(message)
 }
 
 fn chat_message_frame(message: &StoredMessage, customer: Option<&Customer>) -> Frame {

@@ -5,6 +5,11 @@
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
+mod shape;
+#[allow(unused_imports)]
+pub use shape::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
