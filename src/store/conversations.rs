@@ -211,7 +211,8 @@ impl Store {
     }
 
     /// The customer's newest support conversation that is not closed.
-    pub fn open_support_conversation(&self, customer_id: i64) -> StoreResult<Option<Conversation>> {
+    pub fn open_support_conversation(&mut self, customer_id: i64) -> StoreResult<Option<Conversation>> {
+        self.write_touched()?;
         Ok(self
             .conn
             .prepare_cached(&format!(
@@ -267,7 +268,8 @@ impl Store {
 
     /// The conversations of one kind a user is a member of, newest activity first, with
     /// their last message and the user's unread count.
-    pub fn conversations_of(&self, user: &UserId, kind: ConversationKind) -> StoreResult<Vec<ConversationSummary>> {
+    pub fn conversations_of(&mut self, user: &UserId, kind: ConversationKind) -> StoreResult<Vec<ConversationSummary>> {
+        self.write_touched()?;
         let mut statement = self.conn.prepare_cached(&format!(
             "{CONVERSATION_SELECT}
              JOIN conversation_members cm ON cm.conversation_id = c.id AND cm.user_id = ?1

@@ -127,6 +127,9 @@ pub struct Store {
     in_transaction: bool,
     /// Writes since the last commit, for the commit-batch metric.
     writes_in_transaction: usize,
+    /// Conversations that got messages this turn, with the newest time: their
+    /// `updated_at` is written once per turn, at commit, not once per message.
+    touched: Vec<(i64, Micros)>,
 }
 
 impl Store {
@@ -143,7 +146,7 @@ impl Store {
         migrations::apply(&conn)
             .map_err(|e| StoreError::Open(format!("cannot migrate database {}: {e}", path.display())))?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store { conn, in_transaction: false, writes_in_transaction: 0 })
+        Ok(Store { conn, in_transaction: false, writes_in_transaction: 0, touched: Vec::new() })
     }
 
     /// Opens the turn's transaction if it is not open yet.
@@ -164,11 +167,22 @@ impl Store {
         }
         self.in_transaction = false;
         let writes = std::mem::take(&mut self.writes_in_transaction);
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        if let Err(e) = self.write_touched().and_then(|()| Ok(self.conn.execute_batch("COMMIT")?)) {
             let _ = self.conn.execute_batch("ROLLBACK");
-            return Err(e.into());
+            return Err(e);
         }
         Ok(writes)
+    }
+
+    /// Writes the turn's pending `updated_at` changes (at commit, and before a query that
+    /// orders by activity).
+    pub(crate) fn write_touched(&mut self) -> StoreResult<()> {
+        for (conversation_id, at) in std::mem::take(&mut self.touched) {
+            self.conn
+                .prepare_cached("UPDATE conversations SET updated_at = max(updated_at, ?2) WHERE id = ?1")?
+                .execute(params![conversation_id, at])?;
+        }
+        Ok(())
     }
 
     /// Abandons the turn's writes.
@@ -176,6 +190,7 @@ impl Store {
         if self.in_transaction {
             self.in_transaction = false;
             self.writes_in_transaction = 0;
+            self.touched.clear();
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
@@ -258,9 +273,10 @@ impl Store {
                 message.is_answered
             ])?;
         let id = self.conn.last_insert_rowid();
-        self.conn
-            .prepare_cached("UPDATE conversations SET updated_at = ?2 WHERE id = ?1")?
-            .execute(params![message.conversation_id, now])?;
+        match self.touched.iter_mut().find(|(c, _)| *c == message.conversation_id) {
+            Some((_, at)) => *at = (*at).max(now),
+            None => self.touched.push((message.conversation_id, now)),
+        }
         Ok(StoredMessage {
             id,
             conversation_id: message.conversation_id,
