@@ -39,8 +39,10 @@ CREATE TABLE conversation_members (
 
 CREATE INDEX members_by_user ON conversation_members (user_id);
 
+-- Ids are rowids, not AUTOINCREMENT: nothing deletes messages, so an id is never
+-- reused, and AUTOINCREMENT would write its sqlite_sequence page in every commit.
 CREATE TABLE messages (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              INTEGER PRIMARY KEY,
     conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
     sender_id       TEXT,
     sender_name     TEXT NOT NULL,

@@ -2,7 +2,7 @@
 -- all three notification endpoints), fraud alerts, and threaded banking messages.
 
 CREATE TABLE notifications (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         INTEGER PRIMARY KEY,
     user_id    TEXT NOT NULL,
     -- The document's `type` (000), `notification_type` (001) and `category` (003).
     category   TEXT NOT NULL,
@@ -17,7 +17,7 @@ CREATE INDEX notifications_by_user ON notifications (user_id, id);
 CREATE INDEX notifications_unread ON notifications (user_id, id) WHERE is_read = 0;
 
 CREATE TABLE fraud_alerts (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY,
     user_id     TEXT NOT NULL,
     message     TEXT NOT NULL,
     severity    TEXT NOT NULL CHECK (severity IN ('low', 'medium', 'high', 'critical')),
@@ -28,7 +28,7 @@ CREATE TABLE fraud_alerts (
 CREATE INDEX fraud_alerts_by_user ON fraud_alerts (user_id, id);
 
 CREATE TABLE banking_messages (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         INTEGER PRIMARY KEY,
     user_id    TEXT NOT NULL,
     subject    TEXT NOT NULL,
     body       TEXT NOT NULL,

@@ -83,10 +83,10 @@ pub struct Server {
 impl Server {
     pub fn bind(app: App) -> io::Result<(Server, Bound)> {
         let poll = Poll::new()?;
-        let mut ws_listener = TcpListener::bind(app.config.listen).map_err(|e| {
+        let mut ws_listener = listen(app.config.listen).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {} (SWITCHBOARD_LISTEN): {e}", app.config.listen))
         })?;
-        let mut api_listener = TcpListener::bind(app.config.api_listen).map_err(|e| {
+        let mut api_listener = listen(app.config.api_listen).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot listen on {} (SWITCHBOARD_API_LISTEN): {e}", app.config.api_listen),
@@ -713,6 +713,22 @@ impl Server {
             self.accept(Listener::Api);
         }
     }
+}
+
+/// Connections the kernel may hold for us before `accept`. mio and std bind with 128,
+/// which a burst of clients overflows (their SYNs are dropped and retried a second
+/// later); the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener with `SO_REUSEADDR` (a restart does not wait for TIME_WAIT)
+/// and a deep accept queue.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 const EMFILE: i32 = 24;

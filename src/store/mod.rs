@@ -6,6 +6,7 @@
 //! by the server at the end of the turn (`commit`), before anything of that turn is
 //! sent to any client. Reads inside the turn see the turn's own writes.
 
+mod checkpoint;
 mod conversations;
 mod migrations;
 mod notifications;
@@ -130,6 +131,16 @@ pub struct Store {
     /// Conversations that got messages this turn, with the newest time: their
     /// `updated_at` is written once per turn, at commit, not once per message.
     touched: Vec<(i64, Micros)>,
+    /// Checkpoints the WAL off the event loop's thread; `None` for an in-memory database.
+    checkpointer: Option<checkpoint::Checkpointer>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Stop the checkpoint thread first, so that closing the main connection (the
+        // last one) checkpoints the WAL fully and removes it.
+        self.checkpointer.take();
+    }
 }
 
 impl Store {
@@ -151,7 +162,15 @@ impl Store {
         // server's CPU while clients connected. Our queries have one good plan each.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(|e| StoreError::Open(format!("cannot configure database {}: {e}", path.display())))?;
-        Ok(Store { conn, in_transaction: false, writes_in_transaction: 0, touched: Vec::new() })
+        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+        let checkpointer = if in_memory {
+            None
+        } else {
+            conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+                .map_err(|e| StoreError::Open(format!("cannot configure database {}: {e}", path.display())))?;
+            Some(checkpoint::Checkpointer::start(path).map_err(StoreError::Open)?)
+        };
+        Ok(Store { conn, in_transaction: false, writes_in_transaction: 0, touched: Vec::new(), checkpointer })
     }
 
     /// Opens the turn's transaction if it is not open yet.
