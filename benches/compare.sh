@@ -1,0 +1,377 @@
+#!/usr/bin/env bash
+# Runs the same loads against switchboard, the Node `ws` peer and the Django Channels peer,
+# each started fresh (new loopback port, new temporary database) for every run, in
+# alternation, the server pinned to CPU 0 and the load generator to CPU 1; prints a table
+# of medians with switchboard's ratio to each peer and writes it to benches/results/latest.md.
+#
+#   benches/compare.sh [--quick] [--runs N] [--servers "switchboard node django"] [--soak] [--no-build]
+#
+# Raw JSON lines (one per scenario run, the load generator's line plus "case" and "run")
+# go to benches/results/<stamp>.jsonl, each run's full output to benches/results/<stamp>/.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: benches/compare.sh [options]
+  --quick            small sizes, for a smoke run (idle 2000, fanout 200 and 1000, chat 10 pairs x 5 s)
+  --runs N           repetitions of every scenario per server (default 3); the table shows medians
+  --servers LIST     which servers, space- or comma-separated (default "switchboard node django")
+  --soak             also run the soak scenario (full: 5000 connections x 120 s; quick: 500 x 30 s)
+  --no-build         use the binaries already built
+Env: SWITCHBOARD_BIN (default: the static binary that .ci/build-static builds; with
+--no-build, ${CARGO_TARGET_DIR:-<repo>/target}/release/switchboard).
+EOF
+}
+
+QUICK=0
+RUNS=3
+SERVERS="switchboard node django"
+SOAK=0
+BUILD=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --runs) RUNS="${2:?--runs needs a number}"; shift ;;
+    --runs=*) RUNS="${1#*=}" ;;
+    --servers) SERVERS="${2:?--servers needs a list}"; shift ;;
+    --servers=*) SERVERS="${1#*=}" ;;
+    --soak) SOAK=1 ;;
+    --no-build) BUILD=0 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --runs wants a positive number" >&2; exit 2; }
+SERVERS="${SERVERS//,/ }"
+for s in $SERVERS; do
+  case "$s" in switchboard | node | django) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
+done
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" # benches/
+ROOT="$(cd "$HERE/.." && pwd)"
+LOADGEN="$HERE/loadgen/target/release/loadgen"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+SB_BIN="${SWITCHBOARD_BIN:-$TARGET_DIR/release/switchboard}"
+RESULTS="$HERE/results"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+RAW="$RESULTS/$STAMP.jsonl"
+OUTDIR="$RESULTS/$STAMP"
+# At least 16 characters (switchboard's minimum); fresh for every comparison.
+SECRET="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+
+log() { echo "compare: $*"; }
+die() { echo "compare.sh: error: $*" >&2; exit 1; }
+
+exec </dev/null
+mkdir -p "$OUTDIR"
+
+# ------------------------------------------------------------------ build and install
+if [ "$BUILD" = 1 ]; then
+  log "building the load generator (benches/loadgen, its own target/)"
+  (cd "$HERE/loadgen" && env -u CARGO_TARGET_DIR cargo build --release --quiet) || die "building the load generator failed"
+  if [[ " $SERVERS " == *" switchboard "* ]] && [ -z "${SWITCHBOARD_BIN:-}" ]; then
+    # The binary users run: the static one .ci/build-static makes.
+    log "building switchboard's static binary (.ci/build-static; may wait for another build's lock)"
+    SB_BIN="$ROOT/$(cd "$ROOT" && .ci/build-static 2>/dev/null | tail -n 1)" || die "building switchboard failed"
+  fi
+fi
+[ -x "$LOADGEN" ] || die "no load generator at $LOADGEN (run without --no-build)"
+if [[ " $SERVERS " == *" switchboard "* ]]; then
+  [ -x "$SB_BIN" ] || die "no switchboard binary at $SB_BIN"
+fi
+
+peers_installed() {
+  [ -x "$HERE/peers/django/.venv/bin/daphne" ] \
+    && (cd "$HERE/peers/node" && node -e 'require("better-sqlite3")(":memory:"); require("ws"); require("jsonwebtoken")') >/dev/null 2>&1
+}
+if [[ " $SERVERS " == *" node "* || " $SERVERS " == *" django "* ]] && ! peers_installed; then
+  log "installing the peers (benches/peers/install.sh)"
+  "$HERE/peers/install.sh" || die "benches/peers/install.sh failed"
+fi
+
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  PIN_SERVER=(taskset -c 0)
+  PIN_LOAD=(taskset -c 1)
+  PINNING="server on CPU 0, load generator on CPU 1"
+else
+  PIN_SERVER=()
+  PIN_LOAD=()
+  PINNING="not pinned (taskset missing or fewer than 2 CPUs)"
+  log "warning: $PINNING"
+fi
+
+# ------------------------------------------------------------------ servers
+SERVER_PID=""
+SERVER_DB=""
+SERVER_DIR=""
+PORT=$((20000 + RANDOM % 10000)) # below the ephemeral range (32768-60999)
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+next_port() {
+  PORT=$((PORT + 1))
+  [ "$PORT" -lt 32000 ] || PORT=20000
+  while port_open "$PORT"; do PORT=$((PORT + 1)); done
+}
+
+# start_server NAME: a fresh server on a fresh port with a fresh database.
+start_server() {
+  local name="$1"
+  SERVER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sb-compare.XXXXXX")"
+  next_port
+  local logf="$OUTDIR/server-$CASE-$name-$RUN.log"
+  case "$name" in
+    switchboard)
+      SERVER_DB="$SERVER_DIR/sb.db"
+      SWITCHBOARD_LISTEN="127.0.0.1:$PORT" SWITCHBOARD_API_LISTEN=127.0.0.1:0 SWITCHBOARD_DB="$SERVER_DB" \
+        SWITCHBOARD_JWT_SECRET="$SECRET" SWITCHBOARD_MAX_CONNECTIONS=19500 \
+        SWITCHBOARD_MAX_CONNECTIONS_PER_USER=20000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=100000000 \
+        SWITCHBOARD_LOG=warn "${PIN_SERVER[@]}" "$SB_BIN" >"$logf" 2>&1 &
+      ;;
+    node)
+      SERVER_DB="$SERVER_DIR/peer-node.db"
+      PEER_LISTEN="127.0.0.1:$PORT" PEER_DB="$SERVER_DB" PEER_JWT_SECRET="$SECRET" \
+        "${PIN_SERVER[@]}" "$HERE/peers/run-node.sh" >"$logf" 2>&1 &
+      ;;
+    django)
+      SERVER_DB="$SERVER_DIR/peer-django.db"
+      PEER_LISTEN="127.0.0.1:$PORT" PEER_DB="$SERVER_DB" PEER_JWT_SECRET="$SECRET" \
+        "${PIN_SERVER[@]}" "$HERE/peers/run-django.sh" >"$logf" 2>&1 &
+      ;;
+  esac
+  SERVER_PID=$! # taskset and the run scripts exec, so this is the server process itself
+  local i
+  for i in $(seq 1200); do # 120 s: Django migrates its database first
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "  $name exited before listening; its log:" >&2
+      tail -5 "$logf" >&2
+      SERVER_PID=""
+      return 1
+    fi
+    port_open "$PORT" && return 0
+    sleep 0.1
+  done
+  echo "  $name did not listen on 127.0.0.1:$PORT within 120 s" >&2
+  return 1
+}
+
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 100); do
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  fi
+  if [ -n "$SERVER_DIR" ]; then
+    rm -rf "$SERVER_DIR"
+    SERVER_DIR=""
+  fi
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# ------------------------------------------------------------------ one scenario run
+# record JSON: appends the load generator's line with "case" and "run" in front.
+record() {
+  local json="$1"
+  printf '{"case":"%s","run":%d,%s\n' "$CASE" "$RUN" "${json#\{}" >>"$RAW"
+}
+
+# run_case SERVER MAX_SECONDS LOADGEN-ARGS...
+run_case() {
+  local server="$1" max="$2"
+  shift 2
+  local out="$OUTDIR/$CASE-$server-$RUN.txt"
+  local limits=(--max-seconds "$max")
+  if [ "$server" = django ]; then
+    # Generous: Django takes minutes where the others take seconds.
+    max=$((max * 4))
+    limits=(--max-seconds "$max" --stall-seconds 120 --handshake-timeout 120)
+  fi
+  if ! start_server "$server"; then
+    record "{\"scenario\":\"$1\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"the server did not start\"]}"
+    stop_server
+    return
+  fi
+  local extra=()
+  [ "$1" = soak ] && extra=(--db "$SERVER_DB")
+  local rc=0
+  timeout --kill-after=10 $((max + 120)) "${PIN_LOAD[@]}" "$LOADGEN" "$@" --url "ws://127.0.0.1:$PORT" \
+    --secret "$SECRET" --pid "$SERVER_PID" --label "$server" "${limits[@]}" "${extra[@]}" >"$out" 2>&1 || rc=$?
+  local json
+  json="$(grep '^{' "$out" | tail -1 || true)"
+  if [ -z "$json" ]; then
+    json="{\"scenario\":\"$1\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"no JSON line from the load generator (exit $rc)\"]}"
+  fi
+  record "$json"
+  stop_server
+  # The load generator's summary lines, without its first (what it is about to do) and
+  # without progress lines.
+  grep -v '^{' "$out" | grep -vE '^  ' | tail -n +2 | sed "s/^/  [$server] /" || true
+}
+
+# Did the paced fanout of this run keep up (deliveries/s at least 90 % of the target)?
+kept_up() { # SERVER CASE
+  python3 - "$RAW" "$2" "$1" "$RUN" <<'EOF'
+import json, sys
+raw, case, server, run = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for line in open(raw):
+    r = json.loads(line)
+    if r.get("case") == case and r.get("server") == server and r.get("run") == run:
+        target = r.get("rate", 0) * r.get("subscribers", 0)
+        sys.exit(0 if r.get("ok") and r.get("deliveries_per_sec", 0) >= 0.9 * target else 1)
+sys.exit(1)
+EOF
+}
+
+# ------------------------------------------------------------------ the scenarios
+if [ "$QUICK" = 1 ]; then
+  IDLE_N=2000
+  FAN_S=200; FAN_S_MSGS=200
+  FAN_L=1000; FAN_L_MSGS=100
+  CHAT_PAIRS=10; CHAT_SECS=5
+  SOAK_N=500; SOAK_SECS=30
+  MODE="quick"
+else
+  IDLE_N=19000
+  FAN_S=1000; FAN_S_MSGS=500
+  FAN_L=10000; FAN_L_MSGS=50
+  CHAT_PAIRS=50; CHAT_SECS=20
+  SOAK_N=5000; SOAK_SECS=120
+  MODE="full"
+fi
+# Paced fanout: 50,000 deliveries/s in total, i.e. 50000/N messages/s.
+FAN_S_RATE=$(python3 -c "print(50000/$FAN_S)")
+FAN_L_RATE=$(python3 -c "print(50000/$FAN_L)")
+
+log "$MODE comparison, $RUNS run(s) of each scenario per server: $SERVERS; $PINNING"
+log "raw results: $RAW"
+for RUN in $(seq "$RUNS"); do
+  CASE="idle-$IDLE_N"
+  log "run $RUN: $CASE"
+  for s in $SERVERS; do run_case "$s" 600 idle --connections "$IDLE_N"; done
+
+  for pace in paced flat; do
+    rate=$FAN_S_RATE
+    [ "$pace" = flat ] && rate=0
+    CASE="fanout-$FAN_S-$pace"
+    log "run $RUN: $CASE ($FAN_S subscribers, $FAN_S_MSGS messages at $([ "$rate" = 0 ] && echo 'full speed' || echo "$rate/s"))"
+    for s in $SERVERS; do run_case "$s" 600 fanout --subscribers "$FAN_S" --rate "$rate" --messages "$FAN_S_MSGS"; done
+  done
+
+  for pace in paced flat; do
+    rate=$FAN_L_RATE
+    [ "$pace" = flat ] && rate=0
+    CASE="fanout-$FAN_L-$pace"
+    log "run $RUN: $CASE ($FAN_L subscribers, $FAN_L_MSGS messages at $([ "$rate" = 0 ] && echo 'full speed' || echo "$rate/s"))"
+    for s in $SERVERS; do
+      if [ "$s" = django ] && ! kept_up django "fanout-$FAN_S-paced"; then
+        echo "  [django] not run: it did not settle at $FAN_S subscribers (fanout-$FAN_S-paced) in this run"
+        record "{\"scenario\":\"fanout\",\"server\":\"django\",\"ok\":false,\"skipped\":true,\"errors\":[\"not run: did not keep up with fanout-$FAN_S-paced in this run\"]}"
+        continue
+      fi
+      run_case "$s" 600 fanout --subscribers "$FAN_L" --rate "$rate" --messages "$FAN_L_MSGS"
+    done
+  done
+
+  CASE="chat-$CHAT_PAIRS"
+  log "run $RUN: $CASE ($CHAT_PAIRS pairs, closed loop, $CHAT_SECS s)"
+  for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate 0 --seconds "$CHAT_SECS"; done
+
+  if [ "$SOAK" = 1 ]; then
+    CASE="soak-$SOAK_N"
+    log "run $RUN: $CASE ($SOAK_N churning connections, $SOAK_SECS s)"
+    for s in $SERVERS; do run_case "$s" $((SOAK_SECS + 120)) soak --connections "$SOAK_N" --seconds "$SOAK_SECS"; done
+  fi
+done
+
+# ------------------------------------------------------------------ the table
+python3 - "$RAW" "$RESULTS/latest.md" "$RESULTS/$STAMP.md" "$MODE" "$RUNS" "$PINNING" "$SERVERS" <<'EOF'
+import json, statistics, sys, platform, os
+raw, latest, stamped, mode, runs, pinning, servers = sys.argv[1:8]
+servers = servers.split()
+rows = [json.loads(l) for l in open(raw) if l.strip()]
+
+FIGURES = {
+    "idle": [("connections_per_sec", "connections/s", "↑"), ("rss_per_conn_kib", "RSS per connection (KiB)", "↓"),
+             ("cpu_us_per_conn", "CPU per connection (µs)", "↓"), ("rss_settled_kib", "RSS with all open (KiB)", "↓"),
+             ("listen_overflows", "accept-queue overflows", "↓")],
+    "fanout": [("deliveries_per_sec", "deliveries/s", "↑"), ("latency_p50_ms", "latency p50 (ms)", "↓"),
+               ("latency_p99_ms", "latency p99 (ms)", "↓"), ("latency_max_ms", "latency max (ms)", "↓"),
+               ("cpu_us_per_delivery", "CPU per delivery (µs)", "↓")],
+    "chat": [("messages_per_sec", "messages/s", "↑"), ("rtt_p50_ms", "round trip p50 (ms)", "↓"),
+             ("rtt_p99_ms", "round trip p99 (ms)", "↓"), ("rtt_max_ms", "round trip max (ms)", "↓"),
+             ("cpu_us_per_message", "CPU per message (µs)", "↓"), ("messages_per_cpu_sec", "messages per CPU second", "↑")],
+    "soak": [("rss_first_kib", "RSS first sample (KiB)", "↓"), ("rss_last_kib", "RSS last sample (KiB)", "↓"),
+             ("fds_last", "open fds last sample", "↓"), ("fds_after_close", "open fds after closing all", "↓"),
+             ("db_bytes_last", "DB + WAL bytes at the end", "↓"), ("messages_lost", "messages lost", "↓")],
+}
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+cases = []
+for r in rows:
+    if r["case"] not in cases:
+        cases.append(r["case"])
+
+others = [r["other_cpu_pct"] for r in rows if isinstance(r.get("other_cpu_pct"), (int, float))]
+load_note = (f" Other processes used {min(others):.0f}–{max(others):.0f} % of the machine's CPU during the runs"
+             + (" — expect noise." if max(others) > 10 else ".")) if others else ""
+out = [f"# switchboard vs peers ({mode}, {runs} run(s) per server)", "",
+       f"{platform.node()}: {os.cpu_count()} CPUs; {pinning}. Medians over the runs that succeeded; "
+       "\"n/a\": no successful run (see the notes). Ratio = switchboard ÷ peer; "
+       "↑ higher is better, ↓ lower is better." + load_note, ""]
+notes = []
+peers = [s for s in servers if s != "switchboard"]
+for case in cases:
+    rs = [r for r in rows if r["case"] == case]
+    scen = rs[0].get("scenario", "?")
+    out.append(f"## {case}")
+    out.append("")
+    ok_runs = {s: sum(1 for r in rs if r.get("server") == s and r.get("ok")) for s in servers}
+    total = {s: sum(1 for r in rs if r.get("server") == s) for s in servers}
+    head = ["figure"] + servers + ([f"switchboard/{p}" for p in peers] if "switchboard" in servers else [])
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    out.append("| successful runs | " + " | ".join(f"{ok_runs[s]}/{total[s]}" for s in servers)
+               + (" | " * len(peers) if "switchboard" in servers else "") + " |")
+    for key, label, better in FIGURES.get(scen, []):
+        med = {}
+        for s in servers:
+            vals = [r[key] for r in rs if r.get("server") == s and r.get("ok") and isinstance(r.get(key), (int, float))]
+            med[s] = statistics.median(vals) if vals else None
+        cells = [f"{label} {better}"] + [fmt(med[s]) for s in servers]
+        if "switchboard" in servers:
+            for p in peers:
+                a, b = med["switchboard"], med[p]
+                cells.append("n/a" if a is None or b is None or b == 0 else f"{a / b:.3g}×")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    for r in rs:
+        if not r.get("ok"):
+            errs = r.get("errors") or ["failed"]
+            notes.append(f"- {case}, {r.get('server')}, run {r.get('run')}: {errs[0][:300]}")
+if notes:
+    out += ["## Notes: failed or skipped runs", ""] + notes + [""]
+out.append(f"Raw JSON lines: `{os.path.relpath(raw, os.path.dirname(os.path.dirname(latest)))}`")
+text = "\n".join(out) + "\n"
+for path in (latest, stamped):
+    with open(path, "w") as f:
+        f.write(text)
+print(text)
+EOF
+log "table written to $RESULTS/latest.md"
