@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 use tungstenite::WebSocket;
-use tungstenite::protocol::CloseFrame;
 
+use super::wire::Wire;
 use crate::app::Session;
 
 /// Which listener accepted the connection.
@@ -30,10 +30,10 @@ pub enum Phase {
     Waiting { stream: TcpStream },
     /// Writing an HTTP response; the connection closes after it.
     Respond { stream: TcpStream, out: Vec<u8>, written: usize },
-    /// Upgraded. `preamble` holds what is left of the 101 response, written before any
-    /// frame. `session` is `None` while a refused connection closes. `closing_since`
-    /// is set once the server has sent its close frame.
-    Open { ws: WebSocket<TcpStream>, preamble: Vec<u8>, session: Option<Session>, closing_since: Option<Instant> },
+    /// Upgraded (the 101 answer is the first thing in the wire's buffer). `session` is
+    /// `None` while a refused connection closes. `closing_since` is set once the server
+    /// has sent its close frame.
+    Open { ws: WebSocket<Wire>, session: Option<Session>, closing_since: Option<Instant> },
     /// Finished; removed from the slab at the end of the turn.
     #[default]
     Gone,
@@ -56,8 +56,6 @@ pub struct Conn {
     pub drop_after_flush: bool,
     /// Why the server closed it, for the log line.
     pub close_reason: Option<String>,
-    /// A close frame waiting for the 101 preamble to go out first.
-    pub deferred_close: Option<CloseFrame>,
     pub phase: Phase,
 }
 
@@ -75,7 +73,6 @@ impl Conn {
             dirty: false,
             drop_after_flush: false,
             close_reason: None,
-            deferred_close: None,
             phase: Phase::Request { stream, buf: Vec::new() },
         }
     }

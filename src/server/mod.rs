@@ -12,6 +12,7 @@
 //! It does not know JSON, SQL or any seed document: sessions belong to the app.
 
 mod conn;
+mod wire;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use crate::http::{self, HttpError, Parsed};
 use crate::hub::ConnId;
 
 use conn::{Conn, Listener, Phase};
+use wire::{Flushed, Wire};
 
 const WS_LISTENER: Token = Token(usize::MAX - 1);
 const API_LISTENER: Token = Token(usize::MAX - 2);
@@ -100,9 +102,10 @@ impl Server {
         let limits = &app.config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
-            // Frames accumulate until the end-of-turn flush; the write buffer never
-            // writes on its own before it is full, and full means a slow consumer.
-            .write_buffer_size(limits.outbound_buffer_bytes - 1)
+            // Every frame moves on at once into the connection's `Wire` buffer (which
+            // never refuses), so tungstenite's own buffer stays one frame small; the wire
+            // is flushed at the end of the turn and bounded by the server.
+            .write_buffer_size(0)
             .max_write_buffer_size(limits.outbound_buffer_bytes)
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
@@ -379,8 +382,9 @@ impl Server {
 
         let conn = &mut self.conns[key];
         let Phase::Request { stream, .. } = std::mem::take(&mut conn.phase) else { return };
-        let ws = WebSocket::from_raw_socket(stream, Role::Server, Some(self.ws_config));
-        conn.phase = Phase::Open { ws, preamble: http::upgrade_response(&ws_key), closing_since: None, session: None };
+        let wire = Wire::new(stream, http::upgrade_response(&ws_key));
+        let ws = WebSocket::from_raw_socket(wire, Role::Server, Some(self.ws_config));
+        conn.phase = Phase::Open { ws, closing_since: None, session: None };
         conn.path = request.path.clone();
         conn.last_seen = Instant::now();
         self.mark_dirty(key);
@@ -426,11 +430,7 @@ impl Server {
     fn read_frames(&mut self, key: usize) {
         for _ in 0..MAX_FRAMES_PER_READ {
             let conn = &mut self.conns[key];
-            let Phase::Open { ws, preamble, session, closing_since } = &mut conn.phase else { return };
-            if !preamble.is_empty() {
-                // The 101 is not out yet; reading resumes when it is (see `flush`).
-                return;
-            }
+            let Phase::Open { ws, session, closing_since } = &mut conn.phase else { return };
             match ws.read() {
                 Ok(message) => {
                     conn.last_seen = Instant::now();
@@ -469,19 +469,14 @@ impl Server {
     /// answers or `CLOSE_GRACE` passes. The session ends now.
     fn close_ws(&mut self, key: usize, code: u16, reason: &str) {
         let conn = &mut self.conns[key];
-        let Phase::Open { ws, preamble, session, closing_since } = &mut conn.phase else { return };
+        let Phase::Open { ws, session, closing_since } = &mut conn.phase else { return };
         if closing_since.is_some() {
             return;
         }
         *closing_since = Some(Instant::now());
         conn.close_reason = Some(format!("{code} {reason}"));
         let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
-        // tungstenite's close writes to the socket at once, so it must wait for the 101.
-        if preamble.is_empty() {
-            let _ = ws.close(Some(frame));
-        } else {
-            conn.deferred_close = Some(frame);
-        }
+        let _ = ws.close(Some(frame));
         if let Some(session) = session.take() {
             self.app.close(session);
         }
@@ -509,8 +504,13 @@ impl Server {
             return;
         }
         let was_open = matches!(phase, Phase::Open { .. });
-        if let Phase::Open { session: Some(session), .. } = phase {
-            self.app.close(session);
+        if let Phase::Open { mut ws, session, .. } = phase {
+            // A close frame (ours, or the answer to the client's) may still be waiting:
+            // one last try, without waiting, before the socket goes.
+            let _ = ws.get_mut().flush_to_socket();
+            if let Some(session) = session {
+                self.app.close(session);
+            }
         }
         let conn = &self.conns[key];
         if was_open {
@@ -534,7 +534,7 @@ impl Server {
         self.gone.push(key);
     }
 
-    /// Writes what is pending: first the 101 preamble, then tungstenite's buffer.
+    /// Writes what is pending: an HTTP response, or the wire's buffer.
     fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.dirty = false;
@@ -553,43 +553,15 @@ impl Server {
                 let _ = stream.shutdown(std::net::Shutdown::Write);
                 self.finish(key, "answered")
             }
-            Phase::Open { ws, preamble, .. } => {
-                if !preamble.is_empty() {
-                    let mut written = 0;
-                    while written < preamble.len() {
-                        match ws.get_mut().write(&preamble[written..]) {
-                            Ok(0) => return self.finish(key, "reset during upgrade"),
-                            Ok(n) => written += n,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(_) => return self.finish(key, "reset during upgrade"),
-                        }
+            Phase::Open { ws, .. } => match ws.get_mut().flush_to_socket() {
+                Ok(Flushed::All) => {
+                    if self.conns[key].drop_after_flush {
+                        self.finish(key, "protocol violation");
                     }
-                    preamble.drain(..written);
-                    if !preamble.is_empty() {
-                        return;
-                    }
-                    *preamble = Vec::new();
-                    if let Some(frame) = self.conns[key].deferred_close.take() {
-                        let Phase::Open { ws, .. } = &mut self.conns[key].phase else { return };
-                        let _ = ws.close(Some(frame));
-                    }
-                    // Frames may have arrived while the 101 was pending.
-                    self.backlog.push(key);
                 }
-                let Phase::Open { ws, .. } = &mut self.conns[key].phase else { return };
-                match ws.flush() {
-                    Ok(()) => {
-                        if self.conns[key].drop_after_flush {
-                            self.finish(key, "protocol violation");
-                        }
-                    }
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => self.finish(key, "closed"),
-                    Err(WsError::WriteBufferFull(_)) => self.drop_slow_consumer(key),
-                    Err(e) => self.finish(key, &format!("write error: {e}")),
-                }
-            }
+                Ok(Flushed::Partly) => {}
+                Err(e) => self.finish(key, &format!("write error: {e}")),
+            },
             Phase::Request { .. } | Phase::Waiting { .. } | Phase::Gone => {}
         }
     }
@@ -660,6 +632,9 @@ impl Server {
         let Phase::Open { ws, closing_since: None, session: Some(_), .. } = &mut conn.phase else { return };
         let len = message.len() as u64;
         match ws.write(message) {
+            Ok(()) if ws.get_ref().pending() > self.app.config.limits.outbound_buffer_bytes => {
+                self.drop_slow_consumer(id.slot)
+            }
             Ok(()) => {
                 self.app.metrics.frames_out += 1;
                 self.app.metrics.bytes_out += len;

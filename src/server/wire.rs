@@ -1,0 +1,85 @@
+//! The socket as tungstenite sees it. Reads go straight to the TCP stream. Writes never
+//! touch it: they are appended to an output buffer that the server flushes, with one
+//! `write` per connection, at the end of the turn.
+//!
+//! Owning this buffer (instead of leaving output in tungstenite's) lets the server put
+//! the 101 answer and the first frames in one `write`, see how much is waiting (a slow
+//! consumer is one whose buffer passes the configured limit), and give memory back once
+//! the buffer is drained, so a connection that once received a burst (a history replay)
+//! does not keep that burst's capacity for the rest of its life.
+
+use std::io::{self, Read, Write};
+
+use mio::net::TcpStream;
+
+/// Capacity an empty output buffer may keep for the next turn; more is freed.
+const KEEP_CAPACITY: usize = 2 * 1024;
+
+pub struct Wire {
+    pub tcp: TcpStream,
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    sent: usize,
+}
+
+/// What a flush achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Nothing is left to write.
+    All,
+    /// The socket would block; the rest waits for a writable event.
+    Partly,
+}
+
+impl Wire {
+    pub fn new(tcp: TcpStream, first: Vec<u8>) -> Wire {
+        Wire { tcp, out: first, sent: 0 }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Writes as much as the socket takes.
+    pub fn flush_to_socket(&mut self) -> io::Result<Flushed> {
+        while self.sent < self.out.len() {
+            match self.tcp.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Keep the unsent tail at the front, so the buffer does not creep.
+                    self.out.drain(..self.sent);
+                    self.sent = 0;
+                    return Ok(Flushed::Partly);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.sent = 0;
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        Ok(Flushed::All)
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
