@@ -32,21 +32,22 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 type Answer = Result<(u16, Value), HttpError>;
 
-/// Handles one request. Returns the response bytes and whether the answer reports
-/// stored data (and so must become an error if the commit fails).
-pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool) {
+/// Handles one request. Returns the response bytes, whether it succeeded (a failed
+/// request's writes are undone by the caller), and whether the answer reports stored
+/// data (and so must become an error if the commit fails).
+pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool, bool) {
     let path = request.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     if request.method == "GET" && path == "/healthz" {
-        return (json_response(200, &json!({"status": "ok"})), false);
+        return (json_response(200, &json!({"status": "ok"})), true, false);
     }
     if let Err(e) = authorize(app, request) {
-        return (e.to_response(), false);
+        return (e.to_response(), false, false);
     }
     let answer: Answer = match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["metrics"]) => {
             let body = app.metrics.render();
-            return (response(200, "text/plain; version=0.0.4", body.as_bytes()), false);
+            return (response(200, "text/plain; version=0.0.4", body.as_bytes()), true, false);
         }
         ("GET", ["api", "online"]) => Ok((200, online(app))),
         ("POST", ["api", "rooms", room, "messages"]) => post_room_message(app, room, request),
@@ -77,8 +78,8 @@ pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool) {
         _ => Err(HttpError::new(404, "no such API route")),
     };
     match answer {
-        Ok((status, body)) => (json_response(status, &body), request.method != "GET"),
-        Err(e) => (e.to_response(), false),
+        Ok((status, body)) => (json_response(status, &body), true, request.method != "GET"),
+        Err(e) => (e.to_response(), false, false),
     }
 }
 
@@ -367,6 +368,9 @@ fn inbound(app: &mut App, request: &Request) -> Answer {
     };
     let customer = upsert_customer(app, &source, &fields)?;
     let (conversation, created) = match existing {
+        Some(conversation) if conversation.customer.as_ref().is_some_and(|c| c.id != customer.id) => {
+            return Err(HttpError::new(422, "that conversation belongs to another customer"));
+        }
         Some(conversation) => (conversation, false),
         None => match app.store.open_support_conversation(customer.id).map_err(store_error)? {
             Some(conversation) => (conversation, false),

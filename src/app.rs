@@ -195,10 +195,23 @@ impl App {
         self.metrics.connection_closed(session.endpoint.name());
     }
 
-    /// A complete request on the server API listener.
+    /// A complete request on the server API listener. A request that changes something
+    /// runs in a savepoint: if it fails half way, its writes and its pushes are undone
+    /// and the rest of the turn is untouched.
     pub fn on_api(&mut self, conn: ConnId, request: Request) {
         self.metrics.api_requests += 1;
-        let (response, durable) = crate::api::handle(self, &request);
+        let writes = request.method != "GET";
+        let pushes = self.outbox.len();
+        if writes && let Err(e) = self.store.begin_unit() {
+            log::error!("server API: {e}");
+            let response = crate::http::HttpError::new(500, "could not store the request").to_response();
+            return self.outbox.push(Out::Http { to: conn, response, durable: false });
+        }
+        let (response, ok, durable) = crate::api::handle(self, &request);
+        if writes && !(ok && self.store.keep_unit().is_ok()) {
+            self.store.undo_unit();
+            self.outbox.truncate(pushes);
+        }
         self.outbox.push(Out::Http { to: conn, response, durable });
     }
 

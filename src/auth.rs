@@ -148,9 +148,23 @@ fn identity_from_claims(claims: &Map<String, Value>) -> Result<Identity, AuthErr
     let name = ["name", "username"]
         .iter()
         .find_map(|key| claims.get(*key).and_then(Value::as_str).filter(|s| !s.is_empty()))
-        .map(Rc::from)
+        .map(|name| Rc::from(truncate(name, MAX_NAME_LEN)))
         .unwrap_or_else(|| Rc::from(user_id.as_str()));
     Ok(Identity { user_id, name })
+}
+
+/// Longest display name kept from a token; a longer one is cut at a character boundary.
+pub const MAX_NAME_LEN: usize = 200;
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Finds the token of a WebSocket request: the `token` query parameter, else an
@@ -244,6 +258,16 @@ mod tests {
         let no_user = sign("0123456789abcdef", serde_json::json!({"exp": later()}));
         assert_eq!(v.verify(&no_user), Err(AuthError::NoUserId));
         assert_eq!(v.verify("not.a.token"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        let v = hs256("0123456789abcdef");
+        let long = "é".repeat(150);
+        let token = sign("0123456789abcdef", serde_json::json!({"user_id": 1, "exp": later(), "name": long}));
+        let name = v.verify(&token).unwrap().name;
+        assert_eq!(name.len(), 200);
+        assert!(long.starts_with(&*name));
     }
 
     #[test]

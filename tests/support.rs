@@ -704,3 +704,29 @@ fn api_refusals_answer_401_404_409_422_and_create_nothing() {
     let (_, recent) = open_chat(&server, "/ws/conversations/k1/", json!(5), "Ann Agent");
     assert!(recent.is_empty(), "nothing was stored: {recent:?}");
 }
+
+#[test]
+fn an_inbound_message_cannot_land_in_another_customers_conversation() {
+    let server = Server::start(&[]);
+    let (status, _) = server.api(
+        "POST",
+        "/api/conversations",
+        Some(&json!({"kind": "support", "id": "conv-john", "members": [5],
+                     "customer": {"source": "telegram", "external_id": "tg-john", "first_name": "John"}})),
+    );
+    assert_eq!(status, 201);
+    let (status, body) = server.api(
+        "POST",
+        "/api/inbound",
+        Some(&json!({"source": "telegram", "customer": {"external_id": "tg-mallory"}, "content": "hi", "conversation_id": "conv-john"})),
+    );
+    assert_eq!(status, 422, "{body}");
+    let mut chat = server.connect_as("/ws/conversations/conv-john/", json!(5), "agent");
+    let recent = chat.recv();
+    assert_eq!(recent["messages"], json!([]), "nothing was stored: {recent}");
+    // Not even the new customer: a failed request's writes are undone.
+    let db = rusqlite::Connection::open(server.db_path()).unwrap();
+    let customers: i64 =
+        db.query_row("SELECT count(*) FROM customers WHERE external_id = 'tg-mallory'", [], |r| r.get(0)).unwrap();
+    assert_eq!(customers, 0);
+}

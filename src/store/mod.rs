@@ -209,6 +209,26 @@ impl Store {
         Ok(())
     }
 
+    /// Starts a unit inside the turn's transaction that can be undone on its own (a
+    /// server API request that fails half way). Savepoints do not nest here.
+    pub fn begin_unit(&mut self) -> StoreResult<()> {
+        self.ensure_transaction()?;
+        self.conn.execute_batch("SAVEPOINT unit")?;
+        Ok(())
+    }
+
+    /// Keeps the unit's writes (they commit with the turn).
+    pub fn keep_unit(&mut self) -> StoreResult<()> {
+        self.conn.execute_batch("RELEASE unit")?;
+        Ok(())
+    }
+
+    /// Undoes the unit's writes; the rest of the turn stays.
+    pub fn undo_unit(&mut self) {
+        // `touched` keeps its entries: an updated_at moved for nothing is harmless.
+        let _ = self.conn.execute_batch("ROLLBACK TO unit; RELEASE unit");
+    }
+
     /// Abandons the turn's writes.
     pub fn rollback(&mut self) {
         if self.in_transaction {
