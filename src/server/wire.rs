@@ -12,8 +12,10 @@ use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
 
-/// Capacity an empty output buffer may keep for the next turn; more is freed.
-const KEEP_CAPACITY: usize = 2 * 1024;
+/// Capacity a drained output buffer may keep for the next turn; more is freed. Small:
+/// most connections are idle between bursts, and one allocation per busy turn costs far
+/// less than the `write` it goes with.
+const KEEP_CAPACITY: usize = 256;
 
 pub struct Wire {
     pub tcp: TcpStream,
