@@ -10,8 +10,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::notifications::{self, notification_id};
-use super::parse_object;
+use super::notifications;
+use super::{numeric_id, parse_object};
 use crate::app::{App, Frame, Refusal, Session, close_code, to_frame};
 use crate::hub::Topic;
 use crate::model::{UserId, format_timestamp};
@@ -176,7 +176,7 @@ pub fn on_messages_text(app: &mut App, session: &mut Session, text: &str) {
     };
     match object.get("type").and_then(Value::as_str) {
         Some("mark_read") => {
-            let Some(id) = notification_id(object.get("message_id")) else {
+            let Some(id) = numeric_id(object.get("message_id")) else {
                 return app.send(session.conn, error_frame("\"message_id\" must be a message id."));
             };
             let user = session.identity.user_id.clone();

@@ -10,7 +10,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{member_conversation, parse_object};
+use super::{member_conversation, numeric_id, parse_object};
 use crate::app::{App, Frame, Refusal, Session, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
@@ -134,12 +134,7 @@ fn post(app: &mut App, session: &Session, conversation: i64, object: &Map<String
 }
 
 fn read_receipt(app: &mut App, session: &Session, conversation: i64, object: &Map<String, Value>) {
-    let message_id = match object.get("message_id") {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    };
-    let message = message_id.and_then(|id| app.store.message(id).ok().flatten());
+    let message = numeric_id(object.get("message_id")).and_then(|id| app.store.message(id).ok().flatten());
     let Some(message) = message.filter(|m| m.conversation_id == conversation) else {
         return app.send(session.conn, error_frame("No such message in this consultation."));
     };

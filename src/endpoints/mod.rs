@@ -223,6 +223,15 @@ pub fn parse_object(text: &str) -> Result<Map<String, Value>, &'static str> {
     }
 }
 
+/// Reads an id a client sent as a JSON integer or a numeric string (documents show both).
+pub fn numeric_id(value: Option<&Value>) -> Option<i64> {
+    match value {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// A member-only conversation the session's user belongs to, or a 4003 refusal.
 pub fn member_conversation(
     app: &App,

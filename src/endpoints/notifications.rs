@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::banking::{self, REPLAY_LIMIT};
-use super::parse_object;
+use super::{numeric_id, parse_object};
 use crate::app::{App, Frame, Refusal, Session, to_frame};
 use crate::hub::Topic;
 use crate::model::{UserId, format_timestamp};
@@ -121,15 +121,6 @@ pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Reads an id a client sent as a number or a numeric string.
-pub fn notification_id(value: Option<&Value>) -> Option<i64> {
-    match value {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 /// Any notification endpoint: `{"type": "mark_read", "notification_id": ...}`.
 pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
     let object = match parse_object(text) {
@@ -138,7 +129,7 @@ pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
     };
     match object.get("type").and_then(Value::as_str) {
         Some("mark_read") => {
-            let Some(id) = notification_id(object.get("notification_id")) else {
+            let Some(id) = numeric_id(object.get("notification_id")) else {
                 return app.send(session.conn, error_frame("\"notification_id\" must be a notification id."));
             };
             let user = session.identity.user_id.clone();

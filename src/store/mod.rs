@@ -229,7 +229,8 @@ impl Store {
         let _ = self.conn.execute_batch("ROLLBACK TO unit; RELEASE unit");
     }
 
-    /// Abandons the turn's writes.
+    /// Abandons the turn's writes (a failed commit rolls back by itself; this is for tests).
+    #[cfg(test)]
     pub fn rollback(&mut self) {
         if self.in_transaction {
             self.in_transaction = false;
