@@ -236,6 +236,12 @@ impl App {
         outbox
     }
 
+    /// After the turn's output has been handed to the sockets: housekeeping that may take
+    /// a moment (see `Store::finish_checkpoint`).
+    pub fn after_turn(&mut self) {
+        self.store.finish_checkpoint();
+    }
+
     /// Forgets rate-limit buckets that have refilled, so the map does not grow with
     /// every user ever seen. Called from the server's periodic sweep.
     pub fn sweep(&mut self) {

@@ -583,6 +583,7 @@ impl Server {
         for key in std::mem::take(&mut self.gone) {
             self.conns.try_remove(key);
         }
+        self.app.after_turn();
     }
 
     fn apply(&mut self, outbox: Vec<Out>) {

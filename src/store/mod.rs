@@ -146,6 +146,10 @@ impl Drop for Store {
 impl Store {
     /// Opens (creating when missing) the database and applies pending migrations.
     pub fn open(path: &Path, sync_full: bool) -> StoreResult<Store> {
+        Store::open_with(path, sync_full, checkpoint::RESTART_FRAMES)
+    }
+
+    fn open_with(path: &Path, sync_full: bool, restart_frames: i64) -> StoreResult<Store> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Open(format!("cannot open database {}: {e}", path.display())))?;
         let setup = format!(
@@ -168,7 +172,7 @@ impl Store {
         } else {
             conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
                 .map_err(|e| StoreError::Open(format!("cannot configure database {}: {e}", path.display())))?;
-            Some(checkpoint::Checkpointer::start(path).map_err(StoreError::Open)?)
+            Some(checkpoint::Checkpointer::start(path, restart_frames).map_err(StoreError::Open)?)
         };
         Ok(Store { conn, in_transaction: false, writes_in_transaction: 0, touched: Vec::new(), checkpointer })
     }
@@ -196,6 +200,19 @@ impl Store {
             return Err(e);
         }
         Ok(writes)
+    }
+
+    /// Between turns: when the checkpoint thread fell behind the writes, copies the rest
+    /// of the WAL into the database here, so that the next commit writes the WAL from its
+    /// start (see `checkpoint.rs`). Costs the pages committed during one pass of that
+    /// thread, at most twice a second.
+    pub fn finish_checkpoint(&mut self) {
+        if self.in_transaction || !self.checkpointer.as_ref().is_some_and(|c| c.take_behind()) {
+            return;
+        }
+        if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            log::warn!("WAL checkpoint failed: {e}");
+        }
     }
 
     /// Writes the turn's pending `updated_at` changes (at commit, and before a query that
@@ -407,5 +424,41 @@ mod tests {
         let store = Store::open(&path, true).unwrap();
         let applied: i64 = store.conn.query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0)).unwrap();
         assert_eq!(applied as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn steady_writes_do_not_grow_the_wal_without_end() {
+        // Commits every few milliseconds without a pause, as under steady load, while the
+        // checkpoint thread runs: the WAL must still be written from its start again once
+        // it reaches the threshold (here 200 frames instead of 16,384).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut store = Store::open_with(&path, false, 200).unwrap();
+        let user = UserId::new("1");
+        let room = store.get_or_create_conversation(ConversationKind::Room, "lobby", 1).unwrap();
+        store.commit().unwrap();
+        let wal = dir.path().join("t.db-wal");
+        let started = std::time::Instant::now();
+        let (mut written, mut largest) = (0, 0);
+        while started.elapsed() < std::time::Duration::from_secs(4) {
+            for _ in 0..4 {
+                store.insert_message(NewMessage::text(room, (&user, "ann"), &"x".repeat(300)), 2).unwrap();
+                written += 1;
+            }
+            store.commit().unwrap();
+            store.finish_checkpoint();
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // The WAL header's checkpoint sequence number counts the restarts.
+        let header = std::fs::read(&wal).unwrap();
+        let restarts = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        let stored: i64 = store.conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+        assert_eq!(stored, written);
+        // A frame is a 4,096-byte page and a 24-byte header.
+        let frames = largest / 4120;
+        eprintln!("{written} messages: the WAL restarted {restarts} times, at most {frames} frames");
+        assert!(restarts >= 3, "the WAL restarted {restarts} times in 4 s of writes");
+        assert!(frames < 3 * 200 + 2 * written as u64 / 8, "the WAL grew to {frames} frames");
     }
 }
