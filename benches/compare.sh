@@ -95,10 +95,12 @@ if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   PIN_SERVER=(taskset -c 0)
   PIN_LOAD=(taskset -c 1)
   PINNING="server on CPU 0, load generator on CPU 1"
+  SERVER_CPU=0
 else
   PIN_SERVER=()
   PIN_LOAD=()
   PINNING="not pinned (taskset missing or fewer than 2 CPUs)"
+  SERVER_CPU=0
   log "warning: $PINNING"
 fi
 
@@ -236,14 +238,14 @@ if [ "$QUICK" = 1 ]; then
   IDLE_N=2000
   FAN_S=200; FAN_S_MSGS=200
   FAN_L=1000; FAN_L_MSGS=100
-  CHAT_PAIRS=10; CHAT_SECS=5
+  CHAT_PAIRS=10; CHAT_SECS=5; CHAT_RATE=1000
   SOAK_N=500; SOAK_SECS=30
   MODE="quick"
 else
   IDLE_N=19000
   FAN_S=1000; FAN_S_MSGS=500
   FAN_L=10000; FAN_L_MSGS=50
-  CHAT_PAIRS=50; CHAT_SECS=20
+  CHAT_PAIRS=50; CHAT_SECS=20; CHAT_RATE=5000
   SOAK_N=5000; SOAK_SECS=120
   MODE="full"
 fi
@@ -257,6 +259,18 @@ for RUN in $(seq "$RUNS"); do
   CASE="idle-$IDLE_N"
   log "run $RUN: $CASE"
   for s in $SERVERS; do run_case "$s" 600 idle --connections "$IDLE_N"; done
+
+  # No server: what the one `send` a delivery needs costs on this machine (loopback runs
+  # the receiver's TCP path inside it), the floor for fanout CPU per delivery.
+  CASE="floor-$FAN_S-paced"
+  log "run $RUN: $CASE (bare writes to $FAN_S loopback sockets, $FAN_S_MSGS messages at $FAN_S_RATE/s, no server)"
+  out="$OUTDIR/$CASE-$RUN.txt"
+  timeout --kill-after=10 720 "${PIN_LOAD[@]}" "$LOADGEN" floor --sockets "$FAN_S" --rate "$FAN_S_RATE" \
+    --messages "$FAN_S_MSGS" --writer-cpu "$SERVER_CPU" --label floor >"$out" 2>&1 || true
+  json="$(grep '^{' "$out" | tail -1 || true)"
+  [ -n "$json" ] || json='{"scenario":"floor","server":"floor","ok":false,"errors":["no JSON line from the load generator"]}'
+  record "$json"
+  grep -v '^{' "$out" | tail -n +2 | sed "s/^/  [floor] /" || true
 
   for pace in paced flat; do
     rate=$FAN_S_RATE
@@ -285,6 +299,11 @@ for RUN in $(seq "$RUNS"); do
   log "run $RUN: $CASE ($CHAT_PAIRS pairs, closed loop, $CHAT_SECS s)"
   for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate 0 --seconds "$CHAT_SECS"; done
 
+  # The same pairs at a fixed offered load, below what Node sustains: latency, not queueing.
+  CASE="chat-$CHAT_PAIRS-paced"
+  log "run $RUN: $CASE ($CHAT_PAIRS pairs, $CHAT_RATE messages/s in total, $CHAT_SECS s)"
+  for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate "$CHAT_RATE" --seconds "$CHAT_SECS"; done
+
   if [ "$SOAK" = 1 ]; then
     CASE="soak-$SOAK_N"
     log "run $RUN: $CASE ($SOAK_N churning connections, $SOAK_SECS s)"
@@ -309,6 +328,8 @@ FIGURES = {
     "chat": [("messages_per_sec", "messages/s", "↑"), ("rtt_p50_ms", "round trip p50 (ms)", "↓"),
              ("rtt_p99_ms", "round trip p99 (ms)", "↓"), ("rtt_max_ms", "round trip max (ms)", "↓"),
              ("cpu_us_per_message", "CPU per message (µs)", "↓"), ("messages_per_cpu_sec", "messages per CPU second", "↑")],
+    "floor": [("cpu_us_per_write", "CPU per write (µs)", "↓"), ("burst_p50_ms", "one message's writes, p50 (ms)", "↓"),
+              ("burst_p99_ms", "one message's writes, p99 (ms)", "↓")],
     "soak": [("rss_first_kib", "RSS first sample (KiB)", "↓"), ("rss_last_kib", "RSS last sample (KiB)", "↓"),
              ("fds_last", "open fds last sample", "↓"), ("fds_after_close", "open fds after closing all", "↓"),
              ("db_bytes_last", "DB + WAL bytes at the end", "↓"), ("messages_lost", "messages lost", "↓")],
@@ -337,9 +358,31 @@ out = [f"# switchboard vs peers ({mode}, {runs} run(s) per server)", "",
        "↑ higher is better, ↓ lower is better." + load_note, ""]
 notes = []
 peers = [s for s in servers if s != "switchboard"]
+def median_of(case, server, key):
+    vals = [r[key] for r in rows if r["case"] == case and r.get("server") == server and r.get("ok")
+            and isinstance(r.get(key), (int, float))]
+    return statistics.median(vals) if vals else None
+
 for case in cases:
     rs = [r for r in rows if r["case"] == case]
     scen = rs[0].get("scenario", "?")
+    if scen == "floor":
+        fan = case.replace("floor-", "fanout-", 1)
+        out += [f"## {case}: no server, bare writes (the floor for {fan})", "",
+                "| figure | bare writes | switchboard's " + fan + " ÷ bare writes |", "|---|---|---|"]
+        ok = sum(1 for r in rs if r.get("ok"))
+        out.append(f"| successful runs | {ok}/{len(rs)} | |")
+        pairs = {"cpu_us_per_write": "cpu_us_per_delivery", "burst_p50_ms": "latency_p50_ms", "burst_p99_ms": "latency_p99_ms"}
+        for key, label, better in FIGURES["floor"]:
+            f = median_of(case, "floor", key)
+            sb = median_of(fan, "switchboard", pairs[key]) if "switchboard" in servers else None
+            ratio = "n/a" if f is None or sb is None or f == 0 else f"{sb / f:.3g}× ({fmt(sb)})"
+            out.append(f"| {label} {better} | {fmt(f)} | {ratio} |")
+        out.append("")
+        for r in rs:
+            if not r.get("ok"):
+                notes.append(f"- {case}, run {r.get('run')}: {(r.get('errors') or ['failed'])[0][:300]}")
+        continue
     out.append(f"## {case}")
     out.append("")
     ok_runs = {s: sum(1 for r in rs if r.get("server") == s and r.get("ok")) for s in servers}

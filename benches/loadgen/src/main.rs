@@ -2,6 +2,7 @@
 //! speaks it — with real WebSocket connections over loopback, and measures the server
 //! process from /proc. See `loadgen --help` and benches/README.md.
 
+mod floor;
 mod frames;
 mod jwt;
 mod procstat;
@@ -38,6 +39,12 @@ scenarios:
   soak   --connections N --seconds S [--rooms 200] [--msg-interval 10] [--db PATH]
          churning connections (each lives 1-20 s) chatting at a low rate; every 10 s the
          server's RSS, open fds and DB size (PATH + PATH-wal); first vs last at the end.
+
+  floor  --sockets N --messages M [--rate 50] [--bytes 160] [--writer-cpu 0]
+         no server: a thread pinned to --writer-cpu writes one --bytes segment per message
+         to each of N loopback TCP connections that this process reads. Its CPU per
+         write is the least a fanout delivery can cost on this machine (over loopback
+         the sender's `send` also runs the receiver's TCP path). Needs no --url.
 
 common options:
   --url URL              target base, ws://HOST:PORT (loopback only); paths are appended
@@ -221,6 +228,27 @@ fn main() -> ExitCode {
         }
     };
     let scenario = args.scenario.clone();
+    if scenario == "floor" {
+        let mut rep = Report { map: Map::new(), errors: Vec::new() };
+        rep.set("scenario", "floor");
+        rep.opt("server", args.str("label"));
+        if let Err(e) = floor::floor(&args, &mut rep) {
+            if let Some(usage) = e.strip_prefix("usage: ") {
+                eprintln!("loadgen: {usage}");
+                return ExitCode::from(2);
+            }
+            rep.errors.push(e);
+        }
+        let ok = rep.errors.is_empty();
+        rep.set("errors", json!(rep.errors.clone()));
+        rep.set("ok", ok);
+        for e in &rep.errors {
+            println!("floor: FAILED: {e}");
+        }
+        println!("floor: {}", if ok { "ok" } else { "failed" });
+        println!("{}", Value::Object(rep.map));
+        return if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    }
     if !["idle", "fanout", "chat", "soak"].contains(&scenario.as_str()) {
         eprintln!("loadgen: unknown scenario {scenario:?}\n\n{USAGE}");
         return ExitCode::from(2);
