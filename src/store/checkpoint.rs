@@ -5,7 +5,8 @@
 //! measured in a chat load, 9% of the server's CPU and a stall for every client at that
 //! moment. The main connection turns it off; this thread, with its own connection, runs
 //! a PASSIVE checkpoint (it never blocks the writer) every `INTERVAL`. A page rewritten
-//! by many commits in between is copied once.
+//! by many commits in between is copied once. The thread is SCHED_BATCH, so that where
+//! it shares a core with the loop it takes its turn without preempting it.
 //!
 //! SQLite writes the WAL from its start again only when a write transaction begins with
 //! every frame already copied. Under steady load the loop commits while this thread
@@ -53,6 +54,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || {
+                yield_to_the_loop();
                 loop {
                     match stopped.recv_timeout(INTERVAL) {
                         Err(RecvTimeoutError::Timeout) => {}
@@ -81,6 +83,19 @@ impl Checkpointer {
     /// Whether the loop should finish a checkpoint; lowers the flag.
     pub fn take_behind(&self) -> bool {
         self.behind.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Marks the calling thread SCHED_BATCH: the scheduler still gives it its fair share
+/// of the CPU (so the WAL keeps being copied), but its wake-up never preempts the event
+/// loop when both share a core. Measured with 50 chat pairs flat out, everything pinned
+/// to one core: round trip p99 5.6 ms -> 4.2-4.6 ms and this thread's CPU 5.1% -> 3.7%.
+/// Lower settings starved it: at nice 19 or SCHED_IDLE the WAL reached 0.9-2.1 GB in 15 s.
+fn yield_to_the_loop() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        log::debug!("checkpoint thread stays SCHED_OTHER: {}", std::io::Error::last_os_error());
     }
 }
 
