@@ -271,3 +271,32 @@ fn a_connection_flood_past_the_cap_is_refused_and_existing_clients_carry_on() {
             .is_ok_and(|mut c| c.recv()["type"] == "room_users_list")
     });
 }
+
+/// A client that sends its last message and shuts its socket in the same breath: the
+/// FIN can arrive with the data, and then no further readiness event comes (the server
+/// stops reading after a short read unless the event said the peer hung up). The message
+/// must still be stored and delivered, and the connection let go, every time.
+#[test]
+fn a_last_message_with_the_fin_right_behind_it_is_delivered_and_the_connection_released() {
+    let server = Server::start(&[]);
+    let mut watcher = server.connect_as("/ws/rooms/fin/", json!(1), "watcher");
+    watcher.recv_type("room_users_list");
+    for i in 0..30 {
+        let name = format!("leaver{i}");
+        let mut leaver = server.connect_as("/ws/rooms/fin/", json!(100 + i), &name);
+        leaver.recv_type("room_users_list");
+        assert_eq!(watcher.recv_type("user_join")["username"], name.as_str());
+        leaver.send_json(json!({"message": format!("last words {i}")}));
+        leaver.ws.get_mut().shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let said = watcher.recv_type("chat_message");
+        assert_eq!(said["message"], format!("last words {i}"));
+        assert_eq!(said["sender_username"], name.as_str());
+        assert_eq!(watcher.recv_type("user_leave")["username"], name.as_str());
+    }
+    // Everyone who left is gone from the room, and every last message was stored.
+    let mut later = server.connect_as("/ws/rooms/fin/", json!(2), "later");
+    let users = later.recv_type("room_users_list");
+    assert_eq!(users["users"].as_array().map(Vec::len), Some(2), "only watcher and later: {users}");
+    let history: Vec<Value> = (0..30).map(|_| later.recv_type("chat_message")).collect();
+    assert_eq!(history.last().unwrap()["message"], "last words 29");
+}

@@ -158,6 +158,9 @@ impl Server {
                     SIGNALS => self.on_signal(),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            if let Some(Conn { phase: Phase::Open { ws, .. }, .. }) = self.conns.get_mut(key) {
+                                ws.get_mut().readiness(event.is_read_closed() || event.is_error());
+                            }
                             self.on_readable(key);
                         }
                         if event.is_writable() {
