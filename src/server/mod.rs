@@ -2,7 +2,8 @@
 //! that touches mio or a socket.
 //!
 //! A turn: wait for readiness (at most until the next sweep), accept until WouldBlock,
-//! read requests and frames until WouldBlock (or a per-turn budget, for fairness), let
+//! read requests and frames until WouldBlock or a short read (see `Wire::read`), or a
+//! per-turn budget for fairness, let
 //! the app handle them, then `end_turn`: the app commits the turn's writes and returns
 //! its outbox, the frames go into the connections' write buffers, and every connection
 //! with pending output is flushed. A flush that would block waits for a writable event.
