@@ -207,3 +207,27 @@ fn a_database_from_a_newer_version_is_refused_not_guessed_at() {
     assert_eq!(code, 1);
     assert!(stderr.contains("newer"), "{stderr}");
 }
+
+/// The WAL checkpoint thread runs SCHED_BATCH (policy 3 in /proc), so that on a shared
+/// core its wake-ups never preempt the event loop; the loop stays SCHED_OTHER (0).
+#[test]
+fn the_checkpoint_thread_is_batch_scheduled_and_the_loop_is_not() {
+    let server = Server::start(&[]);
+    let policies = || -> Vec<(String, u32)> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", server.pid())).expect("/proc") {
+            let dir = task.expect("task").path();
+            let name = std::fs::read_to_string(dir.join("comm")).expect("comm").trim().to_string();
+            let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+            // The fields after the parenthesised name start at field 3; policy is field 41.
+            let after = &stat[stat.rfind(')').expect("stat") + 2..];
+            let policy: u32 = after.split(' ').nth(38).expect("policy field").parse().expect("number");
+            found.push((name, policy));
+        }
+        found
+    };
+    // The thread sets its policy as it starts, which may be just after the server listens.
+    eventually("the checkpoint thread runs SCHED_BATCH", || policies().contains(&("wal-checkpoint".into(), 3)));
+    let all = policies();
+    assert!(all.contains(&("switchboard".into(), 0)), "threads and policies: {all:?}");
+}
