@@ -237,7 +237,7 @@ EOF
 # the receiver's TCP path inside it), the floor for fanout CPU per delivery. The floor
 # holds both ends of every connection in one process, two descriptors each, so under
 # this machine's open-file limit it may use a few fewer sockets than the fanout it is
-# the floor for (9,900 for 10,000 under a limit of 20,000); it says so.
+# the floor for (9,950 for 10,000 under a limit of 20,000); it says so.
 run_floor() {
   local n="$1" msgs="$2" rate="$3"
   local fit=$(( ($(ulimit -Hn) - 100) / 2 ))
