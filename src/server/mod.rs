@@ -2,11 +2,10 @@
 //! that touches mio or a socket.
 //!
 //! A turn: wait for readiness (at most until the next sweep), accept until WouldBlock,
-//! read requests and frames until WouldBlock or a short read (see `Wire::read`), or a
-//! per-turn budget for fairness, let
-//! the app handle them, then `end_turn`: the app commits the turn's writes and returns
-//! its outbox, the frames go into the connections' write buffers, and every connection
-//! with pending output is flushed. A flush that would block waits for a writable event.
+//! read requests and frames until WouldBlock, a short read (see `Wire::read`) or a
+//! per-turn budget (for fairness), let the app handle them, then `end_turn`: the app
+//! commits the turn's writes and returns its outbox, the frames go into the
+//! connections' write buffers, and every connection with pending output is flushed. A flush that would block waits for a writable event.
 //! Once a second a sweep drops handshakes past their deadline, pings quiet connections,
 //! closes idle ones and ends close handshakes that the peer never finished.
 //!
@@ -150,7 +149,7 @@ impl Server {
             }
             self.app.begin_turn();
             for key in std::mem::take(&mut self.backlog) {
-                self.on_readable(key);
+                self.on_readable(key, None);
             }
             for event in events.iter() {
                 match event.token() {
@@ -159,10 +158,7 @@ impl Server {
                     SIGNALS => self.on_signal(),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            if let Some(Conn { phase: Phase::Open { ws, .. }, .. }) = self.conns.get_mut(key) {
-                                ws.get_mut().readiness(event.is_read_closed() || event.is_error());
-                            }
-                            self.on_readable(key);
+                            self.on_readable(key, Some(event.is_read_closed() || event.is_error()));
                         }
                         if event.is_writable() {
                             self.mark_dirty(key);
@@ -271,7 +267,7 @@ impl Server {
         self.next_serial += 1;
         entry.insert(Conn::new(serial, peer, listener, stream));
         // Edge-triggered: a request that arrived with the connection must be read now.
-        self.on_readable(key);
+        self.on_readable(key, None);
     }
 
     fn conn_id(&self, key: usize) -> ConnId {
@@ -287,11 +283,19 @@ impl Server {
         }
     }
 
-    fn on_readable(&mut self, key: usize) {
+    /// Reads what the connection has. `event` is `Some(hung_up)` when a readiness event
+    /// brought us here (the wire then asks the kernel again, see `Wire::readiness`), and
+    /// `None` for a connection carried over from the last turn's budget or just accepted.
+    fn on_readable(&mut self, key: usize, event: Option<bool>) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        match conn.phase {
+        match &mut conn.phase {
             Phase::Request { .. } => self.read_request(key),
-            Phase::Open { .. } => self.read_frames(key),
+            Phase::Open { ws, .. } => {
+                if let Some(hung_up) = event {
+                    ws.get_mut().readiness(hung_up);
+                }
+                self.read_frames(key)
+            }
             Phase::Waiting { .. } | Phase::Respond { .. } | Phase::Gone => {}
         }
     }
