@@ -39,7 +39,10 @@ pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool, bool) {
     let path = request.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     if request.method == "GET" && path == "/healthz" {
-        return (json_response(200, &json!({"status": "ok"})), true, false);
+        return match app.store.health() {
+            Ok(()) => (json_response(200, &json!({"status": "ok"})), true, false),
+            Err(store) => (json_response(503, &json!({"status": "error", "store": store})), true, false),
+        };
     }
     if let Err(e) = authorize(app, request) {
         return (e.to_response(), false, false);
@@ -135,7 +138,7 @@ fn online(app: &App) -> Value {
 
 /// Publishes a message into a room as a given sender (default: "system").
 fn post_room_message(app: &mut App, room: &str, request: &Request) -> Answer {
-    let room = crate::http::percent_decode(room);
+    let room = crate::http::decode_path(room);
     if !rooms::valid_room_name(&room) {
         return Err(HttpError::new(422, "room name must be 1-100 letters, digits, _, - or ."));
     }
@@ -152,8 +155,10 @@ fn post_room_message(app: &mut App, room: &str, request: &Request) -> Answer {
         Some(_) => return Err(HttpError::new(422, "\"sender_name\" must be a non-empty string")),
     };
     let sender = Identity { user_id: sender_id, name: sender_name.into() };
-    let stored = rooms::post_from_api(app, &room, &sender, message)
-        .map_err(|e| HttpError::new(500, format!("could not store the message: {e}")))?;
+    let stored = rooms::post_from_api(app, &room, &sender, message).map_err(|e| {
+        log::error!("server API: cannot store a room message: {e}");
+        unavailable()
+    })?;
     Ok((201, json!({"id": stored.id, "room": room, "created_at": crate::model::format_timestamp(stored.created_at)})))
 }
 
@@ -238,9 +243,15 @@ fn upsert_customer(app: &mut App, source: &str, fields: &NewCustomerFields) -> R
     app.store.upsert_customer(&new, app.now).map_err(store_error)
 }
 
+/// The answer to a request that could not be stored: 503 with `Retry-After`, since a
+/// full disk or a failed write passes, in words of our own (the log has SQLite's).
+pub fn unavailable() -> HttpError {
+    HttpError::new(503, "could not store the request; try again later")
+}
+
 fn store_error(e: crate::store::StoreError) -> HttpError {
     log::error!("server API: {e}");
-    HttpError::new(500, "could not store the request")
+    unavailable()
 }
 
 fn conversation_json(app: &App, conversation: &Conversation) -> Result<Value, HttpError> {
@@ -321,7 +332,7 @@ fn create_conversation(app: &mut App, request: &Request) -> Answer {
 
 fn find_conversation(app: &App, kind: &str, id: &str) -> Result<Conversation, HttpError> {
     let kind = parse_kind(kind).map_err(|_| HttpError::new(404, "no such conversation kind"))?;
-    let id = crate::http::percent_decode(id);
+    let id = crate::http::decode_path(id);
     app.store
         .conversation(kind, &id)
         .map_err(store_error)?
@@ -539,7 +550,7 @@ fn create_banking_message(app: &mut App, request: &Request) -> Answer {
 /// `POST /api/users/{user_id}/disconnect`: closes every connection of the user with
 /// each endpoint's authentication close code (a logout).
 fn disconnect_user(app: &mut App, user: &str) -> Answer {
-    let user = UserId::new(&crate::http::percent_decode(user));
+    let user = UserId::new(&crate::http::decode_path(user));
     let conns = app.user_conns(&user).to_vec();
     for conn in &conns {
         app.logout_conn(*conn);

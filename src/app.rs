@@ -25,6 +25,9 @@ use crate::store::Store;
 /// A serialized frame: JSON text, shared by every connection it goes to.
 pub type Frame = Utf8Bytes;
 
+/// Renders an endpoint's error frame from a message (see `endpoints::error_renderer`).
+pub type ErrorRenderer = fn(&str) -> Frame;
+
 /// Serializes a frame once; cloning it for each recipient is a reference-count bump.
 pub fn to_frame<T: Serialize>(value: &T) -> Frame {
     Utf8Bytes::from(serde_json::to_string(value).expect("frames are plain JSON values"))
@@ -107,6 +110,9 @@ pub struct App {
     online: HashMap<UserId, OnlineUser>,
     buckets: HashMap<UserId, Bucket>,
     outbox: Vec<Out>,
+    /// Connections whose frames this turn wrote to the store, with their endpoint's
+    /// error frame: if the commit fails, each is told its message was not stored.
+    writers: Vec<(ConnId, ErrorRenderer)>,
     /// The time of the current turn, set by `begin_turn`.
     pub now: Micros,
 }
@@ -123,6 +129,7 @@ impl App {
             online: HashMap::new(),
             buckets: HashMap::new(),
             outbox: Vec::new(),
+            writers: Vec::new(),
             now: now_micros(),
         }
     }
@@ -170,7 +177,11 @@ impl App {
             self.send(session.conn, endpoints::error_frame(&session.endpoint, &message));
             return;
         }
+        let writes = self.store.writes_this_turn();
         endpoints::on_text(self, session, text);
+        if self.store.writes_this_turn() != writes {
+            self.writers.push((session.conn, endpoints::error_renderer(&session.endpoint)));
+        }
     }
 
     /// A binary frame from a client.
@@ -204,7 +215,7 @@ impl App {
         let pushes = self.outbox.len();
         if writes && let Err(e) = self.store.begin_unit() {
             log::error!("server API: {e}");
-            let response = crate::http::HttpError::new(500, "could not store the request").to_response();
+            let response = crate::api::unavailable().to_response();
             return self.outbox.push(Out::Http { to: conn, response, durable: false });
         }
         let (response, ok, durable) = crate::api::handle(self, &request);
@@ -216,9 +227,11 @@ impl App {
     }
 
     /// Commits the turn's writes and returns what to send. When the commit fails, frames
-    /// that report stored data are dropped and API answers become errors.
+    /// that report stored data are dropped, API answers become 503s, and every client
+    /// whose message was not stored gets its endpoint's error frame.
     pub fn end_turn(&mut self) -> Vec<Out> {
         let mut outbox = std::mem::take(&mut self.outbox);
+        let writers = std::mem::take(&mut self.writers);
         match self.store.commit() {
             Ok(0) => {}
             Ok(writes) => self.metrics.committed(writes),
@@ -228,8 +241,12 @@ impl App {
                 outbox.retain(|out| !matches!(out, Out::Frame { durable: true, .. }));
                 for out in &mut outbox {
                     if let Out::Http { response, durable: true, .. } = out {
-                        *response = crate::http::HttpError::new(500, "could not store the request").to_response();
+                        *response = crate::api::unavailable().to_response();
                     }
+                }
+                for (to, render) in writers {
+                    let frame = render("Message could not be stored; please try again.");
+                    outbox.push(Out::Frame { to: vec![to], frame, durable: false });
                 }
             }
         }
@@ -245,6 +262,7 @@ impl App {
     /// Forgets rate-limit buckets that have refilled, so the map does not grow with
     /// every user ever seen. Called from the server's periodic sweep.
     pub fn sweep(&mut self) {
+        self.store.sweep();
         let capacity = f64::from(self.config.limits.rate_limit_per_minute);
         let per_second = capacity / 60.0;
         let now = Instant::now();

@@ -173,7 +173,7 @@ pub fn token_from_request(query: Option<&str>, authorization: Option<&[u8]>) -> 
     if let Some(query) = query {
         for pair in query.split('&') {
             if let Some(value) = pair.strip_prefix("token=") {
-                let token = crate::http::percent_decode(value);
+                let token = crate::http::decode_query(value);
                 if !token.is_empty() {
                     return Some(token);
                 }

@@ -70,6 +70,7 @@ struct Secrets {
     jwt_secret: String,
     api_key: String,
     jwt_secret_generated: bool,
+    api_key_generated: bool,
 }
 
 fn random_hex(bytes: usize) -> std::io::Result<String> {
@@ -98,8 +99,8 @@ fn secrets(store: &mut Store, config: &Config) -> Result<Secrets, String> {
     } else {
         (String::new(), false)
     };
-    let (api_key, _) = kept_or_generated(store, &config.api_key, API_KEY_SETTING)?;
-    Ok(Secrets { jwt_secret, api_key, jwt_secret_generated })
+    let (api_key, api_key_generated) = kept_or_generated(store, &config.api_key, API_KEY_SETTING)?;
+    Ok(Secrets { jwt_secret, api_key, jwt_secret_generated, api_key_generated })
 }
 
 fn serve(config: Config) -> i32 {
@@ -112,7 +113,7 @@ fn serve(config: Config) -> i32 {
             Err(e) => return fail(2, &e),
         },
     };
-    let mut store = match Store::open(&config.db_path, config.db_sync_full) {
+    let mut store = match Store::open_for_server(&config.db_path, config.db_sync_full, config.db_check) {
         Ok(store) => store,
         Err(e) => return fail(1, &e.to_string()),
     };
@@ -136,13 +137,19 @@ fn serve(config: Config) -> i32 {
         bound.ws,
         bound.api
     );
+    // Hints for trying things out, only with secrets that switchboard keeps itself: a
+    // secret the operator configured is never printed (stdout ends up in the journal),
+    // nor is a token signed with it.
     if secrets.jwt_secret_generated {
         let token = auth::mint_token(&secrets.jwt_secret, "1", Some("demo"), HINT_TOKEN_TTL_SECS);
+        let what = if secrets.api_key_generated { "JWT secret and API key" } else { "JWT secret" };
         println!(
-            "JWT secret and API key generated and kept in {}; set SWITCHBOARD_JWT_SECRET to use your backend's.",
+            "{what} generated and kept in {}; set SWITCHBOARD_JWT_SECRET to use your backend's.",
             db_path.display()
         );
         println!("try (token valid 1 h): wscat -c 'ws://{}/ws/chat/lobby/?token={token}'", bound.ws);
+    }
+    if secrets.api_key_generated {
         println!("server API: curl -H 'Authorization: Bearer {}' http://{}/api/online", secrets.api_key, bound.api);
     }
     match server.run() {

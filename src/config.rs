@@ -49,6 +49,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "SQLite synchronous mode: normal (survives a process crash) or full (also a power loss)",
     },
     Setting {
+        flag: "db-check",
+        env: "SWITCHBOARD_DB_CHECK",
+        default: Some("off"),
+        help: "integrity check of the database at start: off, quick (PRAGMA quick_check) or full (PRAGMA integrity_check); a damaged database stops start-up",
+    },
+    Setting {
         flag: "jwt-secret",
         env: "SWITCHBOARD_JWT_SECRET",
         default: None,
@@ -133,6 +139,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "unsent bytes held for one connection before it is dropped as a slow consumer",
     },
     Setting {
+        flag: "socket-send-buffer-bytes",
+        env: "SWITCHBOARD_SOCKET_SEND_BUFFER_BYTES",
+        default: Some("131072"),
+        help: "kernel send buffer of each WebSocket (SO_SNDBUF; 0 leaves the kernel's autotuning, which grows it to 4 MiB)",
+    },
+    Setting {
         flag: "history-limit",
         env: "SWITCHBOARD_HISTORY_LIMIT",
         default: Some("50"),
@@ -196,6 +208,16 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub outbound_buffer_bytes: usize,
+    /// SO_SNDBUF of each WebSocket; `None` leaves the kernel's autotuning.
+    pub socket_send_buffer_bytes: Option<usize>,
+}
+
+/// The integrity check run on the database at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbCheck {
+    Off,
+    Quick,
+    Full,
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +226,7 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub db_path: PathBuf,
     pub db_sync_full: bool,
+    pub db_check: DbCheck,
     pub jwt: JwtConfig,
     /// `None` means "use the one kept in the database".
     pub api_key: Option<String>,
@@ -348,6 +371,12 @@ impl RawSettings {
             "full" => true,
             other => return Err(invalid("db-sync", other, "normal or full")),
         };
+        let db_check = match self.get("db-check").unwrap_or_default().trim() {
+            "off" => DbCheck::Off,
+            "quick" => DbCheck::Quick,
+            "full" => DbCheck::Full,
+            other => return Err(invalid("db-check", other, "off, quick or full")),
+        };
         let max_message_bytes = self.positive("max-message-bytes")? as usize;
         let outbound_buffer_bytes = self.positive("outbound-buffer-bytes")? as usize;
         if outbound_buffer_bytes < max_message_bytes * 2 {
@@ -364,6 +393,7 @@ impl RawSettings {
             api_listen: self.parsed("api-listen", "an address such as 127.0.0.1:8001")?,
             db_path: PathBuf::from(db),
             db_sync_full,
+            db_check,
             jwt: JwtConfig {
                 algorithm,
                 secret,
@@ -381,6 +411,12 @@ impl RawSettings {
                 max_connections: self.positive("max-connections")? as usize,
                 max_connections_per_user: self.positive("max-connections-per-user")? as usize,
                 outbound_buffer_bytes,
+                socket_send_buffer_bytes: match self
+                    .parsed::<usize>("socket-send-buffer-bytes", "a whole number of bytes")?
+                {
+                    0 => None,
+                    n => Some(n),
+                },
             },
             history_limit: self.parsed("history-limit", "a whole number")?,
             chat_protocol,

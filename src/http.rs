@@ -97,15 +97,28 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Parsed {
         headers: parsed.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect(),
         body: Vec::new(),
     };
-    if request.header_has_token("Transfer-Encoding", "chunked") {
-        return Parsed::Invalid(HttpError::new(411, "chunked bodies are not accepted; send Content-Length"));
+    // RFC 9112 §6: a body's length is known only from Content-Length here. Chunked is
+    // the one transfer coding a server must know: it gets 411 (send a length instead);
+    // any other coding is not implemented (501); a coding sent with a Content-Length is
+    // how requests are smuggled past proxies that pick the other one (400).
+    let codings: Vec<&[u8]> = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Transfer-Encoding"))
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    if !codings.is_empty() {
+        if request.header("Content-Length").is_some() {
+            return Parsed::Invalid(HttpError::new(400, "Transfer-Encoding and Content-Length together"));
+        }
+        if request.header_has_token("Transfer-Encoding", "chunked") {
+            return Parsed::Invalid(HttpError::new(411, "chunked bodies are not accepted; send Content-Length"));
+        }
+        return Parsed::Invalid(HttpError::new(501, "unknown Transfer-Encoding"));
     }
-    let content_length = match request.header_str("Content-Length") {
-        None => 0,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) => n,
-            Err(_) => return Parsed::Invalid(HttpError::new(400, "invalid Content-Length")),
-        },
+    let content_length = match content_length(&request) {
+        Ok(n) => n,
+        Err(error) => return Parsed::Invalid(error),
     };
     if content_length > max_body {
         return Parsed::Invalid(HttpError::new(413, format!("body larger than {max_body} bytes")));
@@ -116,6 +129,30 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Parsed {
     }
     request.body = body[..content_length].to_vec();
     Parsed::Complete(request)
+}
+
+/// The body length from `Content-Length` (0 without one). RFC 9112 §6.3: the value is
+/// digits only (no sign, no spaces inside); several values, in one header as a list or
+/// in several headers, are accepted only when they are all the same.
+fn content_length(request: &Request) -> Result<usize, HttpError> {
+    let mut length = None;
+    for (_, value) in request.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("Content-Length")) {
+        for item in value.split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+                return Err(HttpError::new(400, "invalid Content-Length"));
+            }
+            let n = std::str::from_utf8(item)
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .ok_or_else(|| HttpError::new(400, "invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpError::new(400, "differing Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.unwrap_or(0))
 }
 
 /// Checks that a request asks for a WebSocket upgrade and returns the
@@ -186,14 +223,26 @@ fn reason_phrase(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
 }
 
-/// Decodes `%XX` escapes and `+` (as a space, as in query strings). Invalid escapes
-/// are kept as written; invalid UTF-8 becomes U+FFFD.
-pub fn percent_decode(input: &str) -> String {
+/// Decodes a path segment: `%XX` escapes only. A `+` in a path is a plus (RFC 3986):
+/// `/api/users/ann+work@example.com/` names "ann+work@example.com". Invalid escapes are
+/// kept as written; invalid UTF-8 becomes U+FFFD.
+pub fn decode_path(input: &str) -> String {
+    decode(input, false)
+}
+
+/// Decodes a query value (`application/x-www-form-urlencoded`): `%XX` escapes, and `+`
+/// as a space.
+pub fn decode_query(input: &str) -> String {
+    decode(input, true)
+}
+
+fn decode(input: &str, plus_is_space: bool) -> String {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -212,7 +261,7 @@ pub fn percent_decode(input: &str) -> String {
                     }
                 }
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -262,9 +311,49 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Eb+c"), "a.b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%C3%A9"), "é");
+        assert_eq!(decode_query("a%2Eb+c"), "a.b c");
+        assert_eq!(decode_path("a%2Eb+c"), "a.b+c");
+        assert_eq!(decode_path("ann+work@example.com"), "ann+work@example.com");
+        assert_eq!(decode_path("ann%2Bwork%40example.com"), "ann+work@example.com");
+        assert_eq!(decode_path("100%"), "100%");
+        assert_eq!(decode_path("%zz"), "%zz");
+        assert_eq!(decode_path("%C3%A9"), "é");
+    }
+
+    fn status_of(raw: &[u8]) -> Option<u16> {
+        match parse_request(raw, 100) {
+            Parsed::Invalid(e) => Some(e.status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_and_agrees_with_itself() {
+        // RFC 9112 §6.3: differing lengths, signs and junk are errors; the same value
+        // twice is one value.
+        let two = b"POST /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nabcde";
+        assert_eq!(status_of(two), Some(400));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nContent-Length: 2, 5\r\n\r\nabcde"), Some(400));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nContent-Length: +2\r\n\r\nab"), Some(400));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nContent-Length: -2\r\n\r\nab"), Some(400));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nContent-Length: 0x2\r\n\r\nab"), Some(400));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nContent-Length: 1 1\r\n\r\nab"), Some(400));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nContent-Length:\r\n\r\nab"), Some(400));
+        let same = b"POST /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nab";
+        let Parsed::Complete(r) = parse_request(same, 100) else { panic!() };
+        assert_eq!(r.body, b"ab");
+    }
+
+    #[test]
+    fn transfer_codings_are_refused() {
+        // RFC 9112 §6.1: a coding with a Content-Length is refused (request smuggling);
+        // chunked alone asks for a length; anything else is not implemented.
+        let both = b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nab";
+        assert_eq!(status_of(both), Some(400));
+        let both = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\nab";
+        assert_eq!(status_of(both), Some(400));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), Some(411));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Some(501));
+        assert_eq!(status_of(b"POST /x HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n"), Some(501));
     }
 }

@@ -300,3 +300,60 @@ fn a_last_message_with_the_fin_right_behind_it_is_delivered_and_the_connection_r
     let history: Vec<Value> = (0..30).map(|_| later.recv_type("chat_message")).collect();
     assert_eq!(history.last().unwrap()["message"], "last words 29");
 }
+
+#[test]
+fn a_plus_in_a_path_is_a_plus_not_a_space() {
+    // Paths decode %XX only; `+` means a space in query strings alone (RFC 3986).
+    let server = Server::start(&[]);
+    let user = "ann+work@example.com";
+    let mut own = server.connect_as(&format!("/ws/notifications/{user}/"), json!(user), "ann");
+    // The owner is let in (not closed 4003).
+    own.expect_silence(Duration::from_millis(300));
+    let mut spaced = server.connect_as("/ws/rooms/plus/", json!("ann work@example.com"), "other ann");
+    spaced.recv_type("room_users_list");
+    let (status, body) = server.api("POST", &format!("/api/users/{user}/disconnect"), None);
+    assert_eq!((status, body["user_id"].as_str()), (200, Some(user)), "{body}");
+    assert_eq!(body["disconnected"], 1, "{body}");
+    assert_eq!(own.expect_close(), Some(4001));
+    // The user whose id has a space is untouched.
+    spaced.send_json(json!({"message": "still here"}));
+    assert_eq!(spaced.recv_type("chat_message")["message"], "still here");
+    // `%2B` is a plus too.
+    let mut again = server.connect_as("/ws/notifications/ann%2Bwork%40example.com/", json!(user), "ann");
+    again.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn ambiguous_request_lengths_are_refused_on_both_listeners() {
+    // RFC 9112 §6: differing Content-Length values, a signed one, and a transfer coding
+    // beside a length are how requests are smuggled; each is refused with an error body.
+    let server = Server::start(&[]);
+    let auth = format!("Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n");
+    let cases = [
+        (
+            format!(
+                "POST /api/rooms/x/messages HTTP/1.1\r\n{auth}Content-Length: 15\r\nContent-Length: 2\r\n\r\n{{\"message\":\"a\"}}"
+            ),
+            400,
+        ),
+        (format!("POST /api/rooms/x/messages HTTP/1.1\r\n{auth}Content-Length: +15\r\n\r\n{{\"message\":\"a\"}}"), 400),
+        (
+            format!(
+                "POST /api/rooms/x/messages HTTP/1.1\r\n{auth}Transfer-Encoding: gzip\r\nContent-Length: 15\r\n\r\n{{\"message\":\"a\"}}"
+            ),
+            400,
+        ),
+        (format!("POST /api/rooms/x/messages HTTP/1.1\r\n{auth}Transfer-Encoding: gzip\r\n\r\n"), 501),
+    ];
+    for (request, expected) in cases {
+        let (status, body) = raw_http(server.api, request.as_bytes());
+        assert_eq!(status, expected, "{request}");
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string(), "{body}");
+    }
+    let ws_request = "GET /ws/rooms/x/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+    assert_eq!(raw_http(server.ws, ws_request.as_bytes()).0, 400);
+    // Nothing was stored by any of them.
+    let mut client = server.connect_as("/ws/rooms/x/", json!(1), "ann");
+    client.recv_type("room_users_list");
+    client.expect_silence(Duration::from_millis(200));
+}

@@ -87,7 +87,7 @@ pub fn route(path: &str, chat_protocol: ChatProtocol) -> Option<Endpoint> {
     let trimmed = path.strip_prefix('/')?;
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
     let segments: Vec<&str> = trimmed.split('/').collect();
-    let param = |s: &str| crate::http::percent_decode(s);
+    let param = |s: &str| crate::http::decode_path(s);
     match segments.as_slice() {
         ["ws", "rooms", room] => Some(Endpoint::Rooms { room: param(room) }),
         ["ws", "chat", id] => Some(match chat_protocol {
@@ -172,19 +172,25 @@ pub fn close(app: &mut App, session: &Session) {
 
 /// The endpoint's error frame for a message it cannot act on.
 pub fn error_frame(endpoint: &Endpoint, message: &str) -> Frame {
+    error_renderer(endpoint)(message)
+}
+
+/// The function that renders an endpoint's error frame, kept where rendering is needed
+/// only if something fails later (see `App::end_turn`).
+pub fn error_renderer(endpoint: &Endpoint) -> crate::app::ErrorRenderer {
     match endpoint {
         Endpoint::Rooms { .. } | Endpoint::SupportChat { .. } | Endpoint::ConversationList | Endpoint::Presence => {
-            rooms::error_frame(message)
+            rooms::error_frame
         }
-        Endpoint::Consultation { .. } => consultation::error_frame(message),
-        Endpoint::DirectChat => direct::error_frame(message),
+        Endpoint::Consultation { .. } => consultation::error_frame,
+        Endpoint::DirectChat => direct::error_frame,
         Endpoint::BankingMessages { .. }
         | Endpoint::FraudAlerts { .. }
         | Endpoint::UserNotifications { .. }
         | Endpoint::Notifications
-        | Endpoint::V1Notifications => notifications::error_frame(message),
+        | Endpoint::V1Notifications => notifications::error_frame,
         #[cfg(feature = "echo")]
-        Endpoint::Echo => Frame::from(message),
+        Endpoint::Echo => |message| Frame::from(message),
     }
 }
 

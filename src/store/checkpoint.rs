@@ -55,6 +55,7 @@ impl Checkpointer {
             .name("wal-checkpoint".into())
             .spawn(move || {
                 yield_to_the_loop();
+                let mut failing = Failing::default();
                 loop {
                     match stopped.recv_timeout(INTERVAL) {
                         Err(RecvTimeoutError::Timeout) => {}
@@ -66,13 +67,14 @@ impl Checkpointer {
                             // last one and took a while; a second pass copies what was
                             // committed meanwhile, so what is left for the loop is a few
                             // milliseconds' worth.
-                            if let Err(e) = pass(&conn) {
-                                log::warn!("WAL checkpoint failed: {e}");
+                            match pass(&conn) {
+                                Ok(_) => failing.ended(),
+                                Err(e) => failing.failed(&e),
                             }
                             raise.store(true, Ordering::Relaxed);
                         }
-                        Ok(_) => {}
-                        Err(e) => log::warn!("WAL checkpoint failed: {e}"),
+                        Ok(_) => failing.ended(),
+                        Err(e) => failing.failed(&e),
                     }
                 }
             })
@@ -96,6 +98,34 @@ fn yield_to_the_loop() {
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
         log::debug!("checkpoint thread stays SCHED_OTHER: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Checkpoint failures are logged when they start and when they end, not twice a second
+/// for as long as they last (a full disk can last hours).
+#[derive(Default)]
+struct Failing {
+    since: Option<std::time::Instant>,
+    passes: u64,
+}
+
+impl Failing {
+    fn failed(&mut self, e: &rusqlite::Error) {
+        if self.since.is_none() {
+            log::warn!("WAL checkpoints are failing: {e}; retrying every {} ms", INTERVAL.as_millis());
+            self.since = Some(std::time::Instant::now());
+        }
+        self.passes += 1;
+    }
+
+    fn ended(&mut self) {
+        if let Some(since) = self.since.take() {
+            log::info!(
+                "WAL checkpoints work again, after {} failed passes in {:.1} s",
+                std::mem::take(&mut self.passes),
+                since.elapsed().as_secs_f64()
+            );
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod conversations;
+mod file;
 mod migrations;
 mod notifications;
 
@@ -15,6 +16,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::config::DbCheck;
 use crate::model::{Micros, UserId};
 
 pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
@@ -27,6 +29,30 @@ pub enum StoreError {
     Open(String),
     /// A query failed: the turn's writes are rolled back and its deliveries dropped.
     Sqlite(rusqlite::Error),
+    /// The store cannot write now (the file is gone, or SQLite rolled the turn back after
+    /// a failed write); the reason is ours, fit for a log line or a health check.
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// What went wrong in a few words of our own (never SQLite's wording), for
+    /// `/healthz`.
+    pub fn summary(&self) -> String {
+        use rusqlite::ErrorCode;
+        match self {
+            StoreError::Open(_) => "cannot open the database".into(),
+            StoreError::Unavailable(reason) => reason.clone(),
+            StoreError::Sqlite(e) => match e.sqlite_error_code() {
+                Some(ErrorCode::DiskFull) => "disk full".into(),
+                Some(ErrorCode::ReadOnly) => "the database is read-only".into(),
+                Some(ErrorCode::SystemIoFailure) => "I/O error".into(),
+                Some(ErrorCode::CannotOpen) => "cannot open the database file".into(),
+                Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => "the database is damaged".into(),
+                Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => "the database is locked".into(),
+                _ => "a write failed".into(),
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for StoreError {
@@ -34,6 +60,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Open(message) => f.write_str(message),
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::Unavailable(reason) => write!(f, "database unavailable: {reason}"),
         }
     }
 }
@@ -133,6 +160,20 @@ pub struct Store {
     touched: Vec<(i64, Micros)>,
     /// Checkpoints the WAL off the event loop's thread; `None` for an in-memory database.
     checkpointer: Option<checkpoint::Checkpointer>,
+    /// The locked database file (the server's store; `None` for `token` and in memory).
+    file: Option<file::DbFile>,
+    /// SQLite rolled this turn's transaction back by itself after a failed write (disk
+    /// full, I/O error): every later write of the turn is refused, since outside a
+    /// transaction each would commit on its own, and the commit fails.
+    turn_failed: bool,
+    /// Why writes fail, since the last failed commit; cleared by a commit or a probe
+    /// that succeeds. `/healthz` reports it.
+    write_error: Option<String>,
+    /// The database file was removed or replaced while running: nothing written from
+    /// now on would survive, so every write is refused until a restart.
+    lost: Option<String>,
+    /// When a failing store last tried a write of its own (see `sweep`).
+    last_probe: Option<std::time::Instant>,
 }
 
 impl Drop for Store {
@@ -150,6 +191,21 @@ impl Store {
     }
 
     fn open_with(path: &Path, sync_full: bool, restart_frames: i64) -> StoreResult<Store> {
+        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+        if !in_memory {
+            // Created private before SQLite sees it: it holds the JWT secret and the API
+            // key, and SQLite gives the WAL and shared-memory files the database's mode.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .or_else(|_| std::fs::File::open(path))
+                .map_err(|e| StoreError::Open(format!("cannot open database {}: {e}", path.display())))?;
+        }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Open(format!("cannot open database {}: {e}", path.display())))?;
         let setup = format!(
@@ -166,7 +222,6 @@ impl Store {
         // server's CPU while clients connected. Our queries have one good plan each.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(|e| StoreError::Open(format!("cannot configure database {}: {e}", path.display())))?;
-        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
         let checkpointer = if in_memory {
             None
         } else {
@@ -174,17 +229,94 @@ impl Store {
                 .map_err(|e| StoreError::Open(format!("cannot configure database {}: {e}", path.display())))?;
             Some(checkpoint::Checkpointer::start(path, restart_frames).map_err(StoreError::Open)?)
         };
-        Ok(Store { conn, in_transaction: false, writes_in_transaction: 0, touched: Vec::new(), checkpointer })
+        Ok(Store {
+            conn,
+            in_transaction: false,
+            writes_in_transaction: 0,
+            touched: Vec::new(),
+            checkpointer,
+            file: None,
+            turn_failed: false,
+            write_error: None,
+            lost: None,
+            last_probe: None,
+        })
+    }
+
+    /// Opens the database for the server: the file is created 0600 and locked against a
+    /// second server, checked when `check` asks for it, and must take a write, so that a
+    /// read-only or damaged database stops start-up with a line naming the file instead
+    /// of failing every client later.
+    pub fn open_for_server(path: &Path, sync_full: bool, check: DbCheck) -> StoreResult<Store> {
+        let file = file::DbFile::lock(path).map_err(StoreError::Open)?;
+        let mut store = Store::open(path, sync_full)?;
+        store.file = Some(file);
+        if store.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(StoreError::Open(format!("database {} is read-only", path.display())));
+        }
+        let pragma = match check {
+            DbCheck::Off => None,
+            DbCheck::Quick => Some("PRAGMA quick_check"),
+            DbCheck::Full => Some("PRAGMA integrity_check"),
+        };
+        if let Some(pragma) = pragma {
+            let started = std::time::Instant::now();
+            let checked: rusqlite::Result<Vec<String>> =
+                store.conn.prepare(pragma).and_then(|mut s| s.query_map([], |row| row.get::<_, String>(0))?.collect());
+            let problems = match checked {
+                Ok(problems) => problems,
+                // Damage can stop the check itself.
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+                    ) =>
+                {
+                    vec![e.to_string()]
+                }
+                Err(e) => return Err(StoreError::Open(format!("cannot check database {}: {e}", path.display()))),
+            };
+            if problems.first().map(String::as_str) != Some("ok") {
+                return Err(StoreError::Open(format!(
+                    "database {} failed its integrity check ({} problems, the first: {}); restore it from a backup",
+                    path.display(),
+                    problems.len(),
+                    problems.first().map_or("none reported", String::as_str)
+                )));
+            }
+            log::info!("database {} passed {pragma} in {:.1} s", path.display(), started.elapsed().as_secs_f64());
+        }
+        let now = crate::model::now_micros().to_string();
+        store
+            .put_setting_now("last_start", &now)
+            .map_err(|e| StoreError::Open(format!("cannot write database {}: {}", path.display(), e.summary())))?;
+        Ok(store)
     }
 
     /// Opens the turn's transaction if it is not open yet.
     fn ensure_transaction(&mut self) -> StoreResult<()> {
+        if let Some(reason) = &self.lost {
+            return Err(StoreError::Unavailable(reason.clone()));
+        }
+        if self.turn_failed {
+            return Err(StoreError::Unavailable("an earlier write of this turn failed".into()));
+        }
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.in_transaction = true;
+        } else if self.conn.is_autocommit() {
+            // SQLite rolled the transaction back by itself after a failed write: nothing
+            // of this turn is stored, and this write would commit on its own.
+            self.turn_failed = true;
+            return Err(StoreError::Unavailable("a write failed and the turn was rolled back".into()));
         }
         self.writes_in_transaction += 1;
         Ok(())
+    }
+
+    /// Writes begun since the turn started (each write of a turn adds one).
+    pub fn writes_this_turn(&self) -> usize {
+        self.writes_in_transaction
     }
 
     /// Commits the turn's writes. Returns how many writes the commit carried (0 when
@@ -195,11 +327,79 @@ impl Store {
         }
         self.in_transaction = false;
         let writes = std::mem::take(&mut self.writes_in_transaction);
-        if let Err(e) = self.write_touched().and_then(|()| Ok(self.conn.execute_batch("COMMIT")?)) {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        let result = if std::mem::take(&mut self.turn_failed) || self.conn.is_autocommit() {
+            Err(StoreError::Unavailable("a write failed and the turn was rolled back".into()))
+        } else {
+            self.write_touched().and_then(|()| Ok(self.conn.execute_batch("COMMIT")?))
+        };
+        if let Err(e) = result {
+            self.touched.clear();
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.writes_failing(&e);
             return Err(e);
         }
+        self.writes_work();
         Ok(writes)
+    }
+
+    fn writes_failing(&mut self, e: &StoreError) {
+        let summary = e.summary();
+        if self.write_error.is_none() {
+            log::error!("database writes are failing ({summary}): {e}");
+        }
+        self.write_error = Some(summary);
+    }
+
+    fn writes_work(&mut self) {
+        if self.write_error.take().is_some() {
+            log::info!("database writes work again");
+        }
+    }
+
+    /// Whether the store can write: `Err` says why not, in our words.
+    pub fn health(&self) -> Result<(), String> {
+        match (&self.lost, &self.write_error) {
+            (Some(lost), _) => Err(lost.clone()),
+            (None, Some(error)) => Err(format!("cannot write: {error}")),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Between turns, twice a second: notices a database file that was removed or
+    /// replaced, and while writes are failing, tries one small write a second, so that
+    /// health recovers when the disk has room again even if no client writes.
+    pub fn sweep(&mut self) {
+        if self.lost.is_none()
+            && let Some(Err(reason)) = self.file.as_ref().map(file::DbFile::still_there)
+        {
+            log::error!("{reason} while running: refusing every write from now on; restart switchboard to recreate it");
+            self.lost = Some(reason);
+        }
+        if self.write_error.is_none() || self.lost.is_some() || self.in_transaction {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self.last_probe.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        self.last_probe = Some(now);
+        let probe = self.conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT INTO settings (key, value) VALUES ('write_probe', CAST(unixepoch() AS TEXT))
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+             COMMIT;",
+        );
+        match probe {
+            Ok(()) => self.writes_work(),
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.writes_failing(&StoreError::Sqlite(e));
+            }
+        }
     }
 
     /// Between turns: when the checkpoint thread fell behind the writes, copies the rest
@@ -236,12 +436,22 @@ impl Store {
 
     /// Keeps the unit's writes (they commit with the turn).
     pub fn keep_unit(&mut self) -> StoreResult<()> {
+        if self.turn_failed || self.conn.is_autocommit() {
+            // The transaction is gone: RELEASE would start and commit one of its own.
+            self.turn_failed = true;
+            return Err(StoreError::Unavailable("a write failed and the turn was rolled back".into()));
+        }
         self.conn.execute_batch("RELEASE unit")?;
         Ok(())
     }
 
     /// Undoes the unit's writes; the rest of the turn stays.
     pub fn undo_unit(&mut self) {
+        if self.conn.is_autocommit() {
+            // SQLite rolled everything back already; `commit` fails the turn.
+            self.turn_failed |= self.in_transaction;
+            return;
+        }
         // `touched` keeps its entries: an updated_at moved for nothing is harmless.
         let _ = self.conn.execute_batch("ROLLBACK TO unit; RELEASE unit");
     }

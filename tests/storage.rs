@@ -1,0 +1,355 @@
+//! The database file under faults: a full disk, a read-only file, a second server on the
+//! same file, the file removed while running, a damaged file, and who may read it.
+//! Tests that mount a small filesystem need root (CI runs as root); elsewhere they say
+//! so and return.
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use util::*;
+
+/// Runs the binary to completion (for start-ups that must fail).
+fn run(args: &[&str], env: &[(&str, &str)], dir: &Path) -> (i32, String, String) {
+    let mut command = Command::new(bin());
+    command.args(args).current_dir(dir).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") {
+            command.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let status = wait_with_deadline(&mut child, WAIT).expect("switchboard should have refused to start");
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A tmpfs of a given size mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    dir: Arc<tempfile::TempDir>,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        if !is_root() {
+            eprintln!("skipped: mounting a small filesystem needs root (CI runs as root)");
+            return None;
+        }
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs");
+        Some(SmallDisk { dir })
+    }
+
+    fn remount(&self, options: &str) {
+        let ok = Command::new("mount").args(["-o", &format!("remount,{options}")]).arg(self.dir.path()).status();
+        assert!(ok.unwrap().success(), "remount {options}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+fn db_env(path: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("SWITCHBOARD_DB", path.display().to_string()),
+        ("SWITCHBOARD_LISTEN", "127.0.0.1:0".into()),
+        ("SWITCHBOARD_API_LISTEN", "127.0.0.1:0".into()),
+        ("SWITCHBOARD_JWT_SECRET", SECRET.into()),
+        ("SWITCHBOARD_API_KEY", API_KEY.into()),
+    ]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn a_second_server_on_the_same_database_is_refused_with_one_line() {
+    let server = Server::start(&[]);
+    let env = db_env(&server.db_path());
+    let (code, _, stderr) = run(&[], &env_refs(&env), server.dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("in use by another switchboard process"), "{stderr}");
+    assert!(stderr.contains(&server.db_path().display().to_string()), "{stderr}");
+    // The first one is untouched, and `switchboard token` still works beside it.
+    let (status, _) = server.api("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    let (code, token, stderr) = run(&["token", "--user", "7"], &env_refs(&env), server.dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(token.trim().starts_with("eyJ"));
+}
+
+#[test]
+fn the_database_and_its_wal_are_private_and_an_old_readable_one_is_made_private() {
+    let server = Server::start(&[]);
+    let mut client = server.connect_as("/ws/rooms/modes/", json!(1), "ann");
+    client.recv_type("room_users_list");
+    client.send_json(json!({"message": "hi"}));
+    client.recv_type("chat_message");
+    let db = server.db_path();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", db.display()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+    }
+    let mut server = server;
+    server.stop();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = server.restart();
+    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(server.log_text().contains("made it 0600"), "{}", server.log_text());
+}
+
+/// Everything the server prints to stdout in its first half second, then stops it.
+fn banner(env: &[(&str, &str)], dir: &Path) -> String {
+    let mut command = Command::new(bin());
+    command.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") {
+            command.env_remove(k);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut out = String::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_configured_api_key_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [("SWITCHBOARD_LISTEN", "127.0.0.1:0"), ("SWITCHBOARD_API_LISTEN", "127.0.0.1:0")];
+    // Configured key, generated JWT secret: the wscat hint is printed, the key is not.
+    let mut env = base.to_vec();
+    env.push(("SWITCHBOARD_API_KEY", API_KEY));
+    let out = banner(&env, dir.path());
+    assert!(out.contains("wscat -c"), "{out}");
+    assert!(!out.contains(API_KEY), "the configured API key was printed:\n{out}");
+    assert!(!out.contains("Bearer"), "{out}");
+    // Both configured: nothing secret at all, not even a token signed with the secret.
+    env.push(("SWITCHBOARD_JWT_SECRET", SECRET));
+    let out = banner(&env, dir.path());
+    assert!(out.contains("listening on"), "{out}");
+    assert!(!out.contains(API_KEY) && !out.contains("token=") && !out.contains(SECRET), "{out}");
+    // Neither configured: the generated ones are shown for trying things out.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = banner(&base, fresh.path());
+    assert!(out.contains("wscat -c") && out.contains("Bearer"), "{out}");
+}
+
+#[test]
+fn an_integrity_check_at_start_refuses_a_damaged_database() {
+    let mut server = Server::start(&[]);
+    for i in 0..20 {
+        let message = format!("{i} {}", "x".repeat(3000));
+        let (status, _) = server.api("POST", "/api/rooms/lobby/messages", Some(&json!({ "message": message })));
+        assert_eq!(status, 201);
+    }
+    server.stop();
+    let db = server.db_path();
+    // Damage the last pages (messages and their overflow pages); the schema stays
+    // readable, so only a check finds it.
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() > 12 * 4096, "{} bytes", bytes.len());
+    let end = bytes.len();
+    for b in &mut bytes[end - 4 * 4096..] {
+        *b = 0x5a;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let mut env = db_env(&db);
+    env.push(("SWITCHBOARD_DB_CHECK", "quick".into()));
+    let (code, _, stderr) = run(&[], &env_refs(&env), server.dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("failed its integrity check"), "{stderr}");
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn an_intact_database_passes_the_integrity_check() {
+    let server = Server::start(&[("SWITCHBOARD_DB_CHECK", "full")]);
+    assert!(server.log_text().contains("passed PRAGMA integrity_check"), "{}", server.log_text());
+}
+
+#[test]
+fn a_read_only_database_stops_start_up_naming_the_file() {
+    let Some(disk) = SmallDisk::mount("4m") else { return };
+    let db = disk.dir.path().join("switchboard.db");
+    let env = db_env(&db);
+    {
+        let mut server = Server::start_in(disk.dir.clone(), &env_refs(&env));
+        server.stop();
+    }
+    disk.remount("ro");
+    let (code, stdout, stderr) = run(&[], &env_refs(&env), disk.dir.path());
+    disk.remount("rw");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+}
+
+#[test]
+fn a_database_removed_while_running_is_noticed_refused_and_logged_once() {
+    let server = Server::start(&[]);
+    let (status, _) = server.api("POST", "/api/rooms/lobby/messages", Some(&json!({"message": "before"})));
+    assert_eq!(status, 201);
+    let dir = server.dir.path().to_path_buf();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    eventually("health reports the removed database", || server.api("GET", "/healthz", None).0 == 503);
+    let (_, health) = server.api("GET", "/healthz", None);
+    assert!(health["store"].as_str().unwrap().contains("was removed"), "{health}");
+    let (status, body) = server.api("POST", "/api/rooms/lobby/messages", Some(&json!({"message": "after"})));
+    assert_eq!(status, 503, "{body}");
+    let mut client = server.connect_as("/ws/rooms/lobby/", json!(1), "ann");
+    assert_eq!(client.expect_close(), Some(1011));
+    std::thread::sleep(Duration::from_millis(1200));
+    let log = server.log_text();
+    assert_eq!(log.matches("was removed while running").count(), 1, "{log}");
+}
+
+/// Posts one message per request from several threads at once (so that requests share
+/// turns), and returns each request's text and status.
+fn post_until_full(server: &Server, threads: usize, per_thread: usize) -> Vec<(String, u16)> {
+    let api = server.api;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                for i in 0..per_thread {
+                    let text = format!("t{t}-m{i}-{}", "p".repeat(1500));
+                    let body = json!({ "message": text }).to_string();
+                    let request = format!(
+                        "POST /api/rooms/full/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let (status, response) = raw_http(api, request.as_bytes());
+                    if status != 201 {
+                        assert!(!response.to_lowercase().contains("sqlite"), "SQLite's wording reached the client: {response}");
+                        assert!(!response.contains("database or disk"), "SQLite's wording reached the client: {response}");
+                    }
+                    results.push((text, status));
+                }
+                results
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
+    let Some(disk) = SmallDisk::mount("640k") else { return };
+    let env = db_env(&disk.dir.path().join("switchboard.db"));
+    let mut env = env_refs(&env);
+    env.push(("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", "100000"));
+    let server = Server::start_in(disk.dir.clone(), &env);
+    let mut chat = server.connect_as("/ws/rooms/full/", json!(1), "ann");
+    chat.recv_type("room_users_list");
+
+    let results = post_until_full(&server, 8, 60);
+    let failed = results.iter().filter(|(_, s)| *s != 201).count();
+    assert!(failed > 0, "the disk never filled up");
+    assert!(
+        results.iter().all(|(_, s)| *s == 201 || *s == 503),
+        "{:?}",
+        results.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    // The 503 carries Retry-After.
+    let body = json!({"message": "one more"}).to_string();
+    let request = format!(
+        "POST /api/rooms/full/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = std::net::TcpStream::connect(server.api).unwrap();
+    use std::io::{Read, Write};
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+    assert!(raw.contains("Retry-After:"), "{raw}");
+    // Health says the store cannot write.
+    let (status, health) = server.api("GET", "/healthz", None);
+    assert_eq!(status, 503, "{health}");
+    assert!(health["store"].as_str().unwrap().starts_with("cannot write"), "{health}");
+    // A chat sender whose message cannot be stored hears so.
+    drop(chat);
+    let mut chat = server.connect_as("/ws/rooms/full/", json!(1), "ann");
+    chat.recv_type("room_users_list");
+    chat.send_json(json!({"message": "x".repeat(4000)}));
+    let frame = loop {
+        let frame = chat.recv();
+        if frame["type"] != "chat_message" {
+            break frame;
+        }
+    };
+    assert!(frame["error"].as_str().unwrap().contains("could not be stored"), "{frame}");
+    let log = server.log_text();
+    let failures = log.matches("WAL checkpoints are failing").count();
+    assert!(failures <= 2, "checkpoint failures logged {failures} times:\n{log}");
+
+    // Room again, then a restart: every 201 is there, nothing else is.
+    let mut server = server;
+    server.stop();
+    disk.remount("size=64m");
+    let server = server.restart();
+    let (status, _) = server.api("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    let stored: std::collections::HashSet<String> = {
+        let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+        let mut statement = conn.prepare("SELECT content FROM messages").unwrap();
+        statement.query_map([], |row| row.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+    };
+    for (text, status) in &results {
+        let present = stored.contains(text);
+        assert_eq!(present, *status == 201, "{} answered {status} but present={present}", &text[..10]);
+    }
+    let acknowledged = results.iter().filter(|(_, s)| *s == 201).count();
+    eprintln!("{acknowledged} acknowledged and stored, {failed} refused and absent");
+}
+
+#[test]
+fn health_recovers_when_the_disk_has_room_again() {
+    let Some(disk) = SmallDisk::mount("640k") else { return };
+    let env = db_env(&disk.dir.path().join("switchboard.db"));
+    let server = Server::start_in(disk.dir.clone(), &env_refs(&env));
+    let results = post_until_full(&server, 2, 200);
+    assert!(results.iter().any(|(_, s)| *s == 503));
+    assert_eq!(server.api("GET", "/healthz", None).0, 503);
+    disk.remount("size=64m");
+    eventually("health recovers", || server.api("GET", "/healthz", None).0 == 200);
+    let (status, _) = server.api("POST", "/api/rooms/full/messages", Some(&json!({"message": "after"})));
+    assert_eq!(status, 201);
+    assert!(server.log_text().contains("database writes work again"));
+}
