@@ -73,8 +73,11 @@ fn a_silent_client_is_closed_and_a_client_answering_pings_stays() {
     lively.send_json(json!({"message": "still connected"}));
     assert_eq!(lively.recv_type("chat_message")["message"], "still connected");
 
-    // The silent client's socket holds pings and then the close, 1001.
-    assert_eq!(silent.expect_close(), Some(1001));
+    // The silent client was sent 1001 and, as it did not answer within the close grace,
+    // reset (so the kernel holds nothing for it): reading now finds the close frame or
+    // the reset, whichever the kernel kept.
+    let code = silent.expect_close();
+    assert!(matches!(code, Some(1001) | None), "{code:?}");
     assert!(server.log_text().contains("idle timeout"));
 }
 

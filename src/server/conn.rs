@@ -34,6 +34,12 @@ pub enum Phase {
     /// `None` while a refused connection closes. `closing_since` is set once the server
     /// has sent its close frame.
     Open { ws: WebSocket<Wire>, session: Option<Session>, closing_since: Option<Instant> },
+    /// The server closed (its close frame is sent and its side shut) while the client may
+    /// still be sending, e.g. the rest of a message over the limit. Closing the socket
+    /// with unread data would make the kernel reset the connection, and a browser that
+    /// sees the reset reports 1006 instead of the close code. So what arrives is read
+    /// and thrown away until the client closes too, or `until`, or `budget` bytes.
+    Linger { stream: TcpStream, until: Instant, budget: usize },
     /// Finished; removed from the slab at the end of the turn.
     #[default]
     Gone,
@@ -52,11 +58,26 @@ pub struct Conn {
     pub pinged: bool,
     /// Queued for the end-of-turn flush.
     pub dirty: bool,
-    /// Drop the socket once the close frame is flushed (after a protocol violation).
-    pub drop_after_flush: bool,
+    /// Stop reading frames once the close frame is flushed, and linger (after a
+    /// protocol violation or a message over the limit).
+    pub linger_after_flush: bool,
     /// Why the server closed it, for the log line.
     pub close_reason: Option<String>,
     pub phase: Phase,
+}
+
+impl Phase {
+    /// The socket, in every phase that still has one.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Phase::Request { stream, .. }
+            | Phase::Waiting { stream }
+            | Phase::Respond { stream, .. }
+            | Phase::Linger { stream, .. } => Some(stream),
+            Phase::Open { ws, .. } => Some(&ws.get_ref().tcp),
+            Phase::Gone => None,
+        }
+    }
 }
 
 impl Conn {
@@ -71,7 +92,7 @@ impl Conn {
             last_seen: now,
             pinged: false,
             dirty: false,
-            drop_after_flush: false,
+            linger_after_flush: false,
             close_reason: None,
             phase: Phase::Request { stream, buf: Vec::new() },
         }

@@ -44,6 +44,15 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a close handshake the server started may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long, after a close the server started while the client may still be sending,
+/// what arrives is read and thrown away so the close is not turned into a reset (see
+/// `Phase::Linger`), and how much at most: a browser finishes sending the message it
+/// was in before it answers the close.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// A sweep later than its interval by more than this means the loop was stopped (a
+/// SIGSTOP, a paused VM, an overloaded box): time it could not hear anyone in.
+const STALL_SLACK: Duration = Duration::from_secs(1);
 /// How long shutdown waits for clients to answer the close before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Frames read from one connection per turn before others get their turn.
@@ -79,6 +88,8 @@ pub struct Server {
     /// to accept and refuse a connection cleanly instead of leaving it in the backlog.
     reserve_fd: Option<std::fs::File>,
     next_sweep: Instant,
+    /// When the last sweep ran, to notice a stall of the whole loop.
+    last_sweep: Instant,
     shutdown_deadline: Option<Instant>,
 }
 
@@ -123,6 +134,7 @@ impl Server {
             gone: Vec::new(),
             reserve_fd: std::fs::File::open("/dev/null").ok(),
             next_sweep: Instant::now() + SWEEP_INTERVAL,
+            last_sweep: Instant::now(),
             shutdown_deadline: None,
         };
         Ok((server, bound))
@@ -194,6 +206,8 @@ impl Server {
         for key in keys {
             match self.conns[key].phase {
                 Phase::Open { .. } => self.close_ws(key, close_code::GOING_AWAY, "server shutting down"),
+                // Ends by itself within LINGER_TIME, inside the shutdown grace.
+                Phase::Linger { .. } => {}
                 _ => self.finish(key, "server shutting down"),
             }
         }
@@ -256,6 +270,13 @@ impl Server {
             return;
         }
         let _ = stream.set_nodelay(true);
+        if listener == Listener::WebSocket
+            && let Some(bytes) = self.app.config.limits.socket_send_buffer_bytes
+        {
+            // A fixed kernel buffer instead of autotuning's (up to 4 MiB): what a client
+            // that stops reading pins in the kernel, on top of the outbound buffer.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
@@ -296,6 +317,7 @@ impl Server {
                 }
                 self.read_frames(key)
             }
+            Phase::Linger { .. } => self.discard(key),
             Phase::Waiting { .. } | Phase::Respond { .. } | Phase::Gone => {}
         }
     }
@@ -461,6 +483,11 @@ impl Server {
                     log::debug!("conn={}: {e}", conn.serial);
                     return self.fail_ws(key, close_code::TOO_BIG, "message too big");
                 }
+                Err(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+                    // The client hung up without a close frame (RFC 6455: 1006, abnormal
+                    // closure): nothing to answer, nobody to answer to.
+                    return self.finish(key, "closed by client without a close frame");
+                }
                 Err(WsError::Protocol(e)) => {
                     log::debug!("conn={}: {e}", conn.serial);
                     return self.fail_ws(key, u16::from(CloseCode::Protocol), "protocol error");
@@ -491,16 +518,57 @@ impl Server {
         self.mark_dirty(key);
     }
 
-    /// Closes after a protocol violation: the close frame is sent, then the socket is
-    /// dropped without waiting, since the input stream cannot be trusted any more.
+    /// Closes after a protocol violation or a message over the limit: the close frame is
+    /// sent, no more frames are read (the input cannot be trusted, or is the rest of a
+    /// message too big to read), and the connection lingers (`Phase::Linger`).
     fn fail_ws(&mut self, key: usize, code: u16, reason: &str) {
         self.close_ws(key, code, reason);
-        self.conns[key].drop_after_flush = true;
+        self.conns[key].linger_after_flush = true;
+        self.mark_dirty(key);
+    }
+
+    /// The close frame is out: shut our side (the client sees the FIN after the frame)
+    /// and read and drop whatever the client still sends, until it closes too.
+    fn linger(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let Phase::Open { ws, .. } = std::mem::take(&mut conn.phase) else { return };
+        let stream = ws.into_inner().tcp;
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        conn.phase = Phase::Linger { stream, until: Instant::now() + LINGER_TIME, budget: LINGER_BYTES };
+        self.discard(key);
+    }
+
+    fn discard(&mut self, key: usize) {
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            let Some(Phase::Linger { stream, budget, .. }) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
+                return;
+            };
+            match stream.read(&mut scratch) {
+                Ok(0) => return self.finish(key, "closed"),
+                Ok(n) if n >= *budget => return self.abort(key, "kept sending after the close"),
+                Ok(n) => *budget -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.finish(key, "reset after the close"),
+            }
+        }
     }
 
     fn drop_slow_consumer(&mut self, key: usize) {
         self.app.metrics.slow_consumer_disconnects += 1;
-        self.finish(key, "slow consumer: outbound buffer full");
+        self.abort(key, "slow consumer: outbound buffer full");
+    }
+
+    /// Ends a connection that will not finish by itself (a slow consumer, a handshake or
+    /// close past its deadline) with a reset: with `SO_LINGER` 0 the kernel drops what
+    /// is still queued for the peer at once, instead of trickling it to a client that
+    /// does not read for minutes (FIN-WAIT-1) while it holds kernel memory.
+    fn abort(&mut self, key: usize, reason: &str) {
+        if let Some(tcp) = self.conns.get(key).and_then(|c| c.phase.tcp()) {
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+        }
+        self.finish(key, reason);
     }
 
     /// Ends a connection now: its session closes, a log line is written, and the socket
@@ -511,7 +579,7 @@ impl Server {
         if matches!(phase, Phase::Gone) {
             return;
         }
-        let was_open = matches!(phase, Phase::Open { .. });
+        let was_open = matches!(phase, Phase::Open { .. } | Phase::Linger { .. });
         if let Phase::Open { mut ws, session, .. } = phase {
             // A close frame (ours, or the answer to the client's) may still be waiting:
             // one last try, without waiting, before the socket goes.
@@ -563,14 +631,14 @@ impl Server {
             }
             Phase::Open { ws, .. } => match ws.get_mut().flush_to_socket() {
                 Ok(Flushed::All) => {
-                    if self.conns[key].drop_after_flush {
-                        self.finish(key, "protocol violation");
+                    if self.conns[key].linger_after_flush {
+                        self.linger(key);
                     }
                 }
                 Ok(Flushed::Partly) => {}
                 Err(e) => self.finish(key, &format!("write error: {e}")),
             },
-            Phase::Request { .. } | Phase::Waiting { .. } | Phase::Gone => {}
+            Phase::Request { .. } | Phase::Waiting { .. } | Phase::Linger { .. } | Phase::Gone => {}
         }
     }
 
@@ -659,6 +727,20 @@ impl Server {
     fn sweep(&mut self) {
         let now = Instant::now();
         self.next_sweep = now + SWEEP_INTERVAL;
+        // Idleness is time the loop could have heard the client in. After a stall (the
+        // process stopped, a paused VM) every quiet client would otherwise be past its
+        // deadline at once and closed unpinged, and all reconnect together.
+        let stalled = now.duration_since(self.last_sweep).saturating_sub(SWEEP_INTERVAL);
+        self.last_sweep = now;
+        if stalled > STALL_SLACK {
+            log::warn!(
+                "the event loop was stalled for {:.1} s; idle deadlines moved by as much",
+                stalled.as_secs_f64()
+            );
+            for (_, conn) in self.conns.iter_mut() {
+                conn.last_seen = (conn.last_seen + stalled).min(now);
+            }
+        }
         let limits = self.app.config.limits.clone();
         let ping_after = limits.idle_timeout / 2;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -668,12 +750,17 @@ impl Server {
                 Phase::Request { .. } | Phase::Waiting { .. } | Phase::Respond { .. } => {
                     if now.duration_since(conn.opened) >= limits.handshake_timeout {
                         self.app.metrics.handshake_timeouts += 1;
-                        self.finish(key, "handshake timeout");
+                        self.abort(key, "handshake timeout");
                     }
                 }
                 Phase::Open { closing_since: Some(since), .. } => {
                     if now.duration_since(*since) >= CLOSE_GRACE {
-                        self.finish(key, "close handshake timeout");
+                        self.abort(key, "close handshake timeout");
+                    }
+                }
+                Phase::Linger { until, .. } => {
+                    if now >= *until {
+                        self.abort(key, "linger timeout");
                     }
                 }
                 Phase::Open { ws, closing_since: None, .. } => {
