@@ -1,0 +1,515 @@
+#!/usr/bin/env python3
+"""Browser test: a real Chromium (Debian's, driven by Playwright) against a switchboard binary.
+
+    python tests/browser/test_browser.py --binary PATH [--chromium /usr/bin/chromium]
+
+Run it through `.ci/browser BINARY`, which installs Chromium and Playwright first.
+
+It starts the binary on loopback (port 0, addresses read from its first stdout line) with a
+temporary database, serves a small page from two loopback HTTP servers (one origin in
+SWITCHBOARD_ALLOWED_ORIGINS, one not), and uses the browser's own WebSocket from that page
+through `page.evaluate`. One line per check with its figures, then
+`browser: N passed, N failed`; the exit status is 1 when any check failed.
+
+Checks:
+  1. room chat (004) between two browser contexts: B receives A's chat_message
+  2. a bad token on /ws/rooms/lobby/: close 4001
+  3. a bad token on /ws/v1/chat/: close 4003
+  4a. a 65,537-byte message (limit 65,536): close 1009, every try
+  4b. a 1 MiB message: close 1009, every try
+  5. Origin allow-list: the allowed origin opens, others fail before the upgrade (403)
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+JWT_SECRET = "browser-test-secret-0123456789abcdef"
+API_KEY = "browser-test-api-key-0123456789abcdef"
+OVERALL_SECONDS = 150  # the watchdog; .ci/browser bounds the whole run at 170 s
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>switchboard browser test</title></head>
+<body><p>switchboard browser test page</p>
+<script>
+// Open a socket, optionally send one message once it is open, collect every frame, and
+// resolve with the close event (or with timedOut after timeoutMs).
+window.sbRun = function (url, opts) {
+  opts = opts || {};
+  return new Promise(function (resolve) {
+    var r = {opened: false, error: false, messages: [], code: null, wasClean: null,
+             reason: null, timedOut: false, ms: null, sent: 0};
+    var t0 = performance.now();
+    var ws;
+    try { ws = new WebSocket(url); } catch (e) { r.exception = String(e); resolve(r); return; }
+    var timer = setTimeout(function () {
+      r.timedOut = true; r.ms = performance.now() - t0;
+      try { ws.close(); } catch (e) {}
+      resolve(r);
+    }, opts.timeoutMs || 5000);
+    ws.onopen = function () {
+      r.opened = true;
+      if (opts.sendBytes) {
+        var s = window.sbBig(opts.sendBytes);
+        ws.send(s); r.sent = s.length;
+      }
+      if (opts.closeAfterOpenMs != null) {
+        setTimeout(function () { try { ws.close(1000); } catch (e) {} }, opts.closeAfterOpenMs);
+      }
+    };
+    ws.onerror = function () { r.error = true; };
+    ws.onmessage = function (e) {
+      r.messages.push(typeof e.data === 'string' ? e.data : '[binary]');
+    };
+    ws.onclose = function (e) {
+      clearTimeout(timer);
+      r.code = e.code; r.wasClean = e.wasClean; r.reason = e.reason;
+      r.ms = performance.now() - t0;
+      resolve(r);
+    };
+  });
+};
+
+var bigCache = {};
+window.sbBig = function (n) {
+  if (!bigCache[n]) { bigCache[n] = 'x'.repeat(n); }
+  return bigCache[n];
+};
+
+// `tries` fresh sockets in a row, each sending one message of n bytes once open.
+window.sbOversize = async function (url, n, tries, perTryMs, budgetMs) {
+  var out = [];
+  var t0 = performance.now();
+  for (var i = 0; i < tries; i++) {
+    if (performance.now() - t0 > budgetMs) { out.push({skipped: true}); continue; }
+    var r = await window.sbRun(url, {sendBytes: n, timeoutMs: perTryMs});
+    out.push({opened: r.opened, code: r.code, wasClean: r.wasClean, reason: r.reason,
+              timedOut: r.timedOut, error: r.error, ms: Math.round(r.ms),
+              frames: r.messages.length});
+  }
+  return out;
+};
+
+// Long-lived sockets for the chat check.
+window.sbSocks = {};
+window.sbConnect = function (name, url, timeoutMs) {
+  return new Promise(function (resolve) {
+    var s = {messages: [], opened: false, closed: null, error: false};
+    window.sbSocks[name] = s;
+    var ws = new WebSocket(url);
+    s.ws = ws;
+    var timer = setTimeout(function () { resolve({opened: false, timedOut: true}); }, timeoutMs || 5000);
+    ws.onopen = function () { s.opened = true; clearTimeout(timer); resolve({opened: true}); };
+    ws.onerror = function () { s.error = true; };
+    ws.onmessage = function (e) {
+      s.messages.push(typeof e.data === 'string' ? e.data : '[binary]');
+    };
+    ws.onclose = function (e) {
+      s.closed = {code: e.code, wasClean: e.wasClean, reason: e.reason};
+      clearTimeout(timer);
+      resolve({opened: s.opened, code: e.code, wasClean: e.wasClean});
+    };
+  });
+};
+window.sbSend = function (name, text) { window.sbSocks[name].ws.send(text); return true; };
+window.sbMessages = function (name) { return window.sbSocks[name].messages.slice(); };
+window.sbHasFrame = function (name, want) {
+  return window.sbSocks[name].messages.some(function (m) {
+    var o; try { o = JSON.parse(m); } catch (e) { return false; }
+    return Object.keys(want).every(function (k) { return o[k] === want[k]; });
+  });
+};
+window.sbClose = function (name, timeoutMs) {
+  var s = window.sbSocks[name];
+  return new Promise(function (resolve) {
+    if (s.closed) { resolve(s.closed); return; }
+    var timer = setTimeout(function () { resolve({timedOut: true}); }, timeoutMs || 5000);
+    s.ws.addEventListener('close', function (e) {
+      clearTimeout(timer); resolve({code: e.code, wasClean: e.wasClean});
+    });
+    s.ws.close(1000);
+  });
+};
+</script></body></html>
+"""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def mint_token(user_id, name, ttl=3600, secret=JWT_SECRET):
+    header = {"alg": "HS256", "typ": "JWT"}
+    claims = {"user_id": user_id, "name": name, "exp": int(time.time()) + ttl}
+    signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode())
+                     + "." + b64url(json.dumps(claims, separators=(",", ":")).encode()))
+    sig = hmac.new(secret.encode(), signing_input.encode("ascii"), hashlib.sha256).digest()
+    return signing_input + "." + b64url(sig)
+
+
+class PageHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = PAGE.encode("utf-8")
+        if self.path.split("?")[0] not in ("/", "/index.html"):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+def serve_page():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, srv.server_address[1]
+
+
+def die_with_parent():
+    """preexec_fn: the server gets SIGKILL if this test process dies (Linux)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class Server:
+    """The switchboard binary on loopback, port 0; addresses read from its stdout."""
+
+    LINE = re.compile(r"listening on ws://(\S+) \(server API on http://(\S+)\)")
+
+    def __init__(self, binary, tmpdir, allowed_origins):
+        self.log_path = os.path.join(tmpdir, "server.log")
+        env = dict(os.environ)
+        env.update({
+            "SWITCHBOARD_JWT_SECRET": JWT_SECRET,
+            "SWITCHBOARD_API_KEY": API_KEY,
+            "SWITCHBOARD_ALLOWED_ORIGINS": allowed_origins,
+            "SWITCHBOARD_LOG": "info",
+        })
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary, "--db", os.path.join(tmpdir, "sb.db"),
+             "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log,
+            env=env, cwd=tmpdir, preexec_fn=die_with_parent)
+        self.addr = self.api = None
+        got = threading.Event()
+        first = []
+
+        def read():
+            for raw in self.proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if not got.is_set():
+                    first.append(line)
+                    m = self.LINE.search(line)
+                    if m:
+                        self.addr, self.api = m.group(1), m.group(2)
+                        got.set()
+            got.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not got.wait(15) or self.addr is None:
+            exited = self.proc.poll()
+            self.stop()
+            raise RuntimeError("switchboard %s without printing its address; stdout: %r, stderr: %s"
+                               % ("exited with %s" % exited if exited is not None else "ran 15 s",
+                                  first, self.log_tail(10)))
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def log_tail(self, n):
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+            return lines[-n:]
+        except OSError:
+            return []
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def raw_upgrade_status(addr, path, origin, timeout=5):
+    """Status line the server answers a WebSocket upgrade with, for a given Origin."""
+    host, port = addr.rsplit(":", 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    req = ("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, addr, key))
+    if origin is not None:
+        req += "Origin: %s\r\n" % origin
+    req += "\r\n"
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(req.encode())
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0].decode("latin-1")
+
+
+def frames(messages):
+    out = []
+    for m in messages:
+        try:
+            out.append(json.loads(m))
+        except ValueError:
+            out.append({"unparsed": m[:80]})
+    return out
+
+
+def types_of(messages):
+    return [f.get("type", "error" if "error" in f else "?") if isinstance(f, dict) else "?"
+            for f in frames(messages)]
+
+
+def tally(results):
+    """'20x1009' or '3x1009, 17x1006' (timeouts and skipped tries named)."""
+    counts = {}
+    for r in results:
+        if r.get("skipped"):
+            k = "skipped"
+        elif r.get("timedOut"):
+            k = "no-close-in-time"
+        elif not r.get("opened") and r.get("code") is not None:
+            k = "%s(never opened)" % r.get("code")
+        else:
+            k = str(r.get("code"))
+        counts[k] = counts.get(k, 0) + 1
+    return ", ".join("%dx%s" % (v, k) for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+# ---------------------------------------------------------------------------- the test
+
+class Run:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, ok, figures):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        print("%s %s: %s" % ("PASS" if ok else "FAIL", name, figures), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--tries", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=65536, help="the server's max message bytes (its default)")
+    ap.add_argument("--server-log", help="copy the server's stderr (log level info) to this file")
+    args = ap.parse_args()
+
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+    from playwright.sync_api import sync_playwright
+
+    def watchdog():
+        print("browser: watchdog: still running after %d s, giving up" % OVERALL_SECONDS, flush=True)
+        print("browser: %d passed, %d failed" % (run.passed, run.failed + 1), flush=True)
+        if server is not None and server.alive():
+            server.proc.kill()
+        os._exit(1)
+
+    run = Run()
+    server = None
+    timer = threading.Timer(OVERALL_SECONDS, watchdog)
+    timer.daemon = True
+    timer.start()
+    tmpdir = tempfile.mkdtemp(prefix="sb-browser-")
+    started = time.monotonic()
+    try:
+        page_srv, page_port = serve_page()
+        other_srv, other_port = serve_page()
+        allowed = "http://127.0.0.1:%d" % page_port
+        refused = "http://127.0.0.1:%d" % other_port
+        refused_host = "http://localhost:%d" % page_port  # same port, other host: other origin
+        server = Server(args.binary, tmpdir, allowed)
+        ws = "ws://%s" % server.addr
+        print("browser: switchboard on %s, page on %s (allowed origin), %s and %s (not allowed)"
+              % (server.addr, allowed, refused, refused_host), flush=True)
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=args.chromium, headless=True, timeout=30000,
+                args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                      "--disable-quic", "--no-first-run", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync"])
+            print("browser: chromium %s" % browser.version, flush=True)
+
+            def open_page(origin):
+                ctx = browser.new_context()
+                ctx.set_default_timeout(10000)
+                pg = ctx.new_page()
+                pg.goto(origin + "/")
+                return ctx, pg
+
+            ctx_a, page_a = open_page(allowed)
+            ctx_b, page_b = open_page(allowed)
+
+            # 1. room chat between two contexts
+            try:
+                tok1, tok2 = mint_token(1, "alice"), mint_token(2, "bob")
+                url1 = "%s/ws/rooms/lobby/?token=%s" % (ws, tok1)
+                url2 = "%s/ws/rooms/lobby/?token=%s" % (ws, tok2)
+                ra = page_a.evaluate("([n, u]) => sbConnect(n, u, 5000)", ["a", url1])
+                page_a.wait_for_function("() => sbMessages('a').length >= 1", timeout=5000)
+                rb = page_b.evaluate("([n, u]) => sbConnect(n, u, 5000)", ["b", url2])
+                page_b.wait_for_function("() => sbMessages('b').length >= 1", timeout=5000)
+                page_a.wait_for_function("() => sbHasFrame('a', {type: 'user_join', user_id: '2'})", timeout=5000)
+                on_open_a = page_a.evaluate("() => sbMessages('a')")
+                on_open_b = page_b.evaluate("() => sbMessages('b')")
+                page_a.evaluate("() => sbSend('a', JSON.stringify({message: 'hello from A'}))")
+                page_b.wait_for_function(
+                    "() => sbHasFrame('b', {type: 'chat_message', message: 'hello from A'})", timeout=5000)
+                page_a.wait_for_function(
+                    "() => sbHasFrame('a', {type: 'chat_message', message: 'hello from A'})", timeout=5000)
+                got_b = [f for f in frames(page_b.evaluate("() => sbMessages('b')"))
+                         if f.get("type") == "chat_message" and f.get("message") == "hello from A"]
+                users_b = next((f for f in frames(on_open_b) if f.get("type") == "room_users_list"), {})
+                msg = got_b[0]
+                ok = (ra.get("opened") and rb.get("opened")
+                      and frames(on_open_a)[0].get("type") == "room_users_list"
+                      and [u.get("id") for u in users_b.get("users", [])] == ["1", "2"]
+                      and msg.get("sender_id") == "1" and msg.get("sender_username") == "alice"
+                      and isinstance(msg.get("timestamp"), str))
+                # B leaves: A hears user_leave
+                cb = page_b.evaluate("() => sbClose('b', 5000)")
+                page_a.wait_for_function("() => sbHasFrame('a', {type: 'user_leave', user_id: '2'})", timeout=5000)
+                ca = page_a.evaluate("() => sbClose('a', 5000)")
+                run.check("1 room chat", ok,
+                          "A on open got %s, B on open got %s (users %s); B got %s; "
+                          "B closed %s, A got user_leave, A closed %s"
+                          % (types_of(on_open_a), types_of(on_open_b),
+                             [u.get("id") for u in users_b.get("users", [])],
+                             json.dumps(msg, sort_keys=True), cb.get("code"), ca.get("code")))
+            except Exception as e:  # a wait timed out: say what each side had
+                def msgs(pg, n):
+                    try:
+                        return types_of(pg.evaluate("(n) => sbSocks[n] ? sbMessages(n) : []", n))
+                    except Exception:
+                        return "?"
+                run.check("1 room chat", False, "%s: %s; A had %s, B had %s"
+                          % (type(e).__name__, str(e).splitlines()[0], msgs(page_a, "a"), msgs(page_b, "b")))
+
+            # 2. bad token on a 004 path: 4001
+            r = page_a.evaluate("(u) => sbRun(u, {timeoutMs: 5000})", ws + "/ws/rooms/lobby/?token=bad")
+            run.check("2 bad token /ws/rooms/lobby/", r["code"] == 4001 and r["opened"],
+                      "opened=%s close code=%s wasClean=%s reason=%r frames=%d in %d ms"
+                      % (r["opened"], r["code"], r["wasClean"], r["reason"], len(r["messages"]), r["ms"] or 0))
+
+            # 3. bad token on a /ws/v1/ path: 4003
+            r = page_a.evaluate("(u) => sbRun(u, {timeoutMs: 5000})", ws + "/ws/v1/chat/?token=bad")
+            run.check("3 bad token /ws/v1/chat/", r["code"] == 4003 and r["opened"],
+                      "opened=%s close code=%s wasClean=%s reason=%r frames=%d in %d ms"
+                      % (r["opened"], r["code"], r["wasClean"], r["reason"], len(r["messages"]), r["ms"] or 0))
+
+            # 4. oversize messages: 1009 every time (fresh socket per try, fresh user per size)
+            for label, size, user in (("4a", args.limit + 1, 41), ("4b", 1 << 20, 42)):
+                url = "%s/ws/rooms/big%d/?token=%s" % (ws, user, mint_token(user, "big%d" % user))
+                res = page_a.evaluate("([u, n, t]) => sbOversize(u, n, t, 4000, 40000)",
+                                      [url, size, args.tries])
+                n1009 = sum(1 for x in res if x.get("code") == 1009 and x.get("opened"))
+                others = [x for x in res if not (x.get("code") == 1009 and x.get("opened"))]
+                ms = sorted(x["ms"] for x in res if x.get("ms") is not None)
+                detail = ""
+                if others:
+                    o = others[0]
+                    detail = "; first other: code=%s wasClean=%s reason=%r frames=%s" % (
+                        o.get("code"), o.get("wasClean"), o.get("reason"), o.get("frames"))
+                run.check("%s oversize %d bytes" % (label, size), n1009 == args.tries,
+                          "%d/%d tries closed 1009 (%s); close after %s ms (median %s)%s"
+                          % (n1009, args.tries, tally(res), "%d-%d" % (ms[0], ms[-1]) if ms else "-",
+                             ms[len(ms) // 2] if ms else "-", detail))
+
+            # 5. Origin allow-list
+            tok5 = mint_token(5, "eve")
+            url5 = "%s/ws/rooms/origin/?token=%s" % (ws, tok5)
+            ok_r = page_a.evaluate("(u) => sbRun(u, {timeoutMs: 5000, closeAfterOpenMs: 200})", url5)
+            results = {}
+            for origin in (refused, refused_host):
+                ctx, pg = open_page(origin)
+                results[origin] = pg.evaluate("(u) => sbRun(u, {timeoutMs: 5000})", url5)
+                ctx.close()
+            raw = {o: raw_upgrade_status(server.addr, "/ws/rooms/origin/?token=" + tok5, o)
+                   for o in (allowed, refused, refused_host)}
+            ok = (ok_r["opened"] and ok_r["code"] == 1000
+                  and any(f.get("type") == "room_users_list" for f in frames(ok_r["messages"]))
+                  and all(not r["opened"] and r["error"] and r["code"] == 1006 and r["wasClean"] is False
+                          for r in results.values())
+                  and raw[allowed].startswith("HTTP/1.1 101")
+                  and all(raw[o].startswith("HTTP/1.1 403") for o in (refused, refused_host)))
+            run.check("5 origin allow-list", ok,
+                      "allowed %s: opened=%s frames=%s closed %s; %s"
+                      % (allowed, ok_r["opened"], types_of(ok_r["messages"]), ok_r["code"],
+                         "; ".join("%s: opened=%s error=%s code=%s wasClean=%s"
+                                   % (o, r["opened"], r["error"], r["code"], r["wasClean"])
+                                   for o, r in results.items()))
+                      + "; raw upgrade: " + ", ".join("%s -> %r" % (o, s) for o, s in raw.items()))
+
+            for c in (ctx_a, ctx_b):
+                c.close()
+            browser.close()
+
+        if not server.alive():
+            run.check("server still running", False, "switchboard exited with %s" % server.proc.returncode)
+    except Exception as e:
+        run.check("harness", False, "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
+    finally:
+        timer.cancel()
+        if server is not None:
+            if run.failed:
+                tail = server.log_tail(8)
+                if tail:
+                    print("browser: last server log lines:", flush=True)
+                    for line in tail:
+                        print("  " + line[:300], flush=True)
+            server.stop()
+            if args.server_log:
+                shutil.copyfile(server.log_path, args.server_log)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    print("browser: ran in %.1f s" % (time.monotonic() - started))
+    print("browser: %d passed, %d failed" % (run.passed, run.failed), flush=True)
+    return 1 if run.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
