@@ -248,9 +248,10 @@ impl Store {
     /// read-only or damaged database stops start-up with a line naming the file instead
     /// of failing every client later.
     pub fn open_for_server(path: &Path, sync_full: bool, check: DbCheck) -> StoreResult<Store> {
-        let file = file::DbFile::lock(path).map_err(StoreError::Open)?;
+        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+        let file = if in_memory { None } else { Some(file::DbFile::lock(path).map_err(StoreError::Open)?) };
         let mut store = Store::open(path, sync_full)?;
-        store.file = Some(file);
+        store.file = file;
         if store.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
             return Err(StoreError::Open(format!("database {} is read-only", path.display())));
         }
