@@ -286,6 +286,15 @@ fn a_database_removed_while_running_is_noticed_refused_and_logged_once() {
     assert_eq!(log.matches("was removed while running").count(), 1, "{log}");
 }
 
+/// Writes a file until the filesystem has no room left.
+fn fill_up(dir: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+}
+
 /// Posts one message per request from several threads at once (so that requests share
 /// turns), and returns each request's text and status.
 fn post_until_full(server: &Server, threads: usize, per_thread: usize, size: usize) -> Vec<(String, u16)> {
@@ -333,20 +342,36 @@ fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
         "{:?}",
         results.iter().map(|r| r.1).collect::<Vec<_>>()
     );
-    // The 503 carries Retry-After.
-    let body = json!({"message": "one more"}).to_string();
-    let request = format!(
-        "POST /api/rooms/full/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = std::net::TcpStream::connect(server.api).unwrap();
-    use std::io::{Read, Write};
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
+    // Take the rest of the disk too, so that even a small write cannot find room (SQLite
+    // may reuse free pages and the WAL for a while), then the 503 carries Retry-After.
+    fill_up(disk.dir.path());
+    let mut results = results;
+    let mut refused = None;
+    for i in 0..50 {
+        let text = format!("one more {i}");
+        let body = json!({ "message": text }).to_string();
+        let request = format!(
+            "POST /api/rooms/full/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = std::net::TcpStream::connect(server.api).unwrap();
+        use std::io::{Read, Write};
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        results.push((text, status));
+        if status != 201 {
+            refused = Some(raw);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let raw = refused.expect("a full disk refuses a small write too");
     assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
     assert!(raw.contains("Retry-After:"), "{raw}");
     // Health says the store cannot write.
+    eventually("health reports the full disk", || server.api("GET", "/healthz", None).0 == 503);
     let (status, health) = server.api("GET", "/healthz", None);
     assert_eq!(status, 503, "{health}");
     assert!(health["store"].as_str().unwrap().starts_with("cannot write"), "{health}");
@@ -369,6 +394,7 @@ fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
     // Room again, then a restart: every 201 is there, nothing else is.
     let mut server = server;
     server.stop();
+    std::fs::remove_file(disk.dir.path().join("filler")).unwrap();
     disk.remount("size=64m");
     let server = server.restart();
     let (status, _) = server.api("GET", "/healthz", None);
@@ -393,7 +419,9 @@ fn health_recovers_when_the_disk_has_room_again() {
     let server = Server::start_in(disk.dir.clone(), &env_refs(&env));
     let results = post_until_full(&server, 2, 200, 1500);
     assert!(results.iter().any(|(_, s)| *s == 503));
-    assert_eq!(server.api("GET", "/healthz", None).0, 503);
+    fill_up(disk.dir.path());
+    eventually("health reports the full disk", || server.api("GET", "/healthz", None).0 == 503);
+    std::fs::remove_file(disk.dir.path().join("filler")).unwrap();
     disk.remount("size=64m");
     eventually("health recovers", || server.api("GET", "/healthz", None).0 == 200);
     let (status, _) = server.api("POST", "/api/rooms/full/messages", Some(&json!({"message": "after"})));
