@@ -13,24 +13,9 @@ use serde_json::json;
 use tungstenite::Message;
 use util::*;
 
-/// A masked client text frame (RFC 6455 §5.2).
+/// A masked client text frame.
 fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x13, 0xc4, 0x07];
-    let mut frame = vec![0x81u8];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n < 65536 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    masked_frame(0x1, payload)
 }
 
 /// Upgrades a raw socket on `path`, returning it with the 101 answer read.

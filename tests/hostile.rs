@@ -14,25 +14,6 @@ use util::*;
 /// Text that has broken naive SQL, JSON and terminal handling somewhere.
 const NASTY: &str = "Robert'); DROP TABLE messages;-- \" \\ % _ ' OR 1=1 -- \u{0}\u{7f} \u{202e}édé 漢字 🎉👩‍👩‍👧 \n\t\r <script>alert(1)</script>";
 
-fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n < 65536 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 #[test]
 fn invalid_utf8_closes_with_1007() {
     let server = Server::start(&[]);

@@ -10,16 +10,7 @@ use serde_json::json;
 use util::*;
 
 fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (i32, String, String) {
-    let mut command = Command::new(bin());
-    command.args(args).current_dir(dir).stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SWITCHBOARD_") {
-            command.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
+    let mut command = switchboard_command(args, env, dir);
     let out = command.output().unwrap();
     (
         out.status.code().unwrap_or(-1),

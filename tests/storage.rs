@@ -16,16 +16,7 @@ use util::*;
 
 /// Runs the binary to completion (for start-ups that must fail).
 fn run(args: &[&str], env: &[(&str, &str)], dir: &Path) -> (i32, String, String) {
-    let mut command = Command::new(bin());
-    command.args(args).current_dir(dir).stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SWITCHBOARD_") {
-            command.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
+    let mut command = switchboard_command(args, env, dir);
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let status = wait_with_deadline(&mut child, WAIT).expect("switchboard should have refused to start");
     let mut out = String::new();
@@ -128,14 +119,8 @@ fn the_database_and_its_wal_are_private_and_an_old_readable_one_is_made_private(
 
 /// Everything the server prints to stdout in its first half second, then stops it.
 fn banner(env: &[(&str, &str)], dir: &Path) -> String {
-    let mut command = Command::new(bin());
-    command.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SWITCHBOARD_") {
-            command.env_remove(k);
-        }
-    }
-    command.envs(env.iter().copied());
+    let mut command = switchboard_command(&[], env, dir);
+    command.stdout(Stdio::piped()).stderr(Stdio::null());
     let mut child = command.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let _ = child.kill();
@@ -205,15 +190,8 @@ fn an_intact_database_passes_the_integrity_check() {
 fn run_as_nobody(env: &[(&str, &str)], dir: &Path, stop_after: Option<Duration>) -> (i32, String, String) {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(bin());
-    command.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    command.uid(65534).gid(65534);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SWITCHBOARD_") {
-            command.env_remove(k);
-        }
-    }
-    command.envs(env.iter().copied());
+    let mut command = switchboard_command(&[], env, dir);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).uid(65534).gid(65534);
     let mut child = command.spawn().unwrap();
     if let Some(after) = stop_after {
         std::thread::sleep(after);

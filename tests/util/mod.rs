@@ -242,6 +242,41 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
+/// The binary with `args`, run in `dir`, with no `SWITCHBOARD_*` variable but `env`
+/// (for start-ups a test watches itself).
+pub fn switchboard_command(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Command {
+    let mut command = Command::new(bin());
+    command.args(args).current_dir(dir).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") {
+            command.env_remove(k);
+        }
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+/// A masked client frame (RFC 6455 §5.2) with the FIN bit and `opcode`, written raw by
+/// tests that need what tungstenite's client would refuse to send.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 pub fn in_secs(secs: i64) -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     now + secs
