@@ -18,7 +18,7 @@
 
 use serde_json::{Value, json};
 
-use crate::app::{App, close_code};
+use crate::context::{Ctx, close_code};
 use crate::endpoints::{banking, notifications, rooms, support};
 use crate::http::{HttpError, Request, json_response, response};
 use crate::hub::Topic;
@@ -32,37 +32,55 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 type Answer = Result<(u16, Value), HttpError>;
 
-/// Handles one request. Returns the response bytes, whether it succeeded (a failed
-/// request's writes are undone by the caller), and whether the answer reports stored
-/// data (and so must become an error if the commit fails).
-pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool, bool) {
+/// What a request came to.
+pub struct ApiAnswer {
+    /// The whole HTTP response.
+    pub response: Vec<u8>,
+    /// It succeeded: a failed request's writes and pushes are undone by the caller.
+    pub ok: bool,
+    /// It reports stored data, so it becomes a 503 if the turn's commit fails.
+    pub durable: bool,
+}
+
+impl ApiAnswer {
+    fn read(response: Vec<u8>) -> ApiAnswer {
+        ApiAnswer { response, ok: true, durable: false }
+    }
+
+    fn failed(error: &HttpError) -> ApiAnswer {
+        ApiAnswer { response: error.to_response(), ok: false, durable: false }
+    }
+}
+
+/// Handles one request.
+pub fn handle(ctx: &mut Ctx, request: &Request) -> ApiAnswer {
     let path = request.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     if request.method == "GET" && path == "/healthz" {
-        return match app.store.health() {
-            Ok(()) => (json_response(200, &json!({"status": "ok"})), true, false),
-            Err(store) => (json_response(503, &json!({"status": "error", "store": store})), true, false),
-        };
+        return ApiAnswer::read(match ctx.store.health() {
+            Ok(()) => json_response(200, &json!({"status": "ok"})),
+            Err(store) => json_response(503, &json!({"status": "error", "store": store})),
+        });
     }
-    if let Err(e) = authorize(app, request) {
-        return (e.to_response(), false, false);
+    if let Err(e) = authorize(ctx, request) {
+        return ApiAnswer::failed(&e);
     }
     let answer: Answer = match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["metrics"]) => {
-            let body = app.metrics.render();
-            return (response(200, "text/plain; version=0.0.4", body.as_bytes()), true, false);
+            let body = ctx.metrics.render();
+            return ApiAnswer::read(response(200, "text/plain; version=0.0.4", body.as_bytes()));
         }
-        ("GET", ["api", "online"]) => Ok((200, online(app))),
-        ("POST", ["api", "rooms", room, "messages"]) => post_room_message(app, room, request),
-        ("POST", ["api", "conversations"]) => create_conversation(app, request),
-        ("GET", ["api", "conversations", kind, id]) => get_conversation(app, kind, id),
-        ("PUT", ["api", "conversations", kind, id, "members"]) => set_members(app, kind, id, request),
-        ("POST", ["api", "inbound"]) => inbound(app, request),
-        ("POST", ["api", "notifications"]) => create_notification(app, request),
-        ("POST", ["api", "fraud-alerts"]) => create_fraud_alert(app, request),
-        ("POST", ["api", "fraud-alerts", id, "resolve"]) => resolve_fraud_alert(app, id),
-        ("POST", ["api", "messages"]) => create_banking_message(app, request),
-        ("POST", ["api", "users", user, "disconnect"]) => disconnect_user(app, user),
+        ("GET", ["api", "online"]) => Ok((200, online(ctx))),
+        ("POST", ["api", "rooms", room, "messages"]) => post_room_message(ctx, room, request),
+        ("POST", ["api", "conversations"]) => create_conversation(ctx, request),
+        ("GET", ["api", "conversations", kind, id]) => get_conversation(ctx, kind, id),
+        ("PUT", ["api", "conversations", kind, id, "members"]) => set_members(ctx, kind, id, request),
+        ("POST", ["api", "inbound"]) => inbound(ctx, request),
+        ("POST", ["api", "notifications"]) => create_notification(ctx, request),
+        ("POST", ["api", "fraud-alerts"]) => create_fraud_alert(ctx, request),
+        ("POST", ["api", "fraud-alerts", id, "resolve"]) => resolve_fraud_alert(ctx, id),
+        ("POST", ["api", "messages"]) => create_banking_message(ctx, request),
+        ("POST", ["api", "users", user, "disconnect"]) => disconnect_user(ctx, user),
         (
             _,
             ["metrics"]
@@ -81,19 +99,21 @@ pub fn handle(app: &mut App, request: &Request) -> (Vec<u8>, bool, bool) {
         _ => Err(HttpError::new(404, "no such API route")),
     };
     match answer {
-        Ok((status, body)) => (json_response(status, &body), true, request.method != "GET"),
-        Err(e) => (e.to_response(), false, false),
+        Ok((status, body)) => {
+            ApiAnswer { response: json_response(status, &body), ok: true, durable: request.method != "GET" }
+        }
+        Err(e) => ApiAnswer::failed(&e),
     }
 }
 
-fn authorize(app: &App, request: &Request) -> Result<(), HttpError> {
+fn authorize(ctx: &Ctx, request: &Request) -> Result<(), HttpError> {
     let presented = request
         .header_str("Authorization")
         .and_then(|h| h.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key.trim());
     match presented {
-        Some(key) if constant_time_eq(key.as_bytes(), app.api_key.as_bytes()) => Ok(()),
+        Some(key) if constant_time_eq(key.as_bytes(), ctx.api_key.as_bytes()) => Ok(()),
         Some(_) => Err(HttpError::new(401, "invalid API key")),
         None => Err(HttpError::new(401, "missing API key: send Authorization: Bearer <SWITCHBOARD_API_KEY>")),
     }
@@ -127,8 +147,8 @@ pub fn required_str<'a>(body: &'a serde_json::Map<String, Value>, field: &str) -
     }
 }
 
-fn online(app: &App) -> Value {
-    let users: Vec<Value> = app
+fn online(ctx: &Ctx) -> Value {
+    let users: Vec<Value> = ctx
         .online_users()
         .into_iter()
         .map(|(id, user)| json!({"user_id": id.to_json(), "name": &*user.name, "connections": user.conns.len()}))
@@ -137,7 +157,7 @@ fn online(app: &App) -> Value {
 }
 
 /// Publishes a message into a room as a given sender (default: "system").
-fn post_room_message(app: &mut App, room: &str, request: &Request) -> Answer {
+fn post_room_message(ctx: &mut Ctx, room: &str, request: &Request) -> Answer {
     let room = crate::http::decode_path(room);
     if !rooms::valid_room_name(&room) {
         return Err(HttpError::new(422, "room name must be 1-100 letters, digits, _, - or ."));
@@ -155,7 +175,7 @@ fn post_room_message(app: &mut App, room: &str, request: &Request) -> Answer {
         Some(_) => return Err(HttpError::new(422, "\"sender_name\" must be a non-empty string")),
     };
     let sender = Identity { user_id: sender_id, name: sender_name.into() };
-    let stored = rooms::post_from_api(app, &room, &sender, message).map_err(|e| {
+    let stored = rooms::post_from_api(ctx, &room, &sender, message).map_err(|e| {
         log::error!("server API: cannot store a room message: {e}");
         unavailable()
     })?;
@@ -232,7 +252,7 @@ struct NewCustomerFields {
     profile_picture: Option<String>,
 }
 
-fn upsert_customer(app: &mut App, source: &str, fields: &NewCustomerFields) -> Result<Customer, HttpError> {
+fn upsert_customer(ctx: &mut Ctx, source: &str, fields: &NewCustomerFields) -> Result<Customer, HttpError> {
     let new = NewCustomer {
         source,
         external_id: &fields.external_id,
@@ -240,7 +260,7 @@ fn upsert_customer(app: &mut App, source: &str, fields: &NewCustomerFields) -> R
         last_name: fields.last_name.as_deref(),
         profile_picture: fields.profile_picture.as_deref(),
     };
-    app.store.upsert_customer(&new, app.now).map_err(store_error)
+    ctx.store.upsert_customer(&new, ctx.now).map_err(store_error)
 }
 
 /// The answer to a request that could not be stored: 503 with `Retry-After`, since a
@@ -254,9 +274,9 @@ fn store_error(e: crate::store::StoreError) -> HttpError {
     unavailable()
 }
 
-fn conversation_json(app: &App, conversation: &Conversation) -> Result<Value, HttpError> {
+fn conversation_json(ctx: &Ctx, conversation: &Conversation) -> Result<Value, HttpError> {
     let members: Vec<Value> =
-        app.store.members(conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
+        ctx.store.members(conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
     let customer = conversation.customer.as_ref().map(|c| {
         json!({"id": c.id, "source": c.source, "external_id": c.external_id, "first_name": c.first_name,
                "last_name": c.last_name, "profile_picture": c.profile_picture})
@@ -285,7 +305,7 @@ fn random_key() -> String {
 }
 
 /// `POST /api/conversations`: a consultation or support conversation with its members.
-fn create_conversation(app: &mut App, request: &Request) -> Answer {
+fn create_conversation(ctx: &mut Ctx, request: &Request) -> Answer {
     let body = json_body(request)?;
     let kind = parse_kind(body.get("kind").and_then(Value::as_str).unwrap_or(""))?;
     let key = match optional_str(&body, "id")? {
@@ -304,11 +324,11 @@ fn create_conversation(app: &mut App, request: &Request) -> Answer {
         Some(value) => value.as_i64().ok_or_else(|| HttpError::new(422, "\"priority\" must be an integer"))?,
     };
     let title = optional_str(&body, "title")?.map(str::to_string);
-    if app.store.conversation(kind, &key).map_err(store_error)?.is_some() {
+    if ctx.store.conversation(kind, &key).map_err(store_error)?.is_some() {
         return Err(HttpError::new(409, format!("a {} conversation with id {key:?} exists", kind.as_sql())));
     }
     let customer = match customer {
-        Some((source, fields)) => Some(upsert_customer(app, &source, &fields)?),
+        Some((source, fields)) => Some(upsert_customer(ctx, &source, &fields)?),
         None => None,
     };
     let title = title.unwrap_or_else(|| match &customer {
@@ -323,45 +343,44 @@ fn create_conversation(app: &mut App, request: &Request) -> Answer {
         priority,
         customer_id: customer.as_ref().map(|c| c.id),
     };
-    let id = app.store.create_conversation(&new, app.now).map_err(store_error)?;
-    app.store.set_members(id, &members).map_err(store_error)?;
-    let conversation =
-        app.store.conversation_by_id(id).map_err(store_error)?.ok_or_else(|| HttpError::new(500, "lost"))?;
-    Ok((201, conversation_json(app, &conversation)?))
+    let id = ctx.store.create_conversation(&new, ctx.now).map_err(store_error)?;
+    ctx.store.set_members(id, &members).map_err(store_error)?;
+    let conversation = ctx.store.existing_conversation(id).map_err(store_error)?;
+    Ok((201, conversation_json(ctx, &conversation)?))
 }
 
-fn find_conversation(app: &App, kind: &str, id: &str) -> Result<Conversation, HttpError> {
+fn find_conversation(ctx: &Ctx, kind: &str, id: &str) -> Result<Conversation, HttpError> {
     let kind = parse_kind(kind).map_err(|_| HttpError::new(404, "no such conversation kind"))?;
     let id = crate::http::decode_path(id);
-    app.store
+    ctx.store
         .conversation(kind, &id)
         .map_err(store_error)?
         .ok_or_else(|| HttpError::new(404, format!("no {} conversation with id {id:?}", kind.as_sql())))
 }
 
-fn get_conversation(app: &mut App, kind: &str, id: &str) -> Answer {
-    let conversation = find_conversation(app, kind, id)?;
-    Ok((200, conversation_json(app, &conversation)?))
+fn get_conversation(ctx: &mut Ctx, kind: &str, id: &str) -> Answer {
+    let conversation = find_conversation(ctx, kind, id)?;
+    Ok((200, conversation_json(ctx, &conversation)?))
 }
 
 /// `PUT /api/conversations/{kind}/{id}/members`: replaces the member set. Removed
 /// members' open sockets on the conversation close with 4003.
-fn set_members(app: &mut App, kind: &str, id: &str, request: &Request) -> Answer {
-    let conversation = find_conversation(app, kind, id)?;
+fn set_members(ctx: &mut Ctx, kind: &str, id: &str, request: &Request) -> Answer {
+    let conversation = find_conversation(ctx, kind, id)?;
     let body = json_body(request)?;
     let members = parse_members(body.get("members"))?;
-    let removed = app.store.set_members(conversation.id, &members).map_err(store_error)?;
+    let removed = ctx.store.set_members(conversation.id, &members).map_err(store_error)?;
     let topic = Topic::Conversation(conversation.id);
     for user in &removed {
-        for conn in app.hub.user_conns(&topic, user).to_vec() {
-            app.close_conn(conn, close_code::FORBIDDEN, "removed from the conversation");
+        for conn in ctx.hub.user_conns(&topic, user).to_vec() {
+            ctx.close_conn(conn, close_code::FORBIDDEN, "removed from the conversation");
         }
     }
-    Ok((200, conversation_json(app, &conversation)?))
+    Ok((200, conversation_json(ctx, &conversation)?))
 }
 
 /// `POST /api/inbound`: a customer's message from an external platform.
-fn inbound(app: &mut App, request: &Request) -> Answer {
+fn inbound(ctx: &mut Ctx, request: &Request) -> Answer {
     let body = json_body(request)?;
     let source = required_str(&body, "source")?.to_string();
     let content = required_str(&body, "content")?.to_string();
@@ -374,16 +393,16 @@ fn inbound(app: &mut App, request: &Request) -> Answer {
     };
     let conversation_id = optional_str(&body, "conversation_id")?.map(str::to_string);
     let existing = match &conversation_id {
-        Some(id) => Some(find_conversation(app, "support", id)?),
+        Some(id) => Some(find_conversation(ctx, "support", id)?),
         None => None,
     };
-    let customer = upsert_customer(app, &source, &fields)?;
+    let customer = upsert_customer(ctx, &source, &fields)?;
     let (conversation, created) = match existing {
         Some(conversation) if conversation.customer.as_ref().is_some_and(|c| c.id != customer.id) => {
             return Err(HttpError::new(422, "that conversation belongs to another customer"));
         }
         Some(conversation) => (conversation, false),
-        None => match app.store.open_support_conversation(customer.id).map_err(store_error)? {
+        None => match ctx.store.open_support_conversation(customer.id).map_err(store_error)? {
             Some(conversation) => (conversation, false),
             None => {
                 let key = random_key();
@@ -397,19 +416,15 @@ fn inbound(app: &mut App, request: &Request) -> Answer {
                     priority: 0,
                     customer_id: Some(customer.id),
                 };
-                let id = app.store.create_conversation(&new, app.now).map_err(store_error)?;
-                app.store.set_members(id, members.as_deref().unwrap_or(&[])).map_err(store_error)?;
-                let conversation = app
-                    .store
-                    .conversation_by_id(id)
-                    .map_err(store_error)?
-                    .ok_or_else(|| HttpError::new(500, "lost"))?;
+                let id = ctx.store.create_conversation(&new, ctx.now).map_err(store_error)?;
+                ctx.store.set_members(id, members.as_deref().unwrap_or(&[])).map_err(store_error)?;
+                let conversation = ctx.store.existing_conversation(id).map_err(store_error)?;
                 (conversation, true)
             }
         },
     };
-    let now = app.now;
-    let message = support::post_customer_message(app, &conversation, &customer, &content, now).map_err(store_error)?;
+    let now = ctx.now;
+    let message = support::post_customer_message(ctx, &conversation, &customer, &content, now).map_err(store_error)?;
     let object = serde_json::to_value(support::MessageObject::new(&message, Some(&customer))).unwrap_or(Value::Null);
     Ok((201, json!({"conversation_id": conversation.key, "created_conversation": created, "message": object})))
 }
@@ -441,7 +456,7 @@ fn path_id(id: &str) -> Result<i64, HttpError> {
 
 /// `POST /api/notifications`: stored, then pushed to the user's three notification
 /// endpoints, each in its document's shape.
-fn create_notification(app: &mut App, request: &Request) -> Answer {
+fn create_notification(ctx: &mut Ctx, request: &Request) -> Answer {
     let body = json_body(request)?;
     let user = required_user(&body)?;
     let title = short_text(&body, "title")?;
@@ -453,9 +468,9 @@ fn create_notification(app: &mut App, request: &Request) -> Answer {
     };
     let link = optional_str(&body, "link")?;
     let new = NewNotification { user_id: &user, category, title, message, link };
-    let notification = app.store.insert_notification(&new, app.now).map_err(store_error)?;
-    app.metrics.messages_stored += 1;
-    notifications::publish(app, &notification);
+    let notification = ctx.store.insert_notification(&new, ctx.now).map_err(store_error)?;
+    ctx.metrics.messages_stored += 1;
+    notifications::publish(ctx, &notification);
     Ok((
         201,
         json!({"notification": {
@@ -475,7 +490,7 @@ fn alert_json(alert: &crate::store::FraudAlert) -> Value {
 }
 
 /// `POST /api/fraud-alerts`.
-fn create_fraud_alert(app: &mut App, request: &Request) -> Answer {
+fn create_fraud_alert(ctx: &mut Ctx, request: &Request) -> Answer {
     let body = json_body(request)?;
     let user = required_user(&body)?;
     let message = required_str(&body, "message")?;
@@ -483,25 +498,25 @@ fn create_fraud_alert(app: &mut App, request: &Request) -> Answer {
     if !SEVERITIES.contains(&severity) {
         return Err(HttpError::new(422, format!("\"severity\" must be one of {}", SEVERITIES.join(", "))));
     }
-    let alert = app.store.insert_fraud_alert(&user, message, severity, app.now).map_err(store_error)?;
-    app.metrics.messages_stored += 1;
-    app.publish(&Topic::FraudAlerts(user), banking::fraud_alert_frame(&alert), None, true);
+    let alert = ctx.store.insert_fraud_alert(&user, message, severity, ctx.now).map_err(store_error)?;
+    ctx.metrics.messages_stored += 1;
+    ctx.publish(&Topic::FraudAlerts(user), banking::fraud_alert_frame(&alert), None, true);
     Ok((201, alert_json(&alert)))
 }
 
 /// `POST /api/fraud-alerts/{id}/resolve`: resolves once; resolving again changes nothing.
-fn resolve_fraud_alert(app: &mut App, id: &str) -> Answer {
+fn resolve_fraud_alert(ctx: &mut Ctx, id: &str) -> Answer {
     let id = path_id(id)?;
-    let before = app.store.fraud_alert(id).map_err(store_error)?.ok_or_else(|| HttpError::new(404, "no such alert"))?;
-    let alert = app.store.resolve_fraud_alert(id, app.now).map_err(store_error)?.unwrap_or(before.clone());
+    let before = ctx.store.fraud_alert(id).map_err(store_error)?.ok_or_else(|| HttpError::new(404, "no such alert"))?;
+    let alert = ctx.store.resolve_fraud_alert(id, ctx.now).map_err(store_error)?.unwrap_or(before.clone());
     if !before.is_resolved {
-        app.publish(&Topic::FraudAlerts(alert.user_id.clone()), banking::fraud_alert_frame(&alert), None, true);
+        ctx.publish(&Topic::FraudAlerts(alert.user_id.clone()), banking::fraud_alert_frame(&alert), None, true);
     }
     Ok((200, alert_json(&alert)))
 }
 
 /// `POST /api/messages`: a banking message, optionally a reply in a thread.
-fn create_banking_message(app: &mut App, request: &Request) -> Answer {
+fn create_banking_message(ctx: &mut Ctx, request: &Request) -> Answer {
     let body = json_body(request)?;
     let user = required_user(&body)?;
     let subject = short_text(&body, "subject")?;
@@ -510,7 +525,7 @@ fn create_banking_message(app: &mut App, request: &Request) -> Answer {
         None | Some(Value::Null) => None,
         Some(value) => {
             let id = value.as_i64().ok_or_else(|| HttpError::new(422, "\"parent_message\" must be a message id"))?;
-            let parent = app.store.banking_message(id).map_err(store_error)?;
+            let parent = ctx.store.banking_message(id).map_err(store_error)?;
             match parent {
                 Some(parent) if parent.user_id == user => Some(parent),
                 _ => return Err(HttpError::new(422, "\"parent_message\" is not a message of this user")),
@@ -533,14 +548,14 @@ fn create_banking_message(app: &mut App, request: &Request) -> Answer {
         thread_id: &thread_id,
         parent_id: parent.as_ref().map(|p| p.id),
     };
-    let message = app.store.insert_banking_message(&new, app.now).map_err(store_error)?;
-    app.metrics.messages_stored += 1;
+    let message = ctx.store.insert_banking_message(&new, ctx.now).map_err(store_error)?;
+    ctx.metrics.messages_stored += 1;
     let topic = Topic::BankingMessages(user);
-    app.publish(&topic, banking::message_update_frame(&message), None, true);
+    ctx.publish(&topic, banking::message_update_frame(&message), None, true);
     if let Some(parent) = &parent {
-        let updated = app.store.banking_message(parent.id).map_err(store_error)?;
+        let updated = ctx.store.banking_message(parent.id).map_err(store_error)?;
         if let Some(updated) = updated {
-            app.publish(&topic, banking::message_update_frame(&updated), None, true);
+            ctx.publish(&topic, banking::message_update_frame(&updated), None, true);
         }
     }
     let frame: Value = serde_json::from_str(banking::message_update_frame(&message).as_str()).unwrap_or(Value::Null);
@@ -549,11 +564,11 @@ fn create_banking_message(app: &mut App, request: &Request) -> Answer {
 
 /// `POST /api/users/{user_id}/disconnect`: closes every connection of the user with
 /// each endpoint's authentication close code (a logout).
-fn disconnect_user(app: &mut App, user: &str) -> Answer {
+fn disconnect_user(ctx: &mut Ctx, user: &str) -> Answer {
     let user = UserId::new(&crate::http::decode_path(user));
-    let conns = app.user_conns(&user).to_vec();
+    let conns = ctx.user_conns(&user).to_vec();
     for conn in &conns {
-        app.logout_conn(*conn);
+        ctx.logout_conn(*conn);
     }
     Ok((200, json!({"user_id": user.to_json(), "disconnected": conns.len()})))
 }

@@ -31,13 +31,24 @@ pub enum Topic {
     ConversationList(UserId),
     /// One user's direct-chat sockets (`/ws/v1/chat/`).
     DirectInbox(UserId),
-    /// One user's notification sockets of one endpoint (named by `Endpoint::name`), so
-    /// that a notification is rendered once per document, not once per socket.
-    Notifications(UserId, &'static str),
+    /// One user's notification sockets of one document, so that a notification is
+    /// rendered once per document, not once per socket.
+    Notifications(UserId, NotificationFeed),
     /// One user's fraud-alert sockets.
     FraudAlerts(UserId),
     /// One user's banking-message sockets.
     BankingMessages(UserId),
+}
+
+/// The three documents notifications are delivered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotificationFeed {
+    /// 001: `/ws/notifications/`.
+    App,
+    /// 003: `/ws/v1/notifications/`.
+    V1,
+    /// 000: `/ws/notifications/{user_id}/`.
+    Banking,
 }
 
 #[derive(Default)]

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use switchboard::app::{App, Out, Session};
+use switchboard::app::App;
 use switchboard::auth::Verifier;
 use switchboard::config::RawSettings;
+use switchboard::context::{Out, Session};
 use switchboard::endpoints::Endpoint;
 use switchboard::http::{self, Parsed};
 use switchboard::hub::ConnId;

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::notifications;
 use super::{numeric_id, parse_object};
-use crate::app::{App, Frame, Refusal, Session, close_code, to_frame};
-use crate::hub::Topic;
+use crate::context::{Ctx, Frame, Refusal, Session, close_code, to_frame};
+use crate::hub::{NotificationFeed, Topic};
 use crate::model::{UserId, format_timestamp};
 use crate::store::{BankingMessage, FraudAlert, Notification};
 
@@ -129,38 +129,38 @@ fn check_owner(session: &Session, path_user: &str) -> Result<UserId, Refusal> {
     Ok(session.identity.user_id.clone())
 }
 
-pub fn open_messages(app: &mut App, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
+pub fn open_messages(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
     let user = check_owner(session, path_user)?;
-    let pending = app.store.unread_banking_messages(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    subscribe(app, session, Topic::BankingMessages(user));
+    let pending = ctx.store.unread_banking_messages(&user, REPLAY_LIMIT).map_err(super::internal)?;
+    subscribe(ctx, session, Topic::BankingMessages(user));
     for message in &pending {
-        app.send(session.conn, message_update_frame(message));
+        ctx.send(session.conn, message_update_frame(message));
     }
     Ok(())
 }
 
-pub fn open_fraud_alerts(app: &mut App, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
+pub fn open_fraud_alerts(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
     let user = check_owner(session, path_user)?;
-    let pending = app.store.unresolved_fraud_alerts(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    subscribe(app, session, Topic::FraudAlerts(user));
+    let pending = ctx.store.unresolved_fraud_alerts(&user, REPLAY_LIMIT).map_err(super::internal)?;
+    subscribe(ctx, session, Topic::FraudAlerts(user));
     for alert in &pending {
-        app.send(session.conn, fraud_alert_frame(alert));
+        ctx.send(session.conn, fraud_alert_frame(alert));
     }
     Ok(())
 }
 
-pub fn open_notifications(app: &mut App, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
+pub fn open_notifications(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
     let user = check_owner(session, path_user)?;
-    let pending = app.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    subscribe(app, session, Topic::Notifications(user, session.endpoint.name()));
+    let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
+    subscribe(ctx, session, Topic::Notifications(user, NotificationFeed::Banking));
     for notification in &pending {
-        app.send(session.conn, notification_update_frame(notification));
+        ctx.send(session.conn, notification_update_frame(notification));
     }
     Ok(())
 }
 
-fn subscribe(app: &mut App, session: &mut Session, topic: Topic) {
-    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+fn subscribe(ctx: &mut Ctx, session: &mut Session, topic: Topic) {
+    ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
 }
 
@@ -169,33 +169,33 @@ pub fn error_frame(message: &str) -> Frame {
 }
 
 /// `/ws/messages/{user_id}/`: `{"type": "mark_read", "message_id": 123}`.
-pub fn on_messages_text(app: &mut App, session: &mut Session, text: &str) {
+pub fn on_messages_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let object = match parse_object(text) {
         Ok(object) => object,
-        Err(message) => return app.send(session.conn, error_frame(message)),
+        Err(message) => return ctx.send(session.conn, error_frame(message)),
     };
     match object.get("type").and_then(Value::as_str) {
         Some("mark_read") => {
             let Some(id) = numeric_id(object.get("message_id")) else {
-                return app.send(session.conn, error_frame("\"message_id\" must be a message id."));
+                return ctx.send(session.conn, error_frame("\"message_id\" must be a message id."));
             };
             let user = session.identity.user_id.clone();
-            match app.store.mark_banking_message_read(&user, id, app.now) {
+            match ctx.store.mark_banking_message_read(&user, id, ctx.now) {
                 Ok(Some(message)) => {
-                    app.publish(&Topic::BankingMessages(user.clone()), message_update_frame(&message), None, true);
+                    ctx.publish(&Topic::BankingMessages(user.clone()), message_update_frame(&message), None, true);
                     // A parent shows its replies: it changed too.
-                    if let Some(parent) = message.parent_id.and_then(|p| app.store.banking_message(p).ok().flatten()) {
-                        app.publish(&Topic::BankingMessages(user), message_update_frame(&parent), None, true);
+                    if let Some(parent) = message.parent_id.and_then(|p| ctx.store.banking_message(p).ok().flatten()) {
+                        ctx.publish(&Topic::BankingMessages(user), message_update_frame(&parent), None, true);
                     }
                 }
-                Ok(None) => app.send(session.conn, error_frame("No such message.")),
+                Ok(None) => ctx.send(session.conn, error_frame("No such message.")),
                 Err(e) => {
                     log::error!("cannot mark a banking message read: {e}");
-                    app.send(session.conn, error_frame("Could not mark the message as read."));
+                    ctx.send(session.conn, error_frame("Could not mark the message as read."));
                 }
             }
         }
-        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
-        None => app.send(session.conn, error_frame("Missing \"type\".")),
+        Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
 }

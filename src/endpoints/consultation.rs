@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{member_conversation, numeric_id, parse_object};
-use crate::app::{App, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::format_timestamp;
@@ -76,30 +76,30 @@ fn chat_message_frame(message: &StoredMessage) -> Frame {
     })
 }
 
-pub fn open(app: &mut App, session: &mut Session, id: &str) -> Result<(), Refusal> {
-    let conversation = member_conversation(app, session, ConversationKind::Consultation, id)?;
-    let history = app.store.recent_messages(conversation.id, app.config.history_limit).map_err(super::internal)?;
+pub fn open(ctx: &mut Ctx, session: &mut Session, id: &str) -> Result<(), Refusal> {
+    let conversation = member_conversation(ctx, session, ConversationKind::Consultation, id)?;
+    let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
     let topic = Topic::Conversation(conversation.id);
-    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     session.conversation = Some(conversation.id);
     let established =
         ConnectionEstablished { r#type: "connection_established", message: "Connected to chat", consultation_id: id };
-    app.send(session.conn, to_frame(&established));
+    ctx.send(session.conn, to_frame(&established));
     for message in &history {
-        app.send(session.conn, chat_message_frame(message));
+        ctx.send(session.conn, chat_message_frame(message));
     }
     Ok(())
 }
 
-pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
+pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let Some(conversation) = session.conversation else { return };
     let object = match parse_object(text) {
         Ok(object) => object,
-        Err(message) => return app.send(session.conn, error_frame(message)),
+        Err(message) => return ctx.send(session.conn, error_frame(message)),
     };
     match object.get("type").and_then(Value::as_str) {
-        Some("chat_message") => post(app, session, conversation, &object),
+        Some("chat_message") => post(ctx, session, conversation, &object),
         Some("typing") => {
             let is_typing = object.get("is_typing").and_then(Value::as_bool).unwrap_or(true);
             let frame = to_frame(&TypingIndicator {
@@ -108,51 +108,51 @@ pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
                 user_name: &session.identity.name,
                 is_typing,
             });
-            app.publish(&Topic::Conversation(conversation), frame, Some(session.conn), false);
+            ctx.publish(&Topic::Conversation(conversation), frame, Some(session.conn), false);
         }
-        Some("read_receipt") => read_receipt(app, session, conversation, &object),
-        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
-        None => app.send(session.conn, error_frame("Missing \"type\".")),
+        Some("read_receipt") => read_receipt(ctx, session, conversation, &object),
+        Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
 }
 
-fn post(app: &mut App, session: &Session, conversation: i64, object: &Map<String, Value>) {
+fn post(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String, Value>) {
     let Some(content) = object.get("message").and_then(Value::as_str) else {
-        return app.send(session.conn, error_frame("\"message\" must be a string."));
+        return ctx.send(session.conn, error_frame("\"message\" must be a string."));
     };
-    match chat::post(&mut app.store, conversation, &session.identity, content, app.now) {
+    match chat::post(&mut ctx.store, conversation, &session.identity, content, ctx.now) {
         Ok(message) => {
-            app.metrics.messages_stored += 1;
-            app.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
+            ctx.metrics.messages_stored += 1;
+            ctx.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
         }
-        Err(ChatError::Empty) => app.send(session.conn, error_frame("Message is empty.")),
+        Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
         Err(ChatError::Store(e)) => {
             log::error!("cannot store a consultation message: {e}");
-            app.send(session.conn, error_frame("Message could not be stored."));
+            ctx.send(session.conn, error_frame("Message could not be stored."));
         }
     }
 }
 
-fn read_receipt(app: &mut App, session: &Session, conversation: i64, object: &Map<String, Value>) {
-    let message = numeric_id(object.get("message_id")).and_then(|id| app.store.message(id).ok().flatten());
+fn read_receipt(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String, Value>) {
+    let message = numeric_id(object.get("message_id")).and_then(|id| ctx.store.message(id).ok().flatten());
     let Some(message) = message.filter(|m| m.conversation_id == conversation) else {
-        return app.send(session.conn, error_frame("No such message in this consultation."));
+        return ctx.send(session.conn, error_frame("No such message in this consultation."));
     };
-    match app.store.record_read(&message, &session.identity.user_id, app.now) {
+    match ctx.store.record_read(&message, &session.identity.user_id, ctx.now) {
         Ok(true) => {
             let frame = to_frame(&ReadReceipt {
                 r#type: "read_receipt",
                 message_id: message.id.to_string(),
                 user_id: session.identity.user_id.as_str(),
                 user_name: &session.identity.name,
-                read_at: format_timestamp(app.now),
+                read_at: format_timestamp(ctx.now),
             });
-            app.publish(&Topic::Conversation(conversation), frame, Some(session.conn), true);
+            ctx.publish(&Topic::Conversation(conversation), frame, Some(session.conn), true);
         }
         Ok(false) => {}
         Err(e) => {
             log::error!("cannot store a read receipt: {e}");
-            app.send(session.conn, error_frame("Read receipt could not be stored."));
+            ctx.send(session.conn, error_frame("Read receipt could not be stored."));
         }
     }
 }

@@ -12,13 +12,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::parse_object;
-use crate::app::{App, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::{UserId, format_timestamp};
 use crate::store::{ConversationKind, StoredMessage};
 
-pub const AUTH_FAILED: u16 = 4003;
 /// Unread messages delivered on connect, at most.
 const OFFLINE_DELIVERY_LIMIT: usize = 500;
 
@@ -60,25 +59,25 @@ fn chat_message_frame(message: &StoredMessage) -> Frame {
     })
 }
 
-pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
+pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
     let unread =
-        app.store.unread_direct_messages(&session.identity.user_id, OFFLINE_DELIVERY_LIMIT).map_err(super::internal)?;
+        ctx.store.unread_direct_messages(&session.identity.user_id, OFFLINE_DELIVERY_LIMIT).map_err(super::internal)?;
     let topic = Topic::DirectInbox(session.identity.user_id.clone());
-    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     for message in &unread {
-        app.send(session.conn, chat_message_frame(message));
+        ctx.send(session.conn, chat_message_frame(message));
     }
     Ok(())
 }
 
 /// The other user named by `field`, who must be known and not oneself.
-fn other_user(app: &App, session: &Session, object: &Map<String, Value>, field: &str) -> Result<UserId, String> {
+fn other_user(ctx: &Ctx, session: &Session, object: &Map<String, Value>, field: &str) -> Result<UserId, String> {
     let user = object.get(field).and_then(UserId::from_json).ok_or(format!("\"{field}\" must be a user id."))?;
     if user == session.identity.user_id {
         return Err("You cannot message yourself.".into());
     }
-    match app.store.user_exists(&user) {
+    match ctx.store.user_exists(&user) {
         Ok(true) => Ok(user),
         Ok(false) => Err("User not found.".into()),
         Err(e) => {
@@ -88,43 +87,43 @@ fn other_user(app: &App, session: &Session, object: &Map<String, Value>, field: 
     }
 }
 
-pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
+pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let object = match parse_object(text) {
         Ok(object) => object,
-        Err(message) => return app.send(session.conn, error_frame(message)),
+        Err(message) => return ctx.send(session.conn, error_frame(message)),
     };
     let result = match object.get("type").and_then(Value::as_str) {
-        Some("chat_message") => send_message(app, session, &object),
-        Some("mark_read") => mark_read(app, session, &object),
-        Some("typing") => other_user(app, session, &object, "recipient_id").map(|recipient| {
+        Some("chat_message") => send_message(ctx, session, &object),
+        Some("mark_read") => mark_read(ctx, session, &object),
+        Some("typing") => other_user(ctx, session, &object, "recipient_id").map(|recipient| {
             let frame = to_frame(&UserTyping { r#type: "user_typing", sender_id: &session.identity.user_id });
-            app.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, frame, false);
+            ctx.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, frame, false);
         }),
         Some(other) => Err(format!("Unknown message type: {other}")),
         None => Err("Missing \"type\".".into()),
     };
     if let Err(message) = result {
-        app.send(session.conn, error_frame(&message));
+        ctx.send(session.conn, error_frame(&message));
     }
 }
 
-fn send_message(app: &mut App, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
+fn send_message(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
     let content = object.get("message").and_then(Value::as_str).ok_or("\"message\" must be a string.")?;
-    let recipient = other_user(app, session, object, "recipient_id")?;
+    let recipient = other_user(ctx, session, object, "recipient_id")?;
     let me = &session.identity.user_id;
-    let stored = app
+    let stored = ctx
         .store
-        .direct_conversation(me, &recipient, app.now)
+        .direct_conversation(me, &recipient, ctx.now)
         .map_err(ChatError::Store)
-        .and_then(|pair| chat::post(&mut app.store, pair, &session.identity, content, app.now));
+        .and_then(|pair| chat::post(&mut ctx.store, pair, &session.identity, content, ctx.now));
     match stored {
         Ok(message) => {
-            app.metrics.messages_stored += 1;
+            ctx.metrics.messages_stored += 1;
             // The sender has read everything up to their own message.
-            if let Err(e) = app.store.advance_read(message.conversation_id, me, message.id) {
+            if let Err(e) = ctx.store.advance_read(message.conversation_id, me, message.id) {
                 log::warn!("cannot move the sender's read position: {e}");
             }
-            app.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, chat_message_frame(&message), true);
+            ctx.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, chat_message_frame(&message), true);
             Ok(())
         }
         Err(ChatError::Empty) => Err("Message is empty.".into()),
@@ -135,14 +134,14 @@ fn send_message(app: &mut App, session: &Session, object: &Map<String, Value>) -
     }
 }
 
-fn mark_read(app: &mut App, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
-    let sender = other_user(app, session, object, "sender_id")?;
+fn mark_read(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
+    let sender = other_user(ctx, session, object, "sender_id")?;
     let reader = &session.identity.user_id;
     let key = crate::store::direct_key(reader, &sender);
-    let marked = app.store.conversation_id(ConversationKind::Direct, &key).and_then(|pair| match pair {
+    let marked = ctx.store.conversation_id(ConversationKind::Direct, &key).and_then(|pair| match pair {
         Some(pair) => {
-            let latest = app.store.latest_message_id(pair)?;
-            app.store.advance_read(pair, reader, latest).map(|_| true)
+            let latest = ctx.store.latest_message_id(pair)?;
+            ctx.store.advance_read(pair, reader, latest).map(|_| true)
         }
         None => Ok(false),
     });
@@ -151,9 +150,9 @@ fn mark_read(app: &mut App, session: &Session, object: &Map<String, Value>) -> R
             let frame = to_frame(&MessagesRead {
                 r#type: "messages_read",
                 reader_id: reader,
-                timestamp: format_timestamp(app.now),
+                timestamp: format_timestamp(ctx.now),
             });
-            app.publish_to_user(&Topic::DirectInbox(sender.clone()), &sender, frame, true);
+            ctx.publish_to_user(&Topic::DirectInbox(sender.clone()), &sender, frame, true);
             Ok(())
         }
         Ok(false) => Ok(()),

@@ -13,13 +13,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::banking::{self, REPLAY_LIMIT};
-use super::{numeric_id, parse_object};
-use crate::app::{App, Frame, Refusal, Session, to_frame};
-use crate::hub::Topic;
+use super::{Endpoint, numeric_id, parse_object};
+use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
+use crate::hub::{NotificationFeed, Topic};
 use crate::model::{UserId, format_timestamp};
 use crate::store::Notification;
-
-pub const V1_AUTH_FAILED: u16 = 4003;
 
 #[derive(Serialize)]
 struct ConnectionEstablished {
@@ -96,63 +94,77 @@ fn count_frame(count: i64) -> Frame {
     to_frame(&UnreadCount { r#type: "unread_count", count })
 }
 
-/// Notification topics are keyed by endpoint name (`Endpoint::name`).
-const APP: &str = "notifications";
-const V1: &str = "v1_notifications";
-const BANKING: &str = "user_notifications";
+/// The notification document an endpoint speaks, if it speaks one.
+pub fn feed(endpoint: &Endpoint) -> Option<NotificationFeed> {
+    match endpoint {
+        Endpoint::Notifications => Some(NotificationFeed::App),
+        Endpoint::V1Notifications => Some(NotificationFeed::V1),
+        Endpoint::UserNotifications { .. } => Some(NotificationFeed::Banking),
+        Endpoint::Rooms { .. }
+        | Endpoint::Consultation { .. }
+        | Endpoint::SupportChat { .. }
+        | Endpoint::ConversationList
+        | Endpoint::DirectChat
+        | Endpoint::Presence
+        | Endpoint::BankingMessages { .. }
+        | Endpoint::FraudAlerts { .. } => None,
+        #[cfg(feature = "echo")]
+        Endpoint::Echo => None,
+    }
+}
 
-pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
+pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
     let user = session.identity.user_id.clone();
-    let pending = app.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    let count = app.store.unread_notification_count(&user).map_err(super::internal)?;
-    let name = session.endpoint.name();
-    let topic = Topic::Notifications(user, name);
-    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
+    let count = ctx.store.unread_notification_count(&user).map_err(super::internal)?;
+    let feed = feed(&session.endpoint).unwrap_or(NotificationFeed::App);
+    let topic = Topic::Notifications(user, feed);
+    ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
-    if name == APP {
+    if feed == NotificationFeed::App {
         let hello = ConnectionEstablished { r#type: "connection_established", message: "Connected to notifications" };
-        app.send(session.conn, to_frame(&hello));
+        ctx.send(session.conn, to_frame(&hello));
     }
     for notification in &pending {
-        let frame = if name == APP { app_frame(notification) } else { v1_frame(notification) };
-        app.send(session.conn, frame);
+        let frame = if feed == NotificationFeed::App { app_frame(notification) } else { v1_frame(notification) };
+        ctx.send(session.conn, frame);
     }
-    app.send(session.conn, count_frame(count));
+    ctx.send(session.conn, count_frame(count));
     Ok(())
 }
 
 /// Any notification endpoint: `{"type": "mark_read", "notification_id": ...}`.
-pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
+pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let object = match parse_object(text) {
         Ok(object) => object,
-        Err(message) => return app.send(session.conn, error_frame(message)),
+        Err(message) => return ctx.send(session.conn, error_frame(message)),
     };
     match object.get("type").and_then(Value::as_str) {
         Some("mark_read") => {
             let Some(id) = numeric_id(object.get("notification_id")) else {
-                return app.send(session.conn, error_frame("\"notification_id\" must be a notification id."));
+                return ctx.send(session.conn, error_frame("\"notification_id\" must be a notification id."));
             };
             let user = session.identity.user_id.clone();
-            match app.store.mark_notification_read(&user, id, app.now) {
-                Ok(Some(_)) => publish_unread_count(app, &user),
-                Ok(None) => app.send(session.conn, error_frame("No such notification.")),
+            match ctx.store.mark_notification_read(&user, id, ctx.now) {
+                Ok(Some(_)) => publish_unread_count(ctx, &user),
+                Ok(None) => ctx.send(session.conn, error_frame("No such notification.")),
                 Err(e) => {
                     log::error!("cannot mark a notification read: {e}");
-                    app.send(session.conn, error_frame("Could not mark the notification as read."));
+                    ctx.send(session.conn, error_frame("Could not mark the notification as read."));
                 }
             }
         }
-        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
-        None => app.send(session.conn, error_frame("Missing \"type\".")),
+        Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
 }
 
-fn publish_unread_count(app: &mut App, user: &UserId) {
-    match app.store.unread_notification_count(user) {
+fn publish_unread_count(ctx: &mut Ctx, user: &UserId) {
+    match ctx.store.unread_notification_count(user) {
         Ok(count) => {
             let frame = count_frame(count);
-            app.publish(&Topic::Notifications(user.clone(), APP), frame.clone(), None, true);
-            app.publish(&Topic::Notifications(user.clone(), V1), frame, None, true);
+            ctx.publish(&Topic::Notifications(user.clone(), NotificationFeed::App), frame.clone(), None, true);
+            ctx.publish(&Topic::Notifications(user.clone(), NotificationFeed::V1), frame, None, true);
         }
         Err(e) => log::error!("cannot count unread notifications: {e}"),
     }
@@ -160,17 +172,20 @@ fn publish_unread_count(app: &mut App, user: &UserId) {
 
 /// A stored notification reaches every notification socket of its user, rendered once
 /// per document; the 001 and 003 sockets also get the new unread count.
-pub fn publish(app: &mut App, notification: &Notification) {
+pub fn publish(ctx: &mut Ctx, notification: &Notification) {
     let user = &notification.user_id;
     let topics = [
-        (Topic::Notifications(user.clone(), BANKING), banking::notification_update_frame as fn(&Notification) -> Frame),
-        (Topic::Notifications(user.clone(), APP), app_frame),
-        (Topic::Notifications(user.clone(), V1), v1_frame),
+        (
+            Topic::Notifications(user.clone(), NotificationFeed::Banking),
+            banking::notification_update_frame as fn(&Notification) -> Frame,
+        ),
+        (Topic::Notifications(user.clone(), NotificationFeed::App), app_frame),
+        (Topic::Notifications(user.clone(), NotificationFeed::V1), v1_frame),
     ];
     for (topic, render) in topics {
-        if !app.hub.conns(&topic).is_empty() {
-            app.publish(&topic, render(notification), None, true);
+        if !ctx.hub.conns(&topic).is_empty() {
+            ctx.publish(&topic, render(notification), None, true);
         }
     }
-    publish_unread_count(app, user);
+    publish_unread_count(ctx, user);
 }

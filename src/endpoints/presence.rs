@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::app::{App, Refusal, Session, to_frame};
+use crate::context::{Ctx, Refusal, Session, to_frame};
 use crate::hub::{ConnId, Topic};
 use crate::model::{Identity, UserId};
 
@@ -24,13 +24,13 @@ struct UserOffline<'a> {
     user_id: &'a str,
 }
 
-pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
-    app.hub.subscribe(Topic::Presence, session.conn, &session.identity);
+pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
+    ctx.hub.subscribe(Topic::Presence, session.conn, &session.identity);
     session.topics.push(Topic::Presence);
     let me = &session.identity;
     let mut frames = Vec::new();
     let mut listed_me = false;
-    for (id, user) in app.online_users() {
+    for (id, user) in ctx.online_users() {
         listed_me |= *id == me.user_id;
         frames.push(online_frame(id.as_str(), &user.name));
     }
@@ -38,29 +38,29 @@ pub fn open(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
         frames.push(online_frame(me.user_id.as_str(), &me.name));
     }
     for frame in frames {
-        app.send(session.conn, frame);
+        ctx.send(session.conn, frame);
     }
     Ok(())
 }
 
-fn online_frame(user_id: &str, user_name: &str) -> crate::app::Frame {
+fn online_frame(user_id: &str, user_name: &str) -> crate::context::Frame {
     to_frame(&UserOnline { r#type: "user_online", user_id, user_name })
 }
 
 /// A user's first session opened; `except` is that session (it has its own snapshot).
-pub fn user_online(app: &mut App, identity: &Identity, except: Option<ConnId>) {
+pub fn user_online(ctx: &mut Ctx, identity: &Identity, except: Option<ConnId>) {
     let frame = online_frame(identity.user_id.as_str(), &identity.name);
-    app.publish(&Topic::Presence, frame, except, false);
+    ctx.publish(&Topic::Presence, frame, except, false);
 }
 
 /// A user's last session closed.
-pub fn user_offline(app: &mut App, user: &UserId) {
+pub fn user_offline(ctx: &mut Ctx, user: &UserId) {
     let frame = to_frame(&UserOffline { r#type: "user_offline", user_id: user.as_str() });
-    app.publish(&Topic::Presence, frame, None, false);
+    ctx.publish(&Topic::Presence, frame, None, false);
 }
 
-pub fn close(app: &mut App, session: &Session) {
+pub fn close(ctx: &mut Ctx, session: &Session) {
     for topic in &session.topics {
-        app.hub.unsubscribe(topic, session.conn, &session.identity.user_id);
+        ctx.hub.unsubscribe(topic, session.conn, &session.identity.user_id);
     }
 }

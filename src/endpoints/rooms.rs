@@ -11,13 +11,12 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app::{App, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Frame, Refusal, Session, close_code, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::format_timestamp;
 use crate::store::{ConversationKind, StoredMessage};
 
-pub const AUTH_FAILED: u16 = 4001;
 /// "Room not found or could not be created".
 pub const BAD_ROOM: u16 = 4000;
 pub const MAX_ROOM_NAME: usize = 100;
@@ -70,7 +69,7 @@ pub fn valid_room_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-pub fn open(app: &mut App, session: &mut Session, room: &str) -> Result<(), Refusal> {
+pub fn open(ctx: &mut Ctx, session: &mut Session, room: &str) -> Result<(), Refusal> {
     if !valid_room_name(room) {
         return Err(Refusal::new(BAD_ROOM, "invalid room name"));
     }
@@ -78,25 +77,25 @@ pub fn open(app: &mut App, session: &mut Session, room: &str) -> Result<(), Refu
         log::error!("cannot open room: {e}");
         Refusal::new(close_code::INTERNAL_ERROR, "internal error")
     };
-    let conversation = app.store.get_or_create_conversation(ConversationKind::Room, room, app.now).map_err(internal)?;
-    let history = app.store.recent_messages(conversation, app.config.history_limit).map_err(internal)?;
+    let conversation = ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(internal)?;
+    let history = ctx.store.recent_messages(conversation, ctx.config.history_limit).map_err(internal)?;
     let topic = Topic::Conversation(conversation);
-    let first = app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());
     session.conversation = Some(conversation);
 
     let users = to_frame(&RoomUsersList {
         r#type: "room_users_list",
-        users: app
+        users: ctx
             .hub
             .users(&topic)
             .into_iter()
             .map(|(id, name)| RoomUser { id: id.as_str(), username: name })
             .collect(),
     });
-    app.send(session.conn, users);
+    ctx.send(session.conn, users);
     for message in &history {
-        app.send(session.conn, chat_message_frame(message));
+        ctx.send(session.conn, chat_message_frame(message));
     }
     if first {
         let join = to_frame(&UserEvent {
@@ -104,63 +103,63 @@ pub fn open(app: &mut App, session: &mut Session, room: &str) -> Result<(), Refu
             user_id: session.identity.user_id.as_str(),
             username: &session.identity.name,
         });
-        app.publish(&topic, join, Some(session.conn), false);
+        ctx.publish(&topic, join, Some(session.conn), false);
     }
     Ok(())
 }
 
-pub fn on_text(app: &mut App, session: &mut Session, text: &str) {
+pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let Some(conversation) = session.conversation else { return };
     let content = match serde_json::from_str::<Value>(text) {
-        Err(_) => return app.send(session.conn, error_frame("Invalid JSON.")),
+        Err(_) => return ctx.send(session.conn, error_frame("Invalid JSON.")),
         Ok(Value::Object(object)) => match object.get("message") {
             Some(Value::String(content)) => content.clone(),
-            Some(_) => return app.send(session.conn, error_frame("\"message\" must be a string.")),
-            None => return app.send(session.conn, error_frame("Missing \"message\".")),
+            Some(_) => return ctx.send(session.conn, error_frame("\"message\" must be a string.")),
+            None => return ctx.send(session.conn, error_frame("Missing \"message\".")),
         },
-        Ok(_) => return app.send(session.conn, error_frame("Expected a JSON object with a \"message\".")),
+        Ok(_) => return ctx.send(session.conn, error_frame("Expected a JSON object with a \"message\".")),
     };
-    match chat::post(&mut app.store, conversation, &session.identity, &content, app.now) {
+    match chat::post(&mut ctx.store, conversation, &session.identity, &content, ctx.now) {
         Ok(message) => {
-            app.metrics.messages_stored += 1;
-            app.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
+            ctx.metrics.messages_stored += 1;
+            ctx.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
         }
-        Err(ChatError::Empty) => app.send(session.conn, error_frame("Message is empty.")),
+        Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
         Err(ChatError::Store(e)) => {
             log::error!("cannot store a room message: {e}");
-            app.send(session.conn, error_frame("Message could not be stored."));
+            ctx.send(session.conn, error_frame("Message could not be stored."));
         }
     }
 }
 
 /// Stores a message posted through the server API and broadcasts it to the room.
 pub fn post_from_api(
-    app: &mut App,
+    ctx: &mut Ctx,
     room: &str,
     sender: &crate::model::Identity,
     content: &str,
 ) -> Result<StoredMessage, String> {
     let conversation =
-        app.store.get_or_create_conversation(ConversationKind::Room, room, app.now).map_err(|e| e.to_string())?;
-    let message = match chat::post(&mut app.store, conversation, sender, content, app.now) {
+        ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(|e| e.to_string())?;
+    let message = match chat::post(&mut ctx.store, conversation, sender, content, ctx.now) {
         Ok(message) => message,
         Err(ChatError::Empty) => return Err("message is empty".into()),
         Err(ChatError::Store(e)) => return Err(e.to_string()),
     };
-    app.metrics.messages_stored += 1;
-    app.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
+    ctx.metrics.messages_stored += 1;
+    ctx.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
     Ok(message)
 }
 
-pub fn close(app: &mut App, session: &Session) {
+pub fn close(ctx: &mut Ctx, session: &Session) {
     for topic in &session.topics {
-        if app.hub.unsubscribe(topic, session.conn, &session.identity.user_id) {
+        if ctx.hub.unsubscribe(topic, session.conn, &session.identity.user_id) {
             let leave = to_frame(&UserEvent {
                 r#type: "user_leave",
                 user_id: session.identity.user_id.as_str(),
                 username: &session.identity.name,
             });
-            app.publish(topic, leave, None, false);
+            ctx.publish(topic, leave, None, false);
         }
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{member_conversation, parse_object};
-use crate::app::{App, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
 use crate::hub::Topic;
 use crate::model::{Micros, UserId, format_timestamp};
 use crate::store::{
@@ -140,25 +140,25 @@ fn chat_message_frame(message: &StoredMessage, customer: Option<&Customer>) -> F
 }
 
 /// Parses a frame; invalid JSON gets the document's exact error.
-fn parse(app: &mut App, session: &Session, text: &str) -> Option<Map<String, Value>> {
+fn parse(ctx: &mut Ctx, session: &Session, text: &str) -> Option<Map<String, Value>> {
     match parse_object(text) {
         Ok(object) => Some(object),
         Err(super::NOT_JSON) => {
-            app.send(session.conn, error_frame(INVALID_JSON));
+            ctx.send(session.conn, error_frame(INVALID_JSON));
             None
         }
         Err(message) => {
-            app.send(session.conn, error_frame(message));
+            ctx.send(session.conn, error_frame(message));
             None
         }
     }
 }
 
-pub fn open_chat(app: &mut App, session: &mut Session, id: &str) -> Result<(), Refusal> {
-    let conversation = member_conversation(app, session, ConversationKind::Support, id)?;
-    let history = app.store.recent_messages(conversation.id, app.config.history_limit).map_err(super::internal)?;
+pub fn open_chat(ctx: &mut Ctx, session: &mut Session, id: &str) -> Result<(), Refusal> {
+    let conversation = member_conversation(ctx, session, ConversationKind::Support, id)?;
+    let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
     let topic = Topic::Conversation(conversation.id);
-    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     session.conversation = Some(conversation.id);
     let customer = conversation.customer.as_ref();
@@ -166,30 +166,30 @@ pub fn open_chat(app: &mut App, session: &mut Session, id: &str) -> Result<(), R
         r#type: "recent_messages",
         messages: history.iter().map(|m| MessageObject::new(m, customer)).collect(),
     };
-    app.send(session.conn, to_frame(&recent));
+    ctx.send(session.conn, to_frame(&recent));
     Ok(())
 }
 
-pub fn on_chat_text(app: &mut App, session: &mut Session, text: &str) {
+pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let Some(conversation_id) = session.conversation else { return };
-    let Some(object) = parse(app, session, text) else { return };
+    let Some(object) = parse(ctx, session, text) else { return };
     let topic = Topic::Conversation(conversation_id);
     match object.get("type").and_then(Value::as_str) {
         Some("chat_message") => {
             let content = match object.get("content") {
                 Some(Value::String(content)) if !content.trim().is_empty() => content.as_str(),
-                Some(Value::String(_)) => return app.send(session.conn, error_frame("Message content is empty.")),
-                _ => return app.send(session.conn, error_frame("\"content\" must be a string.")),
+                Some(Value::String(_)) => return ctx.send(session.conn, error_frame("Message content is empty.")),
+                _ => return ctx.send(session.conn, error_frame("\"content\" must be a string.")),
             };
-            match post_agent_message(app, session, conversation_id, content) {
+            match post_agent_message(ctx, session, conversation_id, content) {
                 Ok((message, conversation)) => {
-                    app.metrics.messages_stored += 1;
+                    ctx.metrics.messages_stored += 1;
                     let frame = chat_message_frame(&message, conversation.customer.as_ref());
-                    app.publish(&topic, frame, None, true);
+                    ctx.publish(&topic, frame, None, true);
                 }
                 Err(e) => {
                     log::error!("cannot store a support message: {e}");
-                    app.send(session.conn, error_frame("Message could not be stored."));
+                    ctx.send(session.conn, error_frame("Message could not be stored."));
                 }
             }
         }
@@ -197,42 +197,39 @@ pub fn on_chat_text(app: &mut App, session: &mut Session, text: &str) {
             let is_typing = object.get("is_typing").and_then(Value::as_bool).unwrap_or(true);
             let frame =
                 to_frame(&TypingIndicator { r#type: "typing_indicator", username: &session.identity.name, is_typing });
-            app.publish(&topic, frame, Some(session.conn), false);
+            ctx.publish(&topic, frame, Some(session.conn), false);
         }
         Some("mark_read") => {
-            let result = app
+            let result = ctx
                 .store
                 .latest_message_id(conversation_id)
-                .and_then(|latest| app.store.advance_read(conversation_id, &session.identity.user_id, latest));
+                .and_then(|latest| ctx.store.advance_read(conversation_id, &session.identity.user_id, latest));
             match result {
                 Ok(()) => {
                     let frame = to_frame(&MessagesRead { r#type: "messages_read", user_id: &session.identity.user_id });
-                    app.publish(&topic, frame, None, true);
+                    ctx.publish(&topic, frame, None, true);
                 }
                 Err(e) => {
                     log::error!("cannot store a read position: {e}");
-                    app.send(session.conn, error_frame("Could not mark messages as read."));
+                    ctx.send(session.conn, error_frame("Could not mark messages as read."));
                 }
             }
         }
-        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
-        None => app.send(session.conn, error_frame("Missing \"type\".")),
+        Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
 }
 
 /// Stores an agent's reply; the customer's earlier messages become answered.
 fn post_agent_message(
-    app: &mut App,
+    ctx: &mut Ctx,
     session: &Session,
     conversation_id: i64,
     content: &str,
 ) -> Result<(StoredMessage, Conversation), StoreError> {
-    let conversation = app
-        .store
-        .conversation_by_id(conversation_id)?
-        .ok_or(StoreError::Open("the conversation was deleted".into()))?;
-    app.store.mark_customer_messages_answered(conversation_id)?;
-    let message = app.store.insert_message(
+    let conversation = ctx.store.existing_conversation(conversation_id)?;
+    ctx.store.mark_customer_messages_answered(conversation_id)?;
+    let message = ctx.store.insert_message(
         NewMessage {
             conversation_id,
             sender: Some((&session.identity.user_id, &session.identity.name)),
@@ -242,40 +239,40 @@ fn post_agent_message(
             is_ai_response: false,
             is_answered: true,
         },
-        app.now,
+        ctx.now,
     )?;
     Ok((message, conversation))
 }
 
-pub fn open_list(app: &mut App, session: &mut Session) -> Result<(), Refusal> {
+pub fn open_list(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
     let topic = Topic::ConversationList(session.identity.user_id.clone());
-    app.hub.subscribe(topic.clone(), session.conn, &session.identity);
+    ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
-    send_list(app, session);
+    send_list(ctx, session);
     Ok(())
 }
 
-pub fn on_list_text(app: &mut App, session: &mut Session, text: &str) {
-    let Some(object) = parse(app, session, text) else { return };
+pub fn on_list_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
+    let Some(object) = parse(ctx, session, text) else { return };
     match object.get("type").and_then(Value::as_str) {
-        Some("get_conversations" | "refresh_conversations") => send_list(app, session),
-        Some(other) => app.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
-        None => app.send(session.conn, error_frame("Missing \"type\".")),
+        Some("get_conversations" | "refresh_conversations") => send_list(ctx, session),
+        Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
+        None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
 }
 
-fn send_list(app: &mut App, session: &Session) {
-    match app.store.conversations_of(&session.identity.user_id, ConversationKind::Support) {
+fn send_list(ctx: &mut Ctx, session: &Session) {
+    match ctx.store.conversations_of(&session.identity.user_id, ConversationKind::Support) {
         Ok(summaries) => {
             let frame = to_frame(&ConversationsList {
                 r#type: "conversations_list",
                 conversations: summaries.iter().map(conversation_object).collect(),
             });
-            app.send(session.conn, frame);
+            ctx.send(session.conn, frame);
         }
         Err(e) => {
             log::error!("cannot list conversations: {e}");
-            app.send(session.conn, error_frame("Could not load conversations."));
+            ctx.send(session.conn, error_frame("Could not load conversations."));
         }
     }
 }
@@ -309,14 +306,14 @@ fn conversation_object(summary: &ConversationSummary) -> ConversationObject<'_> 
 /// Stores a customer's message from an external platform and pushes it: `chat_message`
 /// to the conversation's sockets, `new_customer_message` to every member's list sockets.
 pub fn post_customer_message(
-    app: &mut App,
+    ctx: &mut Ctx,
     conversation: &Conversation,
     customer: &Customer,
     content: &str,
     now: Micros,
 ) -> Result<StoredMessage, StoreError> {
     let name = format!("{} {}", customer.first_name, customer.last_name).trim().to_string();
-    let message = app.store.insert_message(
+    let message = ctx.store.insert_message(
         NewMessage {
             conversation_id: conversation.id,
             sender: None,
@@ -329,15 +326,15 @@ pub fn post_customer_message(
         now,
     )?;
     let message = StoredMessage { sender_name: name, ..message };
-    app.metrics.messages_stored += 1;
-    app.publish(&Topic::Conversation(conversation.id), chat_message_frame(&message, Some(customer)), None, true);
+    ctx.metrics.messages_stored += 1;
+    ctx.publish(&Topic::Conversation(conversation.id), chat_message_frame(&message, Some(customer)), None, true);
     let notice = to_frame(&NewCustomerMessage {
         r#type: "new_customer_message",
         conversation_id: &conversation.key,
         message: MessageObject::new(&message, Some(customer)),
     });
-    for member in app.store.members(conversation.id)? {
-        app.publish_to_user(&Topic::ConversationList(member.clone()), &member, notice.clone(), true);
+    for member in ctx.store.members(conversation.id)? {
+        ctx.publish_to_user(&Topic::ConversationList(member.clone()), &member, notice.clone(), true);
     }
     Ok(message)
 }

@@ -9,7 +9,7 @@ use mio::net::TcpStream;
 use tungstenite::WebSocket;
 
 use super::wire::Wire;
-use crate::app::Session;
+use crate::context::Session;
 
 /// Which listener accepted the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,9 +27,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::app::{App, Out, close_code};
-use crate::auth;
-use crate::endpoints;
+use crate::app::{Admission, App};
+use crate::context::{Frame, Out, close_code};
 use crate::http::{self, HttpError, Parsed};
 use crate::hub::ConnId;
 
@@ -96,13 +95,13 @@ pub struct Server {
 impl Server {
     pub fn bind(app: App) -> io::Result<(Server, Bound)> {
         let poll = Poll::new()?;
-        let mut ws_listener = listen(app.config.listen).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {} (SWITCHBOARD_LISTEN): {e}", app.config.listen))
+        let mut ws_listener = listen(app.config().listen).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {} (SWITCHBOARD_LISTEN): {e}", app.config().listen))
         })?;
-        let mut api_listener = listen(app.config.api_listen).map_err(|e| {
+        let mut api_listener = listen(app.config().api_listen).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot listen on {} (SWITCHBOARD_API_LISTEN): {e}", app.config.api_listen),
+                format!("cannot listen on {} (SWITCHBOARD_API_LISTEN): {e}", app.config().api_listen),
             )
         })?;
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
@@ -110,7 +109,7 @@ impl Server {
         poll.registry().register(&mut api_listener, API_LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let bound = Bound { ws: ws_listener.local_addr()?, api: api_listener.local_addr()? };
-        let limits = &app.config.limits;
+        let limits = &app.config().limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
             // Every frame moves on at once into the connection's `Wire` buffer (which
@@ -221,7 +220,7 @@ impl Server {
             };
             let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, which),
+                Ok((stream, peer)) => self.register(stream, peer, which),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(EMFILE) | Some(ENFILE)) => {
                     if !self.refuse_with_reserve_fd(which) {
@@ -249,7 +248,7 @@ impl Server {
             Listener::Api => self.api_listener.as_ref(),
         };
         if let Some(Ok((mut stream, _))) = listener.map(|l| l.accept()) {
-            self.app.metrics.connections_refused += 1;
+            self.app.metrics().connections_refused += 1;
             let _ = stream.write(&HttpError::new(503, "server is at its connection limit").to_response());
         }
         self.reserve_fd = std::fs::File::open("/dev/null").ok();
@@ -257,21 +256,21 @@ impl Server {
         true
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, listener: Listener) {
+    fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, listener: Listener) {
         if listener == Listener::WebSocket {
-            self.app.metrics.connections_accepted += 1;
+            self.app.metrics().connections_accepted += 1;
         }
-        if self.conns.len() >= self.app.config.limits.max_connections {
+        if self.conns.len() >= self.app.config().limits.max_connections {
             // Refuse before reading anything: a best-effort 503 and close. Existing
             // connections are untouched.
-            self.app.metrics.connections_refused += 1;
+            self.app.metrics().connections_refused += 1;
             let _ = stream.write(&HttpError::new(503, "server is at its connection limit").to_response());
             log::warn!("refused {peer}: {} connections open (SWITCHBOARD_MAX_CONNECTIONS)", self.conns.len());
             return;
         }
         let _ = stream.set_nodelay(true);
         if listener == Listener::WebSocket
-            && let Some(bytes) = self.app.config.limits.socket_send_buffer_bytes
+            && let Some(bytes) = self.app.config().limits.socket_send_buffer_bytes
         {
             // A fixed kernel buffer instead of autotuning's (up to 4 MiB): what a client
             // that stops reading pins in the kernel, on top of the outbound buffer.
@@ -377,80 +376,36 @@ impl Server {
         self.mark_dirty(key);
     }
 
-    /// Answers a complete WebSocket request: 404 for an unknown path, an HTTP error for
-    /// a bad upgrade or a foreign Origin, else 101 followed by the session (or, for a
-    /// refused token or resource, a close frame with the document's code).
+    /// Carries out the app's decision about a complete WebSocket request: an HTTP error,
+    /// or the 101 answer followed by the session (or, for a refused token or resource, a
+    /// close frame with the document's code).
     fn upgrade(&mut self, key: usize, request: http::Request) {
-        let config = &self.app.config;
-        let origin_refused = !config.allowed_origins.is_empty()
-            && request
-                .header_str("Origin")
-                .is_some_and(|origin| !config.allowed_origins.iter().any(|o| o == origin.trim_end_matches('/')));
-        let Some(endpoint) = endpoints::route(&request.path, config.chat_protocol) else {
-            return self.respond(key, HttpError::new(404, "no WebSocket endpoint at this path").to_response());
+        let id = self.conn_id(key);
+        let (accept, session) = match self.app.admit(id, &request) {
+            Admission::Refuse(response) => return self.respond(key, response),
+            Admission::Upgrade { accept, session } => (accept, session),
         };
-        let ws_key = match http::websocket_key(&request) {
-            Ok(k) => k,
-            Err(error) => return self.respond(key, error.to_response()),
-        };
-        if origin_refused {
-            return self.respond(key, HttpError::new(403, "origin not allowed").to_response());
-        }
-        let token = auth::token_from_request(request.query.as_deref(), request.header("Authorization"));
-        let identity = match token {
-            Some(token) => self.app.verifier.verify(&token),
-            None => Err(auth::AuthError::Missing),
-        };
-        #[cfg(feature = "echo")]
-        let identity = match endpoint {
-            endpoints::Endpoint::Echo => Ok(crate::model::Identity {
-                user_id: crate::model::UserId::new(&format!("echo-{}", self.conns[key].serial)),
-                name: "echo".into(),
-            }),
-            _ => identity,
-        };
-
         let conn = &mut self.conns[key];
         let Phase::Request { stream, .. } = std::mem::take(&mut conn.phase) else { return };
-        let wire = Wire::new(stream, http::upgrade_response(&ws_key));
-        let ws = WebSocket::from_raw_socket(wire, Role::Server, Some(self.ws_config));
-        conn.phase = Phase::Open { ws, closing_since: None, session: None };
-        conn.path = request.path.clone();
+        let ws = WebSocket::from_raw_socket(Wire::new(stream, accept), Role::Server, Some(self.ws_config));
+        conn.path = request.path;
         conn.last_seen = Instant::now();
-        self.mark_dirty(key);
-
-        let identity = match identity {
-            Ok(identity) => identity,
-            Err(error) => {
-                self.app.metrics.auth_failure(error);
-                log::info!(
-                    "refused conn={} peer={} path={}: token {}",
-                    self.conns[key].serial,
-                    self.conns[key].peer,
-                    request.path,
-                    error.reason()
-                );
-                return self.close_ws(key, endpoint.auth_close_code(), "unauthorized");
-            }
-        };
-        let id = self.conn_id(key);
-        let user = identity.user_id.clone();
-        match self.app.open(id, endpoint, identity) {
+        match session {
             Ok(session) => {
-                let conn = &mut self.conns[key];
-                log::info!("open conn={} peer={} path={} user={}", conn.serial, conn.peer, conn.path, user);
-                if let Phase::Open { session: slot, .. } = &mut conn.phase {
-                    *slot = Some(session);
-                }
+                log::info!(
+                    "open conn={} peer={} path={} user={}",
+                    conn.serial,
+                    conn.peer,
+                    conn.path,
+                    session.identity.user_id
+                );
+                conn.phase = Phase::Open { ws, closing_since: None, session: Some(session) };
+                self.mark_dirty(key);
             }
             Err(refusal) => {
-                log::info!(
-                    "refused conn={} path={} user={}: {}",
-                    self.conns[key].serial,
-                    request.path,
-                    user,
-                    refusal.reason
-                );
+                log::info!("refused conn={} peer={} path={}: {}", conn.serial, conn.peer, conn.path, refusal.reason);
+                conn.phase = Phase::Open { ws, closing_since: None, session: None };
+                self.mark_dirty(key);
                 self.close_ws(key, refusal.code, &refusal.reason);
             }
         }
@@ -556,7 +511,7 @@ impl Server {
     }
 
     fn drop_slow_consumer(&mut self, key: usize) {
-        self.app.metrics.slow_consumer_disconnects += 1;
+        self.app.metrics().slow_consumer_disconnects += 1;
         self.abort(key, "slow consumer: outbound buffer full");
     }
 
@@ -697,7 +652,7 @@ impl Server {
         self.conns.get(id.slot).is_some_and(|c| c.serial == id.serial && !matches!(c.phase, Phase::Gone))
     }
 
-    fn write_frame(&mut self, id: ConnId, frame: &crate::app::Frame) {
+    fn write_frame(&mut self, id: ConnId, frame: &Frame) {
         self.write_message(id, Message::Text(frame.clone()));
     }
 
@@ -709,12 +664,12 @@ impl Server {
         let Phase::Open { ws, closing_since: None, session: Some(_), .. } = &mut conn.phase else { return };
         let len = message.len() as u64;
         match ws.write(message) {
-            Ok(()) if ws.get_ref().pending() > self.app.config.limits.outbound_buffer_bytes => {
+            Ok(()) if ws.get_ref().pending() > self.app.config().limits.outbound_buffer_bytes => {
                 self.drop_slow_consumer(id.slot)
             }
             Ok(()) => {
-                self.app.metrics.frames_out += 1;
-                self.app.metrics.bytes_out += len;
+                self.app.metrics().frames_out += 1;
+                self.app.metrics().bytes_out += len;
                 self.mark_dirty(id.slot);
             }
             Err(WsError::WriteBufferFull(_)) => self.drop_slow_consumer(id.slot),
@@ -741,7 +696,7 @@ impl Server {
                 conn.last_seen = (conn.last_seen + stalled).min(now);
             }
         }
-        let limits = self.app.config.limits.clone();
+        let limits = self.app.config().limits.clone();
         let ping_after = limits.idle_timeout / 2;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -749,7 +704,7 @@ impl Server {
             match &mut conn.phase {
                 Phase::Request { .. } | Phase::Waiting { .. } | Phase::Respond { .. } => {
                     if now.duration_since(conn.opened) >= limits.handshake_timeout {
-                        self.app.metrics.handshake_timeouts += 1;
+                        self.app.metrics().handshake_timeouts += 1;
                         self.abort(key, "handshake timeout");
                     }
                 }
@@ -766,7 +721,7 @@ impl Server {
                 Phase::Open { ws, closing_since: None, .. } => {
                     let quiet = now.duration_since(conn.last_seen);
                     if quiet >= limits.idle_timeout {
-                        self.app.metrics.idle_timeouts += 1;
+                        self.app.metrics().idle_timeouts += 1;
                         self.close_ws(key, close_code::GOING_AWAY, "idle timeout");
                     } else if quiet >= ping_after && !conn.pinged {
                         conn.pinged = true;

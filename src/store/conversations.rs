@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{ConversationKind, MESSAGE_COLUMNS, Store, StoreResult, StoredMessage, message_from_row};
+use super::{ConversationKind, MESSAGE_COLUMNS, Store, StoreError, StoreResult, StoredMessage, message_from_row};
 use crate::model::{Micros, UserId};
 
 /// A customer from an external platform (Telegram, Instagram, ...).
@@ -100,6 +100,11 @@ impl Store {
             .prepare_cached(&format!("{CONVERSATION_SELECT} WHERE c.kind = ?1 AND c.key = ?2"))?
             .query_row(params![kind.as_sql(), key], conversation_from_row)
             .optional()?)
+    }
+
+    /// A conversation by id that must exist (it was just created or is being written to).
+    pub fn existing_conversation(&self, id: i64) -> StoreResult<Conversation> {
+        self.conversation_by_id(id)?.ok_or(StoreError::NotFound("conversation"))
     }
 
     pub fn conversation_by_id(&self, id: i64) -> StoreResult<Option<Conversation>> {

@@ -25,14 +25,8 @@ impl DbFile {
     /// files the database's mode), tightens a group- or world-readable one to 0600,
     /// and takes the lock. Errors name the file and say what to do.
     pub fn lock(path: &Path) -> Result<DbFile, String> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| format!("cannot open database {} for writing: {e}", path.display()))?;
+        let file =
+            create_private(path).map_err(|e| format!("cannot open database {} for writing: {e}", path.display()))?;
         // SAFETY: a plain flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
@@ -72,6 +66,13 @@ impl DbFile {
             Err(e) => Err(format!("database {} cannot be checked: {e}", self.path.display())),
         }
     }
+}
+
+/// Opens the database file for writing, creating it with mode 0600 when missing: it holds
+/// the JWT secret and the API key, and SQLite gives the WAL and shared-memory files the
+/// database's mode.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
 }
 
 fn side_file(path: &Path, suffix: &str) -> PathBuf {

@@ -32,6 +32,8 @@ pub enum StoreError {
     /// The store cannot write now (the file is gone, or SQLite rolled the turn back after
     /// a failed write); the reason is ours, fit for a log line or a health check.
     Unavailable(String),
+    /// A row the caller relied on is not there (what it was, in a few words).
+    NotFound(&'static str),
 }
 
 impl StoreError {
@@ -42,6 +44,7 @@ impl StoreError {
         match self {
             StoreError::Open(_) => "cannot open the database".into(),
             StoreError::Unavailable(reason) => reason.clone(),
+            StoreError::NotFound(what) => format!("{what} not found"),
             StoreError::Sqlite(e) => match e.sqlite_error_code() {
                 Some(ErrorCode::DiskFull) => "disk full".into(),
                 Some(ErrorCode::ReadOnly) => "the database is read-only".into(),
@@ -61,6 +64,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Open(message) => f.write_str(message),
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
             StoreError::Unavailable(reason) => write!(f, "database unavailable: {reason}"),
+            StoreError::NotFound(what) => write!(f, "{what} not found"),
         }
     }
 }
@@ -193,16 +197,9 @@ impl Store {
     fn open_with(path: &Path, sync_full: bool, restart_frames: i64) -> StoreResult<Store> {
         let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
         if !in_memory {
-            // Created private before SQLite sees it: it holds the JWT secret and the API
-            // key, and SQLite gives the WAL and shared-memory files the database's mode.
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(path)
+            // Created private before SQLite sees it (see `file::create_private`); a file
+            // that exists read-only is left to SQLite and `open_for_server` to judge.
+            file::create_private(path)
                 .or_else(|_| std::fs::File::open(path))
                 .map_err(|e| StoreError::Open(format!("cannot open database {}: {e}", path.display())))?;
         }
