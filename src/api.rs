@@ -19,7 +19,9 @@
 use serde_json::{Value, json};
 
 use crate::context::{Ctx, close_code};
-use crate::endpoints::{banking, notifications, rooms, support};
+use crate::endpoints;
+use crate::features::chat::{self, ChatError};
+use crate::features::{inbox, support};
 use crate::http::{HttpError, Request, json_response, response};
 use crate::hub::Topic;
 use crate::model::{Identity, UserId};
@@ -159,7 +161,7 @@ fn online(ctx: &Ctx) -> Value {
 /// Publishes a message into a room as a given sender (default: "system").
 fn post_room_message(ctx: &mut Ctx, room: &str, request: &Request) -> Answer {
     let room = crate::http::decode_path(room);
-    if !rooms::valid_room_name(&room) {
+    if !chat::valid_room_name(&room) {
         return Err(HttpError::new(422, "room name must be 1-100 letters, digits, _, - or ."));
     }
     let body = json_body(request)?;
@@ -175,16 +177,17 @@ fn post_room_message(ctx: &mut Ctx, room: &str, request: &Request) -> Answer {
         Some(_) => return Err(HttpError::new(422, "\"sender_name\" must be a non-empty string")),
     };
     let sender = Identity { user_id: sender_id, name: sender_name.into() };
-    let stored = rooms::post_from_api(ctx, &room, &sender, message).map_err(|e| {
-        log::error!("server API: cannot store a room message: {e}");
-        unavailable()
-    })?;
+    let stored = match chat::post_to_room(ctx, &room, &sender, message) {
+        Ok(stored) => stored,
+        Err(ChatError::Empty) => return Err(HttpError::new(422, "\"message\" must not be empty")),
+        Err(ChatError::Store(e)) => return Err(store_error(e)),
+    };
     Ok((201, json!({"id": stored.id, "room": room, "created_at": crate::model::format_timestamp(stored.created_at)})))
 }
 
 /// Conversation ids in paths: the same rule as room names.
 fn valid_key(key: &str) -> bool {
-    rooms::valid_room_name(key)
+    chat::valid_room_name(key)
 }
 
 fn optional_str<'a>(body: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>, HttpError> {
@@ -402,30 +405,12 @@ fn inbound(ctx: &mut Ctx, request: &Request) -> Answer {
             return Err(HttpError::new(422, "that conversation belongs to another customer"));
         }
         Some(conversation) => (conversation, false),
-        None => match ctx.store.open_support_conversation(customer.id).map_err(store_error)? {
-            Some(conversation) => (conversation, false),
-            None => {
-                let key = random_key();
-                let title =
-                    format!("{} - {} {}", customer.source, customer.first_name, customer.last_name).trim().to_string();
-                let new = NewConversation {
-                    kind: ConversationKind::Support,
-                    key: &key,
-                    title: &title,
-                    status: "active",
-                    priority: 0,
-                    customer_id: Some(customer.id),
-                };
-                let id = ctx.store.create_conversation(&new, ctx.now).map_err(store_error)?;
-                ctx.store.set_members(id, members.as_deref().unwrap_or(&[])).map_err(store_error)?;
-                let conversation = ctx.store.existing_conversation(id).map_err(store_error)?;
-                (conversation, true)
-            }
-        },
+        None => support::conversation_for(ctx, &customer, &random_key(), members.as_deref().unwrap_or(&[]))
+            .map_err(store_error)?,
     };
-    let now = ctx.now;
-    let message = support::post_customer_message(ctx, &conversation, &customer, &content, now).map_err(store_error)?;
-    let object = serde_json::to_value(support::MessageObject::new(&message, Some(&customer))).unwrap_or(Value::Null);
+    let message = support::post_customer_message(ctx, &conversation, &customer, &content).map_err(store_error)?;
+    let object =
+        serde_json::to_value(endpoints::support::MessageObject::new(&message, Some(&customer))).unwrap_or(Value::Null);
     Ok((201, json!({"conversation_id": conversation.key, "created_conversation": created, "message": object})))
 }
 
@@ -468,9 +453,7 @@ fn create_notification(ctx: &mut Ctx, request: &Request) -> Answer {
     };
     let link = optional_str(&body, "link")?;
     let new = NewNotification { user_id: &user, category, title, message, link };
-    let notification = ctx.store.insert_notification(&new, ctx.now).map_err(store_error)?;
-    ctx.metrics.messages_stored += 1;
-    notifications::publish(ctx, &notification);
+    let notification = inbox::notify(ctx, &new).map_err(store_error)?;
     Ok((
         201,
         json!({"notification": {
@@ -498,20 +481,16 @@ fn create_fraud_alert(ctx: &mut Ctx, request: &Request) -> Answer {
     if !SEVERITIES.contains(&severity) {
         return Err(HttpError::new(422, format!("\"severity\" must be one of {}", SEVERITIES.join(", "))));
     }
-    let alert = ctx.store.insert_fraud_alert(&user, message, severity, ctx.now).map_err(store_error)?;
-    ctx.metrics.messages_stored += 1;
-    ctx.publish(&Topic::FraudAlerts(user), banking::fraud_alert_frame(&alert), None, true);
+    let alert = inbox::raise_fraud_alert(ctx, &user, message, severity).map_err(store_error)?;
     Ok((201, alert_json(&alert)))
 }
 
 /// `POST /api/fraud-alerts/{id}/resolve`: resolves once; resolving again changes nothing.
 fn resolve_fraud_alert(ctx: &mut Ctx, id: &str) -> Answer {
     let id = path_id(id)?;
-    let before = ctx.store.fraud_alert(id).map_err(store_error)?.ok_or_else(|| HttpError::new(404, "no such alert"))?;
-    let alert = ctx.store.resolve_fraud_alert(id, ctx.now).map_err(store_error)?.unwrap_or(before.clone());
-    if !before.is_resolved {
-        ctx.publish(&Topic::FraudAlerts(alert.user_id.clone()), banking::fraud_alert_frame(&alert), None, true);
-    }
+    let alert = inbox::resolve_fraud_alert(ctx, id)
+        .map_err(store_error)?
+        .ok_or_else(|| HttpError::new(404, "no such alert"))?;
     Ok((200, alert_json(&alert)))
 }
 
@@ -548,18 +527,9 @@ fn create_banking_message(ctx: &mut Ctx, request: &Request) -> Answer {
         thread_id: &thread_id,
         parent_id: parent.as_ref().map(|p| p.id),
     };
-    let message = ctx.store.insert_banking_message(&new, ctx.now).map_err(store_error)?;
-    ctx.metrics.messages_stored += 1;
-    let topic = Topic::BankingMessages(user);
-    ctx.publish(&topic, banking::message_update_frame(&message), None, true);
-    if let Some(parent) = &parent {
-        let updated = ctx.store.banking_message(parent.id).map_err(store_error)?;
-        if let Some(updated) = updated {
-            ctx.publish(&topic, banking::message_update_frame(&updated), None, true);
-        }
-    }
-    let frame: Value = serde_json::from_str(banking::message_update_frame(&message).as_str()).unwrap_or(Value::Null);
-    Ok((201, json!({"message": frame["message"]})))
+    let message = inbox::post_banking_message(ctx, &new).map_err(store_error)?;
+    let object = serde_json::to_value(endpoints::banking::MessageObject::new(&message)).unwrap_or(Value::Null);
+    Ok((201, json!({ "message": object })))
 }
 
 /// `POST /api/users/{user_id}/disconnect`: closes every connection of the user with

@@ -151,6 +151,7 @@ impl App {
         }
         let writes = self.ctx.store.writes_this_turn();
         endpoints::on_text(&mut self.ctx, session, text);
+        self.deliver();
         if self.ctx.store.writes_this_turn() != writes {
             self.writers.push((session.conn, endpoints::error_renderer(&session.endpoint)));
         }
@@ -191,11 +192,19 @@ impl App {
             return self.ctx.outbox.push(Out::Http { to: conn, response, durable: false });
         }
         let answer = crate::api::handle(&mut self.ctx, &request);
+        self.deliver();
         if writes && !(answer.ok && self.ctx.store.keep_unit().is_ok()) {
             self.ctx.store.undo_unit();
             self.ctx.outbox.truncate(pushes);
         }
         self.ctx.outbox.push(Out::Http { to: conn, response: answer.response, durable: answer.durable });
+    }
+
+    /// Hands what the last handler emitted to the endpoints to render and queue.
+    fn deliver(&mut self) {
+        for event in self.ctx.take_events() {
+            endpoints::deliver(&mut self.ctx, event);
+        }
     }
 
     /// Commits the turn's writes and returns what to send. When the commit fails, frames

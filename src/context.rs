@@ -17,7 +17,7 @@ use crate::hub::{ConnId, Hub, Topic};
 use crate::metrics::Metrics;
 use crate::model::{Identity, Micros, UserId};
 use crate::route::Endpoint;
-use crate::store::Store;
+use crate::store::{BankingMessage, Conversation, Customer, FraudAlert, Notification, Store, StoredMessage};
 
 /// A serialized frame: JSON text, shared by every connection it goes to.
 pub type Frame = Utf8Bytes;
@@ -89,6 +89,32 @@ pub struct OnlineUser {
     pub conns: Vec<ConnId>,
 }
 
+/// Something stored that its listeners must hear of, in the domain's terms. Features
+/// and handlers emit events; the endpoints render each into the documents of those
+/// who listen (`endpoints::deliver`), once per document, as soon as the handler that
+/// emitted it returns, so a failed API request's events go with its other pushes.
+#[derive(Debug)]
+pub enum Event {
+    /// A message stored in a room.
+    RoomMessage { conversation: i64, message: StoredMessage },
+    /// A customer's message from an external platform, in a support conversation.
+    CustomerMessage(Box<InboundMessage>),
+    /// A notification for a user.
+    Notification(Notification),
+    /// A fraud alert raised or resolved.
+    FraudAlert(FraudAlert),
+    /// A banking message stored or updated (a reply makes its parent's reply count move).
+    BankingMessage(BankingMessage),
+}
+
+/// A customer's message with the conversation it landed in and the customer.
+#[derive(Debug)]
+pub struct InboundMessage {
+    pub conversation: Conversation,
+    pub customer: Customer,
+    pub message: StoredMessage,
+}
+
 /// The state handlers read and the outbox they write to, for one turn at a time.
 pub struct Ctx {
     pub config: Config,
@@ -101,6 +127,8 @@ pub struct Ctx {
     /// presence, the server API's online list).
     pub(crate) online: HashMap<UserId, OnlineUser>,
     pub(crate) outbox: Vec<Out>,
+    /// Emitted and not yet delivered (see `Event`).
+    events: Vec<Event>,
     /// The time of the current turn, set by `App::begin_turn`.
     pub now: Micros,
 }
@@ -115,8 +143,19 @@ impl Ctx {
             metrics: Metrics::default(),
             online: HashMap::new(),
             outbox: Vec::new(),
+            events: Vec::new(),
             now: crate::model::now_micros(),
         }
+    }
+
+    /// Records that something stored must reach its listeners.
+    pub fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// The events emitted since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     /// Queues a frame to one connection; it does not depend on the commit.

@@ -10,7 +10,6 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::notifications;
 use super::{numeric_id, parse_object};
 use crate::context::{Ctx, Frame, Refusal, Session, close_code, to_frame};
 use crate::hub::{NotificationFeed, Topic};
@@ -21,7 +20,7 @@ use crate::store::{BankingMessage, FraudAlert, Notification};
 pub const REPLAY_LIMIT: usize = 100;
 
 #[derive(Serialize)]
-struct MessageObject<'a> {
+pub struct MessageObject<'a> {
     id: i64,
     user: &'a UserId,
     subject: &'a str,
@@ -35,7 +34,7 @@ struct MessageObject<'a> {
 }
 
 impl<'a> MessageObject<'a> {
-    fn new(message: &'a BankingMessage) -> MessageObject<'a> {
+    pub fn new(message: &'a BankingMessage) -> MessageObject<'a> {
         MessageObject {
             id: message.id,
             user: &message.user_id,
@@ -93,7 +92,17 @@ pub fn message_update_frame(message: &BankingMessage) -> Frame {
     to_frame(&MessageUpdate { r#type: "message_update", message: MessageObject::new(message) })
 }
 
-pub fn fraud_alert_frame(alert: &FraudAlert) -> Frame {
+/// A banking message stored or updated reaches its user's banking-message sockets.
+pub fn deliver_message(ctx: &mut Ctx, message: &BankingMessage) {
+    ctx.publish(&Topic::BankingMessages(message.user_id.clone()), message_update_frame(message), None, true);
+}
+
+/// A fraud alert raised or resolved reaches its user's fraud-alert sockets.
+pub fn deliver_fraud_alert(ctx: &mut Ctx, alert: &FraudAlert) {
+    ctx.publish(&Topic::FraudAlerts(alert.user_id.clone()), fraud_alert_frame(alert), None, true);
+}
+
+fn fraud_alert_frame(alert: &FraudAlert) -> Frame {
     to_frame(&FraudAlertUpdate {
         r#type: "fraud_alert_update",
         alert: AlertObject {
@@ -165,7 +174,7 @@ fn subscribe(ctx: &mut Ctx, session: &mut Session, topic: Topic) {
 }
 
 pub fn error_frame(message: &str) -> Frame {
-    notifications::error_frame(message)
+    super::typed_error(message)
 }
 
 /// `/ws/messages/{user_id}/`: `{"type": "mark_read", "message_id": 123}`.

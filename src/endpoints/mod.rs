@@ -13,7 +13,7 @@ pub mod support;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::context::{Ctx, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, Frame, Refusal, Session, close_code, to_frame};
 pub use crate::route::{Endpoint, route};
 use crate::store::{Conversation, ConversationKind, StoreError};
 
@@ -95,6 +95,20 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
         }
         #[cfg(feature = "echo")]
         Endpoint::Echo => {}
+    }
+}
+
+/// Renders an emitted event into the documents of those who listen to it, once per
+/// document, and queues it for them (durable: it reports stored data).
+pub fn deliver(ctx: &mut Ctx, event: Event) {
+    match event {
+        Event::RoomMessage { conversation, message } => rooms::deliver_message(ctx, conversation, &message),
+        Event::CustomerMessage(inbound) => {
+            support::deliver_customer_message(ctx, &inbound.conversation, &inbound.customer, &inbound.message)
+        }
+        Event::Notification(notification) => notifications::publish(ctx, &notification),
+        Event::FraudAlert(alert) => banking::deliver_fraud_alert(ctx, &alert),
+        Event::BankingMessage(message) => banking::deliver_message(ctx, &message),
     }
 }
 

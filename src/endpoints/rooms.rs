@@ -19,7 +19,6 @@ use crate::store::{ConversationKind, StoredMessage};
 
 /// "Room not found or could not be created".
 pub const BAD_ROOM: u16 = 4000;
-pub const MAX_ROOM_NAME: usize = 100;
 
 #[derive(Serialize)]
 struct ChatMessage<'a> {
@@ -63,14 +62,8 @@ fn chat_message_frame(message: &StoredMessage) -> Frame {
     })
 }
 
-/// 1–100 characters of ASCII letters, digits, `_`, `-` and `.`.
-pub fn valid_room_name(name: &str) -> bool {
-    (1..=MAX_ROOM_NAME).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
 pub fn open(ctx: &mut Ctx, session: &mut Session, room: &str) -> Result<(), Refusal> {
-    if !valid_room_name(room) {
+    if !chat::valid_room_name(room) {
         return Err(Refusal::new(BAD_ROOM, "invalid room name"));
     }
     let internal = |e| {
@@ -132,23 +125,9 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     }
 }
 
-/// Stores a message posted through the server API and broadcasts it to the room.
-pub fn post_from_api(
-    ctx: &mut Ctx,
-    room: &str,
-    sender: &crate::model::Identity,
-    content: &str,
-) -> Result<StoredMessage, String> {
-    let conversation =
-        ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(|e| e.to_string())?;
-    let message = match chat::post(&mut ctx.store, conversation, sender, content, ctx.now) {
-        Ok(message) => message,
-        Err(ChatError::Empty) => return Err("message is empty".into()),
-        Err(ChatError::Store(e)) => return Err(e.to_string()),
-    };
-    ctx.metrics.messages_stored += 1;
-    ctx.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
-    Ok(message)
+/// A message stored in a room reaches everyone in it (the API posts this way).
+pub fn deliver_message(ctx: &mut Ctx, conversation: i64, message: &StoredMessage) {
+    ctx.publish(&Topic::Conversation(conversation), chat_message_frame(message), None, true);
 }
 
 pub fn close(ctx: &mut Ctx, session: &Session) {
@@ -161,21 +140,5 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
             });
             ctx.publish(topic, leave, None, false);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn room_names() {
-        assert!(valid_room_name("general"));
-        assert!(valid_room_name("a.b-c_9"));
-        assert!(valid_room_name(&"x".repeat(100)));
-        assert!(!valid_room_name(&"x".repeat(101)));
-        assert!(!valid_room_name(""));
-        assert!(!valid_room_name("a b"));
-        assert!(!valid_room_name("é"));
     }
 }

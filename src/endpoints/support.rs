@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::{member_conversation, parse_object};
 use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
 use crate::hub::Topic;
-use crate::model::{Micros, UserId, format_timestamp};
+use crate::model::{UserId, format_timestamp};
 use crate::store::{
     Conversation, ConversationKind, ConversationSummary, Customer, NewMessage, StoreError, StoredMessage,
 };
@@ -303,38 +303,26 @@ fn conversation_object(summary: &ConversationSummary) -> ConversationObject<'_> 
     }
 }
 
-/// Stores a customer's message from an external platform and pushes it: `chat_message`
-/// to the conversation's sockets, `new_customer_message` to every member's list sockets.
-pub fn post_customer_message(
+/// A customer's message from an external platform reaches the conversation's sockets
+/// as `chat_message` and every member's list sockets as `new_customer_message`.
+pub fn deliver_customer_message(
     ctx: &mut Ctx,
     conversation: &Conversation,
     customer: &Customer,
-    content: &str,
-    now: Micros,
-) -> Result<StoredMessage, StoreError> {
-    let name = format!("{} {}", customer.first_name, customer.last_name).trim().to_string();
-    let message = ctx.store.insert_message(
-        NewMessage {
-            conversation_id: conversation.id,
-            sender: None,
-            content,
-            message_type: "customer",
-            customer_id: Some(customer.id),
-            is_ai_response: false,
-            is_answered: false,
-        },
-        now,
-    )?;
-    let message = StoredMessage { sender_name: name, ..message };
-    ctx.metrics.messages_stored += 1;
-    ctx.publish(&Topic::Conversation(conversation.id), chat_message_frame(&message, Some(customer)), None, true);
+    message: &StoredMessage,
+) {
+    ctx.publish(&Topic::Conversation(conversation.id), chat_message_frame(message, Some(customer)), None, true);
     let notice = to_frame(&NewCustomerMessage {
         r#type: "new_customer_message",
         conversation_id: &conversation.key,
-        message: MessageObject::new(&message, Some(customer)),
+        message: MessageObject::new(message, Some(customer)),
     });
-    for member in ctx.store.members(conversation.id)? {
-        ctx.publish_to_user(&Topic::ConversationList(member.clone()), &member, notice.clone(), true);
+    match ctx.store.members(conversation.id) {
+        Ok(members) => {
+            for member in members {
+                ctx.publish_to_user(&Topic::ConversationList(member.clone()), &member, notice.clone(), true);
+            }
+        }
+        Err(e) => log::error!("cannot read the members of conversation {}: {e}", conversation.id),
     }
-    Ok(message)
 }

@@ -6,7 +6,7 @@
 //! per-turn budget (for fairness), let the app handle them, then `end_turn`: the app
 //! commits the turn's writes and returns its outbox, the frames go into the
 //! connections' write buffers, and every connection with pending output is flushed. A flush that would block waits for a writable event.
-//! Once a second a sweep drops handshakes past their deadline, pings quiet connections,
+//! Every 500 ms a sweep drops handshakes past their deadline, pings quiet connections,
 //! closes idle ones and ends close handshakes that the peer never finished.
 //!
 //! It does not know JSON, SQL or any seed document: sessions belong to the app.
