@@ -15,5 +15,6 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod route;
+pub mod sequencer;
 pub mod server;
 pub mod store;

@@ -1,0 +1,316 @@
+//! Delivery in order, exactly once, per stream (design/cluster.md §5.5).
+//!
+//! Every stored event that must reach someone will belong to a stream (one per
+//! conversation, one per user) and carry that stream's gap-free sequence number, given in
+//! commit order. Events can reach a node more than once (a bus retry, a gap fill that
+//! overlaps what the bus brings) and out of order (a gap fill racing the bus). The
+//! sequencer turns that into each event once, in sequence order: per stream it keeps
+//! the last delivered number, drops what is at or below it, holds what is ahead of a
+//! gap, and says which ranges are missing so they can be read from the store.
+//!
+//! Pure bookkeeping: no sockets, no store, no clock of its own (callers pass `Instant`s).
+//! Not wired into delivery yet: the streams and events tables come next (issue 13).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// A stream's sequence number: 1 for its first event.
+pub type Seq = u64;
+
+/// One stream's state.
+struct Stream<T> {
+    /// Every event up to this one has been handed out.
+    delivered: Seq,
+    /// Events after a gap, by sequence number.
+    ahead: BTreeMap<Seq, T>,
+    /// Since when the oldest gap has been open.
+    gap_since: Option<Instant>,
+}
+
+/// A missing range of one stream, `from..=to`, open since `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap<S> {
+    pub stream: S,
+    pub from: Seq,
+    pub to: Seq,
+    pub since: Instant,
+}
+
+/// Per stream, the delivered position and what waits behind a gap.
+pub struct Sequencer<S, T> {
+    streams: HashMap<S, Stream<T>>,
+    /// Most events held ahead of a gap per stream; past it the oldest gap is reported
+    /// as lost (see `offer`), so a stream that never fills a gap cannot grow memory.
+    max_ahead: usize,
+}
+
+/// What offering an event gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered<T> {
+    /// These events, in order, are next for the stream's listeners (the offered one
+    /// and any it unblocked). Empty when it was held behind a gap.
+    Deliver(Vec<(Seq, T)>),
+    /// Too much waited behind a gap that was never filled: `from..=to` are given up
+    /// (their listeners need a fresh snapshot), and `then` are next, in order.
+    Lost { from: Seq, to: Seq, then: Vec<(Seq, T)> },
+    /// At or below the delivered position, or already held: dropped.
+    Duplicate,
+    /// The stream is not followed (no `follow` since its last `forget`).
+    NotFollowed,
+}
+
+impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
+    pub fn new(max_ahead: usize) -> Sequencer<S, T> {
+        Sequencer { streams: HashMap::new(), max_ahead: max_ahead.max(1) }
+    }
+
+    /// Starts following a stream whose events up to `position` are already known to
+    /// the listeners (read together with their opening snapshot). Following it again
+    /// keeps the further of the two positions; held events the new position covers are
+    /// dropped, and those it makes next are returned, in order.
+    pub fn follow(&mut self, stream: S, position: Seq) -> Vec<(Seq, T)> {
+        let state =
+            self.streams.entry(stream).or_insert(Stream { delivered: 0, ahead: BTreeMap::new(), gap_since: None });
+        if position <= state.delivered {
+            return Vec::new();
+        }
+        state.delivered = position;
+        state.ahead = state.ahead.split_off(&(position + 1));
+        let since = state.gap_since.unwrap_or_else(Instant::now);
+        Self::drain(state, since)
+    }
+
+    /// Stops following a stream (its last listener left).
+    pub fn forget(&mut self, stream: &S) {
+        self.streams.remove(stream);
+    }
+
+    /// The delivered position of a stream, if followed.
+    pub fn position(&self, stream: &S) -> Option<Seq> {
+        self.streams.get(stream).map(|s| s.delivered)
+    }
+
+    /// Offers event `seq` of `stream`, arrived at `now`.
+    pub fn offer(&mut self, stream: &S, seq: Seq, event: T, now: Instant) -> Offered<T> {
+        let max_ahead = self.max_ahead;
+        let Some(state) = self.streams.get_mut(stream) else { return Offered::NotFollowed };
+        if seq <= state.delivered || state.ahead.contains_key(&seq) {
+            return Offered::Duplicate;
+        }
+        if seq > state.delivered + 1 {
+            state.ahead.insert(seq, event);
+            state.gap_since.get_or_insert(now);
+            if state.ahead.len() > max_ahead {
+                // The gap is not being filled: give it up and go on from the oldest held
+                // event, saying what was lost.
+                let (&first, _) = state.ahead.iter().next().expect("not empty");
+                let from = state.delivered + 1;
+                state.delivered = first - 1;
+                return Offered::Lost { from, to: first - 1, then: Self::drain(state, now) };
+            }
+            return Offered::Deliver(Vec::new());
+        }
+        state.delivered = seq;
+        let mut out = vec![(seq, event)];
+        out.extend(Self::drain(state, now));
+        Offered::Deliver(out)
+    }
+
+    /// Hands out held events that now follow the delivered position.
+    fn drain(state: &mut Stream<T>, now: Instant) -> Vec<(Seq, T)> {
+        let mut out = Vec::new();
+        while let Some(entry) = state.ahead.first_entry() {
+            if *entry.key() != state.delivered + 1 {
+                break;
+            }
+            let (seq, event) = entry.remove_entry();
+            state.delivered = seq;
+            out.push((seq, event));
+        }
+        state.gap_since = if state.ahead.is_empty() { None } else { Some(now) };
+        out
+    }
+
+    /// Gaps open for at least `older_than`: the ranges to read from the store.
+    pub fn gaps(&self, now: Instant, older_than: Duration) -> Vec<Gap<S>> {
+        self.streams
+            .iter()
+            .filter_map(|(stream, state)| {
+                let since = state.gap_since?;
+                let (&first_held, _) = state.ahead.iter().next()?;
+                (now.duration_since(since) >= older_than).then(|| Gap {
+                    stream: stream.clone(),
+                    from: state.delivered + 1,
+                    to: first_held - 1,
+                    since,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: enough randomness for shuffles, and reproducible from a seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Any interleaving of one stream's events 1..=n, with duplicates and reorderings, in
+    /// which every event arrives at least once, yields each event exactly once, in order.
+    #[test]
+    fn any_interleaving_with_duplicates_and_reorderings_yields_each_seq_once_in_order() {
+        let now = Instant::now();
+        for seed in 1..=3_000u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let n = 1 + rng.below(60);
+            let start = rng.below(5);
+            // Every event at least once, some several times, then shuffled locally
+            // (how far an event can overtake another grows with the seed).
+            let mut arrivals: Vec<Seq> = Vec::new();
+            for seq in start + 1..=start + n {
+                for _ in 0..1 + rng.below(3) {
+                    arrivals.push(seq);
+                }
+            }
+            // Stale duplicates from before the join position.
+            for _ in 0..rng.below(4) {
+                if start > 0 {
+                    arrivals.push(1 + rng.below(start));
+                }
+            }
+            let reach = 1 + (seed % 20) as usize;
+            for i in 0..arrivals.len() {
+                let j = (i + rng.below(reach as u64) as usize).min(arrivals.len() - 1);
+                arrivals.swap(i, j);
+            }
+            let mut sequencer: Sequencer<u32, Seq> = Sequencer::new(1_000);
+            sequencer.follow(7, start);
+            let mut delivered = Vec::new();
+            for seq in &arrivals {
+                match sequencer.offer(&7, *seq, *seq, now) {
+                    Offered::Deliver(events) => {
+                        for (s, e) in events {
+                            assert_eq!(s, e);
+                            delivered.push(s);
+                        }
+                    }
+                    Offered::Duplicate => {}
+                    Offered::Lost { .. } | Offered::NotFollowed => panic!("seed {seed}: nothing is lost or unfollowed"),
+                }
+            }
+            let expected: Vec<Seq> = (start + 1..=start + n).collect();
+            assert_eq!(delivered, expected, "seed {seed}: arrivals {arrivals:?}");
+            assert!(sequencer.gaps(now, Duration::ZERO).is_empty(), "seed {seed}");
+        }
+    }
+
+    /// With some events never arriving, delivery stops before the first missing one, and
+    /// `gaps` names exactly the missing range; filling it delivers the rest in order.
+    #[test]
+    fn a_gap_holds_what_follows_and_is_reported_until_filled() {
+        let t0 = Instant::now();
+        for seed in 1..=1_000u64 {
+            let mut rng = Rng(seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1);
+            let n = 3 + rng.below(40);
+            let hole_from = 1 + rng.below(n - 1);
+            let hole_to = hole_from + rng.below(n - hole_from);
+            let mut sequencer: Sequencer<&str, Seq> = Sequencer::new(1_000);
+            sequencer.follow("c:1", 0);
+            let mut delivered = Vec::new();
+            let mut arrivals: Vec<Seq> = (1..=n).filter(|s| *s < hole_from || *s > hole_to).collect();
+            for i in 0..arrivals.len() {
+                let j = (i + rng.below(3) as usize).min(arrivals.len() - 1);
+                arrivals.swap(i, j);
+            }
+            for seq in arrivals {
+                if let Offered::Deliver(events) = sequencer.offer(&"c:1", seq, seq, t0) {
+                    delivered.extend(events.into_iter().map(|(s, _)| s));
+                }
+            }
+            assert_eq!(delivered, (1..hole_from).collect::<Vec<_>>(), "seed {seed}");
+            let gaps = sequencer.gaps(t0 + Duration::from_millis(20), Duration::from_millis(20));
+            if hole_to < n {
+                assert_eq!(gaps.len(), 1, "seed {seed}");
+                assert_eq!((gaps[0].from, gaps[0].to), (hole_from, hole_to), "seed {seed}");
+                assert!(sequencer.gaps(t0 + Duration::from_millis(19), Duration::from_millis(20)).is_empty());
+            } else {
+                // Nothing after the hole arrived: nothing is known to be missing yet.
+                assert!(gaps.is_empty(), "seed {seed}");
+            }
+            // The fill comes, in any order, with overlaps.
+            let mut fill: Vec<Seq> = (hole_from.saturating_sub(2).max(1)..=hole_to).collect();
+            for i in 0..fill.len() {
+                let j = (i + rng.below(4) as usize).min(fill.len() - 1);
+                fill.swap(i, j);
+            }
+            for seq in fill {
+                if let Offered::Deliver(events) = sequencer.offer(&"c:1", seq, seq, t0) {
+                    delivered.extend(events.into_iter().map(|(s, _)| s));
+                }
+            }
+            assert_eq!(delivered, (1..=n).collect::<Vec<_>>(), "seed {seed}");
+            assert!(sequencer.gaps(t0 + Duration::from_secs(1), Duration::ZERO).is_empty());
+        }
+    }
+
+    #[test]
+    fn streams_are_independent_and_unfollowed_ones_are_refused() {
+        let now = Instant::now();
+        let mut sequencer: Sequencer<&str, &str> = Sequencer::new(10);
+        sequencer.follow("c:1", 0);
+        sequencer.follow("u:7", 41);
+        assert_eq!(sequencer.offer(&"c:1", 1, "a", now), Offered::Deliver(vec![(1, "a")]));
+        assert_eq!(sequencer.offer(&"u:7", 41, "old", now), Offered::Duplicate);
+        assert_eq!(sequencer.offer(&"u:7", 42, "b", now), Offered::Deliver(vec![(42, "b")]));
+        assert_eq!(sequencer.offer(&"c:2", 1, "x", now), Offered::NotFollowed);
+        sequencer.forget(&"c:1");
+        assert_eq!(sequencer.offer(&"c:1", 2, "c", now), Offered::NotFollowed);
+        assert_eq!(sequencer.position(&"u:7"), Some(42));
+    }
+
+    #[test]
+    fn following_again_moves_forward_only_and_drops_what_the_position_covers() {
+        let now = Instant::now();
+        let mut sequencer: Sequencer<u8, Seq> = Sequencer::new(10);
+        sequencer.follow(1, 5);
+        assert_eq!(sequencer.offer(&1, 8, 8, now), Offered::Deliver(vec![]));
+        assert_eq!(sequencer.offer(&1, 9, 9, now), Offered::Deliver(vec![]));
+        assert!(sequencer.follow(1, 3).is_empty());
+        assert_eq!(sequencer.position(&1), Some(5));
+        assert_eq!(sequencer.follow(1, 8), vec![(9, 9)]);
+        assert_eq!(sequencer.offer(&1, 10, 10, now), Offered::Deliver(vec![(10, 10)]));
+        assert!(sequencer.gaps(now, Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_gap_that_is_never_filled_is_given_up_when_too_much_waits_behind_it() {
+        let now = Instant::now();
+        let mut sequencer: Sequencer<u8, Seq> = Sequencer::new(3);
+        sequencer.follow(1, 0);
+        for seq in 3..=5 {
+            assert_eq!(sequencer.offer(&1, seq, seq, now), Offered::Deliver(vec![]));
+        }
+        // A fourth held event: 1 and 2 are given up, and everything held goes out.
+        assert_eq!(
+            sequencer.offer(&1, 6, 6, now),
+            Offered::Lost { from: 1, to: 2, then: vec![(3, 3), (4, 4), (5, 5), (6, 6)] }
+        );
+        assert_eq!(sequencer.offer(&1, 2, 2, now), Offered::Duplicate);
+        assert_eq!(sequencer.position(&1), Some(6));
+    }
+}
