@@ -74,8 +74,11 @@ fn close_code_then_clean_end(stream: &mut TcpStream) -> Result<u16, String> {
             Err(e) => return Err(format!("read error before the close frame: {e}")),
         }
     };
-    // Answer the close, as a browser does once it has sent what it was sending.
-    let _ = stream.write_all(&[0x88, 0x82, 0, 0, 0, 0, (code >> 8) as u8, code as u8]);
+    // Answer the close, as a browser does once it has sent what it was sending. A reset
+    // shows here first (and a read after it would then find a plain end).
+    if let Err(e) = stream.write_all(&[0x88, 0x82, 0, 0, 0, 0, (code >> 8) as u8, code as u8]) {
+        return Err(format!("close {code}, then {e} when answering it"));
+    }
     let deadline = Instant::now() + WAIT;
     loop {
         match stream.read(&mut chunk) {

@@ -39,8 +39,13 @@ pub struct Server {
     pub stdout: Vec<String>,
 }
 
+/// The binary under test: the one cargo built, or `SWITCHBOARD_TEST_BIN` (to run the
+/// suite against another build, such as the static release binary or an older one).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_switchboard")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SWITCHBOARD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchboard").into())
+    })
 }
 
 impl Server {
