@@ -4,7 +4,8 @@
 # alternation, the server pinned to CPU 0 and the load generator to CPU 1; prints a table
 # of medians with switchboard's ratio to each peer and writes it to benches/results/latest.md.
 #
-#   benches/compare.sh [--quick] [--runs N] [--servers "switchboard node django"] [--soak] [--no-build]
+#   benches/compare.sh [--quick] [--runs N] [--servers "switchboard node django"] [--soak]
+#                      [--only "CASE ..."] [--no-build]
 #
 # Raw JSON lines (one per scenario run, the load generator's line plus "case" and "run")
 # go to benches/results/<stamp>.jsonl, each run's full output to benches/results/<stamp>/.
@@ -13,10 +14,15 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: benches/compare.sh [options]
-  --quick            small sizes, for a smoke run (idle 2000, fanout 200 and 1000, chat 10 pairs x 5 s)
+  --quick            small sizes, for a smoke run (idle 2000, fanout 200 and 1000, chat 10 pairs x 5 s,
+                     storm 1000 clients in 10 rooms with 20 messages of history)
   --runs N           repetitions of every scenario per server (default 3); the table shows medians
   --servers LIST     which servers, space- or comma-separated (default "switchboard node django")
   --soak             also run the soak scenario (full: 5000 connections x 120 s; quick: 500 x 30 s)
+  --only LIST        run only these cases, space- or comma-separated; a word selects the case of
+                     that name and every case whose name starts with it and a dash:
+                     idle, floor, fanout, fanout-1000, chat, chat-50-paced, soak, storm, ...
+                     (Django's fanout-10000 and storm need fanout-1000-paced / idle in the same run)
   --no-build         use the binaries already built
 Env: SWITCHBOARD_BIN (default: the static binary that .ci/build-static builds; with
 --no-build, ${CARGO_TARGET_DIR:-<repo>/target}/release/switchboard).
@@ -28,6 +34,7 @@ RUNS=3
 SERVERS="switchboard node django"
 SOAK=0
 BUILD=1
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -36,6 +43,8 @@ while [ $# -gt 0 ]; do
     --servers) SERVERS="${2:?--servers needs a list}"; shift ;;
     --servers=*) SERVERS="${1#*=}" ;;
     --soak) SOAK=1 ;;
+    --only) ONLY="${2:?--only needs a list of cases}"; shift ;;
+    --only=*) ONLY="${1#*=}" ;;
     --no-build) BUILD=0 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -47,6 +56,20 @@ SERVERS="${SERVERS//,/ }"
 for s in $SERVERS; do
   case "$s" in switchboard | node | django) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
 done
+ONLY="${ONLY//,/ }"
+for w in $ONLY; do
+  case "${w%%-*}" in idle | floor | fanout | chat | soak | storm) ;; *) echo "compare.sh: --only: no case $w" >&2; exit 2 ;; esac
+done
+[[ " $ONLY " == *" soak"* ]] && SOAK=1
+# want CASE: is CASE selected (all are without --only)?
+want() {
+  [ -z "$ONLY" ] && return 0
+  local w
+  for w in $ONLY; do
+    [[ "$1" == "$w" || "$1" == "$w"-* ]] && return 0
+  done
+  return 1
+}
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" # benches/
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -120,10 +143,16 @@ next_port() {
 
 # start_server NAME: a fresh server on a fresh port with a fresh database.
 start_server() {
-  local name="$1"
   SERVER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sb-compare.XXXXXX")"
   next_port
-  local logf="$OUTDIR/server-$CASE-$name-$RUN.log"
+  launch_server "$1"
+}
+
+# launch_server NAME [LOG-SUFFIX]: starts NAME on $PORT with its database in $SERVER_DIR
+# and waits until it listens.
+launch_server() {
+  local name="$1"
+  local logf="$OUTDIR/server-$CASE-$name-$RUN${2:+-$2}.log"
   case "$name" in
     switchboard)
       SERVER_DB="$SERVER_DIR/sb.db"
@@ -159,7 +188,9 @@ start_server() {
   return 1
 }
 
-stop_server() {
+# kill_server: SIGTERM to the server we started (what `systemctl stop` and a deploy send),
+# SIGKILL after 10 s; its directory stays.
+kill_server() {
   if [ -n "$SERVER_PID" ]; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     local i
@@ -171,6 +202,17 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
   fi
+}
+
+# restart_server NAME: the deploy: stop the server, start it again on the same port and
+# the same database (a new process: cold caches, new PID in $SERVER_PID).
+restart_server() {
+  kill_server
+  launch_server "$1" restarted
+}
+
+stop_server() {
+  kill_server
   if [ -n "$SERVER_DIR" ]; then
     rm -rf "$SERVER_DIR"
     SERVER_DIR=""
@@ -186,17 +228,38 @@ record() {
   printf '{"case":"%s","run":%d,%s\n' "$CASE" "$RUN" "${json#\{}" >>"$RAW"
 }
 
-# run_case SERVER MAX_SECONDS LOADGEN-ARGS...
-run_case() {
-  local server="$1" max="$2"
-  shift 2
-  local out="$OUTDIR/$CASE-$server-$RUN.txt"
+# drive SERVER MAX_SECONDS OUT LOADGEN-ARGS...: runs the load generator against the
+# running server ($PORT, $SERVER_PID), its output to OUT; sets JSON to its JSON line (or
+# a failure line) and DRIVE_RC to its exit status.
+drive() {
+  local server="$1" max="$2" out="$3"
+  shift 3
   local limits=(--max-seconds "$max")
   if [ "$server" = django ]; then
     # Generous: Django takes minutes where the others take seconds.
     max=$((max * 4))
     limits=(--max-seconds "$max" --stall-seconds 120 --handshake-timeout 120)
   fi
+  DRIVE_RC=0
+  timeout --kill-after=10 $((max + 120)) "${PIN_LOAD[@]}" "$LOADGEN" "$@" --url "ws://127.0.0.1:$PORT" \
+    --secret "$SECRET" --pid "$SERVER_PID" --label "$server" "${limits[@]}" >"$out" 2>&1 || DRIVE_RC=$?
+  JSON="$(grep '^{' "$out" | tail -1 || true)"
+  if [ -z "$JSON" ]; then
+    JSON="{\"scenario\":\"$1\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"no JSON line from the load generator (exit $DRIVE_RC)\"]}"
+  fi
+}
+
+# summary SERVER OUT: the load generator's summary lines, without its first (what it is
+# about to do) and without progress lines.
+summary() {
+  grep -v '^{' "$2" | grep -vE '^  ' | tail -n +2 | sed "s/^/  [$1] /" || true
+}
+
+# run_case SERVER MAX_SECONDS LOADGEN-ARGS...
+run_case() {
+  local server="$1" max="$2"
+  shift 2
+  local out="$OUTDIR/$CASE-$server-$RUN.txt"
   if ! start_server "$server"; then
     record "{\"scenario\":\"$1\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"the server did not start\"]}"
     stop_server
@@ -204,23 +267,63 @@ run_case() {
   fi
   local extra=()
   [ "$1" = soak ] && extra=(--db "$SERVER_DB")
-  local rc=0
-  timeout --kill-after=10 $((max + 120)) "${PIN_LOAD[@]}" "$LOADGEN" "$@" --url "ws://127.0.0.1:$PORT" \
-    --secret "$SECRET" --pid "$SERVER_PID" --label "$server" "${limits[@]}" "${extra[@]}" >"$out" 2>&1 || rc=$?
-  local json
-  json="$(grep '^{' "$out" | tail -1 || true)"
-  if [ -z "$json" ]; then
-    json="{\"scenario\":\"$1\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"no JSON line from the load generator (exit $rc)\"]}"
-  fi
-  record "$json"
+  drive "$server" "$max" "$out" "$@" "${extra[@]}"
+  record "$JSON"
   stop_server
-  # The load generator's summary lines, without its first (what it is about to do) and
-  # without progress lines.
-  grep -v '^{' "$out" | grep -vE '^  ' | tail -n +2 | sed "s/^/  [$server] /" || true
+  summary "$server" "$out"
+}
+
+# run_storm SERVER N ROOMS HISTORY: the reconnect storm after a deploy, in two load
+# generator runs around a restart that this script does, since it owns the servers:
+#   1. `storm --phase seed`: one client per room stores HISTORY messages (and leaves);
+#   2. the deploy: SIGTERM, then the same server again on the same port and database;
+#   3. `storm --phase reconnect --pid NEWPID`: N clients connect at once, each must get
+#      its room's HISTORY messages. The table shows this run's figures.
+run_storm() {
+  local server="$1" n="$2" rooms="$3" history="$4"
+  local out="$OUTDIR/$CASE-$server-$RUN.txt" seed_out="$OUTDIR/$CASE-$server-$RUN-seed.txt"
+  local args=(storm --connections "$n" --rooms "$rooms" --history "$history")
+  if ! start_server "$server"; then
+    record "{\"scenario\":\"storm\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"the server did not start\"]}"
+    stop_server
+    return
+  fi
+  drive "$server" 300 "$seed_out" "${args[@]}" --phase seed
+  if [ "$DRIVE_RC" != 0 ]; then
+    record "$JSON" # the seed's line: "phase": "seed", its errors
+    stop_server
+    summary "$server" "$seed_out"
+    return
+  fi
+  grep -E '^storm: [0-9]+ messages stored' "$seed_out" | sed "s/^/  [$server] /" || true
+  if ! restart_server "$server"; then
+    record "{\"scenario\":\"storm\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"the server did not start again on its database\"]}"
+    stop_server
+    return
+  fi
+  drive "$server" 600 "$out" "${args[@]}" --phase reconnect
+  record "$JSON"
+  stop_server
+  summary "$server" "$out"
+}
+
+# Did SERVER's CASE succeed in this run?
+run_ok() { # SERVER CASE
+  [ -f "$RAW" ] || return 1
+  python3 - "$RAW" "$2" "$1" "$RUN" <<'EOF'
+import json, sys
+raw, case, server, run = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for line in open(raw):
+    r = json.loads(line)
+    if r.get("case") == case and r.get("server") == server and r.get("run") == run:
+        sys.exit(0 if r.get("ok") else 1)
+sys.exit(1)
+EOF
 }
 
 # Did the paced fanout of this run keep up (deliveries/s at least 90 % of the target)?
 kept_up() { # SERVER CASE
+  [ -f "$RAW" ] || return 1
   python3 - "$RAW" "$2" "$1" "$RUN" <<'EOF'
 import json, sys
 raw, case, server, run = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -261,6 +364,7 @@ if [ "$QUICK" = 1 ]; then
   FAN_L=1000; FAN_L_MSGS=100
   CHAT_PAIRS=10; CHAT_SECS=5; CHAT_RATE=1000
   SOAK_N=500; SOAK_SECS=30
+  STORM_N=1000; STORM_ROOMS=10; STORM_HISTORY=20
   MODE="quick"
 else
   IDLE_N=19000
@@ -268,38 +372,43 @@ else
   FAN_L=10000; FAN_L_MSGS=50
   CHAT_PAIRS=50; CHAT_SECS=20; CHAT_RATE=5000
   SOAK_N=5000; SOAK_SECS=120
+  STORM_N=10000; STORM_ROOMS=100; STORM_HISTORY=50
   MODE="full"
 fi
 # Paced fanout: 50,000 deliveries/s in total, i.e. 50000/N messages/s.
 FAN_S_RATE=$(python3 -c "print(50000/$FAN_S)")
 FAN_L_RATE=$(python3 -c "print(50000/$FAN_L)")
 
-log "$MODE comparison, $RUNS run(s) of each scenario per server: $SERVERS; $PINNING"
+log "$MODE comparison, $RUNS run(s) of each scenario per server: $SERVERS; $PINNING${ONLY:+; only: $ONLY}"
 log "raw results: $RAW"
 for RUN in $(seq "$RUNS"); do
   CASE="idle-$IDLE_N"
-  log "run $RUN: $CASE"
-  for s in $SERVERS; do run_case "$s" 600 idle --connections "$IDLE_N"; done
+  if want "$CASE"; then
+    log "run $RUN: $CASE"
+    for s in $SERVERS; do run_case "$s" 600 idle --connections "$IDLE_N"; done
+  fi
 
-  run_floor "$FAN_S" "$FAN_S_MSGS" "$FAN_S_RATE"
+  want "floor-$FAN_S-paced" && run_floor "$FAN_S" "$FAN_S_MSGS" "$FAN_S_RATE"
   for pace in paced flat; do
     rate=$FAN_S_RATE
     [ "$pace" = flat ] && rate=0
     CASE="fanout-$FAN_S-$pace"
+    want "$CASE" || continue
     log "run $RUN: $CASE ($FAN_S subscribers, $FAN_S_MSGS messages at $([ "$rate" = 0 ] && echo 'full speed' || echo "$rate/s"))"
     for s in $SERVERS; do run_case "$s" 600 fanout --subscribers "$FAN_S" --rate "$rate" --messages "$FAN_S_MSGS"; done
   done
 
-  run_floor "$FAN_L" "$FAN_L_MSGS" "$FAN_L_RATE"
+  want "floor-$FAN_L-paced" && run_floor "$FAN_L" "$FAN_L_MSGS" "$FAN_L_RATE"
   for pace in paced flat; do
     rate=$FAN_L_RATE
     [ "$pace" = flat ] && rate=0
     CASE="fanout-$FAN_L-$pace"
+    want "$CASE" || continue
     log "run $RUN: $CASE ($FAN_L subscribers, $FAN_L_MSGS messages at $([ "$rate" = 0 ] && echo 'full speed' || echo "$rate/s"))"
     for s in $SERVERS; do
       if [ "$s" = django ] && ! kept_up django "fanout-$FAN_S-paced"; then
-        echo "  [django] not run: it did not settle at $FAN_S subscribers (fanout-$FAN_S-paced) in this run"
-        record "{\"scenario\":\"fanout\",\"server\":\"django\",\"ok\":false,\"skipped\":true,\"errors\":[\"not run: did not keep up with fanout-$FAN_S-paced in this run\"]}"
+        echo "  [django] not run: it did not settle at $FAN_S subscribers (fanout-$FAN_S-paced, or that case was not run) in this run"
+        record "{\"scenario\":\"fanout\",\"server\":\"django\",\"ok\":false,\"skipped\":true,\"errors\":[\"not run: did not keep up with fanout-$FAN_S-paced in this run (or it was not run)\"]}"
         continue
       fi
       run_case "$s" 600 fanout --subscribers "$FAN_L" --rate "$rate" --messages "$FAN_L_MSGS"
@@ -307,20 +416,42 @@ for RUN in $(seq "$RUNS"); do
   done
 
   CASE="chat-$CHAT_PAIRS"
-  log "run $RUN: $CASE ($CHAT_PAIRS pairs, closed loop, $CHAT_SECS s)"
-  for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate 0 --seconds "$CHAT_SECS"; done
+  if want "$CASE"; then
+    log "run $RUN: $CASE ($CHAT_PAIRS pairs, closed loop, $CHAT_SECS s)"
+    for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate 0 --seconds "$CHAT_SECS"; done
+  fi
 
   # The same pairs at a fixed offered load, below what Node sustains: latency, not queueing.
   CASE="chat-$CHAT_PAIRS-paced"
-  log "run $RUN: $CASE ($CHAT_PAIRS pairs, $CHAT_RATE messages/s in total, $CHAT_SECS s)"
-  for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate "$CHAT_RATE" --seconds "$CHAT_SECS"; done
+  if want "$CASE"; then
+    log "run $RUN: $CASE ($CHAT_PAIRS pairs, $CHAT_RATE messages/s in total, $CHAT_SECS s)"
+    for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate "$CHAT_RATE" --seconds "$CHAT_SECS"; done
+  fi
 
-  if [ "$SOAK" = 1 ]; then
-    CASE="soak-$SOAK_N"
+  CASE="soak-$SOAK_N"
+  if [ "$SOAK" = 1 ] && want "$CASE"; then
     log "run $RUN: $CASE ($SOAK_N churning connections, $SOAK_SECS s)"
     for s in $SERVERS; do run_case "$s" $((SOAK_SECS + 120)) soak --connections "$SOAK_N" --seconds "$SOAK_SECS"; done
   fi
+
+  # Reconnect storm after a deploy: seed history, restart the server on its database,
+  # everyone reconnects at once. Django only when it held the idle case's connections
+  # (at least as many) in this run, as with its 10000-subscriber fanout.
+  CASE="storm-$STORM_N"
+  if want "$CASE"; then
+    log "run $RUN: $CASE ($STORM_N clients in $STORM_ROOMS rooms, $STORM_HISTORY messages of history each; the server restarts on its database, then all reconnect at once)"
+    for s in $SERVERS; do
+      if [ "$s" = django ] && ! run_ok django "idle-$IDLE_N"; then
+        echo "  [django] not run: it did not hold $IDLE_N connections (idle-$IDLE_N, or that case was not run) in this run"
+        record "{\"scenario\":\"storm\",\"server\":\"django\",\"ok\":false,\"skipped\":true,\"errors\":[\"not run: did not hold idle-$IDLE_N in this run (or it was not run)\"]}"
+        continue
+      fi
+      run_storm "$s" "$STORM_N" "$STORM_ROOMS" "$STORM_HISTORY"
+    done
+  fi
 done
+
+[ -s "$RAW" ] || die "no case ran (--only $ONLY matched none)"
 
 # ------------------------------------------------------------------ the table
 python3 - "$RAW" "$RESULTS/latest.md" "$RESULTS/$STAMP.md" "$MODE" "$RUNS" "$PINNING" "$SERVERS" <<'EOF'
@@ -341,6 +472,10 @@ FIGURES = {
              ("cpu_us_per_message", "CPU per message (µs)", "↓"), ("messages_per_cpu_sec", "messages per CPU second", "↑")],
     "floor": [("cpu_us_per_write", "CPU per write (µs)", "↓"), ("burst_p50_ms", "one message's writes, p50 (ms)", "↓"),
               ("burst_p99_ms", "one message's writes, p99 (ms)", "↓")],
+    "storm": [("storm_seconds", "time until all are back (s)", "↓"),
+              ("cpu_us_per_reconnect", "server CPU per reconnect (µs)", "↓"),
+              ("reconnects_per_sec", "reconnects/s", "↑"), ("storm_cpu_seconds", "server CPU in that time (s)", "↓"),
+              ("rss_after_kib", "RSS with all back (KiB)", "↓"), ("connection_failures", "connection failures", "↓")],
     "soak": [("rss_first_kib", "RSS first sample (KiB)", "↓"), ("rss_last_kib", "RSS last sample (KiB)", "↓"),
              ("fds_last", "open fds last sample", "↓"), ("fds_after_close", "open fds after closing all", "↓"),
              ("db_bytes_last", "DB + WAL bytes at the end", "↓"), ("messages_lost", "messages lost", "↓")],
@@ -395,7 +530,13 @@ for case in cases:
             if not r.get("ok"):
                 notes.append(f"- {case}, run {r.get('run')}: {(r.get('errors') or ['failed'])[0][:300]}")
         continue
-    out.append(f"## {case}")
+    if scen == "storm":
+        r0 = next((r for r in rs if "rooms" in r), {})
+        n_ = lambda k: f"{r0[k]:,}" if isinstance(r0.get(k), int) else "?"
+        out.append(f"## {case}: {n_('connections')} clients in {n_('rooms')} rooms, {n_('history')} messages "
+                   "of history each, reconnect at once to the restarted server")
+    else:
+        out.append(f"## {case}")
     out.append("")
     ok_runs = {s: sum(1 for r in rs if r.get("server") == s and r.get("ok")) for s in servers}
     total = {s: sum(1 for r in rs if r.get("server") == s) for s in servers}

@@ -39,6 +39,15 @@ scenarios:
   soak   --connections N --seconds S [--rooms 200] [--msg-interval 10] [--db PATH]
          churning connections (each lives 1-20 s) chatting at a low rate; every 10 s the
          server's RSS, open fds and DB size (PATH + PATH-wal); first vs last at the end.
+  storm  --connections N --rooms R --history M [--phase all|seed|reconnect] [--history-wait 5]
+         reconnect storm after a deploy. seed: one client per room (/ws/rooms/storm-{r}/)
+         stores M messages and waits for their echoes. reconnect: N clients (room i % R)
+         connect at once; each must get room_users_list, then exactly the M stored
+         messages in order. Time from the first attempt until the last client has its
+         history, server CPU in that window (per reconnect), reconnects/s, RSS after.
+         Run seed, restart the server on the same database, then reconnect --pid NEWPID;
+         all (the default) does both against one server process: no restart, warm caches.
+         M is at most 50 (the servers' history limit); seed needs a fresh database.
 
   floor  --sockets N --messages M [--rate 50] [--bytes 160] [--writer-cpu 0]
          no server: a thread pinned to --writer-cpu writes one --bytes segment per message
@@ -169,6 +178,12 @@ impl Ctx {
         format!("{}/ws/chat/{room}/?token={}", self.base, self.minter.token(user_id))
     }
 
+    /// `{base}/ws/rooms/{room}/?token=...` for user `user_id` (the path that names the
+    /// room protocol whatever switchboard's SWITCHBOARD_CHAT_PROTOCOL says).
+    pub fn rooms_path(&self, room: &str, user_id: u64) -> String {
+        format!("{}/ws/rooms/{room}/?token={}", self.base, self.minter.token(user_id))
+    }
+
     /// One event-loop turn; checks the time limit too.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Ev>, String> {
         self.check_time()?;
@@ -249,7 +264,7 @@ fn main() -> ExitCode {
         println!("{}", Value::Object(rep.map));
         return if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
     }
-    if !["idle", "fanout", "chat", "soak"].contains(&scenario.as_str()) {
+    if !["idle", "fanout", "chat", "soak", "storm"].contains(&scenario.as_str()) {
         eprintln!("loadgen: unknown scenario {scenario:?}\n\n{USAGE}");
         return ExitCode::from(2);
     }
@@ -312,6 +327,7 @@ fn main() -> ExitCode {
         "idle" => scenarios::idle(&mut ctx, &args, &mut rep),
         "fanout" => scenarios::fanout(&mut ctx, &args, &mut rep),
         "chat" => scenarios::chat(&mut ctx, &args, &mut rep),
+        "storm" => scenarios::storm(&mut ctx, &args, &mut rep),
         _ => scenarios::soak(&mut ctx, &args, &mut rep),
     };
     if let Err(e) = result {

@@ -38,6 +38,15 @@ impl Proc {
         Some(((utime + stime) as f64 * 1e6 / self.ticks_per_sec) as u64)
     }
 
+    /// Seconds since the process started (field 22 of /proc/PID/stat against /proc/uptime).
+    pub fn age_secs(&self) -> Option<f64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let start: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+        let uptime: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+        Some(uptime - start / self.ticks_per_sec)
+    }
+
     pub fn fd_count(&self) -> Option<u64> {
         Some(fs::read_dir(format!("/proc/{}/fd", self.pid)).ok()?.count() as u64)
     }

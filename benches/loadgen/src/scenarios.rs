@@ -1,4 +1,4 @@
-//! The four scenarios. Each fills a `Report` as it goes, so a run that fails half-way
+//! The scenarios that talk to a server (idle, fanout, chat, soak, storm). Each fills a `Report` as it goes, so a run that fails half-way
 //! still prints what it measured; `Err` ends the run as failed.
 
 use std::collections::BTreeMap;
@@ -971,4 +971,430 @@ pub fn soak(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
         rep.errors.push(format!("protocol errors: {}", failures.summary()));
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------------ storm
+
+/// The servers send at most this many messages of history on connect (switchboard's
+/// `SWITCHBOARD_HISTORY_LIMIT` default, the peers' fixed limit).
+const HISTORY_CAP: usize = 50;
+/// Filler that gives a stored message a chat-like length (about 60 bytes in all).
+const STORM_FILLER: &str = "the quick brown fox jumps over the lazy dog";
+
+/// `storm {r} {k} {tag} ...`: the room and the message's place in its history.
+fn storm_seq(message: &str) -> Option<(usize, usize, &str)> {
+    let mut it = message.split(' ');
+    if it.next() != Some("storm") {
+        return None;
+    }
+    let r = it.next()?.parse().ok()?;
+    let k = it.next()?.parse().ok()?;
+    Some((r, k, it.next().unwrap_or("")))
+}
+
+pub fn storm(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
+    let n: usize = a.required("connections")?;
+    let rooms: usize = a.required("rooms")?;
+    let m: usize = a.required("history")?;
+    let phase = a.str("phase").unwrap_or("all").to_string();
+    let history_wait: f64 = a.num("history-wait", 5.0)?;
+    let max_fail: usize = a.num("max-failures", (n / 1000).max(5))?;
+    if !["all", "seed", "reconnect"].contains(&phase.as_str()) {
+        return Err(format!("usage: --phase must be all, seed or reconnect (got {phase:?})"));
+    }
+    if rooms == 0 || n < rooms {
+        return Err(format!("usage: --rooms must be between 1 and --connections (got {rooms})"));
+    }
+    if m > HISTORY_CAP {
+        return Err(format!(
+            "usage: --history {m}: the servers send at most {HISTORY_CAP} messages of history on connect"
+        ));
+    }
+    ctx.budget(if phase == "seed" { rooms } else { n })?;
+    rep.set("phase", phase.as_str());
+    rep.set("connections", n);
+    rep.set("rooms", rooms);
+    rep.set("history", m);
+    rep.set("concurrency", ctx.concurrency);
+    let room_name = |r: usize| format!("storm-{r}");
+
+    if phase != "reconnect" {
+        storm_seed(ctx, rep, n, rooms, m)?;
+    }
+    if phase == "seed" {
+        return Ok(());
+    }
+    if phase == "all" {
+        // No restart: the same server process, whose caches (SQLite's page cache, its
+        // statement cache, allocator arenas) are warm from the seeding.
+        rep.set("restarted", false);
+        println!("storm: no restart (--phase all): the same server process with warm caches reconnects everyone");
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            let evs = ctx.poll(TICK)?;
+            ctx.recycle(evs);
+        }
+    } else {
+        rep.set("restarted", true);
+    }
+
+    // ---- the storm: N clients, client i (user i+1) in room i % R, all at once.
+    let age = ctx.proc.as_ref().and_then(|p| p.age_secs()).map(round3);
+    rep.opt("server_age_seconds", age);
+    let paths: Vec<String> = (0..n).map(|i| ctx.rooms_path(&room_name(i % rooms), i as u64 + 1)).collect();
+    println!(
+        "storm: {n} clients reconnect at once to {rooms} rooms (storm-{{r}}), each expecting {m} messages of history ({} handshakes in flight){}",
+        ctx.concurrency,
+        age.map_or(String::new(), |a| format!("; the server process is {a:.1} s old"))
+    );
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum S {
+        Pending,
+        Up,
+        Done,
+        Bad,
+    }
+    struct C {
+        state: S,
+        got: usize,
+    }
+    let mut clients: Vec<C> = (0..n).map(|_| C { state: S::Pending, got: 0 }).collect();
+    let mut index: Vec<Option<usize>> = Vec::new();
+    let mut reasons = Reasons::default();
+    let (mut next, mut inflight, mut up, mut done) = (0usize, 0usize, 0usize, 0usize);
+    let (mut failed, mut dropped, mut bad, mut joins, mut extra) = (0usize, 0usize, 0usize, 0u64, 0u64);
+    let rss0 = ctx.rss();
+    rep.opt("rss_before_kib", rss0);
+    let overflows0 = crate::procstat::listen_overflows();
+    let cpu0 = ctx.cpu_us();
+    let t0 = ctx.net.now_ns();
+    let (mut t_last_up, mut t_last_done) = (t0, t0);
+    let mut last_progress = Instant::now();
+    let mut last_history = Instant::now();
+    let mut last_print = Instant::now();
+    let abort_at = max_fail.max(n / 10);
+    let result: Result<(), String> = 'run: loop {
+        while next < n && inflight < ctx.concurrency {
+            let i = next;
+            next += 1;
+            match ctx.net.connect(&paths[i]) {
+                Ok(id) => {
+                    *slot(&mut index, id) = Some(i);
+                    inflight += 1;
+                }
+                Err(e) => {
+                    clients[i].state = S::Bad;
+                    failed += 1;
+                    reasons.add(format!("connect: {e}"));
+                }
+            }
+        }
+        if done + failed + dropped + bad == n {
+            break 'run Ok(());
+        }
+        let evs = match ctx.poll(TICK) {
+            Ok(e) => e,
+            Err(e) => break 'run Err(e),
+        };
+        for ev in &evs {
+            match ev {
+                Ev::Open(_) => {}
+                Ev::Text(id, t, text) => {
+                    let Some(Some(i)) = index.get(*id).copied() else { continue };
+                    let room = i % rooms;
+                    let c = &mut clients[i];
+                    match classify(text) {
+                        Frame::UsersList { .. } if c.state == S::Pending => {
+                            inflight -= 1;
+                            up += 1;
+                            t_last_up = *t;
+                            last_progress = Instant::now();
+                            // Its history is due from now on.
+                            last_history = last_progress;
+                            if m == 0 {
+                                c.state = S::Done;
+                                done += 1;
+                                t_last_done = *t;
+                            } else {
+                                c.state = S::Up;
+                            }
+                        }
+                        _ if c.state == S::Pending => {
+                            inflight -= 1;
+                            failed += 1;
+                            c.state = S::Bad;
+                            reasons.add(format!(
+                                "first frame is not room_users_list: {}",
+                                text.chars().take(120).collect::<String>()
+                            ));
+                            ctx.net.close(*id, 1000);
+                        }
+                        Frame::Chat { message } => match c.state {
+                            S::Up => {
+                                if storm_seq(&message).is_some_and(|(r, k, _)| r == room && k == c.got) {
+                                    c.got += 1;
+                                    last_progress = Instant::now();
+                                    last_history = last_progress;
+                                    if c.got == m {
+                                        c.state = S::Done;
+                                        done += 1;
+                                        t_last_done = *t;
+                                    }
+                                } else {
+                                    c.state = S::Bad;
+                                    bad += 1;
+                                    reasons.add(format!(
+                                        "history out of order or from another room: expected \"storm {room} {} ...\" (history frame {} of {m}), got {:?}",
+                                        c.got,
+                                        c.got + 1,
+                                        message.chars().take(60).collect::<String>()
+                                    ));
+                                }
+                            }
+                            S::Done => {
+                                extra += 1;
+                                c.state = S::Bad;
+                                done -= 1;
+                                bad += 1;
+                                reasons.add(format!("more than {m} history frames (nobody sends during the storm)"));
+                            }
+                            _ => {}
+                        },
+                        Frame::Join => joins += 1,
+                        Frame::Leave => {}
+                        Frame::Error(e) => {
+                            if c.state == S::Done {
+                                done -= 1;
+                            }
+                            if c.state != S::Bad {
+                                bad += 1;
+                            }
+                            c.state = S::Bad;
+                            reasons.add(format!("error frame: {e}"));
+                        }
+                        _ => {}
+                    }
+                }
+                Ev::Closed(id, info) => {
+                    let Some(i) = index.get_mut(*id).and_then(|x| x.take()) else { continue };
+                    match clients[i].state {
+                        S::Pending => {
+                            inflight -= 1;
+                            failed += 1;
+                            reasons.add(describe(info));
+                        }
+                        S::Up => {
+                            dropped += 1;
+                            reasons.add(format!("dropped before its history was complete: {}", describe(info)));
+                        }
+                        S::Done => {
+                            done -= 1;
+                            dropped += 1;
+                            reasons.add(format!("open connection dropped: {}", describe(info)));
+                        }
+                        S::Bad => {}
+                    }
+                    clients[i].state = S::Bad;
+                }
+            }
+        }
+        ctx.recycle(evs);
+        if failed + dropped > abort_at {
+            break 'run Err(format!("{} of {next} connections failed: {}", failed + dropped, reasons.summary()));
+        }
+        // Everyone connected (or failed): a client still short of its history when no
+        // history frame (nor room_users_list) has arrived for --history-wait seconds
+        // will not get it.
+        if next == n && inflight == 0 && last_history.elapsed().as_secs_f64() > history_wait {
+            break 'run Ok(());
+        }
+        if last_progress.elapsed() > ctx.stall {
+            break 'run Err(format!(
+                "stalled: {up} of {n} connected, {done} with their full history; nothing for {} s",
+                ctx.stall.as_secs()
+            ));
+        }
+        if last_print.elapsed() > Duration::from_secs(2) {
+            last_print = Instant::now();
+            println!("  {up}/{n} connected, {done}/{n} with their history, {failed} failed");
+        }
+    };
+    let cpu = ctx.cpu_us().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
+    let rss_after = ctx.rss();
+    let overflows = crate::procstat::listen_overflows().zip(overflows0).map(|(b, a)| b.saturating_sub(a));
+    let short: Vec<usize> = clients.iter().filter(|c| c.state == S::Up).map(|c| c.got).collect();
+    let storm_secs = t_last_done.saturating_sub(t0) as f64 / 1e9;
+    let up_secs = t_last_up.saturating_sub(t0) as f64 / 1e9;
+    let rate = if storm_secs > 0.0 { done as f64 / storm_secs } else { 0.0 };
+    let cpu_per = cpu.filter(|_| done > 0).map(|c| round3(c as f64 / done as f64));
+    println!(
+        "storm: {done}/{n} clients back with their full history ({m} messages each) in {storm_secs:.3} s ({rate:.0} reconnects/s); all {up} connected after {up_secs:.3} s"
+    );
+    println!(
+        "storm: server CPU {} µs in that window: {} µs per reconnect; RSS {} KiB before, {} KiB with all back",
+        fmt_opt(cpu),
+        fmt_opt(cpu_per),
+        fmt_opt(rss0),
+        fmt_opt(rss_after)
+    );
+    println!(
+        "storm: {failed} connection failures, {dropped} dropped, {bad} with wrong history, {} short of their history; {joins} user_join frames",
+        short.len()
+    );
+    if let Some(o) = overflows.filter(|o| *o > 0) {
+        println!("storm: the server's accept queue overflowed {o} times (SYNs dropped and retried after 1 s or more)");
+    }
+    rep.set("clients_back", done);
+    rep.set("connections_established", up);
+    rep.set("storm_seconds", round3(storm_secs));
+    rep.set("connect_seconds", round3(up_secs));
+    rep.set("reconnects_per_sec", round3(rate));
+    rep.opt("storm_cpu_us", cpu);
+    rep.opt("storm_cpu_seconds", cpu.map(|c| round3(c as f64 / 1e6)));
+    rep.opt("cpu_us_per_reconnect", cpu_per);
+    rep.opt("rss_after_kib", rss_after);
+    rep.opt("listen_overflows", overflows);
+    rep.set("connection_failures", failed);
+    rep.set("connections_dropped", dropped);
+    rep.set("history_errors", bad);
+    rep.set("history_extra_frames", extra);
+    rep.set("history_short", short.len());
+    rep.opt("history_short_min_frames", short.iter().min().copied());
+    rep.set("history_frames_expected", n * m);
+    rep.set("join_frames", joins);
+    rep.set("failure_reasons", reasons.json());
+    result?;
+    if !short.is_empty() {
+        rep.errors.push(format!(
+            "{} clients got fewer than {m} history frames (between {} and {}), none for {history_wait} s",
+            short.len(),
+            short.iter().min().unwrap_or(&0),
+            short.iter().max().unwrap_or(&0)
+        ));
+    }
+    if bad > 0 {
+        rep.errors.push(format!("{bad} clients got wrong history or an error frame: {}", reasons.summary()));
+    }
+    if failed + dropped > max_fail {
+        rep.errors.push(format!(
+            "{} connections failed or dropped (more than {max_fail}): {}",
+            failed + dropped,
+            reasons.summary()
+        ));
+    }
+    let open: Vec<usize> = index.iter().enumerate().filter(|(_, i)| i.is_some()).map(|(id, _)| id).collect();
+    close_all(ctx, open, Duration::from_secs(10))
+}
+
+/// The seed: one client per room (user N+1+r) stores M messages `storm {r} {k} {tag} ...`
+/// and waits for their echoes, in order. A room that already holds messages fails the
+/// run: the reconnect phase expects exactly these M. (Its own loop rather than
+/// `open_all`, which would swallow the history that follows `room_users_list`.)
+fn storm_seed(ctx: &mut Ctx, rep: &mut Report, n: usize, rooms: usize, m: usize) -> Result<(), String> {
+    let tag = ctx.tag.clone();
+    println!("storm: seeding {rooms} rooms (storm-{{r}}) with {m} messages each, one client per room");
+    let t0 = Instant::now();
+    let mut index: Vec<Option<usize>> = Vec::new();
+    let mut ids = Vec::with_capacity(rooms);
+    let mut up = vec![false; rooms];
+    let mut echoed = vec![0usize; rooms];
+    let (mut next, mut inflight, mut stored) = (0usize, 0usize, 0usize);
+    let mut text = String::with_capacity(96);
+    let mut last_progress = Instant::now();
+    let result: Result<(), String> = 'run: loop {
+        while next < rooms && inflight < ctx.concurrency {
+            let path = ctx.rooms_path(&format!("storm-{next}"), (n + 1 + next) as u64);
+            let id = match ctx.net.connect(&path) {
+                Ok(id) => id,
+                Err(e) => break 'run Err(format!("seeder {next}: connect: {e}")),
+            };
+            *slot(&mut index, id) = Some(next);
+            ids.push(id);
+            next += 1;
+            inflight += 1;
+        }
+        if next == rooms && inflight == 0 && stored == rooms * m {
+            break 'run Ok(());
+        }
+        let evs = match ctx.poll(TICK) {
+            Ok(e) => e,
+            Err(e) => break 'run Err(e),
+        };
+        for ev in &evs {
+            match ev {
+                Ev::Open(_) => {}
+                Ev::Closed(id, info) => {
+                    break 'run Err(format!("seeder {}: {}", index[*id].unwrap_or(0), describe(info)));
+                }
+                Ev::Text(id, _, frame) => {
+                    let Some(Some(r)) = index.get(*id).copied() else { continue };
+                    match classify(frame) {
+                        Frame::UsersList { .. } if !up[r] => {
+                            up[r] = true;
+                            inflight -= 1;
+                            last_progress = Instant::now();
+                            for k in 0..m {
+                                text.clear();
+                                use std::fmt::Write;
+                                let _ = write!(text, r#"{{"message": "storm {r} {k} {tag} {STORM_FILLER}"}}"#);
+                                ctx.net.send_text(*id, &text);
+                            }
+                        }
+                        _ if !up[r] => {
+                            break 'run Err(format!("seeder {r}: first frame is not room_users_list: {frame}"));
+                        }
+                        Frame::Chat { message } => match storm_seq(&message) {
+                            Some((rr, k, t)) if t == tag && rr == r && k == echoed[r] => {
+                                echoed[r] += 1;
+                                stored += 1;
+                                last_progress = Instant::now();
+                            }
+                            Some((_, _, t)) if t == tag => {
+                                break 'run Err(format!(
+                                    "seeder {r}: expected the echo of message {}, got {message:?}",
+                                    echoed[r]
+                                ));
+                            }
+                            _ => {
+                                break 'run Err(format!(
+                                    "room storm-{r} already holds messages ({message:?}): seed a fresh database"
+                                ));
+                            }
+                        },
+                        Frame::Error(e) => break 'run Err(format!("seeder {r}: error frame: {e}")),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        ctx.recycle(evs);
+        if last_progress.elapsed() > ctx.stall {
+            break 'run Err(format!(
+                "seeding stalled: {stored} of {} messages echoed, nothing for {} s",
+                rooms * m,
+                ctx.stall.as_secs()
+            ));
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    rep.set("messages_stored", stored);
+    rep.set("seed_seconds", round3(secs));
+    rep.opt("rss_seeded_kib", ctx.rss());
+    result?;
+    println!("storm: {stored} messages stored and echoed in {secs:.3} s");
+    close_all(ctx, ids, Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storm_messages_name_their_room_and_place() {
+        assert_eq!(storm_seq("storm 7 49 abc12 the quick brown fox"), Some((7, 49, "abc12")));
+        assert_eq!(storm_seq("storm 7 0"), Some((7, 0, "")));
+        assert_eq!(storm_seq("7 49 abc"), None);
+        assert_eq!(storm_seq("storm x 1 t"), None);
+    }
 }
