@@ -192,10 +192,13 @@ impl App {
             return self.ctx.outbox.push(Out::Http { to: conn, response, durable: false });
         }
         let answer = crate::api::handle(&mut self.ctx, &request);
-        self.deliver();
         if writes && !(answer.ok && self.ctx.store.keep_unit().is_ok()) {
+            // Undone: its pushes go, and what it emitted is never delivered.
             self.ctx.store.undo_unit();
             self.ctx.outbox.truncate(pushes);
+            drop(self.ctx.take_events());
+        } else {
+            self.deliver();
         }
         self.ctx.outbox.push(Out::Http { to: conn, response: answer.response, durable: answer.durable });
     }
@@ -219,6 +222,8 @@ impl App {
             Err(e) => {
                 log::error!("commit failed, the turn's writes are rolled back: {e}");
                 self.ctx.metrics.commit_failures += 1;
+                // What is kept may include this turn's messages, which are not stored.
+                self.ctx.recent.clear();
                 outbox.retain(|out| !matches!(out, Out::Frame { durable: true, .. }));
                 for out in &mut outbox {
                     if let Out::Http { response, durable: true, .. } = out {

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::hub::{ConnId, Hub, Topic};
 use crate::metrics::Metrics;
 use crate::model::{Identity, Micros, UserId};
+use crate::recent::Recent;
 use crate::route::Endpoint;
 use crate::store::{BankingMessage, Conversation, Customer, FraudAlert, Notification, Store, StoredMessage};
 
@@ -35,6 +36,8 @@ pub enum Out {
     /// A text frame to some connections. `durable` frames report stored data and are
     /// dropped if the commit fails.
     Frame { to: Vec<ConnId>, frame: Frame, durable: bool },
+    /// Several frames to one connection, in order; they do not depend on the commit.
+    Frames { to: ConnId, frames: Vec<Frame> },
     /// A binary frame to one connection (only the echo endpoint sends any).
     Binary { to: ConnId, data: tungstenite::Bytes },
     /// Close one connection with a close code.
@@ -129,6 +132,8 @@ pub struct Ctx {
     pub(crate) outbox: Vec<Out>,
     /// Emitted and not yet delivered (see `Event`).
     events: Vec<Event>,
+    /// Rendered recent history of active rooms (see `recent.rs`).
+    pub recent: Recent,
     /// The time of the current turn, set by `App::begin_turn`.
     pub now: Micros,
 }
@@ -144,6 +149,7 @@ impl Ctx {
             online: HashMap::new(),
             outbox: Vec::new(),
             events: Vec::new(),
+            recent: Recent::default(),
             now: crate::model::now_micros(),
         }
     }
@@ -161,6 +167,13 @@ impl Ctx {
     /// Queues a frame to one connection; it does not depend on the commit.
     pub fn send(&mut self, to: ConnId, frame: Frame) {
         self.outbox.push(Out::Frame { to: vec![to], frame, durable: false });
+    }
+
+    /// Queues several frames to one connection, in order (a history replay).
+    pub fn send_all(&mut self, to: ConnId, frames: Vec<Frame>) {
+        if !frames.is_empty() {
+            self.outbox.push(Out::Frames { to, frames });
+        }
     }
 
     /// Queues a binary frame to one connection.

@@ -14,6 +14,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod recent;
 pub mod route;
 pub mod sequencer;
 pub mod server;

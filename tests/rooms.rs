@@ -174,3 +174,49 @@ fn the_server_api_publishes_into_a_room() {
     let (status, body) = server.api_with_key("GET", "/healthz", None, None);
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 }
+
+/// The history a joining socket gets while its room is active (kept rendered, see
+/// src/recent.rs) is the stored one: the newest `HISTORY_LIMIT` messages, oldest first,
+/// whether they came from clients or from the server API, the same as a socket that
+/// joins after everyone left (read from the database) gets.
+#[test]
+fn a_busy_rooms_history_is_the_stored_history() {
+    let server = Server::start(&[("SWITCHBOARD_HISTORY_LIMIT", "5")]);
+    let texts = |client: &mut Client| -> Vec<String> {
+        client.recv_type("room_users_list");
+        let mut texts = Vec::new();
+        while texts.len() < 5 {
+            let frame = client.recv();
+            if frame["type"] == "chat_message" {
+                texts.push(frame["message"].as_str().unwrap().to_string());
+            }
+        }
+        client.expect_silence(Duration::from_millis(200));
+        texts
+    };
+    let mut ann = server.connect_as("/ws/rooms/busy/", json!(1), "ann");
+    ann.recv_type("room_users_list");
+    // An older message, so that the room has a history when bob joins and it is kept.
+    ann.send_json(json!({"message": "m0"}));
+    ann.recv_type("chat_message");
+    let mut bob = server.connect_as("/ws/rooms/busy/", json!(2), "bob");
+    bob.recv_type("room_users_list");
+    assert_eq!(bob.recv()["message"], "m0");
+    for i in 1..=8 {
+        if i % 2 == 0 {
+            let (status, _) =
+                server.api("POST", "/api/rooms/busy/messages", Some(&json!({"message": format!("m{i}")})));
+            assert_eq!(status, 201);
+        } else {
+            ann.send_json(json!({"message": format!("m{i}")}));
+        }
+        assert_eq!(ann.recv_type("chat_message")["message"], format!("m{i}"));
+    }
+    let expected: Vec<String> = (4..=8).map(|i| format!("m{i}")).collect();
+    let mut cy = server.connect_as("/ws/rooms/busy/", json!(3), "cy");
+    assert_eq!(texts(&mut cy), expected, "while the room is active");
+    drop((ann, bob, cy));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut dee = server.connect_as("/ws/rooms/busy/", json!(4), "dee");
+    assert_eq!(texts(&mut dee), expected, "after everyone left");
+}

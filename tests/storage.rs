@@ -311,6 +311,11 @@ fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
     let server = Server::start_in(disk.dir.clone(), &env);
     let mut chat = server.connect_as("/ws/rooms/full/", json!(1), "ann");
     chat.recv_type("room_users_list");
+    // A room with history and listeners keeps its history rendered (src/recent.rs): what
+    // a failed commit leaves there must not reach the next socket.
+    assert_eq!(server.api("POST", "/api/rooms/full/messages", Some(&json!({"message": "seed"}))).0, 201);
+    let mut keeper = server.connect_as("/ws/rooms/full/", json!(2), "kim");
+    keeper.recv_type("room_users_list");
 
     let results = post_until_full(&server, 8, 60, 1500);
     let failed = results.iter().filter(|(_, s)| *s != 201).count();
@@ -353,6 +358,24 @@ fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
     let (status, health) = server.api("GET", "/healthz", None);
     assert_eq!(status, 503, "{health}");
     assert!(health["store"].as_str().unwrap().starts_with("cannot write"), "{health}");
+    // A socket joining now gets only stored messages as history.
+    let acknowledged: std::collections::HashSet<&str> =
+        results.iter().filter(|(_, s)| *s == 201).map(|(t, _)| t.as_str()).chain(["seed"]).collect();
+    let mut late = server.connect_as("/ws/rooms/full/", json!(3), "lee");
+    late.recv_type("room_users_list");
+    late.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    while let Ok(tungstenite::Message::Text(text)) = late.ws.read() {
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] == "chat_message" {
+            let text = frame["message"].as_str().unwrap();
+            assert!(
+                acknowledged.contains(text),
+                "history holds a message that was refused: {}",
+                &text[..12.min(text.len())]
+            );
+        }
+    }
+    drop((late, keeper));
     // A chat sender whose message cannot be stored hears so.
     drop(chat);
     let mut chat = server.connect_as("/ws/rooms/full/", json!(1), "ann");

@@ -41,6 +41,11 @@ pub fn print_out(out: &Out) {
             let to: Vec<usize> = to.iter().map(|c| c.slot).collect();
             eprintln!("  frame to {to:?} durable={durable}: {}", frame.as_str());
         }
+        Out::Frames { to, frames } => {
+            for frame in frames {
+                eprintln!("  frame to [{}] (history): {}", to.slot, frame.as_str());
+            }
+        }
         Out::Binary { to, data } => eprintln!("  binary to {} ({} bytes)", to.slot, data.len()),
         Out::Close { to, code, reason } => eprintln!("  close {} with {code} {reason:?}", to.slot),
         Out::Logout { to } => eprintln!("  logout {}", to.slot),
@@ -271,7 +276,7 @@ impl Fixture {
             match out {
                 Out::Http { to, response, .. } => answers.push((to, response)),
                 Out::Close { to, .. } | Out::Logout { to } => closing.push(to),
-                Out::Frame { .. } | Out::Binary { .. } => {}
+                Out::Frame { .. } | Out::Frames { .. } | Out::Binary { .. } => {}
             }
         }
         for conn in closing {
@@ -336,6 +341,14 @@ fn check_out(out: &Out, conns: &[ConnId]) {
             }
             if let Err(e) = serde_json::from_str::<serde_json::Value>(frame.as_str()) {
                 panic!("a frame that is not JSON ({e}): {:?}", frame.as_str());
+            }
+        }
+        Out::Frames { to, frames } => {
+            assert!(conns.contains(to), "frames to a connection that is not open: {to:?}");
+            for frame in frames {
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(frame.as_str()) {
+                    panic!("a frame that is not JSON ({e}): {:?}", frame.as_str());
+                }
             }
         }
         Out::Binary { to, .. } | Out::Close { to, .. } | Out::Logout { to } => {

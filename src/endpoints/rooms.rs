@@ -15,6 +15,7 @@ use crate::context::{Ctx, Frame, Refusal, Session, close_code, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::format_timestamp;
+use crate::route::Endpoint;
 use crate::store::{ConversationKind, StoredMessage};
 
 /// "Room not found or could not be created".
@@ -70,8 +71,19 @@ pub fn open(ctx: &mut Ctx, session: &mut Session, room: &str) -> Result<(), Refu
         log::error!("cannot open room: {e}");
         Refusal::new(close_code::INTERNAL_ERROR, "internal error")
     };
-    let conversation = ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(internal)?;
-    let history = ctx.store.recent_messages(conversation, ctx.config.history_limit).map_err(internal)?;
+    // An active room's history is kept rendered (`recent.rs`): the sockets of a room
+    // that all reconnect at once get it without a query or a render each.
+    let (conversation, history) = match ctx.recent.get(room) {
+        Some((conversation, frames)) => (conversation, frames.iter().cloned().collect::<Vec<Frame>>()),
+        None => {
+            let conversation =
+                ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(internal)?;
+            let messages = ctx.store.recent_messages(conversation, ctx.config.history_limit).map_err(internal)?;
+            let history: Vec<Frame> = messages.iter().map(chat_message_frame).collect();
+            ctx.recent.keep(room, conversation, history.iter().cloned().collect());
+            (conversation, history)
+        }
+    };
     let topic = Topic::Conversation(conversation);
     let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());
@@ -87,9 +99,7 @@ pub fn open(ctx: &mut Ctx, session: &mut Session, room: &str) -> Result<(), Refu
             .collect(),
     });
     ctx.send(session.conn, users);
-    for message in &history {
-        ctx.send(session.conn, chat_message_frame(message));
-    }
+    ctx.send_all(session.conn, history);
     if first {
         let join = to_frame(&UserEvent {
             r#type: "user_join",
@@ -115,7 +125,7 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     match chat::post(&mut ctx.store, conversation, &session.identity, &content, ctx.now) {
         Ok(message) => {
             ctx.metrics.messages_stored += 1;
-            ctx.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
+            deliver_message(ctx, conversation, &message);
         }
         Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
         Err(ChatError::Store(e)) => {
@@ -127,7 +137,9 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
 
 /// A message stored in a room reaches everyone in it (the API posts this way).
 pub fn deliver_message(ctx: &mut Ctx, conversation: i64, message: &StoredMessage) {
-    ctx.publish(&Topic::Conversation(conversation), chat_message_frame(message), None, true);
+    let frame = chat_message_frame(message);
+    ctx.recent.push(conversation, &frame, ctx.config.history_limit);
+    ctx.publish(&Topic::Conversation(conversation), frame, None, true);
 }
 
 pub fn close(ctx: &mut Ctx, session: &Session) {
@@ -139,6 +151,11 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
                 username: &session.identity.name,
             });
             ctx.publish(topic, leave, None, false);
+        }
+        if ctx.hub.conns(topic).is_empty()
+            && let Endpoint::Rooms { room } = &session.endpoint
+        {
+            ctx.recent.forget(room);
         }
     }
 }

@@ -625,6 +625,11 @@ impl Server {
                         self.write_frame(id, &frame);
                     }
                 }
+                Out::Frames { to, frames } => {
+                    for frame in &frames {
+                        self.write_frame(to, frame);
+                    }
+                }
                 Out::Close { to, code, reason } => {
                     if self.is_current(to) {
                         self.close_ws(to.slot, code, &reason);
