@@ -41,15 +41,22 @@ impl DbFile {
         if mode & 0o077 != 0 {
             // It holds the JWT secret and the API key: anyone who can read it can mint
             // tokens for any user.
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("cannot make database {} private (mode {mode:o}): {e}", path.display()))?;
-            for suffix in ["-wal", "-shm"] {
-                let side = side_file(path, suffix);
-                if side.exists() {
-                    let _ = std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600));
+            match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {
+                    for suffix in ["-wal", "-shm"] {
+                        let side = side_file(path, suffix);
+                        if side.exists() {
+                            let _ = std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600));
+                        }
+                    }
+                    log::warn!("database {} was readable by others (mode {mode:o}); made it 0600", path.display());
                 }
+                // Not ours to change (another owner): say so, and run as configured.
+                Err(e) => log::warn!(
+                    "database {} is readable by others (mode {mode:o}) and cannot be made private: {e}; it holds the JWT secret and the API key",
+                    path.display()
+                ),
             }
-            log::warn!("database {} was readable by others (mode {mode:o}); made it 0600", path.display());
         }
         Ok(DbFile { _lock: file, path: path.to_path_buf(), identity: (meta.dev(), meta.ino()) })
     }
