@@ -520,25 +520,32 @@ impl Server {
     /// is still queued for the peer at once, instead of trickling it to a client that
     /// does not read for minutes (FIN-WAIT-1) while it holds kernel memory.
     fn abort(&mut self, key: usize, reason: &str) {
-        if let Some(tcp) = self.conns.get(key).and_then(|c| c.phase.tcp()) {
-            let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
-        }
-        self.finish(key, reason);
+        self.end(key, reason, true);
     }
 
     /// Ends a connection now: its session closes, a log line is written, and the socket
     /// is dropped at the end of the turn.
     fn finish(&mut self, key: usize, reason: &str) {
+        self.end(key, reason, false);
+    }
+
+    fn end(&mut self, key: usize, reason: &str, reset: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let phase = std::mem::take(&mut conn.phase);
         if matches!(phase, Phase::Gone) {
             return;
         }
+        if reset && let Some(tcp) = phase.tcp() {
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+        }
         let was_open = matches!(phase, Phase::Open { .. } | Phase::Linger { .. });
         if let Phase::Open { mut ws, session, .. } = phase {
             // A close frame (ours, or the answer to the client's) may still be waiting:
-            // one last try, without waiting, before the socket goes.
-            let _ = ws.get_mut().flush_to_socket();
+            // one last try, without waiting, before the socket goes (not for a reset,
+            // which discards whatever is queued anyway).
+            if !reset {
+                let _ = ws.get_mut().flush_to_socket();
+            }
             if let Some(session) = session {
                 self.app.close(session);
             }

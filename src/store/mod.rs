@@ -195,7 +195,7 @@ impl Store {
     }
 
     fn open_with(path: &Path, sync_full: bool, restart_frames: i64) -> StoreResult<Store> {
-        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+        let in_memory = is_in_memory(path);
         if !in_memory {
             // Created private before SQLite sees it (see `file::create_private`); a file
             // that exists read-only is left to SQLite and `open_for_server` to judge.
@@ -245,8 +245,7 @@ impl Store {
     /// read-only or damaged database stops start-up with a line naming the file instead
     /// of failing every client later.
     pub fn open_for_server(path: &Path, sync_full: bool, check: DbCheck) -> StoreResult<Store> {
-        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
-        let file = if in_memory { None } else { Some(file::DbFile::lock(path).map_err(StoreError::Open)?) };
+        let file = if is_in_memory(path) { None } else { Some(file::DbFile::lock(path).map_err(StoreError::Open)?) };
         let mut store = Store::open(path, sync_full)?;
         store.file = file;
         if store.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
@@ -579,6 +578,11 @@ impl Store {
             .query_row(params![id], message_from_row)
             .optional()?)
     }
+}
+
+/// SQLite's names for a database that has no file.
+fn is_in_memory(path: &Path) -> bool {
+    path.as_os_str() == ":memory:" || path.as_os_str().is_empty()
 }
 
 fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
