@@ -17,7 +17,9 @@ usage: benches/compare.sh [options]
   --quick            small sizes, for a smoke run (idle 2000, fanout 200 and 1000, chat 10 pairs x 5 s,
                      storm 1000 clients in 10 rooms with 20 messages of history)
   --runs N           repetitions of every scenario per server (default 3); the table shows medians
-  --servers LIST     which servers, space- or comma-separated (default "switchboard node django")
+  --servers LIST     which servers, space- or comma-separated (default "switchboard node django");
+                     "baseline" is switchboard built from another commit (SWITCHBOARD_BASELINE_BIN),
+                     for a before/after comparison in the same run
   --soak             also run the soak scenario (full: 5000 connections x 120 s; quick: 500 x 30 s)
   --only LIST        run only these cases, space- or comma-separated; a word selects the case of
                      that name and every case whose name starts with it and a dash:
@@ -54,7 +56,7 @@ done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --runs wants a positive number" >&2; exit 2; }
 SERVERS="${SERVERS//,/ }"
 for s in $SERVERS; do
-  case "$s" in switchboard | node | django) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
+  case "$s" in switchboard | baseline | node | django) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
 done
 ONLY="${ONLY//,/ }"
 for w in $ONLY; do
@@ -103,6 +105,10 @@ fi
 [ -x "$LOADGEN" ] || die "no load generator at $LOADGEN (run without --no-build)"
 if [[ " $SERVERS " == *" switchboard "* ]]; then
   [ -x "$SB_BIN" ] || die "no switchboard binary at $SB_BIN"
+fi
+BASELINE_BIN="${SWITCHBOARD_BASELINE_BIN:-}"
+if [[ " $SERVERS " == *" baseline "* ]]; then
+  [ -x "$BASELINE_BIN" ] || die "baseline needs SWITCHBOARD_BASELINE_BIN, an executable switchboard binary"
 fi
 
 peers_installed() {
@@ -154,12 +160,14 @@ launch_server() {
   local name="$1"
   local logf="$OUTDIR/server-$CASE-$name-$RUN${2:+-$2}.log"
   case "$name" in
-    switchboard)
+    switchboard | baseline)
+      local bin="$SB_BIN"
+      [ "$name" = baseline ] && bin="$BASELINE_BIN"
       SERVER_DB="$SERVER_DIR/sb.db"
       SWITCHBOARD_LISTEN="127.0.0.1:$PORT" SWITCHBOARD_API_LISTEN=127.0.0.1:0 SWITCHBOARD_DB="$SERVER_DB" \
         SWITCHBOARD_JWT_SECRET="$SECRET" SWITCHBOARD_MAX_CONNECTIONS=19500 \
         SWITCHBOARD_MAX_CONNECTIONS_PER_USER=20000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=100000000 \
-        SWITCHBOARD_LOG=warn "${PIN_SERVER[@]}" "$SB_BIN" >"$logf" 2>&1 &
+        SWITCHBOARD_LOG=warn "${PIN_SERVER[@]}" "$bin" >"$logf" 2>&1 &
       ;;
     node)
       SERVER_DB="$SERVER_DIR/peer-node.db"
@@ -382,10 +390,15 @@ FAN_L_RATE=$(python3 -c "print(50000/$FAN_L)")
 log "$MODE comparison, $RUNS run(s) of each scenario per server: $SERVERS; $PINNING${ONLY:+; only: $ONLY}"
 log "raw results: $RAW"
 for RUN in $(seq "$RUNS"); do
+  # Servers take turns going first: a server that follows another on the same machine
+  # pays for what the first left behind (thousands of sockets in TIME_WAIT), measured
+  # as up to 15 % fewer connections/s in the idle case.
+  ORDER="$SERVERS"
+  [ $((RUN % 2)) = 0 ] && ORDER="$(printf '%s\n' $SERVERS | tac | tr '\n' ' ')"
   CASE="idle-$IDLE_N"
   if want "$CASE"; then
     log "run $RUN: $CASE"
-    for s in $SERVERS; do run_case "$s" 600 idle --connections "$IDLE_N"; done
+    for s in $ORDER; do run_case "$s" 600 idle --connections "$IDLE_N"; done
   fi
 
   want "floor-$FAN_S-paced" && run_floor "$FAN_S" "$FAN_S_MSGS" "$FAN_S_RATE"
@@ -395,7 +408,7 @@ for RUN in $(seq "$RUNS"); do
     CASE="fanout-$FAN_S-$pace"
     want "$CASE" || continue
     log "run $RUN: $CASE ($FAN_S subscribers, $FAN_S_MSGS messages at $([ "$rate" = 0 ] && echo 'full speed' || echo "$rate/s"))"
-    for s in $SERVERS; do run_case "$s" 600 fanout --subscribers "$FAN_S" --rate "$rate" --messages "$FAN_S_MSGS"; done
+    for s in $ORDER; do run_case "$s" 600 fanout --subscribers "$FAN_S" --rate "$rate" --messages "$FAN_S_MSGS"; done
   done
 
   want "floor-$FAN_L-paced" && run_floor "$FAN_L" "$FAN_L_MSGS" "$FAN_L_RATE"
@@ -405,7 +418,7 @@ for RUN in $(seq "$RUNS"); do
     CASE="fanout-$FAN_L-$pace"
     want "$CASE" || continue
     log "run $RUN: $CASE ($FAN_L subscribers, $FAN_L_MSGS messages at $([ "$rate" = 0 ] && echo 'full speed' || echo "$rate/s"))"
-    for s in $SERVERS; do
+    for s in $ORDER; do
       if [ "$s" = django ] && ! kept_up django "fanout-$FAN_S-paced"; then
         echo "  [django] not run: it did not settle at $FAN_S subscribers (fanout-$FAN_S-paced, or that case was not run) in this run"
         record "{\"scenario\":\"fanout\",\"server\":\"django\",\"ok\":false,\"skipped\":true,\"errors\":[\"not run: did not keep up with fanout-$FAN_S-paced in this run (or it was not run)\"]}"
@@ -418,20 +431,20 @@ for RUN in $(seq "$RUNS"); do
   CASE="chat-$CHAT_PAIRS"
   if want "$CASE"; then
     log "run $RUN: $CASE ($CHAT_PAIRS pairs, closed loop, $CHAT_SECS s)"
-    for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate 0 --seconds "$CHAT_SECS"; done
+    for s in $ORDER; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate 0 --seconds "$CHAT_SECS"; done
   fi
 
   # The same pairs at a fixed offered load, below what Node sustains: latency, not queueing.
   CASE="chat-$CHAT_PAIRS-paced"
   if want "$CASE"; then
     log "run $RUN: $CASE ($CHAT_PAIRS pairs, $CHAT_RATE messages/s in total, $CHAT_SECS s)"
-    for s in $SERVERS; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate "$CHAT_RATE" --seconds "$CHAT_SECS"; done
+    for s in $ORDER; do run_case "$s" $((CHAT_SECS + 120)) chat --pairs "$CHAT_PAIRS" --rate "$CHAT_RATE" --seconds "$CHAT_SECS"; done
   fi
 
   CASE="soak-$SOAK_N"
   if [ "$SOAK" = 1 ] && want "$CASE"; then
     log "run $RUN: $CASE ($SOAK_N churning connections, $SOAK_SECS s)"
-    for s in $SERVERS; do run_case "$s" $((SOAK_SECS + 120)) soak --connections "$SOAK_N" --seconds "$SOAK_SECS"; done
+    for s in $ORDER; do run_case "$s" $((SOAK_SECS + 120)) soak --connections "$SOAK_N" --seconds "$SOAK_SECS"; done
   fi
 
   # Reconnect storm after a deploy: seed history, restart the server on its database,
@@ -440,7 +453,7 @@ for RUN in $(seq "$RUNS"); do
   CASE="storm-$STORM_N"
   if want "$CASE"; then
     log "run $RUN: $CASE ($STORM_N clients in $STORM_ROOMS rooms, $STORM_HISTORY messages of history each; the server restarts on its database, then all reconnect at once)"
-    for s in $SERVERS; do
+    for s in $ORDER; do
       if [ "$s" = django ] && ! run_ok django "idle-$IDLE_N"; then
         echo "  [django] not run: it did not hold $IDLE_N connections (idle-$IDLE_N, or that case was not run) in this run"
         record "{\"scenario\":\"storm\",\"server\":\"django\",\"ok\":false,\"skipped\":true,\"errors\":[\"not run: did not hold idle-$IDLE_N in this run (or it was not run)\"]}"
