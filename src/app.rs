@@ -215,7 +215,6 @@ impl App {
     /// whose message was not stored gets its endpoint's error frame.
     pub fn end_turn(&mut self) -> Vec<Out> {
         let mut outbox = std::mem::take(&mut self.ctx.outbox);
-        let writers = std::mem::take(&mut self.writers);
         match self.ctx.store.commit() {
             Ok(0) => {}
             Ok(writes) => self.ctx.metrics.committed(writes),
@@ -230,12 +229,14 @@ impl App {
                         *response = crate::api::unavailable().to_response();
                     }
                 }
-                for (to, render) in writers {
+                for (to, render) in &self.writers {
                     let frame = render("Message could not be stored; please try again.");
-                    outbox.push(Out::Frame { to: vec![to], frame, durable: false });
+                    outbox.push(Out::Frame { to: vec![*to], frame, durable: false });
                 }
             }
         }
+        // Cleared, not replaced: a busy loop keeps the same buffer from turn to turn.
+        self.writers.clear();
         outbox
     }
 

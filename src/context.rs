@@ -44,7 +44,7 @@ pub enum Out {
     Close { to: ConnId, code: u16, reason: String },
     /// Close one connection with its endpoint's authentication close code (a logout).
     Logout { to: ConnId },
-    /// Answer a server API request; `durable` answers become 500 if the commit fails.
+    /// Answer a server API request; `durable` answers become 503 if the commit fails.
     Http { to: ConnId, response: Vec<u8>, durable: bool },
 }
 
