@@ -264,6 +264,17 @@ fn a_database_removed_while_running_is_noticed_refused_and_logged_once() {
     assert_eq!(log.matches("was removed while running").count(), 1, "{log}");
 }
 
+/// `POST /api/rooms/full/messages` with `text`, each on a connection of its own;
+/// returns the status and the whole response.
+fn post_to_full_room(api: std::net::SocketAddr, text: &str) -> (u16, String) {
+    let body = json!({ "message": text }).to_string();
+    let request = format!(
+        "POST /api/rooms/full/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http_response(api, request.as_bytes())
+}
+
 /// Writes a file until the filesystem has no room left.
 fn fill_up(dir: &Path) {
     use std::io::Write;
@@ -283,15 +294,16 @@ fn post_until_full(server: &Server, threads: usize, per_thread: usize, size: usi
                 let mut results = Vec::new();
                 for i in 0..per_thread {
                     let text = format!("t{t}-m{i}-{}", "p".repeat(size));
-                    let body = json!({ "message": text }).to_string();
-                    let request = format!(
-                        "POST /api/rooms/full/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let (status, response) = raw_http(api, request.as_bytes());
+                    let (status, response) = post_to_full_room(api, &text);
                     if status != 201 {
-                        assert!(!response.to_lowercase().contains("sqlite"), "SQLite's wording reached the client: {response}");
-                        assert!(!response.contains("database or disk"), "SQLite's wording reached the client: {response}");
+                        assert!(
+                            !response.to_lowercase().contains("sqlite"),
+                            "SQLite's wording reached the client: {response}"
+                        );
+                        assert!(
+                            !response.contains("database or disk"),
+                            "SQLite's wording reached the client: {response}"
+                        );
                     }
                     results.push((text, status));
                 }
@@ -332,17 +344,7 @@ fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
     let mut refused = None;
     for i in 0..50 {
         let text = format!("one more {i}");
-        let body = json!({ "message": text }).to_string();
-        let request = format!(
-            "POST /api/rooms/full/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let mut stream = std::net::TcpStream::connect(server.api).unwrap();
-        use std::io::{Read, Write};
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).unwrap();
-        let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let (status, raw) = post_to_full_room(server.api, &text);
         results.push((text, status));
         if status != 201 {
             refused = Some(raw);

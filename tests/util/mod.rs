@@ -236,6 +236,13 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStat
 
 /// Sends raw bytes and reads the whole HTTP response (the server closes after it).
 pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let (status, response) = raw_http_response(addr, request);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Like `raw_http`, with the whole response (status line and headers too).
+pub fn raw_http_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).unwrap();
     stream.write_all(request).unwrap();
@@ -243,8 +250,7 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response).to_string();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    (status, text)
 }
 
 /// The binary with `args`, run in `dir`, with no `SWITCHBOARD_*` variable but `env`
