@@ -108,7 +108,7 @@ if [[ " $SERVERS " == *" switchboard "* ]]; then
 fi
 BASELINE_BIN="${SWITCHBOARD_BASELINE_BIN:-}"
 if [[ " $SERVERS " == *" baseline "* ]]; then
-  [ -x "$BASELINE_BIN" ] || die "baseline needs SWITCHBOARD_BASELINE_BIN, an executable switchboard binary"
+  [ -f "$BASELINE_BIN" ] && [ -x "$BASELINE_BIN" ] || die "baseline needs SWITCHBOARD_BASELINE_BIN, an executable switchboard binary"
 fi
 
 peers_installed() {
@@ -315,34 +315,25 @@ run_storm() {
   summary "$server" "$out"
 }
 
-# Did SERVER's CASE succeed in this run?
-run_ok() { # SERVER CASE
+# Did SERVER's CASE succeed in this run? With "kept-up": and did its paced fanout keep up
+# (deliveries/s at least 90 % of the target)?
+run_ok() { # SERVER CASE [kept-up]
   [ -f "$RAW" ] || return 1
-  python3 - "$RAW" "$2" "$1" "$RUN" <<'EOF'
+  python3 - "$RAW" "$2" "$1" "$RUN" "${3:-}" <<'EOF'
 import json, sys
-raw, case, server, run = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+raw, case, server, run, kept_up = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 for line in open(raw):
     r = json.loads(line)
     if r.get("case") == case and r.get("server") == server and r.get("run") == run:
-        sys.exit(0 if r.get("ok") else 1)
+        ok = bool(r.get("ok"))
+        if ok and kept_up:
+            ok = r.get("deliveries_per_sec", 0) >= 0.9 * r.get("rate", 0) * r.get("subscribers", 0)
+        sys.exit(0 if ok else 1)
 sys.exit(1)
 EOF
 }
 
-# Did the paced fanout of this run keep up (deliveries/s at least 90 % of the target)?
-kept_up() { # SERVER CASE
-  [ -f "$RAW" ] || return 1
-  python3 - "$RAW" "$2" "$1" "$RUN" <<'EOF'
-import json, sys
-raw, case, server, run = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-for line in open(raw):
-    r = json.loads(line)
-    if r.get("case") == case and r.get("server") == server and r.get("run") == run:
-        target = r.get("rate", 0) * r.get("subscribers", 0)
-        sys.exit(0 if r.get("ok") and r.get("deliveries_per_sec", 0) >= 0.9 * target else 1)
-sys.exit(1)
-EOF
-}
+kept_up() { run_ok "$1" "$2" kept-up; }
 
 # No server: what the one `send` a delivery needs costs on this machine (loopback runs
 # the receiver's TCP path inside it), the floor for fanout CPU per delivery. The floor
