@@ -17,7 +17,7 @@ use crate::endpoints;
 use crate::http::{self, HttpError, Request};
 use crate::hub::ConnId;
 use crate::metrics::Metrics;
-use crate::model::{Identity, UserId, now_micros};
+use crate::model::{Identity, Seq, UserId, now_micros};
 use crate::route::{Endpoint, route};
 use crate::store::Store;
 
@@ -97,9 +97,10 @@ impl App {
             }
             _ => identity,
         };
-        let session = match identity {
-            Ok(identity) => self.open(conn, endpoint, identity),
-            Err(error) => {
+        let session = match (identity, since_from_query(request.query.as_deref())) {
+            (Ok(_), Err(refusal)) => Err(refusal),
+            (Ok(identity), Ok(since)) => self.open(conn, endpoint, identity, since),
+            (Err(error), _) => {
                 self.ctx.metrics.auth_failure(error);
                 log::info!("refused conn={} path={}: token {}", conn.serial, request.path, error.reason());
                 Err(Refusal::new(endpoint.auth_close_code(), "unauthorized"))
@@ -110,7 +111,13 @@ impl App {
 
     /// Opens a session on an upgraded, authenticated connection, or says why not (called
     /// by `admit`; the fuzz fixture calls it directly).
-    pub fn open(&mut self, conn: ConnId, endpoint: Endpoint, identity: Identity) -> Result<Session, Refusal> {
+    pub fn open(
+        &mut self,
+        conn: ConnId,
+        endpoint: Endpoint,
+        identity: Identity,
+        since: Option<Seq>,
+    ) -> Result<Session, Refusal> {
         let user_conns = self.ctx.online.get(&identity.user_id).map_or(0, |u| u.conns.len());
         if user_conns >= self.ctx.config.limits.max_connections_per_user {
             return Err(Refusal::new(close_code::TRY_AGAIN_LATER, "too many connections for this user"));
@@ -121,7 +128,15 @@ impl App {
             log::error!("cannot record user: {e}");
             return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
         }
-        let mut session = Session { conn, identity, endpoint, topics: Vec::with_capacity(1), conversation: None };
+        let mut session = Session {
+            conn,
+            identity,
+            endpoint,
+            topics: Vec::with_capacity(1),
+            conversation: None,
+            since,
+            stream: None,
+        };
         endpoints::open(&mut self.ctx, &mut session)?;
         let identity = &session.identity;
         let user = self
@@ -221,8 +236,10 @@ impl App {
             Err(e) => {
                 log::error!("commit failed, the turn's writes are rolled back: {e}");
                 self.ctx.metrics.commit_failures += 1;
-                // What is kept may include this turn's messages, which are not stored.
+                // What is kept may include this turn's messages, which are not stored,
+                // and the numbers they took will be taken again.
                 self.ctx.recent.clear();
+                self.ctx.rewind_streams();
                 outbox.retain(|out| !matches!(out, Out::Frame { durable: true, .. }));
                 for out in &mut outbox {
                     if let Out::Http { response, durable: true, .. } = out {
@@ -250,6 +267,12 @@ impl App {
     /// every user ever seen. Called from the server's periodic sweep.
     pub fn sweep(&mut self) {
         self.ctx.store.sweep();
+        let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
+        match self.ctx.store.prune_events(before, std::time::Duration::from_millis(5)) {
+            Ok(0) => {}
+            Ok(pruned) => log::debug!("pruned {pruned} events older than the retention"),
+            Err(e) => log::warn!("cannot prune events: {e}"),
+        }
         let capacity = f64::from(self.ctx.config.limits.rate_limit_per_minute);
         let per_second = capacity / 60.0;
         let now = Instant::now();
@@ -269,5 +292,20 @@ impl App {
         } else {
             false
         }
+    }
+}
+
+/// `?since=<seq>`: where a reconnecting client resumes its endpoint's stream. Anything
+/// but a whole number closes the session with 1008, saying why.
+fn since_from_query(query: Option<&str>) -> Result<Option<Seq>, Refusal> {
+    let Some(value) = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("since=")) else {
+        return Ok(None);
+    };
+    match http::decode_query(value).parse::<Seq>() {
+        Ok(since) if since >= 0 => Ok(Some(since)),
+        _ => Err(Refusal::new(
+            close_code::POLICY_VIOLATION,
+            "since must be a whole number (a seq from an earlier frame)",
+        )),
     }
 }

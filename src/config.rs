@@ -151,6 +151,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "messages replayed to a client when it joins a room or conversation",
     },
     Setting {
+        flag: "event-retention-secs",
+        env: "SWITCHBOARD_EVENT_RETENTION_SECS",
+        default: Some("604800"),
+        help: "how long stored events are kept for clients that reconnect with ?since= (the messages themselves are kept)",
+    },
+    Setting {
         flag: "chat-protocol",
         env: "SWITCHBOARD_CHAT_PROTOCOL",
         default: Some("rooms"),
@@ -232,6 +238,8 @@ pub struct Config {
     pub api_key: Option<String>,
     pub limits: Limits,
     pub history_limit: usize,
+    /// How long `events` rows are kept for recovery with `?since=`.
+    pub event_retention: std::time::Duration,
     pub chat_protocol: ChatProtocol,
     /// Empty means any origin is accepted.
     pub allowed_origins: Vec<String>,
@@ -419,6 +427,7 @@ impl RawSettings {
                 },
             },
             history_limit: self.parsed("history-limit", "a whole number")?,
+            event_retention: std::time::Duration::from_secs(self.positive("event-retention-secs")?),
             chat_protocol,
             allowed_origins: self
                 .optional("allowed-origins")

@@ -8,17 +8,20 @@
 //! `App::end_turn` has committed the turn's writes.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use serde::Serialize;
 use tungstenite::Utf8Bytes;
 
 use crate::config::Config;
+pub use crate::event::{Event, EventBody};
 use crate::hub::{ConnId, Hub, Topic};
 use crate::metrics::Metrics;
-use crate::model::{Identity, Micros, UserId};
+use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::recent::Recent;
 use crate::route::Endpoint;
-use crate::store::{BankingMessage, Conversation, Customer, FraudAlert, Notification, Store, StoredMessage};
+use crate::sequencer::{Offered, Sequencer};
+use crate::store::{Since, Store, StoreError, StoreResult};
 
 /// A serialized frame: JSON text, shared by every connection it goes to.
 pub type Frame = Utf8Bytes;
@@ -71,8 +74,24 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// RFC 6455 (IANA registry): try again later; used for the per-user connection cap.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// RFC 6455: a request the server will not serve (a `since` ahead of its stream).
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// Seed documents: a valid token on someone else's resource.
     pub const FORBIDDEN: u16 = 4003;
+}
+
+/// Events one recovery replays at most; a client further behind gets a fresh snapshot.
+pub const MAX_RECOVERED_EVENTS: usize = 10_000;
+
+/// How a session that joins a stream starts (see `Ctx::join_stream`).
+pub enum Resume {
+    /// No `since`: the endpoint's usual opening replay.
+    Fresh,
+    /// Every event after `since`, in order: sent instead of the usual replay.
+    Recovered(Vec<Event>),
+    /// Events after `since` are no longer kept: one `recovery_not_possible` frame
+    /// saying so, then the usual replay.
+    NotPossible { since: Seq, position: Seq },
 }
 
 /// One open WebSocket session: who, on which endpoint, subscribed to what.
@@ -84,38 +103,16 @@ pub struct Session {
     pub topics: Vec<Topic>,
     /// The conversation this session is bound to, when its endpoint has one.
     pub conversation: Option<i64>,
+    /// `?since=<seq>` of the request: resume the endpoint's stream after it.
+    pub since: Option<Seq>,
+    /// The stream the session follows, once joined (every endpoint has at most one).
+    pub stream: Option<StreamId>,
 }
 
 /// A user with at least one open session.
 pub struct OnlineUser {
     pub name: std::rc::Rc<str>,
     pub conns: Vec<ConnId>,
-}
-
-/// Something stored that its listeners must hear of, in the domain's terms. Features
-/// and handlers emit events; the endpoints render each into the documents of those
-/// who listen (`endpoints::deliver`), once per document, as soon as the handler that
-/// emitted it returns, so a failed API request's events go with its other pushes.
-#[derive(Debug)]
-pub enum Event {
-    /// A message stored in a room.
-    RoomMessage { conversation: i64, message: StoredMessage },
-    /// A customer's message from an external platform, in a support conversation.
-    CustomerMessage(Box<InboundMessage>),
-    /// A notification for a user.
-    Notification(Notification),
-    /// A fraud alert raised or resolved.
-    FraudAlert(FraudAlert),
-    /// A banking message stored or updated (a reply makes its parent's reply count move).
-    BankingMessage(BankingMessage),
-}
-
-/// A customer's message with the conversation it landed in and the customer.
-#[derive(Debug)]
-pub struct InboundMessage {
-    pub conversation: Conversation,
-    pub customer: Customer,
-    pub message: StoredMessage,
 }
 
 /// The state handlers read and the outbox they write to, for one turn at a time.
@@ -130,8 +127,12 @@ pub struct Ctx {
     /// presence, the server API's online list).
     pub(crate) online: HashMap<UserId, OnlineUser>,
     pub(crate) outbox: Vec<Out>,
-    /// Emitted and not yet delivered (see `Event`).
+    /// Recorded and not yet delivered (see `Event`).
     events: Vec<Event>,
+    /// Per stream followed here, delivery in seq order, exactly once.
+    pub sequencer: Sequencer<StreamId, Event>,
+    /// Sessions per stream followed here.
+    listeners: HashMap<StreamId, usize>,
     /// Rendered recent history of active rooms (see `recent.rs`).
     pub recent: Recent,
     /// The time of the current turn, set by `App::begin_turn`.
@@ -149,14 +150,128 @@ impl Ctx {
             online: HashMap::new(),
             outbox: Vec::new(),
             events: Vec::new(),
+            sequencer: Sequencer::new(4096),
+            listeners: HashMap::new(),
             recent: Recent::default(),
             now: crate::model::now_micros(),
         }
     }
 
-    /// Records that something stored must reach its listeners.
-    pub fn emit(&mut self, event: Event) {
-        self.events.push(event);
+    /// Stores an event on its stream in the turn's transaction, under the stream's next
+    /// seq, and queues it for delivery (right after the handler returns). `except` is a
+    /// connection that must not hear of it live.
+    pub fn record(&mut self, stream: &StreamId, body: EventBody, except: Option<ConnId>) -> StoreResult<Seq> {
+        self.record_with(stream, except, |_, _| Ok((body, ())))?;
+        self.events.last().map(|e| e.seq).ok_or(StoreError::NotFound("event"))
+    }
+
+    /// Like `record`, for an event whose domain row carries its seq (a message): `write`
+    /// stores the row under the seq it is given and returns the event and what the
+    /// caller wants back. If anything fails, the seq is given back: streams have no gaps.
+    pub fn record_with<R>(
+        &mut self,
+        stream: &StreamId,
+        except: Option<ConnId>,
+        write: impl FnOnce(&mut Store, Seq) -> StoreResult<(EventBody, R)>,
+    ) -> StoreResult<R> {
+        let seq = self.store.next_seq(stream, self.now)?;
+        let stored = write(&mut self.store, seq).and_then(|(body, back)| {
+            let payload = serde_json::to_string(&body).expect("events are plain JSON values");
+            self.store.insert_event(stream, seq, body.kind(), &payload, self.now).map(|()| (body, back))
+        });
+        match stored {
+            Ok((body, back)) => {
+                self.events.push(Event { stream: stream.clone(), seq, body, except });
+                Ok(back)
+            }
+            Err(e) => {
+                self.store.release_seq(stream, seq);
+                Err(e)
+            }
+        }
+    }
+
+    /// How a session opening on `stream` starts: resumed after its `since`, or with the
+    /// usual replay; and the stream's position now, where it joins (`join_stream`).
+    /// Refuses a `since` ahead of the stream.
+    pub fn resume(&mut self, session: &Session, stream: &StreamId) -> Result<(Seq, Resume), Refusal> {
+        let internal = |e: StoreError| {
+            log::error!("cannot read stream {}: {e}", stream.key());
+            Refusal::new(close_code::INTERNAL_ERROR, "internal error")
+        };
+        let position = self.store.last_seq(stream).map_err(internal)?;
+        let resume = match session.since {
+            None => Resume::Fresh,
+            Some(since) => match self.store.events_since(stream, since, MAX_RECOVERED_EVENTS).map_err(internal)? {
+                Since::Events(rows) => Resume::Recovered(
+                    rows.into_iter()
+                        .filter_map(|row| match serde_json::from_str::<EventBody>(&row.payload) {
+                            Ok(body) => Some(Event { stream: stream.clone(), seq: row.seq, body, except: None }),
+                            Err(e) => {
+                                log::error!("event {}#{} ({}) cannot be read: {e}", stream.key(), row.seq, row.kind);
+                                None
+                            }
+                        })
+                        .collect(),
+                ),
+                Since::Gone { last } => Resume::NotPossible { since, position: last },
+                Since::Ahead { last } => {
+                    return Err(Refusal::new(
+                        close_code::POLICY_VIOLATION,
+                        format!("since {since} is ahead of this stream (its last seq is {last})"),
+                    ));
+                }
+            },
+        };
+        Ok((position, resume))
+    }
+
+    /// Joins a session to its endpoint's stream at `position`, read in the same turn as
+    /// its opening snapshot (`resume`), so that every later event reaches it once, in
+    /// order. The last step of a successful `open`.
+    pub fn join_stream(&mut self, session: &mut Session, stream: StreamId, position: Seq) {
+        *self.listeners.entry(stream.clone()).or_insert(0) += 1;
+        for (_, early) in self.sequencer.follow(stream.clone(), position) {
+            self.events.push(early);
+        }
+        session.stream = Some(stream);
+    }
+
+    /// A session left its stream (it closed).
+    pub fn leave_stream(&mut self, session: &Session) {
+        let Some(stream) = &session.stream else { return };
+        if let Some(count) = self.listeners.get_mut(stream) {
+            *count -= 1;
+            if *count == 0 {
+                self.listeners.remove(stream);
+                self.sequencer.forget(stream);
+            }
+        }
+    }
+
+    /// Passes a recorded event through its stream's sequencer: what comes out, in
+    /// order, is for this node's listeners; nothing, if none follow the stream here.
+    pub fn sequence(&mut self, event: Event) -> Vec<Event> {
+        let stream = event.stream.clone();
+        match self.sequencer.offer(&stream, event.seq, event, Instant::now()) {
+            Offered::Deliver(events) => events.into_iter().map(|(_, e)| e).collect(),
+            Offered::Lost { from, to, then } => {
+                log::warn!("stream {}: events {from}..={to} were never seen here", stream.key());
+                then.into_iter().map(|(_, e)| e).collect()
+            }
+            Offered::Duplicate | Offered::NotFollowed => Vec::new(),
+        }
+    }
+
+    /// A failed commit gave streams their numbers back: delivery positions past them
+    /// go back too, so that the numbers taken again are delivered.
+    pub fn rewind_streams(&mut self) {
+        for (stream, last) in self.store.take_rewound() {
+            if self.sequencer.position(&stream).is_some_and(|p| p > last) {
+                self.sequencer.forget(&stream);
+                self.sequencer.follow(stream, last);
+            }
+        }
     }
 
     /// The events emitted since the last call, in order.

@@ -64,6 +64,50 @@ impl serde::Serialize for UserId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for UserId {
+    /// Reads what `Serialize` wrote: a JSON integer or a string.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UserId, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = UserId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a user id (an integer or a string)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<UserId, E> {
+                Ok(UserId::new(&n.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<UserId, E> {
+                Ok(UserId::new(&n.to_string()))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<UserId, E> {
+                Ok(UserId::new(s))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A stream of stored events, numbered 1, 2, 3, ... in commit order: one per
+/// conversation and one per user (design/cluster.md §5.1). Its key in the `streams` and
+/// `events` tables is `c:<conversation id>` or `u:<user id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StreamId {
+    Conversation(i64),
+    User(UserId),
+}
+
+impl StreamId {
+    pub fn key(&self) -> String {
+        match self {
+            StreamId::Conversation(id) => format!("c:{id}"),
+            StreamId::User(user) => format!("u:{user}"),
+        }
+    }
+}
+
+/// A stream's sequence number: 1 for its first event, 0 before any.
+pub type Seq = i64;
+
 /// Who is on the other end of a connection, from a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -122,5 +166,15 @@ mod tests {
         assert_eq!(UserId::from_json(&serde_json::json!(5)), Some(UserId::new("5")));
         assert_eq!(UserId::from_json(&serde_json::json!("")), None);
         assert_eq!(UserId::from_json(&serde_json::json!(1.5)), None);
+    }
+
+    #[test]
+    fn user_ids_read_back_what_they_wrote() {
+        for id in ["5", "05", "user-id", "-3"] {
+            let json = serde_json::to_string(&UserId::new(id)).unwrap();
+            assert_eq!(serde_json::from_str::<UserId>(&json).unwrap(), UserId::new(id), "{json}");
+        }
+        assert_eq!(StreamId::User(UserId::new("7")).key(), "u:7");
+        assert_eq!(StreamId::Conversation(12).key(), "c:12");
     }
 }

@@ -9,14 +9,14 @@
 //! gap, and says which ranges are missing so they can be read from the store.
 //!
 //! Pure bookkeeping: no sockets, no store, no clock of its own (callers pass `Instant`s).
-//! Not wired into delivery yet: the streams and events tables come next (issue 13).
+//! Wired into delivery by `Ctx::sequence`: every recorded event passes through it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// A stream's sequence number: 1 for its first event.
-pub type Seq = u64;
+pub use crate::model::Seq;
 
 /// One stream's state.
 struct Stream<T> {
@@ -165,8 +165,8 @@ mod tests {
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
 
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+        fn below(&mut self, n: Seq) -> Seq {
+            (self.next() % n as u64) as Seq
         }
     }
 
@@ -195,7 +195,7 @@ mod tests {
             }
             let reach = 1 + (seed % 20) as usize;
             for i in 0..arrivals.len() {
-                let j = (i + rng.below(reach as u64) as usize).min(arrivals.len() - 1);
+                let j = (i + rng.below(reach as Seq) as usize).min(arrivals.len() - 1);
                 arrivals.swap(i, j);
             }
             let mut sequencer: Sequencer<u32, Seq> = Sequencer::new(1_000);

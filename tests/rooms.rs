@@ -37,7 +37,9 @@ fn the_documents_example_flow() {
     alice.send_text(r#"{ "message": "Hi!" }"#);
     for client in [&mut alice, &mut bob] {
         let frame = client.recv();
-        assert_eq!(keys(&frame), ["message", "sender_id", "sender_username", "timestamp", "type"]);
+        // The document's keys, and the message's seq on the room's stream (docs/protocols.md, "Recovery").
+        assert_eq!(keys(&frame), ["message", "sender_id", "sender_username", "seq", "timestamp", "type"]);
+        assert_eq!(frame["seq"], 1);
         assert_eq!(frame["type"], "chat_message");
         assert_eq!(frame["message"], "Hi!");
         assert_eq!(frame["sender_username"], "user123");

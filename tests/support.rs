@@ -228,8 +228,8 @@ fn chat_flow(server: &Server, base: &str) {
 
     // Mark read: every connection of the conversation hears of it.
     bob.send_text(SEND_MARK_READ);
-    assert_eq!(ann.recv(), json!({"type": "messages_read", "user_id": 7}));
-    assert_eq!(bob.recv(), json!({"type": "messages_read", "user_id": 7}));
+    assert_eq!(ann.recv_event(), json!({"type": "messages_read", "user_id": 7}));
+    assert_eq!(bob.recv_event(), json!({"type": "messages_read", "user_id": 7}));
 
     // Invalid JSON gets exactly the document's error, and the connection stays.
     ann.send_text("{'type': 'chat_message'");
@@ -404,7 +404,7 @@ fn unread_counts_rise_with_customer_messages_and_mark_read_clears_them() {
     assert_eq!(recent.len(), 2);
     assert_eq!(unread(&get_list(&mut ann_list), "u1"), 2, "opening the chat alone reads nothing");
     ann_chat.send_text(SEND_MARK_READ);
-    assert_eq!(ann_chat.recv(), json!({"type": "messages_read", "user_id": 5}));
+    assert_eq!(ann_chat.recv_event(), json!({"type": "messages_read", "user_id": 5}));
     assert_eq!(unread(&get_list(&mut ann_list), "u1"), 0);
     assert_eq!(unread(&get_list(&mut bob_list), "u1"), 2);
 
@@ -453,7 +453,7 @@ fn messages_and_read_positions_survive_a_restart() {
 
     let (mut bob_chat, _) = open_chat(&server, "/ws/conversations/r1/", json!(7), "Bob Agent");
     bob_chat.send_text(SEND_MARK_READ);
-    assert_eq!(bob_chat.recv(), json!({"type": "messages_read", "user_id": 7}));
+    assert_eq!(bob_chat.recv_event(), json!({"type": "messages_read", "user_id": 7}));
     assert_eq!(unread(&get_list(&mut bob_list), "r1"), 0);
 }
 

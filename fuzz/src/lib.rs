@@ -233,7 +233,7 @@ impl Fixture {
     fn open(&mut self, index: usize) {
         let conn = ConnId { slot: index, serial: self.next_serial() };
         self.app.begin_turn();
-        let opened = self.app.open(conn, endpoint(index), identity(SESSIONS[index].1));
+        let opened = self.app.open(conn, endpoint(index), identity(SESSIONS[index].1), None);
         if debug() {
             eprintln!(
                 "open session {index} ({} as user {}): {}",

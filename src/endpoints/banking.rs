@@ -11,9 +11,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{numeric_id, parse_object};
-use crate::context::{Ctx, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::features::inbox;
 use crate::hub::{NotificationFeed, Topic};
-use crate::model::{UserId, format_timestamp};
+use crate::model::{Seq, StreamId, UserId, format_timestamp};
 use crate::store::{BankingMessage, FraudAlert, Notification};
 
 /// Pending items replayed on connect, at most.
@@ -54,6 +55,8 @@ impl<'a> MessageObject<'a> {
 struct MessageUpdate<'a> {
     r#type: &'static str,
     message: MessageObject<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
@@ -71,6 +74,8 @@ struct AlertObject<'a> {
 struct FraudAlertUpdate<'a> {
     r#type: &'static str,
     alert: AlertObject<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
@@ -86,23 +91,31 @@ struct NotificationObject<'a> {
 struct NotificationUpdate<'a> {
     r#type: &'static str,
     notification: NotificationObject<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
-pub fn message_update_frame(message: &BankingMessage) -> Frame {
-    to_frame(&MessageUpdate { r#type: "message_update", message: MessageObject::new(message) })
+pub fn message_update_frame(message: &BankingMessage, seq: Option<Seq>) -> Frame {
+    to_frame(&MessageUpdate { r#type: "message_update", message: MessageObject::new(message), seq })
 }
 
-/// A banking message stored or updated reaches its user's banking-message sockets.
-pub fn deliver_message(ctx: &mut Ctx, message: &BankingMessage) {
-    ctx.publish(&Topic::BankingMessages(message.user_id.clone()), message_update_frame(message), None, true);
+/// A stored event of the user's stream as `/ws/messages/{user_id}/` shows it.
+pub fn render_message(event: &Event) -> Option<Frame> {
+    match &event.body {
+        EventBody::BankingMessage { message } => Some(message_update_frame(message, Some(event.seq))),
+        _ => None,
+    }
 }
 
-/// A fraud alert raised or resolved reaches its user's fraud-alert sockets.
-pub fn deliver_fraud_alert(ctx: &mut Ctx, alert: &FraudAlert) {
-    ctx.publish(&Topic::FraudAlerts(alert.user_id.clone()), fraud_alert_frame(alert), None, true);
+/// A stored event of the user's stream as `/ws/fraud-alerts/{user_id}/` shows it.
+pub fn render_fraud_alert(event: &Event) -> Option<Frame> {
+    match &event.body {
+        EventBody::FraudAlert { alert } => Some(fraud_alert_frame(alert, Some(event.seq))),
+        _ => None,
+    }
 }
 
-fn fraud_alert_frame(alert: &FraudAlert) -> Frame {
+fn fraud_alert_frame(alert: &FraudAlert, seq: Option<Seq>) -> Frame {
     to_frame(&FraudAlertUpdate {
         r#type: "fraud_alert_update",
         alert: AlertObject {
@@ -114,10 +127,11 @@ fn fraud_alert_frame(alert: &FraudAlert) -> Frame {
             resolved_at: alert.resolved_at.map(format_timestamp),
             created_at: format_timestamp(alert.created_at),
         },
+        seq,
     })
 }
 
-pub fn notification_update_frame(notification: &Notification) -> Frame {
+pub fn notification_update_frame(notification: &Notification, seq: Option<Seq>) -> Frame {
     to_frame(&NotificationUpdate {
         r#type: "notification_update",
         notification: NotificationObject {
@@ -127,6 +141,7 @@ pub fn notification_update_frame(notification: &Notification) -> Frame {
             message: &notification.message,
             created_at: format_timestamp(notification.created_at),
         },
+        seq,
     })
 }
 
@@ -140,37 +155,46 @@ fn check_owner(session: &Session, path_user: &str) -> Result<UserId, Refusal> {
 
 pub fn open_messages(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
     let user = check_owner(session, path_user)?;
-    let pending = ctx.store.unread_banking_messages(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    subscribe(ctx, session, Topic::BankingMessages(user));
-    for message in &pending {
-        ctx.send(session.conn, message_update_frame(message));
-    }
+    let stream = StreamId::User(user.clone());
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
+        let pending = ctx.store.unread_banking_messages(&user, REPLAY_LIMIT).map_err(super::internal)?;
+        Ok(pending.iter().map(|m| message_update_frame(m, None)).collect())
+    })?;
+    subscribe(ctx, session, stream, position, Topic::BankingMessages(user), frames);
     Ok(())
 }
 
 pub fn open_fraud_alerts(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
     let user = check_owner(session, path_user)?;
-    let pending = ctx.store.unresolved_fraud_alerts(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    subscribe(ctx, session, Topic::FraudAlerts(user));
-    for alert in &pending {
-        ctx.send(session.conn, fraud_alert_frame(alert));
-    }
+    let stream = StreamId::User(user.clone());
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
+        let pending = ctx.store.unresolved_fraud_alerts(&user, REPLAY_LIMIT).map_err(super::internal)?;
+        Ok(pending.iter().map(|a| fraud_alert_frame(a, None)).collect())
+    })?;
+    subscribe(ctx, session, stream, position, Topic::FraudAlerts(user), frames);
     Ok(())
 }
 
 pub fn open_notifications(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
     let user = check_owner(session, path_user)?;
-    let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    subscribe(ctx, session, Topic::Notifications(user, NotificationFeed::Banking));
-    for notification in &pending {
-        ctx.send(session.conn, notification_update_frame(notification));
-    }
+    let stream = StreamId::User(user.clone());
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
+        let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
+        Ok(pending.iter().map(|n| notification_update_frame(n, None)).collect())
+    })?;
+    let topic = Topic::Notifications(user, NotificationFeed::Banking);
+    subscribe(ctx, session, stream, position, topic, frames);
     Ok(())
 }
 
-fn subscribe(ctx: &mut Ctx, session: &mut Session, topic: Topic) {
+fn subscribe(ctx: &mut Ctx, session: &mut Session, stream: StreamId, position: Seq, topic: Topic, frames: Vec<Frame>) {
+    ctx.join_stream(session, stream, position);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
+    ctx.send_all(session.conn, frames);
 }
 
 pub fn error_frame(message: &str) -> Frame {
@@ -189,14 +213,8 @@ pub fn on_messages_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 return ctx.send(session.conn, error_frame("\"message_id\" must be a message id."));
             };
             let user = session.identity.user_id.clone();
-            match ctx.store.mark_banking_message_read(&user, id, ctx.now) {
-                Ok(Some(message)) => {
-                    ctx.publish(&Topic::BankingMessages(user.clone()), message_update_frame(&message), None, true);
-                    // A parent shows its replies: it changed too.
-                    if let Some(parent) = message.parent_id.and_then(|p| ctx.store.banking_message(p).ok().flatten()) {
-                        ctx.publish(&Topic::BankingMessages(user), message_update_frame(&parent), None, true);
-                    }
-                }
+            match inbox::read_banking_message(ctx, &user, id) {
+                Ok(Some(_)) => {}
                 Ok(None) => ctx.send(session.conn, error_frame("No such message.")),
                 Err(e) => {
                     log::error!("cannot mark a banking message read: {e}");

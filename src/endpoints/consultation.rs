@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{member_conversation, numeric_id, parse_object};
-use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
-use crate::model::format_timestamp;
+use crate::model::{Seq, StreamId, format_timestamp};
 use crate::store::{ConversationKind, StoredMessage};
 
 #[derive(Serialize)]
@@ -28,6 +28,8 @@ struct ConnectionEstablished<'a> {
 struct ChatMessage<'a> {
     r#type: &'static str,
     data: MessageData<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
@@ -55,6 +57,7 @@ struct ReadReceipt<'a> {
     user_id: &'a str,
     user_name: &'a str,
     read_at: String,
+    seq: Seq,
 }
 
 /// The document shows no error frame; document 003's shape serves.
@@ -62,7 +65,7 @@ pub fn error_frame(message: &str) -> Frame {
     super::typed_error(message)
 }
 
-fn chat_message_frame(message: &StoredMessage) -> Frame {
+pub fn chat_message_frame(message: &StoredMessage) -> Frame {
     to_frame(&ChatMessage {
         r#type: "chat_message",
         data: MessageData {
@@ -73,12 +76,35 @@ fn chat_message_frame(message: &StoredMessage) -> Frame {
             created_at: format_timestamp(message.created_at),
             message_type: &message.message_type,
         },
+        seq: message.seq,
     })
+}
+
+/// A stored event as this document shows it: messages and read receipts.
+pub fn render(event: &Event) -> Option<Frame> {
+    match &event.body {
+        EventBody::Message { message, .. } => Some(chat_message_frame(message)),
+        EventBody::ReadReceipt { message_id, user_id, user_name, read_at } => Some(to_frame(&ReadReceipt {
+            r#type: "read_receipt",
+            message_id: message_id.to_string(),
+            user_id: user_id.as_str(),
+            user_name,
+            read_at: format_timestamp(*read_at),
+            seq: event.seq,
+        })),
+        _ => None,
+    }
 }
 
 pub fn open(ctx: &mut Ctx, session: &mut Session, id: &str) -> Result<(), Refusal> {
     let conversation = member_conversation(ctx, session, ConversationKind::Consultation, id)?;
-    let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
+    let stream = StreamId::Conversation(conversation.id);
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
+        let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
+        Ok(history.iter().map(chat_message_frame).collect())
+    })?;
+    ctx.join_stream(session, stream, position);
     let topic = Topic::Conversation(conversation.id);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
@@ -86,9 +112,7 @@ pub fn open(ctx: &mut Ctx, session: &mut Session, id: &str) -> Result<(), Refusa
     let established =
         ConnectionEstablished { r#type: "connection_established", message: "Connected to chat", consultation_id: id };
     ctx.send(session.conn, to_frame(&established));
-    for message in &history {
-        ctx.send(session.conn, chat_message_frame(message));
-    }
+    ctx.send_all(session.conn, frames);
     Ok(())
 }
 
@@ -120,11 +144,8 @@ fn post(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String
     let Some(content) = object.get("message").and_then(Value::as_str) else {
         return ctx.send(session.conn, error_frame("\"message\" must be a string."));
     };
-    match chat::post(&mut ctx.store, conversation, &session.identity, content, ctx.now) {
-        Ok(message) => {
-            ctx.metrics.messages_stored += 1;
-            ctx.publish(&Topic::Conversation(conversation), chat_message_frame(&message), None, true);
-        }
+    match chat::post_in(ctx, ConversationKind::Consultation, conversation, &session.identity, content) {
+        Ok(_) => {}
         Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
         Err(ChatError::Store(e)) => {
             log::error!("cannot store a consultation message: {e}");
@@ -138,18 +159,8 @@ fn read_receipt(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Ma
     let Some(message) = message.filter(|m| m.conversation_id == conversation) else {
         return ctx.send(session.conn, error_frame("No such message in this consultation."));
     };
-    match ctx.store.record_read(&message, &session.identity.user_id, ctx.now) {
-        Ok(true) => {
-            let frame = to_frame(&ReadReceipt {
-                r#type: "read_receipt",
-                message_id: message.id.to_string(),
-                user_id: session.identity.user_id.as_str(),
-                user_name: &session.identity.name,
-                read_at: format_timestamp(ctx.now),
-            });
-            ctx.publish(&Topic::Conversation(conversation), frame, Some(session.conn), true);
-        }
-        Ok(false) => {}
+    match chat::read_one(ctx, &message, &session.identity, session.conn) {
+        Ok(_) => {}
         Err(e) => {
             log::error!("cannot store a read receipt: {e}");
             ctx.send(session.conn, error_frame("Read receipt could not be stored."));

@@ -12,11 +12,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::parse_object;
-use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
-use crate::model::{UserId, format_timestamp};
-use crate::store::{ConversationKind, StoredMessage};
+use crate::model::{Seq, StreamId, UserId, format_timestamp};
+use crate::store::StoredMessage;
 
 /// Unread messages delivered on connect, at most.
 const OFFLINE_DELIVERY_LIMIT: usize = 500;
@@ -29,6 +29,8 @@ struct ChatMessage<'a> {
     sender_name: &'a str,
     message: &'a str,
     timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
@@ -36,6 +38,7 @@ struct MessagesRead<'a> {
     r#type: &'static str,
     reader_id: &'a UserId,
     timestamp: String,
+    seq: Seq,
 }
 
 #[derive(Serialize)]
@@ -56,18 +59,38 @@ fn chat_message_frame(message: &StoredMessage) -> Frame {
         sender_name: &message.sender_name,
         message: &message.content,
         timestamp: format_timestamp(message.created_at),
+        seq: message.seq,
     })
 }
 
+/// A stored event of the user's stream as this document shows it: messages to them, and
+/// the other user having read theirs.
+pub fn render(event: &Event) -> Option<Frame> {
+    match &event.body {
+        EventBody::DirectMessage { message } => Some(chat_message_frame(message)),
+        EventBody::DirectRead { reader_id, at } => Some(to_frame(&MessagesRead {
+            r#type: "messages_read",
+            reader_id,
+            timestamp: format_timestamp(*at),
+            seq: event.seq,
+        })),
+        _ => None,
+    }
+}
+
 pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
-    let unread =
-        ctx.store.unread_direct_messages(&session.identity.user_id, OFFLINE_DELIVERY_LIMIT).map_err(super::internal)?;
-    let topic = Topic::DirectInbox(session.identity.user_id.clone());
+    let user = session.identity.user_id.clone();
+    let stream = StreamId::User(user.clone());
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
+        let unread = ctx.store.unread_direct_messages(&user, OFFLINE_DELIVERY_LIMIT).map_err(super::internal)?;
+        Ok(unread.iter().map(chat_message_frame).collect())
+    })?;
+    ctx.join_stream(session, stream, position);
+    let topic = Topic::DirectInbox(user);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
-    for message in &unread {
-        ctx.send(session.conn, chat_message_frame(message));
-    }
+    ctx.send_all(session.conn, frames);
     Ok(())
 }
 
@@ -110,22 +133,8 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
 fn send_message(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
     let content = object.get("message").and_then(Value::as_str).ok_or("\"message\" must be a string.")?;
     let recipient = other_user(ctx, session, object, "recipient_id")?;
-    let me = &session.identity.user_id;
-    let stored = ctx
-        .store
-        .direct_conversation(me, &recipient, ctx.now)
-        .map_err(ChatError::Store)
-        .and_then(|pair| chat::post(&mut ctx.store, pair, &session.identity, content, ctx.now));
-    match stored {
-        Ok(message) => {
-            ctx.metrics.messages_stored += 1;
-            // The sender has read everything up to their own message.
-            if let Err(e) = ctx.store.advance_read(message.conversation_id, me, message.id) {
-                log::warn!("cannot move the sender's read position: {e}");
-            }
-            ctx.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, chat_message_frame(&message), true);
-            Ok(())
-        }
+    match chat::send_direct(ctx, &session.identity, &recipient, content) {
+        Ok(_) => Ok(()),
         Err(ChatError::Empty) => Err("Message is empty.".into()),
         Err(ChatError::Store(e)) => {
             log::error!("cannot store a direct message: {e}");
@@ -136,26 +145,8 @@ fn send_message(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -
 
 fn mark_read(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
     let sender = other_user(ctx, session, object, "sender_id")?;
-    let reader = &session.identity.user_id;
-    let key = crate::store::direct_key(reader, &sender);
-    let marked = ctx.store.conversation_id(ConversationKind::Direct, &key).and_then(|pair| match pair {
-        Some(pair) => {
-            let latest = ctx.store.latest_message_id(pair)?;
-            ctx.store.advance_read(pair, reader, latest).map(|_| true)
-        }
-        None => Ok(false),
-    });
-    match marked {
-        Ok(true) => {
-            let frame = to_frame(&MessagesRead {
-                r#type: "messages_read",
-                reader_id: reader,
-                timestamp: format_timestamp(ctx.now),
-            });
-            ctx.publish_to_user(&Topic::DirectInbox(sender.clone()), &sender, frame, true);
-            Ok(())
-        }
-        Ok(false) => Ok(()),
+    match chat::read_direct(ctx, &session.identity.user_id, &sender) {
+        Ok(_) => Ok(()),
         Err(e) => {
             log::error!("cannot store a read position: {e}");
             Err("Could not mark messages as read.".into())

@@ -13,7 +13,9 @@ pub mod support;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::context::{Ctx, Event, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Resume, Session, close_code, to_frame};
+use crate::hub::{NotificationFeed, Topic};
+use crate::model::{Seq, StreamId};
 pub use crate::route::{Endpoint, route};
 use crate::store::{Conversation, ConversationKind, StoreError};
 
@@ -89,6 +91,7 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
         | Endpoint::UserNotifications { .. }
         | Endpoint::Notifications
         | Endpoint::V1Notifications => {
+            ctx.leave_stream(session);
             for topic in &session.topics {
                 ctx.hub.unsubscribe(topic, session.conn, &session.identity.user_id);
             }
@@ -98,17 +101,111 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
     }
 }
 
-/// Renders an emitted event into the documents of those who listen to it, once per
-/// document, and queues it for them (durable: it reports stored data).
+/// Delivers a recorded event to this node's listeners: through its stream's sequencer
+/// (in order, once), then rendered once per document and queued for the sockets of
+/// each topic that shows it (durable: it reports stored data).
 pub fn deliver(ctx: &mut Ctx, event: Event) {
-    match event {
-        Event::RoomMessage { conversation, message } => rooms::deliver_message(ctx, conversation, &message),
-        Event::CustomerMessage(inbound) => {
-            support::deliver_customer_message(ctx, &inbound.conversation, &inbound.customer, &inbound.message)
+    for event in ctx.sequence(event) {
+        deliver_in_order(ctx, &event);
+    }
+}
+
+fn deliver_in_order(ctx: &mut Ctx, event: &Event) {
+    let user = match &event.stream {
+        StreamId::User(user) => Some(user.clone()),
+        StreamId::Conversation(_) => None,
+    };
+    match (&event.body, user) {
+        (EventBody::Message { conversation: ConversationKind::Room, message, .. }, _) => {
+            rooms::deliver_message(ctx, message)
         }
-        Event::Notification(notification) => notifications::publish(ctx, &notification),
-        Event::FraudAlert(alert) => banking::deliver_fraud_alert(ctx, &alert),
-        Event::BankingMessage(message) => banking::deliver_message(ctx, &message),
+        (EventBody::Message { conversation: ConversationKind::Consultation, .. }, _)
+        | (EventBody::ReadReceipt { .. }, _) => {
+            if let (StreamId::Conversation(id), Some(frame)) = (&event.stream, consultation::render(event)) {
+                ctx.publish(&Topic::Conversation(*id), frame, event.except, true);
+            }
+        }
+        (EventBody::Message { conversation: ConversationKind::Support | ConversationKind::Direct, .. }, _)
+        | (EventBody::MessagesRead { .. }, _) => {
+            if let (StreamId::Conversation(id), Some(frame)) = (&event.stream, support::render_chat(event)) {
+                ctx.publish(&Topic::Conversation(*id), frame, event.except, true);
+            }
+        }
+        (EventBody::DirectMessage { .. } | EventBody::DirectRead { .. }, Some(user)) => {
+            if let Some(frame) = direct::render(event) {
+                ctx.publish_to_user(&Topic::DirectInbox(user.clone()), &user, frame, true);
+            }
+        }
+        (EventBody::CustomerMessage { .. }, Some(user)) => {
+            if let Some(frame) = support::render_list(event) {
+                ctx.publish_to_user(&Topic::ConversationList(user.clone()), &user, frame, true);
+            }
+        }
+        (EventBody::Notification { .. }, Some(_)) => notifications::deliver(ctx, event),
+        (EventBody::FraudAlert { .. }, Some(user)) => {
+            if let Some(frame) = banking::render_fraud_alert(event) {
+                ctx.publish(&Topic::FraudAlerts(user), frame, None, true);
+            }
+        }
+        (EventBody::BankingMessage { .. }, Some(user)) => {
+            if let Some(frame) = banking::render_message(event) {
+                ctx.publish(&Topic::BankingMessages(user), frame, None, true);
+            }
+        }
+        (_, None) => log::error!("event {}#{} is on a conversation stream by mistake", event.stream.key(), event.seq),
+    }
+}
+
+/// A stored event as an endpoint's document shows it, if it shows it at all (what a
+/// client resuming with `since` gets).
+pub fn render(endpoint: &Endpoint, event: &Event) -> Option<Frame> {
+    match endpoint {
+        Endpoint::Rooms { .. } => rooms::render(event),
+        Endpoint::Consultation { .. } => consultation::render(event),
+        Endpoint::SupportChat { .. } => support::render_chat(event),
+        Endpoint::ConversationList => support::render_list(event),
+        Endpoint::DirectChat => direct::render(event),
+        Endpoint::BankingMessages { .. } => banking::render_message(event),
+        Endpoint::FraudAlerts { .. } => banking::render_fraud_alert(event),
+        Endpoint::UserNotifications { .. } => notifications::render(NotificationFeed::Banking, event),
+        Endpoint::Notifications => notifications::render(NotificationFeed::App, event),
+        Endpoint::V1Notifications => notifications::render(NotificationFeed::V1, event),
+        Endpoint::Presence => None,
+        #[cfg(feature = "echo")]
+        Endpoint::Echo => None,
+    }
+}
+
+#[derive(Serialize)]
+struct RecoveryNotPossible {
+    r#type: &'static str,
+    since: Seq,
+    seq: Seq,
+    message: &'static str,
+}
+
+/// What a session opening with `since` starts with: the events after it in its
+/// document; or, when they are no longer kept, a `recovery_not_possible` frame and then
+/// the usual replay (`replay`, which also serves a session without `since`).
+pub fn replay_or_recover(
+    ctx: &mut Ctx,
+    session: &Session,
+    resume: Resume,
+    replay: impl FnOnce(&mut Ctx) -> Result<Vec<Frame>, Refusal>,
+) -> Result<Vec<Frame>, Refusal> {
+    match resume {
+        Resume::Fresh => replay(ctx),
+        Resume::Recovered(events) => Ok(events.iter().filter_map(|event| render(&session.endpoint, event)).collect()),
+        Resume::NotPossible { since, position } => {
+            let mut frames = vec![to_frame(&RecoveryNotPossible {
+                r#type: "recovery_not_possible",
+                since,
+                seq: position,
+                message: "The events after this position are no longer kept; here is the current state.",
+            })];
+            frames.extend(replay(ctx)?);
+            Ok(frames)
+        }
     }
 }
 

@@ -12,11 +12,11 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::banking::{self, REPLAY_LIMIT};
+use super::banking::REPLAY_LIMIT;
 use super::{Endpoint, numeric_id, parse_object};
-use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
 use crate::hub::{NotificationFeed, Topic};
-use crate::model::{UserId, format_timestamp};
+use crate::model::{Seq, StreamId, UserId, format_timestamp};
 use crate::store::Notification;
 
 #[derive(Serialize)]
@@ -29,6 +29,8 @@ struct ConnectionEstablished {
 struct AppNotification<'a> {
     r#type: &'static str,
     data: AppNotificationData<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
@@ -51,6 +53,8 @@ struct V1Notification<'a> {
     link: Option<&'a str>,
     timestamp: String,
     is_read: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
@@ -63,7 +67,7 @@ pub fn error_frame(message: &str) -> Frame {
     super::typed_error(message)
 }
 
-fn app_frame(n: &Notification) -> Frame {
+fn app_frame(n: &Notification, seq: Option<Seq>) -> Frame {
     to_frame(&AppNotification {
         r#type: "notification",
         data: AppNotificationData {
@@ -74,10 +78,11 @@ fn app_frame(n: &Notification) -> Frame {
             is_read: n.is_read,
             created_at: format_timestamp(n.created_at),
         },
+        seq,
     })
 }
 
-fn v1_frame(n: &Notification) -> Frame {
+fn v1_frame(n: &Notification, seq: Option<Seq>) -> Frame {
     to_frame(&V1Notification {
         r#type: "notification",
         id: n.id,
@@ -87,11 +92,58 @@ fn v1_frame(n: &Notification) -> Frame {
         link: n.link.as_deref(),
         timestamp: format_timestamp(n.created_at),
         is_read: n.is_read,
+        seq,
     })
 }
 
 fn count_frame(count: i64) -> Frame {
     to_frame(&UnreadCount { r#type: "unread_count", count })
+}
+
+/// A stored event of the user's stream as a notification document shows it.
+pub fn render(feed: NotificationFeed, event: &Event) -> Option<Frame> {
+    let seq = Some(event.seq);
+    match (&event.body, feed) {
+        (EventBody::Notification { notification }, NotificationFeed::App) => Some(app_frame(notification, seq)),
+        (EventBody::Notification { notification }, NotificationFeed::V1) => Some(v1_frame(notification, seq)),
+        (EventBody::Notification { notification }, NotificationFeed::Banking) => {
+            Some(super::banking::notification_update_frame(notification, seq))
+        }
+        _ => None,
+    }
+}
+
+/// A stored event reaches every notification socket of its user, rendered once per
+/// document; the 001 and 003 sockets also get the new unread count.
+pub fn deliver(ctx: &mut Ctx, event: &Event) {
+    let StreamId::User(user) = &event.stream else { return };
+    for feed in [NotificationFeed::Banking, NotificationFeed::App, NotificationFeed::V1] {
+        let topic = Topic::Notifications(user.clone(), feed);
+        if !ctx.hub.conns(&topic).is_empty()
+            && let Some(frame) = render(feed, event)
+        {
+            ctx.publish(&topic, frame, None, true);
+        }
+    }
+    publish_unread_count(ctx, user);
+}
+
+/// The user's unread count (state, not an event: it carries no seq) to every 001 and
+/// 003 socket of theirs.
+fn publish_unread_count(ctx: &mut Ctx, user: &UserId) {
+    let app = Topic::Notifications(user.clone(), NotificationFeed::App);
+    let v1 = Topic::Notifications(user.clone(), NotificationFeed::V1);
+    if ctx.hub.conns(&app).is_empty() && ctx.hub.conns(&v1).is_empty() {
+        return;
+    }
+    match ctx.store.unread_notification_count(user) {
+        Ok(count) => {
+            let frame = count_frame(count);
+            ctx.publish(&app, frame.clone(), None, true);
+            ctx.publish(&v1, frame, None, true);
+        }
+        Err(e) => log::error!("cannot count unread notifications: {e}"),
+    }
 }
 
 /// The notification document an endpoint speaks, if it speaks one.
@@ -113,11 +165,21 @@ pub fn feed(endpoint: &Endpoint) -> Option<NotificationFeed> {
     }
 }
 
+/// 001 and 003: the unread notifications and the count, or what was missed.
 pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
     let user = session.identity.user_id.clone();
-    let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
-    let count = ctx.store.unread_notification_count(&user).map_err(super::internal)?;
     let feed = feed(&session.endpoint).unwrap_or(NotificationFeed::App);
+    let stream = StreamId::User(user.clone());
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let mut frames = super::replay_or_recover(ctx, session, resume, |ctx| {
+        let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
+        let render = if feed == NotificationFeed::App { app_frame } else { v1_frame };
+        Ok(pending.iter().map(|n| render(n, None)).collect())
+    })?;
+    // Replayed or recovered, the notifications are followed by the count as it is now.
+    let count = ctx.store.unread_notification_count(&user).map_err(super::internal)?;
+    frames.push(count_frame(count));
+    ctx.join_stream(session, stream, position);
     let topic = Topic::Notifications(user, feed);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
@@ -125,11 +187,7 @@ pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
         let hello = ConnectionEstablished { r#type: "connection_established", message: "Connected to notifications" };
         ctx.send(session.conn, to_frame(&hello));
     }
-    for notification in &pending {
-        let frame = if feed == NotificationFeed::App { app_frame(notification) } else { v1_frame(notification) };
-        ctx.send(session.conn, frame);
-    }
-    ctx.send(session.conn, count_frame(count));
+    ctx.send_all(session.conn, frames);
     Ok(())
 }
 
@@ -157,35 +215,4 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
-}
-
-fn publish_unread_count(ctx: &mut Ctx, user: &UserId) {
-    match ctx.store.unread_notification_count(user) {
-        Ok(count) => {
-            let frame = count_frame(count);
-            ctx.publish(&Topic::Notifications(user.clone(), NotificationFeed::App), frame.clone(), None, true);
-            ctx.publish(&Topic::Notifications(user.clone(), NotificationFeed::V1), frame, None, true);
-        }
-        Err(e) => log::error!("cannot count unread notifications: {e}"),
-    }
-}
-
-/// A stored notification reaches every notification socket of its user, rendered once
-/// per document; the 001 and 003 sockets also get the new unread count.
-pub fn publish(ctx: &mut Ctx, notification: &Notification) {
-    let user = &notification.user_id;
-    let topics = [
-        (
-            Topic::Notifications(user.clone(), NotificationFeed::Banking),
-            banking::notification_update_frame as fn(&Notification) -> Frame,
-        ),
-        (Topic::Notifications(user.clone(), NotificationFeed::App), app_frame),
-        (Topic::Notifications(user.clone(), NotificationFeed::V1), v1_frame),
-    ];
-    for (topic, render) in topics {
-        if !ctx.hub.conns(&topic).is_empty() {
-            ctx.publish(&topic, render(notification), None, true);
-        }
-    }
-    publish_unread_count(ctx, user);
 }

@@ -11,10 +11,10 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::context::{Ctx, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
-use crate::model::format_timestamp;
+use crate::model::{Seq, StreamId, format_timestamp};
 use crate::route::Endpoint;
 use crate::store::{ConversationKind, StoredMessage};
 
@@ -28,6 +28,8 @@ struct ChatMessage<'a> {
     sender_username: &'a str,
     sender_id: &'a str,
     timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
@@ -53,14 +55,24 @@ pub fn error_frame(message: &str) -> Frame {
     super::bare_error(message)
 }
 
-fn chat_message_frame(message: &StoredMessage) -> Frame {
+/// `chat_message`, with the message's seq on the room's stream.
+pub fn chat_message_frame(message: &StoredMessage) -> Frame {
     to_frame(&ChatMessage {
         r#type: "chat_message",
         message: &message.content,
         sender_username: &message.sender_name,
         sender_id: message.sender_id.as_ref().map_or("", |id| id.as_str()),
         timestamp: format_timestamp(message.created_at),
+        seq: message.seq,
     })
+}
+
+/// A stored event as this document shows it (a resuming client's frames).
+pub fn render(event: &Event) -> Option<Frame> {
+    match &event.body {
+        EventBody::Message { message, .. } => Some(chat_message_frame(message)),
+        _ => None,
+    }
 }
 
 pub fn open(ctx: &mut Ctx, session: &mut Session, room: &str) -> Result<(), Refusal> {
@@ -71,19 +83,24 @@ pub fn open(ctx: &mut Ctx, session: &mut Session, room: &str) -> Result<(), Refu
         log::error!("cannot open room: {e}");
         Refusal::new(close_code::INTERNAL_ERROR, "internal error")
     };
+    let conversation = match ctx.recent.get(room) {
+        Some((conversation, _)) => conversation,
+        None => ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(internal)?,
+    };
+    let stream = StreamId::Conversation(conversation);
+    let (position, resume) = ctx.resume(session, &stream)?;
     // An active room's history is kept rendered (`recent.rs`): the sockets of a room
     // that all reconnect at once get it without a query or a render each.
-    let (conversation, history) = match ctx.recent.get(room) {
-        Some((conversation, frames)) => (conversation, frames.iter().cloned().collect::<Vec<Frame>>()),
+    let history = super::replay_or_recover(ctx, session, resume, |ctx| match ctx.recent.get(room) {
+        Some((_, frames)) => Ok(frames.iter().cloned().collect::<Vec<Frame>>()),
         None => {
-            let conversation =
-                ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(internal)?;
             let messages = ctx.store.recent_messages(conversation, ctx.config.history_limit).map_err(internal)?;
             let history: Vec<Frame> = messages.iter().map(chat_message_frame).collect();
             ctx.recent.keep(room, conversation, history.iter().cloned().collect());
-            (conversation, history)
+            Ok(history)
         }
-    };
+    })?;
+    ctx.join_stream(session, stream, position);
     let topic = Topic::Conversation(conversation);
     let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());
@@ -122,11 +139,8 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
         },
         Ok(_) => return ctx.send(session.conn, error_frame("Expected a JSON object with a \"message\".")),
     };
-    match chat::post(&mut ctx.store, conversation, &session.identity, &content, ctx.now) {
-        Ok(message) => {
-            ctx.metrics.messages_stored += 1;
-            deliver_message(ctx, conversation, &message);
-        }
+    match chat::post_in(ctx, ConversationKind::Room, conversation, &session.identity, &content) {
+        Ok(_) => {}
         Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
         Err(ChatError::Store(e)) => {
             log::error!("cannot store a room message: {e}");
@@ -135,14 +149,15 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     }
 }
 
-/// A message stored in a room reaches everyone in it (the API posts this way).
-pub fn deliver_message(ctx: &mut Ctx, conversation: i64, message: &StoredMessage) {
+/// A message stored in a room reaches everyone in it, and the room's kept history.
+pub fn deliver_message(ctx: &mut Ctx, message: &StoredMessage) {
     let frame = chat_message_frame(message);
-    ctx.recent.push(conversation, &frame, ctx.config.history_limit);
-    ctx.publish(&Topic::Conversation(conversation), frame, None, true);
+    ctx.recent.push(message.conversation_id, &frame, ctx.config.history_limit);
+    ctx.publish(&Topic::Conversation(message.conversation_id), frame, None, true);
 }
 
 pub fn close(ctx: &mut Ctx, session: &Session) {
+    ctx.leave_stream(session);
     for topic in &session.topics {
         if ctx.hub.unsubscribe(topic, session.conn, &session.identity.user_id) {
             let leave = to_frame(&UserEvent {

@@ -16,12 +16,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{member_conversation, parse_object};
-use crate::context::{Ctx, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
+use crate::features::chat;
+use crate::features::support::post_agent_message;
 use crate::hub::Topic;
-use crate::model::{UserId, format_timestamp};
-use crate::store::{
-    Conversation, ConversationKind, ConversationSummary, Customer, NewMessage, StoreError, StoredMessage,
-};
+use crate::model::{Seq, StreamId, UserId, format_timestamp};
+use crate::store::{ConversationKind, ConversationSummary, Customer, StoredMessage};
 
 pub const INVALID_JSON: &str = "Invalid JSON format";
 
@@ -67,12 +67,16 @@ impl<'a> MessageObject<'a> {
 struct ChatMessage<'a> {
     r#type: &'static str,
     message: MessageObject<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
 }
 
 #[derive(Serialize)]
 struct RecentMessages<'a> {
     r#type: &'static str,
     messages: Vec<MessageObject<'a>>,
+    /// The stream position the session joined at.
+    seq: Seq,
 }
 
 #[derive(Serialize)]
@@ -86,6 +90,7 @@ struct TypingIndicator<'a> {
 struct MessagesRead<'a> {
     r#type: &'static str,
     user_id: &'a UserId,
+    seq: Seq,
 }
 
 #[derive(Serialize)]
@@ -122,6 +127,8 @@ struct ConversationObject<'a> {
 struct ConversationsList<'a> {
     r#type: &'static str,
     conversations: Vec<ConversationObject<'a>>,
+    /// The position of the user's stream the list reflects.
+    seq: Seq,
 }
 
 #[derive(Serialize)]
@@ -129,14 +136,40 @@ struct NewCustomerMessage<'a> {
     r#type: &'static str,
     conversation_id: &'a str,
     message: MessageObject<'a>,
+    seq: Seq,
 }
 
 pub fn error_frame(message: &str) -> Frame {
     super::bare_error(message)
 }
 
-fn chat_message_frame(message: &StoredMessage, customer: Option<&Customer>) -> Frame {
-    to_frame(&ChatMessage { r#type: "chat_message", message: MessageObject::new(message, customer) })
+pub fn chat_message_frame(message: &StoredMessage, customer: Option<&Customer>) -> Frame {
+    to_frame(&ChatMessage { r#type: "chat_message", message: MessageObject::new(message, customer), seq: message.seq })
+}
+
+/// A stored event of a conversation's stream as the chat shows it: messages, and a
+/// member having read them.
+pub fn render_chat(event: &Event) -> Option<Frame> {
+    match &event.body {
+        EventBody::Message { message, customer, .. } => Some(chat_message_frame(message, customer.as_ref())),
+        EventBody::MessagesRead { user_id } => {
+            Some(to_frame(&MessagesRead { r#type: "messages_read", user_id, seq: event.seq }))
+        }
+        _ => None,
+    }
+}
+
+/// A stored event of the user's stream as the conversation list shows it.
+pub fn render_list(event: &Event) -> Option<Frame> {
+    match &event.body {
+        EventBody::CustomerMessage { conversation_key, message, customer } => Some(to_frame(&NewCustomerMessage {
+            r#type: "new_customer_message",
+            conversation_id: conversation_key,
+            message: MessageObject::new(message, Some(customer)),
+            seq: event.seq,
+        })),
+        _ => None,
+    }
 }
 
 /// Parses a frame; invalid JSON gets the document's exact error.
@@ -156,17 +189,24 @@ fn parse(ctx: &mut Ctx, session: &Session, text: &str) -> Option<Map<String, Val
 
 pub fn open_chat(ctx: &mut Ctx, session: &mut Session, id: &str) -> Result<(), Refusal> {
     let conversation = member_conversation(ctx, session, ConversationKind::Support, id)?;
-    let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
+    let stream = StreamId::Conversation(conversation.id);
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
+        let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
+        let customer = conversation.customer.as_ref();
+        let recent = RecentMessages {
+            r#type: "recent_messages",
+            messages: history.iter().map(|m| MessageObject::new(m, customer)).collect(),
+            seq: position,
+        };
+        Ok(vec![to_frame(&recent)])
+    })?;
+    ctx.join_stream(session, stream, position);
     let topic = Topic::Conversation(conversation.id);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     session.conversation = Some(conversation.id);
-    let customer = conversation.customer.as_ref();
-    let recent = RecentMessages {
-        r#type: "recent_messages",
-        messages: history.iter().map(|m| MessageObject::new(m, customer)).collect(),
-    };
-    ctx.send(session.conn, to_frame(&recent));
+    ctx.send_all(session.conn, frames);
     Ok(())
 }
 
@@ -181,12 +221,8 @@ pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 Some(Value::String(_)) => return ctx.send(session.conn, error_frame("Message content is empty.")),
                 _ => return ctx.send(session.conn, error_frame("\"content\" must be a string.")),
             };
-            match post_agent_message(ctx, session, conversation_id, content) {
-                Ok((message, conversation)) => {
-                    ctx.metrics.messages_stored += 1;
-                    let frame = chat_message_frame(&message, conversation.customer.as_ref());
-                    ctx.publish(&topic, frame, None, true);
-                }
+            match post_agent_message(ctx, &session.identity, conversation_id, content) {
+                Ok(_) => {}
                 Err(e) => {
                     log::error!("cannot store a support message: {e}");
                     ctx.send(session.conn, error_frame("Message could not be stored."));
@@ -199,80 +235,60 @@ pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 to_frame(&TypingIndicator { r#type: "typing_indicator", username: &session.identity.name, is_typing });
             ctx.publish(&topic, frame, Some(session.conn), false);
         }
-        Some("mark_read") => {
-            let result = ctx
-                .store
-                .latest_message_id(conversation_id)
-                .and_then(|latest| ctx.store.advance_read(conversation_id, &session.identity.user_id, latest));
-            match result {
-                Ok(()) => {
-                    let frame = to_frame(&MessagesRead { r#type: "messages_read", user_id: &session.identity.user_id });
-                    ctx.publish(&topic, frame, None, true);
-                }
-                Err(e) => {
-                    log::error!("cannot store a read position: {e}");
-                    ctx.send(session.conn, error_frame("Could not mark messages as read."));
-                }
+        Some("mark_read") => match chat::read_all(ctx, conversation_id, &session.identity.user_id) {
+            Ok(()) => {}
+            Err(e) => {
+                log::error!("cannot store a read position: {e}");
+                ctx.send(session.conn, error_frame("Could not mark messages as read."));
             }
-        }
+        },
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
 }
 
-/// Stores an agent's reply; the customer's earlier messages become answered.
-fn post_agent_message(
-    ctx: &mut Ctx,
-    session: &Session,
-    conversation_id: i64,
-    content: &str,
-) -> Result<(StoredMessage, Conversation), StoreError> {
-    let conversation = ctx.store.existing_conversation(conversation_id)?;
-    ctx.store.mark_customer_messages_answered(conversation_id)?;
-    let message = ctx.store.insert_message(
-        NewMessage {
-            conversation_id,
-            sender: Some((&session.identity.user_id, &session.identity.name)),
-            content,
-            message_type: "support",
-            customer_id: conversation.customer.as_ref().map(|c| c.id),
-            is_ai_response: false,
-            is_answered: true,
-        },
-        ctx.now,
-    )?;
-    Ok((message, conversation))
-}
-
 pub fn open_list(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
+    let stream = StreamId::User(session.identity.user_id.clone());
+    let (position, resume) = ctx.resume(session, &stream)?;
+    let frames = super::replay_or_recover(ctx, session, resume, |ctx| Ok(vec![list_frame(ctx, session, position)]))?;
+    ctx.join_stream(session, stream, position);
     let topic = Topic::ConversationList(session.identity.user_id.clone());
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
-    send_list(ctx, session);
+    ctx.send_all(session.conn, frames);
     Ok(())
 }
 
 pub fn on_list_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let Some(object) = parse(ctx, session, text) else { return };
     match object.get("type").and_then(Value::as_str) {
-        Some("get_conversations" | "refresh_conversations") => send_list(ctx, session),
+        Some("get_conversations" | "refresh_conversations") => {
+            let stream = StreamId::User(session.identity.user_id.clone());
+            let frame = match ctx.store.last_seq(&stream) {
+                Ok(position) => list_frame(ctx, session, position),
+                Err(e) => {
+                    log::error!("cannot read stream {}: {e}", stream.key());
+                    error_frame("Could not load conversations.")
+                }
+            };
+            ctx.send(session.conn, frame);
+        }
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
 }
 
-fn send_list(ctx: &mut Ctx, session: &Session) {
+/// `conversations_list` as of the user's stream at `position` (or the error frame).
+fn list_frame(ctx: &mut Ctx, session: &Session, position: Seq) -> Frame {
     match ctx.store.conversations_of(&session.identity.user_id, ConversationKind::Support) {
-        Ok(summaries) => {
-            let frame = to_frame(&ConversationsList {
-                r#type: "conversations_list",
-                conversations: summaries.iter().map(conversation_object).collect(),
-            });
-            ctx.send(session.conn, frame);
-        }
+        Ok(summaries) => to_frame(&ConversationsList {
+            r#type: "conversations_list",
+            conversations: summaries.iter().map(conversation_object).collect(),
+            seq: position,
+        }),
         Err(e) => {
             log::error!("cannot list conversations: {e}");
-            ctx.send(session.conn, error_frame("Could not load conversations."));
+            error_frame("Could not load conversations.")
         }
     }
 }
@@ -300,29 +316,5 @@ fn conversation_object(summary: &ConversationSummary) -> ConversationObject<'_> 
             created_at: format_timestamp(m.created_at),
         }),
         unread_count: summary.unread_count,
-    }
-}
-
-/// A customer's message from an external platform reaches the conversation's sockets
-/// as `chat_message` and every member's list sockets as `new_customer_message`.
-pub fn deliver_customer_message(
-    ctx: &mut Ctx,
-    conversation: &Conversation,
-    customer: &Customer,
-    message: &StoredMessage,
-) {
-    ctx.publish(&Topic::Conversation(conversation.id), chat_message_frame(message, Some(customer)), None, true);
-    let notice = to_frame(&NewCustomerMessage {
-        r#type: "new_customer_message",
-        conversation_id: &conversation.key,
-        message: MessageObject::new(message, Some(customer)),
-    });
-    match ctx.store.members(conversation.id) {
-        Ok(members) => {
-            for member in members {
-                ctx.publish_to_user(&Topic::ConversationList(member.clone()), &member, notice.clone(), true);
-            }
-        }
-        Err(e) => log::error!("cannot read the members of conversation {}: {e}", conversation.id),
     }
 }

@@ -1,10 +1,11 @@
-//! Chat: posting a message to a conversation, and the rooms' naming rule. Validation and
-//! storage of the message; whom to tell and in which shape is the endpoints' business
-//! (an emitted `Event`, delivered by `endpoints::deliver`).
+//! Chat: posting a message to a conversation, reading it, and the rooms' naming rule.
+//! Validation and storage, and the event recorded on the stream that delivers it; whom
+//! to tell and in which shape is the endpoints' business (`endpoints::deliver`).
 
-use crate::context::{Ctx, Event};
-use crate::model::{Identity, Micros};
-use crate::store::{ConversationKind, NewMessage, Store, StoreError, StoredMessage};
+use crate::context::{Ctx, EventBody};
+use crate::hub::ConnId;
+use crate::model::{Identity, StreamId, UserId};
+use crate::store::{ConversationKind, NewMessage, StoreError, StoredMessage};
 
 /// Longest room name.
 pub const MAX_ROOM_NAME: usize = 100;
@@ -28,28 +29,114 @@ impl From<StoreError> for ChatError {
     }
 }
 
-/// Stores a message from a user in a conversation, in the turn's transaction.
+/// Stores a user's text message in a conversation, in the turn's transaction, and
+/// records it on `stream` as the event `as_event` makes of it.
 pub fn post(
-    store: &mut Store,
+    ctx: &mut Ctx,
+    stream: &StreamId,
     conversation_id: i64,
     sender: &Identity,
     content: &str,
-    now: Micros,
+    as_event: impl FnOnce(StoredMessage) -> EventBody,
 ) -> Result<StoredMessage, ChatError> {
     if content.trim().is_empty() {
         return Err(ChatError::Empty);
     }
-    Ok(store.insert_message(NewMessage::text(conversation_id, (&sender.user_id, &sender.name), content), now)?)
+    let now = ctx.now;
+    let message = ctx.record_with(stream, None, |store, seq| {
+        let new = NewMessage {
+            seq: Some(seq),
+            ..NewMessage::text(conversation_id, (&sender.user_id, &sender.name), content)
+        };
+        let message = store.insert_message(new, now)?;
+        Ok((as_event(message.clone()), message))
+    })?;
+    ctx.metrics.messages_stored += 1;
+    Ok(message)
 }
 
-/// Posts a message into a room (created when new) as `sender`, and emits it to the
-/// room's listeners. The server API posts this way.
+/// Posts a message in a conversation of `kind` (a room, a consultation), on its stream.
+pub fn post_in(
+    ctx: &mut Ctx,
+    kind: ConversationKind,
+    conversation_id: i64,
+    sender: &Identity,
+    content: &str,
+) -> Result<StoredMessage, ChatError> {
+    let stream = StreamId::Conversation(conversation_id);
+    post(ctx, &stream, conversation_id, sender, content, |message| EventBody::Message {
+        conversation: kind,
+        message,
+        customer: None,
+    })
+}
+
+/// Posts a message into a room (created when new) as `sender`. The server API posts
+/// this way.
 pub fn post_to_room(ctx: &mut Ctx, room: &str, sender: &Identity, content: &str) -> Result<StoredMessage, ChatError> {
     let conversation = ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now)?;
-    let message = post(&mut ctx.store, conversation, sender, content, ctx.now)?;
-    ctx.metrics.messages_stored += 1;
-    ctx.emit(Event::RoomMessage { conversation, message: message.clone() });
+    post_in(ctx, ConversationKind::Room, conversation, sender, content)
+}
+
+/// Sends a 1:1 message: stored in the pair's conversation, recorded on the recipient's
+/// stream; the sender has read everything up to it.
+pub fn send_direct(
+    ctx: &mut Ctx,
+    sender: &Identity,
+    recipient: &UserId,
+    content: &str,
+) -> Result<StoredMessage, ChatError> {
+    if content.trim().is_empty() {
+        return Err(ChatError::Empty);
+    }
+    let pair = ctx.store.direct_conversation(&sender.user_id, recipient, ctx.now)?;
+    let stream = StreamId::User(recipient.clone());
+    let message = post(ctx, &stream, pair, sender, content, |message| EventBody::DirectMessage { message })?;
+    if let Err(e) = ctx.store.advance_read(pair, &sender.user_id, message.id) {
+        log::warn!("cannot move the sender's read position: {e}");
+    }
     Ok(message)
+}
+
+/// 003: `reader` read everything `sender` sent them; recorded on the sender's stream.
+/// `false` when the two never wrote to each other.
+pub fn read_direct(ctx: &mut Ctx, reader: &UserId, sender: &UserId) -> Result<bool, StoreError> {
+    let key = crate::store::direct_key(reader, sender);
+    let Some(pair) = ctx.store.conversation_id(ConversationKind::Direct, &key)? else { return Ok(false) };
+    let latest = ctx.store.latest_message_id(pair)?;
+    ctx.store.advance_read(pair, reader, latest)?;
+    let body = EventBody::DirectRead { reader_id: reader.clone(), at: ctx.now };
+    ctx.record(&StreamId::User(sender.clone()), body, None)?;
+    Ok(true)
+}
+
+/// 002: a user read a conversation up to its newest message.
+pub fn read_all(ctx: &mut Ctx, conversation_id: i64, user: &UserId) -> Result<(), StoreError> {
+    let latest = ctx.store.latest_message_id(conversation_id)?;
+    ctx.store.advance_read(conversation_id, user, latest)?;
+    ctx.record(&StreamId::Conversation(conversation_id), EventBody::MessagesRead { user_id: user.clone() }, None)?;
+    Ok(())
+}
+
+/// 001: a user read one message, recorded once (`false` when read before). `reader_conn`
+/// does not hear of its own receipt live.
+pub fn read_one(
+    ctx: &mut Ctx,
+    message: &StoredMessage,
+    reader: &Identity,
+    reader_conn: ConnId,
+) -> Result<bool, StoreError> {
+    if !ctx.store.record_read(message, &reader.user_id, ctx.now)? {
+        return Ok(false);
+    }
+    let body = EventBody::ReadReceipt {
+        message_id: message.id,
+        user_id: reader.user_id.clone(),
+        user_name: reader.name.to_string(),
+        read_at: ctx.now,
+    };
+    ctx.record(&StreamId::Conversation(message.conversation_id), body, Some(reader_conn))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Support conversations fed from external platforms (Telegram, Instagram): the
 //! customer's message and the conversation it lands in.
 
-use crate::context::{Ctx, Event, InboundMessage};
-use crate::model::UserId;
+use crate::context::{Ctx, EventBody};
+use crate::model::{Identity, StreamId, UserId};
 use crate::store::{Conversation, ConversationKind, Customer, NewConversation, NewMessage, StoreResult, StoredMessage};
 
 /// The customer's newest open support conversation, or a new one with `members` (and a
@@ -30,8 +30,9 @@ pub fn conversation_for(
     Ok((ctx.store.existing_conversation(id)?, true))
 }
 
-/// Stores a customer's message in a support conversation and emits it (the
-/// conversation's sockets and its members' conversation lists hear of it).
+/// Stores a customer's message in a support conversation and records it on the
+/// conversation's stream (its sockets) and on each member's stream (their conversation
+/// lists).
 pub fn post_customer_message(
     ctx: &mut Ctx,
     conversation: &Conversation,
@@ -39,8 +40,10 @@ pub fn post_customer_message(
     content: &str,
 ) -> StoreResult<StoredMessage> {
     let name = format!("{} {}", customer.first_name, customer.last_name).trim().to_string();
-    let message = ctx.store.insert_message(
-        NewMessage {
+    let now = ctx.now;
+    let stream = StreamId::Conversation(conversation.id);
+    let message = ctx.record_with(&stream, None, |store, seq| {
+        let new = NewMessage {
             conversation_id: conversation.id,
             sender: None,
             content,
@@ -48,15 +51,58 @@ pub fn post_customer_message(
             customer_id: Some(customer.id),
             is_ai_response: false,
             is_answered: false,
-        },
-        ctx.now,
-    )?;
-    let message = StoredMessage { sender_name: name, ..message };
+            seq: Some(seq),
+        };
+        let message = StoredMessage { sender_name: name, ..store.insert_message(new, now)? };
+        let body = EventBody::Message {
+            conversation: ConversationKind::Support,
+            message: message.clone(),
+            customer: Some(customer.clone()),
+        };
+        Ok((body, message))
+    })?;
     ctx.metrics.messages_stored += 1;
-    ctx.emit(Event::CustomerMessage(Box::new(InboundMessage {
-        conversation: conversation.clone(),
-        customer: customer.clone(),
-        message: message.clone(),
-    })));
+    for member in ctx.store.members(conversation.id)? {
+        let body = EventBody::CustomerMessage {
+            conversation_key: conversation.key.clone(),
+            message: message.clone(),
+            customer: customer.clone(),
+        };
+        ctx.record(&StreamId::User(member), body, None)?;
+    }
+    Ok(message)
+}
+
+/// Stores an agent's reply in a support conversation (the customer's earlier messages
+/// become answered) and records it on the conversation's stream.
+pub fn post_agent_message(
+    ctx: &mut Ctx,
+    agent: &Identity,
+    conversation_id: i64,
+    content: &str,
+) -> StoreResult<StoredMessage> {
+    let conversation = ctx.store.existing_conversation(conversation_id)?;
+    ctx.store.mark_customer_messages_answered(conversation_id)?;
+    let now = ctx.now;
+    let message = ctx.record_with(&StreamId::Conversation(conversation_id), None, |store, seq| {
+        let new = NewMessage {
+            conversation_id,
+            sender: Some((&agent.user_id, &agent.name)),
+            content,
+            message_type: "support",
+            customer_id: conversation.customer.as_ref().map(|c| c.id),
+            is_ai_response: false,
+            is_answered: true,
+            seq: Some(seq),
+        };
+        let message = store.insert_message(new, now)?;
+        let body = EventBody::Message {
+            conversation: ConversationKind::Support,
+            message: message.clone(),
+            customer: conversation.customer,
+        };
+        Ok((body, message))
+    })?;
+    ctx.metrics.messages_stored += 1;
     Ok(message)
 }

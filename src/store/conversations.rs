@@ -7,7 +7,7 @@ use super::{ConversationKind, MESSAGE_COLUMNS, Store, StoreError, StoreResult, S
 use crate::model::{Micros, UserId};
 
 /// A customer from an external platform (Telegram, Instagram, ...).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Customer {
     pub id: i64,
     pub source: String,

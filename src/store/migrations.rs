@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../sql/0001_init.sql")),
     (2, "conversations", include_str!("../../sql/0002_conversations.sql")),
     (3, "notifications", include_str!("../../sql/0003_notifications.sql")),
+    (4, "streams", include_str!("../../sql/0004_streams.sql")),
 ];
 
 pub fn apply(conn: &Connection) -> Result<(), String> {

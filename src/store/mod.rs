@@ -11,17 +11,19 @@ mod conversations;
 mod file;
 mod migrations;
 mod notifications;
+mod streams;
 
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::config::DbCheck;
-use crate::model::{Micros, UserId};
+use crate::model::{Micros, Seq, UserId};
 
 pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
 pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
+pub use streams::{Since, StoredEvent};
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -78,7 +80,8 @@ impl From<rusqlite::Error> for StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The kinds of conversation; each is served by one seed protocol family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConversationKind {
     /// 004: open rooms, created by the first connection.
     Room,
@@ -112,7 +115,7 @@ impl ConversationKind {
 }
 
 /// A stored chat message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredMessage {
     pub id: i64,
     pub conversation_id: i64,
@@ -124,6 +127,8 @@ pub struct StoredMessage {
     pub customer_id: Option<i64>,
     pub is_ai_response: bool,
     pub is_answered: bool,
+    /// The seq of the event that delivered it on its stream (`None` before migration 4).
+    pub seq: Option<Seq>,
 }
 
 /// A message to store. `sender` is `None` for messages from a customer or the system.
@@ -135,6 +140,8 @@ pub struct NewMessage<'a> {
     pub customer_id: Option<i64>,
     pub is_ai_response: bool,
     pub is_answered: bool,
+    /// The seq of the event that delivers it (from `Store::next_seq`).
+    pub seq: Option<Seq>,
 }
 
 impl<'a> NewMessage<'a> {
@@ -148,11 +155,12 @@ impl<'a> NewMessage<'a> {
             customer_id: None,
             is_ai_response: false,
             is_answered: false,
+            seq: None,
         }
     }
 }
 
-const MESSAGE_COLUMNS: &str = "id, conversation_id, sender_id, sender_name, content, message_type, created_at, customer_id, is_ai_response, is_answered";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, sender_id, sender_name, content, message_type, created_at, customer_id, is_ai_response, is_answered, seq";
 
 pub struct Store {
     conn: Connection,
@@ -178,6 +186,8 @@ pub struct Store {
     lost: Option<String>,
     /// When a failing store last tried a write of its own (see `sweep`).
     last_probe: Option<std::time::Instant>,
+    /// Each stream's last seq, and what the turn moved (`streams.rs`).
+    seqs: streams::Seqs,
 }
 
 impl Drop for Store {
@@ -237,6 +247,7 @@ impl Store {
             write_error: None,
             lost: None,
             last_probe: None,
+            seqs: streams::Seqs::default(),
         })
     }
 
@@ -327,16 +338,20 @@ impl Store {
         let result = if std::mem::take(&mut self.turn_failed) || self.conn.is_autocommit() {
             Err(StoreError::Unavailable("a write failed and the turn was rolled back".into()))
         } else {
-            self.write_touched().and_then(|()| Ok(self.conn.execute_batch("COMMIT")?))
+            self.write_touched()
+                .and_then(|()| self.write_streams())
+                .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?))
         };
         if let Err(e) = result {
             self.touched.clear();
+            self.seqs.rollback_turn();
             if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
             self.writes_failing(&e);
             return Err(e);
         }
+        self.streams_committed();
         self.writes_work();
         Ok(writes)
     }
@@ -428,6 +443,7 @@ impl Store {
     pub fn begin_unit(&mut self) -> StoreResult<()> {
         self.ensure_transaction()?;
         self.conn.execute_batch("SAVEPOINT unit")?;
+        self.seqs.begin_unit();
         Ok(())
     }
 
@@ -439,11 +455,13 @@ impl Store {
             return Err(StoreError::Unavailable("a write failed and the turn was rolled back".into()));
         }
         self.conn.execute_batch("RELEASE unit")?;
+        self.seqs.keep_unit();
         Ok(())
     }
 
     /// Undoes the unit's writes; the rest of the turn stays.
     pub fn undo_unit(&mut self) {
+        self.seqs.undo_unit();
         if self.conn.is_autocommit() {
             // SQLite rolled everything back already; `commit` fails the turn.
             self.turn_failed |= self.in_transaction;
@@ -460,6 +478,8 @@ impl Store {
             self.in_transaction = false;
             self.writes_in_transaction = 0;
             self.touched.clear();
+            self.seqs.rollback_turn();
+            drop(self.take_rewound());
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
@@ -527,8 +547,8 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at,
-                                       customer_id, is_ai_response, is_answered)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                                              customer_id, is_ai_response, is_answered, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 message.conversation_id,
@@ -539,7 +559,8 @@ impl Store {
                 now,
                 message.customer_id,
                 message.is_ai_response,
-                message.is_answered
+                message.is_answered,
+                message.seq
             ])?;
         let id = self.conn.last_insert_rowid();
         match self.touched.iter_mut().find(|(c, _)| *c == message.conversation_id) {
@@ -557,6 +578,7 @@ impl Store {
             customer_id: message.customer_id,
             is_ai_response: message.is_ai_response,
             is_answered: message.is_answered,
+            seq: message.seq,
         })
     }
 
@@ -597,6 +619,7 @@ fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> 
         customer_id: row.get(7)?,
         is_ai_response: row.get(8)?,
         is_answered: row.get(9)?,
+        seq: row.get(10)?,
     })
 }
 

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{Store, StoreResult};
 use crate::model::{Micros, UserId};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Notification {
     pub id: i64,
     pub user_id: UserId,
@@ -27,7 +27,7 @@ pub struct NewNotification<'a> {
     pub link: Option<&'a str>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FraudAlert {
     pub id: i64,
     pub user_id: UserId,
@@ -39,7 +39,7 @@ pub struct FraudAlert {
 }
 
 /// A banking message with its replies (direct children, each with theirs).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BankingMessage {
     pub id: i64,
     pub user_id: UserId,

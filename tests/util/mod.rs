@@ -331,6 +331,11 @@ impl Client {
         }
     }
 
+    /// The next frame, which must deliver a stored event, without its `seq` (`sequenced`).
+    pub fn recv_event(&mut self) -> Value {
+        sequenced(self.recv())
+    }
+
     /// The next frame whose `type` is `kind`, skipping others.
     pub fn recv_type(&mut self, kind: &str) -> Value {
         loop {
@@ -387,6 +392,15 @@ impl Client {
 }
 
 /// The close code a connection attempt ends with, for refusals after the upgrade.
+/// A frame that delivers a stored event, without its `seq` (which it must have: an
+/// integer, its stream's number; docs/protocols.md, "Recovery"), to compare with a
+/// document's frame.
+pub fn sequenced(mut frame: Value) -> Value {
+    let seq = frame.as_object_mut().and_then(|o| o.remove("seq"));
+    assert!(seq.as_ref().is_some_and(Value::is_i64), "no integer seq in a frame that delivers a stored event: {frame}");
+    frame
+}
+
 pub fn close_code_of(server: &Server, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
     let mut client = server.try_connect(path, headers).expect("upgrade");
     client.expect_close()

@@ -1,0 +1,228 @@
+//! Streams and their events: each stream's last sequence number and the delivery log a
+//! reconnecting client resumes from (`sql/0004_streams.sql`).
+//!
+//! The database file is locked by one server (`file.rs`), so the last seq of each stream
+//! in use is kept in memory: taking the next one is a map update, and the `streams` rows
+//! of the streams a turn moved are written once, at its commit. A failed commit puts the
+//! numbers back (and says which, so delivery can rewind too); an undone server API unit
+//! puts back what it took.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreResult};
+use crate::model::{Micros, Seq, StreamId};
+
+/// Past this many streams the cache of last seqs is emptied at a commit (it refills
+/// from the `streams` table, one query per stream).
+const MAX_CACHED_STREAMS: usize = 100_000;
+
+/// One event as the delivery log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: Seq,
+    pub kind: String,
+    pub payload: String,
+}
+
+/// What the log holds after a position, for a reconnecting client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since {
+    /// The events after the position, in order (none when it is the stream's last).
+    Events(Vec<StoredEvent>),
+    /// The position is ahead of the stream: the client read it somewhere else.
+    Ahead { last: Seq },
+    /// Events right after the position are no longer kept (retention), or more are
+    /// missing than one recovery replays.
+    Gone { last: Seq },
+}
+
+#[derive(Default)]
+pub(super) struct Seqs {
+    /// Last seq per stream, as this turn's transaction sees it.
+    last: HashMap<StreamId, Seq>,
+    /// Streams moved by the open turn, with their last seq before it, and the turn's time.
+    turn: HashMap<StreamId, Seq>,
+    turn_at: Micros,
+    /// Streams moved by the open server API unit, with their last seq before it.
+    unit: Option<HashMap<StreamId, Seq>>,
+    /// Streams a failed commit put back, for delivery to rewind (`take_rewound`).
+    rewound: Vec<(StreamId, Seq)>,
+}
+
+impl Seqs {
+    pub(super) fn begin_unit(&mut self) {
+        self.unit = Some(HashMap::new());
+    }
+
+    pub(super) fn keep_unit(&mut self) {
+        self.unit = None;
+    }
+
+    pub(super) fn undo_unit(&mut self) {
+        for (stream, before) in self.unit.take().unwrap_or_default() {
+            self.last.insert(stream, before);
+        }
+    }
+
+    /// The turn's commit failed: every stream goes back to where it was before it.
+    pub(super) fn rollback_turn(&mut self) {
+        self.unit = None;
+        for (stream, before) in std::mem::take(&mut self.turn) {
+            self.last.insert(stream.clone(), before);
+            self.rewound.push((stream, before));
+        }
+    }
+}
+
+impl Store {
+    /// The stream's last seq as this turn sees it (0 for a stream with no events).
+    pub fn last_seq(&mut self, stream: &StreamId) -> StoreResult<Seq> {
+        if let Some(&last) = self.seqs.last.get(stream) {
+            return Ok(last);
+        }
+        let last: Seq = self
+            .conn
+            .prepare_cached("SELECT last_seq FROM streams WHERE id = ?1")?
+            .query_row(params![stream.key()], |row| row.get(0))
+            .optional()?
+            .unwrap_or(0);
+        self.seqs.last.insert(stream.clone(), last);
+        Ok(last)
+    }
+
+    /// Takes the stream's next seq for an event of this turn. `insert_event` with it
+    /// must follow; if what the event reports cannot be stored, `release_seq` gives the
+    /// number back, so that the stream has no gap.
+    pub fn next_seq(&mut self, stream: &StreamId, now: Micros) -> StoreResult<Seq> {
+        let last = self.last_seq(stream)?;
+        let seqs = &mut self.seqs;
+        seqs.turn.entry(stream.clone()).or_insert(last);
+        if let Some(unit) = &mut seqs.unit {
+            unit.entry(stream.clone()).or_insert(last);
+        }
+        seqs.turn_at = seqs.turn_at.max(now);
+        seqs.last.insert(stream.clone(), last + 1);
+        Ok(last + 1)
+    }
+
+    /// Gives back a seq taken by `next_seq` whose event was not stored.
+    pub fn release_seq(&mut self, stream: &StreamId, seq: Seq) {
+        if let Some(last) = self.seqs.last.get_mut(stream)
+            && *last == seq
+        {
+            *last -= 1;
+        }
+    }
+
+    /// Stores an event under a seq from `next_seq`, in the turn's transaction.
+    pub fn insert_event(
+        &mut self,
+        stream: &StreamId,
+        seq: Seq,
+        kind: &str,
+        payload: &str,
+        now: Micros,
+    ) -> StoreResult<()> {
+        self.ensure_transaction()?;
+        self.conn
+            .prepare_cached("INSERT INTO events (stream, seq, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![stream.key(), seq, kind, payload, now])?;
+        Ok(())
+    }
+
+    /// The events of a stream after `since`, for a client resuming from it: at most
+    /// `limit` of them, or `Gone` when the first of them is no longer kept or more than
+    /// `limit` are missing.
+    pub fn events_since(&mut self, stream: &StreamId, since: Seq, limit: usize) -> StoreResult<Since> {
+        let last = self.last_seq(stream)?;
+        if since > last {
+            return Ok(Since::Ahead { last });
+        }
+        if since == last {
+            return Ok(Since::Events(Vec::new()));
+        }
+        if last - since > limit as Seq {
+            return Ok(Since::Gone { last });
+        }
+        let mut statement = self.conn.prepare_cached(
+            "SELECT seq, kind, payload FROM events WHERE stream = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![stream.key(), since, limit as i64], |row| {
+            Ok(StoredEvent { seq: row.get(0)?, kind: row.get(1)?, payload: row.get(2)? })
+        })?;
+        let events: Vec<StoredEvent> = rows.collect::<Result<_, _>>()?;
+        // Gap-free numbering: every seq after `since` is there, unless pruned.
+        let complete = events.len() as Seq == last - since && events.first().is_some_and(|e| e.seq == since + 1);
+        Ok(if complete { Since::Events(events) } else { Since::Gone { last } })
+    }
+
+    /// Writes the `streams` rows the turn moved (at commit, in its transaction).
+    pub(super) fn write_streams(&mut self) -> StoreResult<()> {
+        if self.seqs.turn.is_empty() {
+            return Ok(());
+        }
+        let at = self.seqs.turn_at;
+        let mut statement = self.conn.prepare_cached(
+            "INSERT INTO streams (id, last_seq, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at",
+        )?;
+        for stream in self.seqs.turn.keys() {
+            let last = self.seqs.last.get(stream).copied().unwrap_or(0);
+            statement.execute(params![stream.key(), last, at])?;
+        }
+        Ok(())
+    }
+
+    /// The turn committed: its streams' numbers are stored.
+    pub(super) fn streams_committed(&mut self) {
+        self.seqs.turn.clear();
+        if self.seqs.last.len() > MAX_CACHED_STREAMS {
+            self.seqs.last.clear();
+        }
+    }
+
+    /// Streams a failed commit put back, with their last stored seq: whatever was
+    /// handed out for delivery past it was not stored.
+    pub fn take_rewound(&mut self) -> Vec<(StreamId, Seq)> {
+        std::mem::take(&mut self.seqs.rewound)
+    }
+
+    /// Between turns: deletes events older than `before`, oldest first, a batch at a time
+    /// until a batch comes back short or `budget` has passed. Returns how many went.
+    pub fn prune_events(&mut self, before: Micros, budget: std::time::Duration) -> StoreResult<usize> {
+        const BATCH: i64 = 500;
+        if self.in_transaction || self.lost.is_some() || self.write_error.is_some() {
+            return Ok(0);
+        }
+        let started = std::time::Instant::now();
+        let mut pruned = 0;
+        loop {
+            // Rowid order is commit order, so the oldest rows come first and the scan
+            // stops at the first batch: no index on the time is needed.
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let deleted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM events WHERE rowid IN (
+                         SELECT rowid FROM (SELECT rowid, created_at FROM events ORDER BY rowid LIMIT ?2)
+                         WHERE created_at < ?1)",
+                )
+                .and_then(|mut s| s.execute(params![before, BATCH]));
+            let deleted = match deleted.and_then(|n| self.conn.execute_batch("COMMIT").map(|()| n)) {
+                Ok(n) => n,
+                Err(e) => {
+                    if !self.conn.is_autocommit() {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
+                    return Err(e.into());
+                }
+            };
+            pruned += deleted;
+            if (deleted as i64) < BATCH || started.elapsed() >= budget {
+                return Ok(pruned);
+            }
+        }
+    }
+}
