@@ -420,6 +420,20 @@ fn health_recovers_when_the_disk_has_room_again() {
     let Some(disk) = SmallDisk::mount("640k") else { return };
     let env = db_env(&disk.dir.path().join("switchboard.db"));
     let server = Server::start_in(disk.dir.clone(), &env_refs(&env));
+    // A listener in the room all along: the numbers of failed commits are taken again,
+    // and it must still get every stored message live, numbered without a gap.
+    let mut listener = server.connect_as("/ws/rooms/full/", json!(99), "watcher");
+    listener.recv_type("room_users_list");
+    let heard = std::thread::spawn(move || {
+        let mut seqs = Vec::new();
+        loop {
+            let frame = listener.recv();
+            seqs.push(frame["seq"].as_i64().unwrap());
+            if frame["message"] == "after" {
+                return seqs;
+            }
+        }
+    });
     let results = post_until_full(&server, 2, 200, 1500);
     assert!(results.iter().any(|(_, s)| *s == 503));
     fill_up(disk.dir.path());
@@ -430,6 +444,8 @@ fn health_recovers_when_the_disk_has_room_again() {
     let (status, _) = server.api("POST", "/api/rooms/full/messages", Some(&json!({"message": "after"})));
     assert_eq!(status, 201);
     assert!(server.log_text().contains("database writes work again"));
+    let acknowledged = results.iter().filter(|(_, s)| *s == 201).count() as i64;
+    assert_eq!(heard.join().unwrap(), (1..=acknowledged + 1).collect::<Vec<i64>>());
 }
 
 #[test]

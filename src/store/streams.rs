@@ -226,3 +226,70 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::UserId;
+
+    fn event(store: &mut Store, stream: &StreamId, now: Micros) -> Seq {
+        let seq = store.next_seq(stream, now).unwrap();
+        store.insert_event(stream, seq, "k", &format!("{{\"n\":{seq}}}"), now).unwrap();
+        seq
+    }
+
+    #[test]
+    fn numbers_are_gap_free_survive_a_reopen_and_come_back_when_a_turn_or_unit_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (room, user) = (StreamId::Conversation(1), StreamId::User(UserId::new("7")));
+        let mut store = Store::open(&path, false).unwrap();
+        assert_eq!((event(&mut store, &room, 1), event(&mut store, &room, 1), event(&mut store, &user, 1)), (1, 2, 1));
+        store.commit().unwrap();
+        // A turn that is rolled back gives its numbers back, and says which.
+        assert_eq!(event(&mut store, &room, 2), 3);
+        store.rollback();
+        assert_eq!(store.last_seq(&room).unwrap(), 2);
+        // An undone unit gives back what it took, and only that.
+        assert_eq!(event(&mut store, &room, 3), 3);
+        store.begin_unit().unwrap();
+        assert_eq!((event(&mut store, &room, 3), event(&mut store, &user, 3)), (4, 2));
+        store.undo_unit();
+        assert_eq!((store.last_seq(&room).unwrap(), store.last_seq(&user).unwrap()), (3, 1));
+        // A number whose event could not be stored is released.
+        let taken = store.next_seq(&room, 3).unwrap();
+        store.release_seq(&room, taken);
+        assert_eq!(event(&mut store, &room, 3), 4);
+        store.commit().unwrap();
+        drop(store);
+        let mut store = Store::open(&path, false).unwrap();
+        assert_eq!((store.last_seq(&room).unwrap(), store.last_seq(&user).unwrap()), (4, 1));
+        match store.events_since(&room, 1, 100).unwrap() {
+            Since::Events(events) => assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.events_since(&room, 4, 100).unwrap(), Since::Events(Vec::new()));
+        assert_eq!(store.events_since(&room, 5, 100).unwrap(), Since::Ahead { last: 4 });
+        assert_eq!(store.events_since(&room, 0, 2).unwrap(), Since::Gone { last: 4 });
+    }
+
+    #[test]
+    fn pruning_takes_the_oldest_events_and_recovery_then_says_they_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("t.db"), false).unwrap();
+        let room = StreamId::Conversation(1);
+        for at in 0..1_200 {
+            event(&mut store, &room, at);
+        }
+        event(&mut store, &room, 5_000);
+        store.commit().unwrap();
+        let pruned = store.prune_events(1_100, std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(pruned, 1_100);
+        assert_eq!(store.events_since(&room, 1_099, 10_000).unwrap(), Since::Gone { last: 1_201 });
+        match store.events_since(&room, 1_100, 10_000).unwrap() {
+            Since::Events(events) => assert_eq!(events.len(), 101),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.prune_events(1_100, std::time::Duration::from_secs(10)).unwrap(), 0);
+    }
+}

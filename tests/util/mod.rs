@@ -391,7 +391,6 @@ impl Client {
     }
 }
 
-/// The close code a connection attempt ends with, for refusals after the upgrade.
 /// A frame that delivers a stored event, without its `seq` (which it must have: an
 /// integer, its stream's number; docs/protocols.md, "Recovery"), to compare with a
 /// document's frame.
@@ -401,6 +400,7 @@ pub fn sequenced(mut frame: Value) -> Value {
     frame
 }
 
+/// The close code a connection attempt ends with, for refusals after the upgrade.
 pub fn close_code_of(server: &Server, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
     let mut client = server.try_connect(path, headers).expect("upgrade");
     client.expect_close()
