@@ -12,8 +12,10 @@ CREATE TABLE streams (
 ) WITHOUT ROWID;
 
 -- The delivery log: what each event said, in the domain's terms (JSON), so that any
--- endpoint can render it again. Rows are pruned after SWITCHBOARD_EVENT_RETENTION_SECS,
--- oldest first (rowid order is commit order); the domain tables keep everything.
+-- endpoint can render it again. A conversation's messages are not in it: each message
+-- row is its own event (messages.seq below). Rows are pruned after
+-- SWITCHBOARD_EVENT_RETENTION_SECS, oldest first (rowid order is commit order); the
+-- domain tables keep everything.
 CREATE TABLE events (
     stream     TEXT NOT NULL,
     seq        INTEGER NOT NULL,
@@ -23,7 +25,8 @@ CREATE TABLE events (
     UNIQUE (stream, seq)
 );
 
--- The seq of the event that delivered a message on its stream (the conversation's, or
--- the recipient's for a 1:1 message), so that history carries it too. NULL for
--- messages stored before this migration.
+-- The seq of the event that delivered a message on its stream: in a room, consultation
+-- or support conversation the message *is* that event (a resuming client reads it from
+-- here); a 1:1 message's is the recipient's stream's, whose event is in `events`. History
+-- carries it too. NULL for messages stored before this migration.
 ALTER TABLE messages ADD COLUMN seq INTEGER;

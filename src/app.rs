@@ -267,6 +267,9 @@ impl App {
     /// every user ever seen. Called from the server's periodic sweep.
     pub fn sweep(&mut self) {
         self.ctx.store.sweep();
+        if let Err(e) = self.ctx.store.flush_streams() {
+            log::warn!("cannot write the streams' positions (they are recovered from the rows): {e}");
+        }
         let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
         match self.ctx.store.prune_events(before, std::time::Duration::from_millis(5)) {
             Ok(0) => {}

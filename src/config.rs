@@ -154,7 +154,7 @@ pub const SETTINGS: &[Setting] = &[
         flag: "event-retention-secs",
         env: "SWITCHBOARD_EVENT_RETENTION_SECS",
         default: Some("604800"),
-        help: "how long stored events are kept for clients that reconnect with ?since= (the messages themselves are kept)",
+        help: "how long events other than messages are kept for clients that reconnect with ?since= (the records themselves are kept)",
     },
     Setting {
         flag: "chat-protocol",

@@ -21,7 +21,7 @@ use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::recent::Recent;
 use crate::route::Endpoint;
 use crate::sequencer::{Offered, Sequencer};
-use crate::store::{Since, Store, StoreError, StoreResult};
+use crate::store::{Missed, Since, Store, StoreError, StoreResult};
 
 /// A serialized frame: JSON text, shared by every connection it goes to.
 pub type Frame = Utf8Bytes;
@@ -176,8 +176,12 @@ impl Ctx {
     ) -> StoreResult<R> {
         let seq = self.store.next_seq(stream, self.now)?;
         let stored = write(&mut self.store, seq).and_then(|(body, back)| {
-            let payload = serde_json::to_string(&body).expect("events are plain JSON values");
-            self.store.insert_event(stream, seq, body.kind(), &payload, self.now).map(|()| (body, back))
+            // A conversation's message is its own event: its row has the seq.
+            if !matches!((stream, &body), (StreamId::Conversation(_), EventBody::Message { .. })) {
+                let payload = serde_json::to_string(&body).expect("events are plain JSON values");
+                self.store.insert_event(stream, seq, body.kind(), &payload, self.now)?;
+            }
+            Ok((body, back))
         });
         match stored {
             Ok((body, back)) => {
@@ -203,17 +207,44 @@ impl Ctx {
         let resume = match session.since {
             None => Resume::Fresh,
             Some(since) => match self.store.events_since(stream, since, MAX_RECOVERED_EVENTS).map_err(internal)? {
-                Since::Events(rows) => Resume::Recovered(
-                    rows.into_iter()
-                        .filter_map(|row| match serde_json::from_str::<EventBody>(&row.payload) {
-                            Ok(body) => Some(Event { stream: stream.clone(), seq: row.seq, body, except: None }),
-                            Err(e) => {
-                                log::error!("event {}#{} ({}) cannot be read: {e}", stream.key(), row.seq, row.kind);
-                                None
-                            }
-                        })
-                        .collect(),
-                ),
+                Since::Events(missed) => {
+                    let conversation = match (stream, missed.iter().any(|m| matches!(m, Missed::Message(_)))) {
+                        (StreamId::Conversation(id), true) => {
+                            Some(self.store.existing_conversation(*id).map_err(internal)?)
+                        }
+                        _ => None,
+                    };
+                    let event = |seq, body| Event { stream: stream.clone(), seq, body, except: None };
+                    Resume::Recovered(
+                        missed
+                            .into_iter()
+                            .filter_map(|missed| match missed {
+                                Missed::Message(message) => {
+                                    let conversation = conversation.as_ref()?;
+                                    let seq = message.seq.unwrap_or(0);
+                                    let body = EventBody::Message {
+                                        conversation: conversation.kind,
+                                        customer: conversation.customer.clone(),
+                                        message,
+                                    };
+                                    Some(event(seq, body))
+                                }
+                                Missed::Event(row) => match serde_json::from_str::<EventBody>(&row.payload) {
+                                    Ok(body) => Some(event(row.seq, body)),
+                                    Err(e) => {
+                                        log::error!(
+                                            "event {}#{} ({}) cannot be read: {e}",
+                                            stream.key(),
+                                            row.seq,
+                                            row.kind
+                                        );
+                                        None
+                                    }
+                                },
+                            })
+                            .collect(),
+                    )
+                }
                 Since::Gone { last } => Resume::NotPossible { since, position: last },
                 Since::Ahead { last } => {
                     return Err(Refusal::new(

@@ -252,26 +252,34 @@ fn recovery_works_across_a_crash_and_seqs_go_on_where_they_were() {
 fn a_since_older_than_the_retention_gets_one_frame_saying_so_then_the_usual_snapshot() {
     let server = Server::start(&[("SWITCHBOARD_EVENT_RETENTION_SECS", "1")]);
     for i in 0..5 {
+        let body = json!({"user_id": 1, "title": format!("t{i}"), "message": "m"});
+        assert_eq!(server.api("POST", "/api/notifications", Some(&body)).0, 201);
         server.api("POST", "/api/rooms/old/messages", Some(&json!({"message": format!("m{i}")})));
     }
     // The sweep prunes events older than a second, twice a second.
     std::thread::sleep(Duration::from_millis(2_500));
-    let mut late = server.connect_as("/ws/rooms/old/?since=2", json!(1), "ann");
-    assert_eq!(late.recv()["type"], "room_users_list");
+    let mut late = server.connect_as("/ws/v1/notifications/?since=2", json!(1), "ann");
     let notice = late.recv();
     assert_eq!(notice["type"], "recovery_not_possible", "{notice}");
     assert_eq!((notice["since"].as_i64(), notice["seq"].as_i64()), (Some(2), Some(5)));
     assert!(notice["message"].is_string());
-    // The usual opening replay: the room's history, with its seqs.
-    let history: Vec<(i64, String)> =
-        (0..5).map(|_| late.recv()).map(|f| (seq(&f), f["message"].as_str().unwrap().to_string())).collect();
-    assert_eq!(history, (0..5).map(|i| (i as i64 + 1, format!("m{i}"))).collect::<Vec<_>>());
+    // The usual opening: the unread notifications, then the count.
+    let titles: Vec<String> = (0..5).map(|_| late.recv()["title"].as_str().unwrap().to_string()).collect();
+    assert_eq!(titles, ["t0", "t1", "t2", "t3", "t4"]);
+    assert_eq!(late.recv(), json!({"type": "unread_count", "count": 5}));
     assert!(drain(&mut late).is_empty());
     // A client that is up to date needs no pruned event: nothing to say.
-    let mut current = server.connect_as("/ws/rooms/old/?since=5", json!(2), "bo");
-    assert_eq!(current.recv()["type"], "room_users_list");
+    let mut current = server.connect_as("/ws/v1/notifications/?since=5", json!(1), "ann");
+    assert_eq!(current.recv(), json!({"type": "unread_count", "count": 5}));
     assert!(drain(&mut current).is_empty());
     assert!(server.log_text().contains("pruned"), "no pruning logged:\n{}", server.log_text());
+    // A conversation's messages are its own events and are kept: a room resumes from any
+    // of its seqs, however old.
+    let mut room = server.connect_as("/ws/rooms/old/?since=2", json!(2), "bo");
+    assert_eq!(room.recv()["type"], "room_users_list");
+    let resumed: Vec<i64> = (0..3).map(|_| seq(&next_event(&mut room))).collect();
+    assert_eq!(resumed, [3, 4, 5]);
+    assert!(drain(&mut room).is_empty());
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::model::{Micros, Seq, UserId};
 pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
 pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
-pub use streams::{Since, StoredEvent};
+pub use streams::{Missed, Since, StoredEvent};
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -192,6 +192,9 @@ pub struct Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        if let Err(e) = self.flush_streams() {
+            log::warn!("cannot write the streams' positions at exit (they are recovered from the rows): {e}");
+        }
         // Stop the checkpoint thread first, so that closing the main connection (the
         // last one) checkpoints the WAL fully and removes it.
         self.checkpointer.take();
@@ -338,9 +341,7 @@ impl Store {
         let result = if std::mem::take(&mut self.turn_failed) || self.conn.is_autocommit() {
             Err(StoreError::Unavailable("a write failed and the turn was rolled back".into()))
         } else {
-            self.write_touched()
-                .and_then(|()| self.write_streams())
-                .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?))
+            self.write_touched().and_then(|()| Ok(self.conn.execute_batch("COMMIT")?))
         };
         if let Err(e) = result {
             self.touched.clear();

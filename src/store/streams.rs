@@ -1,17 +1,24 @@
 //! Streams and their events: each stream's last sequence number and the delivery log a
 //! reconnecting client resumes from (`sql/0004_streams.sql`).
 //!
+//! A message in a conversation is its own event: its row carries its seq
+//! (`messages.seq`), so storing it costs nothing more than before. Every other event
+//! (read receipts, and everything on a user's stream) is a row of `events`. A client
+//! resuming a conversation's stream gets both, merged by seq.
+//!
 //! The database file is locked by one server (`file.rs`), so the last seq of each stream
-//! in use is kept in memory: taking the next one is a map update, and the `streams` rows
-//! of the streams a turn moved are written once, at its commit. A failed commit puts the
-//! numbers back (and says which, so delivery can rewind too); an undone server API unit
-//! puts back what it took.
+//! in use is kept in memory: taking the next one is a map update. A failed commit puts
+//! the numbers back (and says which, so delivery can rewind too); an undone server API
+//! unit puts back what it took. The `streams` rows are written between turns, twice a
+//! second (`flush_streams`), and when the store closes; after a crash, a stream's last
+//! seq is the largest of its row, its newest message and its newest event, so nothing
+//! committed is ever numbered twice.
 
 use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Store, StoreResult};
+use super::{MESSAGE_COLUMNS, Store, StoreResult, StoredMessage, message_from_row};
 use crate::model::{Micros, Seq, StreamId};
 
 /// Past this many streams the cache of last seqs is emptied at a commit (it refills
@@ -26,11 +33,27 @@ pub struct StoredEvent {
     pub payload: String,
 }
 
+/// One event after a position: a row of `events`, or a conversation's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missed {
+    Event(StoredEvent),
+    Message(StoredMessage),
+}
+
+impl Missed {
+    pub fn seq(&self) -> Seq {
+        match self {
+            Missed::Event(event) => event.seq,
+            Missed::Message(message) => message.seq.unwrap_or(0),
+        }
+    }
+}
+
 /// What the log holds after a position, for a reconnecting client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Since {
     /// The events after the position, in order (none when it is the stream's last).
-    Events(Vec<StoredEvent>),
+    Events(Vec<Missed>),
     /// The position is ahead of the stream: the client read it somewhere else.
     Ahead { last: Seq },
     /// Events right after the position are no longer kept (retention), or more are
@@ -45,6 +68,8 @@ pub(super) struct Seqs {
     /// Streams moved by the open turn, with their last seq before it, and the turn's time.
     turn: HashMap<StreamId, Seq>,
     turn_at: Micros,
+    /// Streams moved by committed turns whose `streams` row is not written yet.
+    unflushed: HashMap<StreamId, Micros>,
     /// Streams moved by the open server API unit, with their last seq before it.
     unit: Option<HashMap<StreamId, Seq>>,
     /// Streams a failed commit put back, for delivery to rewind (`take_rewound`).
@@ -82,12 +107,29 @@ impl Store {
         if let Some(&last) = self.seqs.last.get(stream) {
             return Ok(last);
         }
-        let last: Seq = self
+        let key = stream.key();
+        let row: Seq = self
             .conn
             .prepare_cached("SELECT last_seq FROM streams WHERE id = ?1")?
-            .query_row(params![stream.key()], |row| row.get(0))
+            .query_row(params![key], |row| row.get(0))
             .optional()?
             .unwrap_or(0);
+        let event: Seq = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM events WHERE stream = ?1")?
+            .query_row(params![key], |row| row.get(0))?;
+        let message: Seq = match stream {
+            // Within a conversation, ids and seqs rise together.
+            StreamId::Conversation(id) => self
+                .conn
+                .prepare_cached("SELECT seq FROM messages WHERE conversation_id = ?1 ORDER BY id DESC LIMIT 1")?
+                .query_row(params![id], |row| row.get::<_, Option<Seq>>(0))
+                .optional()?
+                .flatten()
+                .unwrap_or(0),
+            StreamId::User(_) => 0,
+        };
+        let last = row.max(event).max(message);
         self.seqs.last.insert(stream.clone(), last);
         Ok(last)
     }
@@ -146,41 +188,81 @@ impl Store {
         if last - since > limit as Seq {
             return Ok(Since::Gone { last });
         }
-        let mut statement = self.conn.prepare_cached(
-            "SELECT seq, kind, payload FROM events WHERE stream = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = statement.query_map(params![stream.key(), since, limit as i64], |row| {
-            Ok(StoredEvent { seq: row.get(0)?, kind: row.get(1)?, payload: row.get(2)? })
-        })?;
-        let events: Vec<StoredEvent> = rows.collect::<Result<_, _>>()?;
+        let mut missed: Vec<Missed> = {
+            let mut statement = self.conn.prepare_cached(
+                "SELECT seq, kind, payload FROM events WHERE stream = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![stream.key(), since, limit as i64], |row| {
+                Ok(Missed::Event(StoredEvent { seq: row.get(0)?, kind: row.get(1)?, payload: row.get(2)? }))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if let StreamId::Conversation(id) = stream {
+            // Newest first until the position: ids and seqs rise together, so this reads
+            // only what was missed (and stops at messages from before seqs were kept).
+            let mut statement = self.conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 ORDER BY id DESC"
+            ))?;
+            let mut rows = statement.query(params![id])?;
+            let mut messages = Vec::new();
+            while let Some(row) = rows.next()? {
+                let message = message_from_row(row)?;
+                if message.seq.is_none_or(|seq| seq <= since) || messages.len() > limit {
+                    break;
+                }
+                messages.push(Missed::Message(message));
+            }
+            missed.extend(messages);
+            missed.sort_by_key(Missed::seq);
+        }
         // Gap-free numbering: every seq after `since` is there, unless pruned.
-        let complete = events.len() as Seq == last - since && events.first().is_some_and(|e| e.seq == since + 1);
-        Ok(if complete { Since::Events(events) } else { Since::Gone { last } })
+        let complete = missed.len() as Seq == last - since
+            && missed.iter().zip(since + 1..).all(|(missed, expected)| missed.seq() == expected);
+        Ok(if complete { Since::Events(missed) } else { Since::Gone { last } })
     }
 
-    /// Writes the `streams` rows the turn moved (at commit, in its transaction).
-    pub(super) fn write_streams(&mut self) -> StoreResult<()> {
-        if self.seqs.turn.is_empty() {
-            return Ok(());
-        }
-        let at = self.seqs.turn_at;
-        let mut statement = self.conn.prepare_cached(
-            "INSERT INTO streams (id, last_seq, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at",
-        )?;
-        for stream in self.seqs.turn.keys() {
-            let last = self.seqs.last.get(stream).copied().unwrap_or(0);
-            statement.execute(params![stream.key(), last, at])?;
-        }
-        Ok(())
-    }
-
-    /// The turn committed: its streams' numbers are stored.
+    /// The turn committed: its streams' numbers are stored (their `streams` rows are
+    /// written by the next `flush_streams`).
     pub(super) fn streams_committed(&mut self) {
-        self.seqs.turn.clear();
-        if self.seqs.last.len() > MAX_CACHED_STREAMS {
+        let at = self.seqs.turn_at;
+        for (stream, _) in self.seqs.turn.drain() {
+            self.seqs.unflushed.insert(stream, at);
+        }
+        if self.seqs.last.len() > MAX_CACHED_STREAMS && self.seqs.unflushed.is_empty() {
             self.seqs.last.clear();
         }
+    }
+
+    /// Between turns: writes the `streams` rows of the streams committed turns moved, in
+    /// one transaction.
+    pub fn flush_streams(&mut self) -> StoreResult<()> {
+        if self.seqs.unflushed.is_empty() || self.in_transaction || self.lost.is_some() {
+            return Ok(());
+        }
+        let unflushed = std::mem::take(&mut self.seqs.unflushed);
+        let written = (|| -> StoreResult<()> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let mut statement = self.conn.prepare_cached(
+                "INSERT INTO streams (id, last_seq, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq),
+                                                updated_at = max(updated_at, excluded.updated_at)",
+            )?;
+            for (stream, at) in &unflushed {
+                let last = self.seqs.last.get(stream).copied().unwrap_or(0);
+                statement.execute(params![stream.key(), last, at])?;
+            }
+            drop(statement);
+            Ok(self.conn.execute_batch("COMMIT")?)
+        })();
+        if let Err(e) = written {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            // Kept for the next try; the numbers themselves are safe in the rows.
+            self.seqs.unflushed.extend(unflushed);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Streams a failed commit put back, with their last stored seq: whatever was
@@ -194,6 +276,14 @@ impl Store {
     pub fn prune_events(&mut self, before: Micros, budget: std::time::Duration) -> StoreResult<usize> {
         const BATCH: i64 = 500;
         if self.in_transaction || self.lost.is_some() || self.write_error.is_some() {
+            return Ok(0);
+        }
+        let oldest: Option<Micros> = self
+            .conn
+            .prepare_cached("SELECT created_at FROM events ORDER BY rowid LIMIT 1")?
+            .query_row([], |row| row.get(0))
+            .optional()?;
+        if oldest.is_none_or(|at| at >= before) {
             return Ok(0);
         }
         let started = std::time::Instant::now();
@@ -265,9 +355,16 @@ mod tests {
         let mut store = Store::open(&path, false).unwrap();
         assert_eq!((store.last_seq(&room).unwrap(), store.last_seq(&user).unwrap()), (4, 1));
         match store.events_since(&room, 1, 100).unwrap() {
-            Since::Events(events) => assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]),
+            Since::Events(events) => assert_eq!(events.iter().map(Missed::seq).collect::<Vec<_>>(), [2, 3, 4]),
             other => panic!("{other:?}"),
         }
+        // After a crash (no `streams` row written), the numbers go on from the rows.
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("DELETE FROM streams", []).unwrap();
+        drop(conn);
+        let mut store = Store::open(&path, false).unwrap();
+        assert_eq!((store.last_seq(&room).unwrap(), store.last_seq(&user).unwrap()), (4, 1));
         assert_eq!(store.events_since(&room, 4, 100).unwrap(), Since::Events(Vec::new()));
         assert_eq!(store.events_since(&room, 5, 100).unwrap(), Since::Ahead { last: 4 });
         assert_eq!(store.events_since(&room, 0, 2).unwrap(), Since::Gone { last: 4 });
