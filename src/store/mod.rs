@@ -504,12 +504,16 @@ impl Store {
     }
 
     /// Records a user seen on a verified token, keeping their latest display name.
+    /// `last_seen` moves by the hour: a user who comes back within the hour with the same
+    /// name changes no page, so that everyone reconnecting after a deploy costs no
+    /// writes.
     pub fn upsert_user(&mut self, id: &UserId, name: &str, now: Micros) -> StoreResult<()> {
         self.ensure_transaction()?;
         self.conn
             .prepare_cached(
                 "INSERT INTO users (id, name, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen",
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen
+                 WHERE users.name IS NOT excluded.name OR users.last_seen < excluded.last_seen - 3600000000",
             )?
             .execute(params![id.as_str(), name, now])?;
         Ok(())
