@@ -14,6 +14,7 @@ use crate::auth::{self, Verifier};
 use crate::config::Config;
 use crate::context::{Ctx, ErrorRenderer, OnlineUser, Out, Refusal, Session, close_code};
 use crate::endpoints;
+use crate::engine::{OpenError, Opened};
 use crate::http::{self, HttpError, Request};
 use crate::hub::ConnId;
 use crate::metrics::Metrics;
@@ -136,8 +137,30 @@ impl App {
             conversation: None,
             since,
             stream: None,
+            opening: None,
+            refused: false,
         };
-        endpoints::open(&mut self.ctx, &mut session)?;
+        // Storage as data: what the session needs is read by the engine, inline for the
+        // local engine; an engine that answers later leaves the session opening.
+        let opened = match endpoints::load(&self.ctx, &mut session)? {
+            None => None,
+            Some(load) => match self.ctx.engine.open(&mut self.ctx.store, conn, load, self.ctx.now) {
+                Some(answer) => Some(answer),
+                None => {
+                    session.opening_mut();
+                    return Ok(session);
+                }
+            },
+        };
+        endpoints::opened(&mut self.ctx, &mut session, opened)?;
+        session.opening = None;
+        self.register(&session, user_conns);
+        Ok(session)
+    }
+
+    /// A session is open: its user is online (presence hears of a first connection).
+    fn register(&mut self, session: &Session, user_conns: usize) {
+        let conn = session.conn;
         let identity = &session.identity;
         let user = self
             .ctx
@@ -150,11 +173,53 @@ impl App {
             endpoints::presence::user_online(&mut self.ctx, &session.identity, Some(conn));
         }
         self.ctx.metrics.connection_opened(session.endpoint.name());
-        Ok(session)
+    }
+
+    /// At the start of a turn: the engine's answers for opening sessions that came
+    /// since the last turn (none from the local engine, which answers inline). The server
+    /// hands each to its session with `finish_open`.
+    pub fn ready_opens(&mut self) -> Vec<(ConnId, Result<Opened, OpenError>)> {
+        self.ctx.engine.ready(&mut self.ctx.store, self.ctx.now)
+    }
+
+    /// An opening session's answer: it opens (or is closed with its refusal), then handles
+    /// the frames its client sent meanwhile, in order.
+    pub fn finish_open(&mut self, session: &mut Session, answer: Result<Opened, OpenError>) {
+        if session.opening.is_none() {
+            return;
+        }
+        match endpoints::opened(&mut self.ctx, session, Some(answer)) {
+            Ok(()) => {
+                let early = session.opening.take().map(|o| o.early).unwrap_or_default();
+                let user_conns = self.ctx.online.get(&session.identity.user_id).map_or(0, |u| u.conns.len());
+                self.register(session, user_conns);
+                self.deliver();
+                for text in early {
+                    self.on_text(session, &text);
+                }
+            }
+            Err(refusal) => {
+                session.opening = None;
+                session.refused = true;
+                self.ctx.close_conn(session.conn, refusal.code, &refusal.reason);
+            }
+        }
     }
 
     /// A text frame from a client.
     pub fn on_text(&mut self, session: &mut Session, text: &str) {
+        if let Some(opening) = session.opening.as_mut() {
+            // Held until the session is open, within bounds.
+            if opening.early.len() >= crate::context::MAX_EARLY_FRAMES
+                || opening.early_bytes + text.len() > crate::context::MAX_EARLY_BYTES
+            {
+                let reason = "too much sent before the session opened";
+                return self.ctx.close_conn(session.conn, close_code::POLICY_VIOLATION, reason);
+            }
+            opening.early_bytes += text.len();
+            opening.early.push(text.to_string());
+            return;
+        }
         self.ctx.metrics.frames_in += 1;
         self.ctx.metrics.bytes_in += text.len() as u64;
         if !self.take_rate_token(&session.identity.user_id) {
@@ -182,6 +247,10 @@ impl App {
     /// A session ended, for whatever reason. Its subscriptions go, and whoever should
     /// hear of it does.
     pub fn close(&mut self, session: Session) {
+        if session.opening.is_some() || session.refused {
+            // Never opened: nothing subscribed, not online, not counted.
+            return;
+        }
         endpoints::close(&mut self.ctx, &session);
         let user = &session.identity.user_id;
         if let Some(online) = self.ctx.online.get_mut(user) {
@@ -310,5 +379,96 @@ fn since_from_query(query: Option<&str>) -> Result<Option<Seq>, Refusal> {
             close_code::POLICY_VIOLATION,
             "since must be a whole number (a seq from an earlier frame)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawSettings;
+    use crate::engine::Engine;
+
+    fn app(dir: &tempfile::TempDir) -> App {
+        let db = dir.path().join("t.db").to_string_lossy().into_owned();
+        let (raw, _) = RawSettings::gather(&[], |name| match name {
+            "SWITCHBOARD_DB" => Some(db.clone()),
+            "SWITCHBOARD_JWT_SECRET" => Some("x".repeat(32)),
+            _ => None,
+        })
+        .unwrap();
+        let config = raw.into_config().unwrap();
+        let verifier = Verifier::new(&config.jwt, &"x".repeat(32)).unwrap();
+        let store = Store::open(&dir.path().join("t.db"), false).unwrap();
+        App::new(config, verifier, "k".repeat(16), store)
+    }
+
+    fn ident(id: &str) -> Identity {
+        Identity { user_id: UserId::new(id), name: id.into() }
+    }
+
+    fn texts(outbox: &[Out], to: ConnId) -> Vec<String> {
+        let mut texts = Vec::new();
+        for out in outbox {
+            match out {
+                Out::Frame { to: tos, frame, .. } if tos.contains(&to) => texts.push(frame.to_string()),
+                Out::Frames { to: t, frames } if *t == to => texts.extend(frames.iter().map(|f| f.to_string())),
+                Out::Close { to: t, code, .. } if *t == to => texts.push(format!("close {code}")),
+                _ => {}
+            }
+        }
+        texts
+    }
+
+    /// An engine that answers a turn later: the session waits opening, its client's frames
+    /// wait with it (in order, bounded), and it opens with exactly what the local engine
+    /// would have sent, then handles them.
+    #[test]
+    fn an_engine_that_answers_later_keeps_the_session_opening_and_its_early_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = app(&dir);
+        app.ctx.engine = Engine::Deferred { waiting: Vec::new() };
+        let (ann, bo) = (ConnId { slot: 1, serial: 1 }, ConnId { slot: 2, serial: 2 });
+        let room = Endpoint::Rooms { room: "lobby".into() };
+
+        app.begin_turn();
+        let mut session = app.open(ann, room.clone(), ident("ann"), None).unwrap();
+        assert!(session.opening.is_some(), "waits for its answer");
+        app.on_text(&mut session, r#"{"message": "early 1"}"#);
+        app.on_text(&mut session, r#"{"message": "early 2"}"#);
+        assert!(app.ctx.online.is_empty(), "not online before it opened");
+        assert!(texts(&app.end_turn(), ann).is_empty(), "nothing sent while opening");
+
+        app.begin_turn();
+        for (conn, answer) in app.ready_opens() {
+            assert_eq!(conn, ann);
+            app.finish_open(&mut session, answer);
+        }
+        let sent = texts(&app.end_turn(), ann);
+        assert!(sent[0].contains("room_users_list"), "{sent:?}");
+        assert!(sent[1].contains("early 1") && sent[1].contains("\"seq\":1"), "{sent:?}");
+        assert!(sent[2].contains("early 2") && sent[2].contains("\"seq\":2"), "{sent:?}");
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert!(app.ctx.online.contains_key(&UserId::new("ann")));
+
+        // Too much before the answer closes the connection; a refused answer closes it too,
+        // and it never counts as opened.
+        app.begin_turn();
+        let mut flooder = app.open(bo, room, ident("bo"), None).unwrap();
+        for _ in 0..=crate::context::MAX_EARLY_FRAMES {
+            app.on_text(&mut flooder, r#"{"message": "x"}"#);
+        }
+        assert_eq!(texts(&app.end_turn(), bo), ["close 1008"]);
+        app.close(flooder);
+        let carl = ConnId { slot: 3, serial: 3 };
+        app.begin_turn();
+        let mut outsider = app.open(carl, Endpoint::Consultation { id: "c9".into() }, ident("carl"), None).unwrap();
+        for (conn, answer) in app.ready_opens() {
+            if conn == carl {
+                app.finish_open(&mut outsider, answer);
+            }
+        }
+        assert_eq!(texts(&app.end_turn(), carl), ["close 4003"]);
+        app.close(outsider);
+        assert_eq!(app.ctx.online.len(), 1);
     }
 }

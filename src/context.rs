@@ -14,6 +14,7 @@ use serde::Serialize;
 use tungstenite::Utf8Bytes;
 
 use crate::config::Config;
+use crate::engine::Engine;
 pub use crate::event::{Event, EventBody};
 use crate::hub::{ConnId, Hub, Topic};
 use crate::metrics::Metrics;
@@ -21,7 +22,7 @@ use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::recent::Recent;
 use crate::route::Endpoint;
 use crate::sequencer::{Offered, Sequencer};
-use crate::store::{Missed, Since, Store, StoreError, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 
 /// A serialized frame: JSON text, shared by every connection it goes to.
 pub type Frame = Utf8Bytes;
@@ -74,24 +75,27 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// RFC 6455 (IANA registry): try again later; used for the per-user connection cap.
     pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// RFC 6455: a request the server will not serve (a `since` ahead of its stream).
+    /// RFC 6455: a request the server will not serve (a `since` ahead of its stream, too
+    /// much sent before the session opened).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// Seed documents: a valid token on someone else's resource.
     pub const FORBIDDEN: u16 = 4003;
 }
 
-/// Events one recovery replays at most; a client further behind gets a fresh snapshot.
-pub const MAX_RECOVERED_EVENTS: usize = 10_000;
+/// Client frames an opening session holds at most (and their bytes), until its
+/// engine answers; past either the connection is closed (1008).
+pub const MAX_EARLY_FRAMES: usize = 64;
+pub const MAX_EARLY_BYTES: usize = 1 << 20;
 
-/// How a session that joins a stream starts (see `Ctx::join_stream`).
-pub enum Resume {
-    /// No `since`: the endpoint's usual opening replay.
-    Fresh,
-    /// Every event after `since`, in order: sent instead of the usual replay.
-    Recovered(Vec<Event>),
-    /// Events after `since` are no longer kept: one `recovery_not_possible` frame
-    /// saying so, then the usual replay.
-    NotPossible { since: Seq, position: Seq },
+/// A session waiting for its engine's answer (`engine.rs`), or an endpoint keeping
+/// something for it.
+#[derive(Default)]
+pub struct Opening {
+    /// Client frames that arrived meanwhile, in order.
+    pub early: Vec<String>,
+    pub early_bytes: usize,
+    /// Frames the endpoint kept at load time for its answer (a room's rendered history).
+    pub kept: Vec<Frame>,
 }
 
 /// One open WebSocket session: who, on which endpoint, subscribed to what.
@@ -107,6 +111,17 @@ pub struct Session {
     pub since: Option<Seq>,
     /// The stream the session follows, once joined (every endpoint has at most one).
     pub stream: Option<StreamId>,
+    /// Set while the session waits for its engine's answer (see `Opening`).
+    pub opening: Option<Box<Opening>>,
+    /// Its engine's answer refused it: it is closing and never opened.
+    pub refused: bool,
+}
+
+impl Session {
+    /// The opening state, created when first needed.
+    pub fn opening_mut(&mut self) -> &mut Opening {
+        self.opening.get_or_insert_with(Box::default)
+    }
 }
 
 /// A user with at least one open session.
@@ -129,6 +144,8 @@ pub struct Ctx {
     pub(crate) outbox: Vec<Out>,
     /// Recorded and not yet delivered (see `Event`).
     events: Vec<Event>,
+    /// Where loads and opens go (`engine.rs`).
+    pub engine: Engine,
     /// Per stream followed here, delivery in seq order, exactly once.
     pub sequencer: Sequencer<StreamId, Event>,
     /// Sessions per stream followed here.
@@ -150,6 +167,7 @@ impl Ctx {
             online: HashMap::new(),
             outbox: Vec::new(),
             events: Vec::new(),
+            engine: Engine::Local,
             sequencer: Sequencer::new(4096),
             listeners: HashMap::new(),
             recent: Recent::default(),
@@ -193,68 +211,6 @@ impl Ctx {
                 Err(e)
             }
         }
-    }
-
-    /// How a session opening on `stream` starts: resumed after its `since`, or with the
-    /// usual replay; and the stream's position now, where it joins (`join_stream`).
-    /// Refuses a `since` ahead of the stream.
-    pub fn resume(&mut self, session: &Session, stream: &StreamId) -> Result<(Seq, Resume), Refusal> {
-        let internal = |e: StoreError| {
-            log::error!("cannot read stream {}: {e}", stream.key());
-            Refusal::new(close_code::INTERNAL_ERROR, "internal error")
-        };
-        let position = self.store.last_seq(stream).map_err(internal)?;
-        let resume = match session.since {
-            None => Resume::Fresh,
-            Some(since) => match self.store.events_since(stream, since, MAX_RECOVERED_EVENTS).map_err(internal)? {
-                Since::Events(missed) => {
-                    let conversation = match (stream, missed.iter().any(|m| matches!(m, Missed::Message(_)))) {
-                        (StreamId::Conversation(id), true) => {
-                            Some(self.store.existing_conversation(*id).map_err(internal)?)
-                        }
-                        _ => None,
-                    };
-                    let event = |seq, body| Event { stream: stream.clone(), seq, body, except: None };
-                    Resume::Recovered(
-                        missed
-                            .into_iter()
-                            .filter_map(|missed| match missed {
-                                Missed::Message(message) => {
-                                    let conversation = conversation.as_ref()?;
-                                    let seq = message.seq.unwrap_or(0);
-                                    let body = EventBody::Message {
-                                        conversation: conversation.kind,
-                                        customer: conversation.customer.clone(),
-                                        message,
-                                    };
-                                    Some(event(seq, body))
-                                }
-                                Missed::Event(row) => match serde_json::from_str::<EventBody>(&row.payload) {
-                                    Ok(body) => Some(event(row.seq, body)),
-                                    Err(e) => {
-                                        log::error!(
-                                            "event {}#{} ({}) cannot be read: {e}",
-                                            stream.key(),
-                                            row.seq,
-                                            row.kind
-                                        );
-                                        None
-                                    }
-                                },
-                            })
-                            .collect(),
-                    )
-                }
-                Since::Gone { last } => Resume::NotPossible { since, position: last },
-                Since::Ahead { last } => {
-                    return Err(Refusal::new(
-                        close_code::POLICY_VIOLATION,
-                        format!("since {since} is ahead of this stream (its last seq is {last})"),
-                    ));
-                }
-            },
-        };
-        Ok((position, resume))
     }
 
     /// Joins a session to its endpoint's stream at `position`, read in the same turn as

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod endpoints;
+pub mod engine;
 pub mod event;
 pub mod features;
 pub mod http;

@@ -12,9 +12,11 @@ use serde_json::Value;
 
 use super::{numeric_id, parse_object};
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::features::inbox;
 use crate::hub::{NotificationFeed, Topic};
-use crate::model::{Seq, StreamId, UserId, format_timestamp};
+use crate::model::{Seq, UserId, format_timestamp};
+use crate::route::Endpoint;
 use crate::store::{BankingMessage, FraudAlert, Notification};
 
 /// Pending items replayed on connect, at most.
@@ -153,48 +155,44 @@ fn check_owner(session: &Session, path_user: &str) -> Result<UserId, Refusal> {
     Ok(session.identity.user_id.clone())
 }
 
-pub fn open_messages(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
+/// What opening one of this document's endpoints needs: the path's user must be the
+/// token's; then the pending items of the user's stream.
+pub fn load(session: &Session, path_user: &str, replay: Replay) -> Result<OpenLoad, Refusal> {
     let user = check_owner(session, path_user)?;
-    let stream = StreamId::User(user.clone());
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
-        let pending = ctx.store.unread_banking_messages(&user, REPLAY_LIMIT).map_err(super::internal)?;
-        Ok(pending.iter().map(|m| message_update_frame(m, None)).collect())
-    })?;
-    subscribe(ctx, session, stream, position, Topic::BankingMessages(user), frames);
-    Ok(())
+    Ok(OpenLoad { user, target: Target::User, since: session.since, replay, unread_count: false })
 }
 
-pub fn open_fraud_alerts(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
-    let user = check_owner(session, path_user)?;
-    let stream = StreamId::User(user.clone());
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
-        let pending = ctx.store.unresolved_fraud_alerts(&user, REPLAY_LIMIT).map_err(super::internal)?;
-        Ok(pending.iter().map(|a| fraud_alert_frame(a, None)).collect())
-    })?;
-    subscribe(ctx, session, stream, position, Topic::FraudAlerts(user), frames);
-    Ok(())
+pub fn load_messages(session: &Session, path_user: &str) -> Result<OpenLoad, Refusal> {
+    load(session, path_user, Replay::BankingMessages { limit: REPLAY_LIMIT })
 }
 
-pub fn open_notifications(ctx: &mut Ctx, session: &mut Session, path_user: &str) -> Result<(), Refusal> {
-    let user = check_owner(session, path_user)?;
-    let stream = StreamId::User(user.clone());
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
-        let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
-        Ok(pending.iter().map(|n| notification_update_frame(n, None)).collect())
-    })?;
-    let topic = Topic::Notifications(user, NotificationFeed::Banking);
-    subscribe(ctx, session, stream, position, topic, frames);
-    Ok(())
+pub fn load_fraud_alerts(session: &Session, path_user: &str) -> Result<OpenLoad, Refusal> {
+    load(session, path_user, Replay::FraudAlerts { limit: REPLAY_LIMIT })
 }
 
-fn subscribe(ctx: &mut Ctx, session: &mut Session, stream: StreamId, position: Seq, topic: Topic, frames: Vec<Frame>) {
-    ctx.join_stream(session, stream, position);
+pub fn load_notifications(session: &Session, path_user: &str) -> Result<OpenLoad, Refusal> {
+    load(session, path_user, Replay::Notifications { limit: REPLAY_LIMIT })
+}
+
+/// On connect: what is still pending, oldest first (or what was missed).
+pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<(), Refusal> {
+    let user = session.identity.user_id.clone();
+    let topic = match session.endpoint {
+        Endpoint::BankingMessages { .. } => Topic::BankingMessages(user),
+        Endpoint::FraudAlerts { .. } => Topic::FraudAlerts(user),
+        _ => Topic::Notifications(user, NotificationFeed::Banking),
+    };
+    let frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+        Snapshot::BankingMessages(pending) => pending.iter().map(|m| message_update_frame(m, None)).collect(),
+        Snapshot::FraudAlerts(pending) => pending.iter().map(|a| fraud_alert_frame(a, None)).collect(),
+        Snapshot::Notifications(pending) => pending.iter().map(|n| notification_update_frame(n, None)).collect(),
+        _ => Vec::new(),
+    });
+    ctx.join_stream(session, opened.stream, opened.position);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     ctx.send_all(session.conn, frames);
+    Ok(())
 }
 
 pub fn error_frame(message: &str) -> Frame {

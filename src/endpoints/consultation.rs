@@ -10,8 +10,9 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{member_conversation, numeric_id, parse_object};
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
+use super::{numeric_id, parse_object};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::{Seq, StreamId, format_timestamp};
@@ -96,19 +97,31 @@ pub fn render(event: &Event) -> Option<Frame> {
     }
 }
 
-pub fn open(ctx: &mut Ctx, session: &mut Session, id: &str) -> Result<(), Refusal> {
-    let conversation = member_conversation(ctx, session, ConversationKind::Consultation, id)?;
-    let stream = StreamId::Conversation(conversation.id);
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
-        let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
-        Ok(history.iter().map(chat_message_frame).collect())
-    })?;
-    ctx.join_stream(session, stream, position);
-    let topic = Topic::Conversation(conversation.id);
+/// What opening a consultation needs: membership and history.
+pub fn load(ctx: &Ctx, session: &Session, id: &str) -> OpenLoad {
+    OpenLoad {
+        user: session.identity.user_id.clone(),
+        target: Target::Member { kind: ConversationKind::Consultation, key: id.to_string() },
+        since: session.since,
+        replay: Replay::History { limit: ctx.config.history_limit },
+        unread_count: false,
+    }
+}
+
+/// On connect: `connection_established`, then the history (or what was missed).
+pub fn opened(ctx: &mut Ctx, session: &mut Session, id: &str, opened: Opened) -> Result<(), Refusal> {
+    let StreamId::Conversation(conversation) = opened.stream else {
+        return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
+    };
+    let frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+        Snapshot::History(history) => history.iter().map(chat_message_frame).collect(),
+        _ => Vec::new(),
+    });
+    ctx.join_stream(session, opened.stream, opened.position);
+    let topic = Topic::Conversation(conversation);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
-    session.conversation = Some(conversation.id);
+    session.conversation = Some(conversation);
     let established =
         ConnectionEstablished { r#type: "connection_established", message: "Connected to chat", consultation_id: id };
     ctx.send(session.conn, to_frame(&established));

@@ -13,9 +13,10 @@ use serde_json::{Map, Value};
 
 use super::parse_object;
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
+use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
-use crate::model::{Seq, StreamId, UserId, format_timestamp};
+use crate::model::{Seq, UserId, format_timestamp};
 use crate::store::StoredMessage;
 
 /// Unread messages delivered on connect, at most.
@@ -78,16 +79,25 @@ pub fn render(event: &Event) -> Option<Frame> {
     }
 }
 
-pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
-    let user = session.identity.user_id.clone();
-    let stream = StreamId::User(user.clone());
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
-        let unread = ctx.store.unread_direct_messages(&user, OFFLINE_DELIVERY_LIMIT).map_err(super::internal)?;
-        Ok(unread.iter().map(chat_message_frame).collect())
-    })?;
-    ctx.join_stream(session, stream, position);
-    let topic = Topic::DirectInbox(user);
+/// What opening needs: the unread messages to this user.
+pub fn load(session: &Session) -> OpenLoad {
+    OpenLoad {
+        user: session.identity.user_id.clone(),
+        target: Target::User,
+        since: session.since,
+        replay: Replay::UnreadDirect { limit: OFFLINE_DELIVERY_LIMIT },
+        unread_count: false,
+    }
+}
+
+/// On connect: the unread messages (or what was missed).
+pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<(), Refusal> {
+    let frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+        Snapshot::UnreadDirect(unread) => unread.iter().map(chat_message_frame).collect(),
+        _ => Vec::new(),
+    });
+    ctx.join_stream(session, opened.stream, opened.position);
+    let topic = Topic::DirectInbox(session.identity.user_id.clone());
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     ctx.send_all(session.conn, frames);

@@ -13,26 +13,71 @@ pub mod support;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Resume, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::engine::{OpenError, OpenLoad, Opened, Snapshot, Start};
 use crate::hub::{NotificationFeed, Topic};
 use crate::model::{Seq, StreamId};
 pub use crate::route::{Endpoint, route};
-use crate::store::{Conversation, ConversationKind, StoreError};
+use crate::store::{ConversationKind, StoreError};
 
-pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
+/// What a session needs to open, if anything (storage as data: the engine reads it, now
+/// or later, and `opened` renders it). Checks that need no storage refuse here.
+pub fn load(ctx: &Ctx, session: &mut Session) -> Result<Option<OpenLoad>, Refusal> {
+    Ok(Some(match session.endpoint.clone() {
+        Endpoint::Rooms { room } => rooms::load(ctx, session, &room)?,
+        Endpoint::Consultation { id } => consultation::load(ctx, session, &id),
+        Endpoint::SupportChat { id } => support::load_chat(ctx, session, &id),
+        Endpoint::ConversationList => support::load_list(session),
+        Endpoint::DirectChat => direct::load(session),
+        Endpoint::BankingMessages { user_id } => banking::load_messages(session, &user_id)?,
+        Endpoint::FraudAlerts { user_id } => banking::load_fraud_alerts(session, &user_id)?,
+        Endpoint::UserNotifications { user_id } => banking::load_notifications(session, &user_id)?,
+        Endpoint::Notifications | Endpoint::V1Notifications => notifications::load(session),
+        Endpoint::Presence => return Ok(None),
+        #[cfg(feature = "echo")]
+        Endpoint::Echo => return Ok(None),
+    }))
+}
+
+/// Opens a session with what its load read (`None` for endpoints that need nothing):
+/// subscriptions, its stream, its on-connect frames; or why it is refused.
+pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Option<Result<Opened, OpenError>>) -> Result<(), Refusal> {
+    let opened = match opened {
+        None => {
+            return match session.endpoint {
+                Endpoint::Presence => presence::open(ctx, session),
+                _ => Ok(()),
+            };
+        }
+        Some(Err(e)) => return Err(refusal(e)),
+        Some(Ok(opened)) => opened,
+    };
     match session.endpoint.clone() {
-        Endpoint::Rooms { room } => rooms::open(ctx, session, &room),
-        Endpoint::Consultation { id } => consultation::open(ctx, session, &id),
-        Endpoint::SupportChat { id } => support::open_chat(ctx, session, &id),
-        Endpoint::ConversationList => support::open_list(ctx, session),
-        Endpoint::DirectChat => direct::open(ctx, session),
+        Endpoint::Rooms { room } => rooms::opened(ctx, session, &room, opened),
+        Endpoint::Consultation { id } => consultation::opened(ctx, session, &id, opened),
+        Endpoint::SupportChat { .. } => support::opened_chat(ctx, session, opened),
+        Endpoint::ConversationList => support::opened_list(ctx, session, opened),
+        Endpoint::DirectChat => direct::opened(ctx, session, opened),
+        Endpoint::BankingMessages { .. } | Endpoint::FraudAlerts { .. } | Endpoint::UserNotifications { .. } => {
+            banking::opened(ctx, session, opened)
+        }
+        Endpoint::Notifications | Endpoint::V1Notifications => notifications::opened(ctx, session, opened),
         Endpoint::Presence => presence::open(ctx, session),
-        Endpoint::BankingMessages { user_id } => banking::open_messages(ctx, session, &user_id),
-        Endpoint::FraudAlerts { user_id } => banking::open_fraud_alerts(ctx, session, &user_id),
-        Endpoint::UserNotifications { user_id } => banking::open_notifications(ctx, session, &user_id),
-        Endpoint::Notifications | Endpoint::V1Notifications => notifications::open(ctx, session),
         #[cfg(feature = "echo")]
         Endpoint::Echo => Ok(()),
+    }
+}
+
+/// Why an opening session is refused, as its close.
+fn refusal(e: OpenError) -> Refusal {
+    match e {
+        OpenError::NotFound => Refusal::new(close_code::FORBIDDEN, "no such conversation"),
+        OpenError::NotMember => Refusal::new(close_code::FORBIDDEN, "not a member of this conversation"),
+        OpenError::Ahead { since, last } => Refusal::new(
+            close_code::POLICY_VIOLATION,
+            format!("since {since} is ahead of this stream (its last seq is {last})"),
+        ),
+        OpenError::Store(e) => internal(e),
     }
 }
 
@@ -184,27 +229,27 @@ struct RecoveryNotPossible {
     message: &'static str,
 }
 
-/// What a session opening with `since` starts with: the events after it in its
-/// document; or, when they are no longer kept, a `recovery_not_possible` frame and then
-/// the usual replay (`replay`, which also serves a session without `since`).
-pub fn replay_or_recover(
-    ctx: &mut Ctx,
+/// The frames a session starts with: the usual opening replay (`replay` renders it);
+/// or every event after its `since`, in its document; or, when they are no longer kept,
+/// a `recovery_not_possible` frame and then the usual replay.
+pub fn start_frames(
     session: &Session,
-    resume: Resume,
-    replay: impl FnOnce(&mut Ctx) -> Result<Vec<Frame>, Refusal>,
-) -> Result<Vec<Frame>, Refusal> {
-    match resume {
-        Resume::Fresh => replay(ctx),
-        Resume::Recovered(events) => Ok(events.iter().filter_map(|event| render(&session.endpoint, event)).collect()),
-        Resume::NotPossible { since, position } => {
+    start: Start,
+    position: Seq,
+    replay: impl FnOnce(Snapshot) -> Vec<Frame>,
+) -> Vec<Frame> {
+    match start {
+        Start::Replay(snapshot) => replay(snapshot),
+        Start::Recovered(events) => events.iter().filter_map(|event| render(&session.endpoint, event)).collect(),
+        Start::NotPossible { since, snapshot } => {
             let mut frames = vec![to_frame(&RecoveryNotPossible {
                 r#type: "recovery_not_possible",
                 since,
                 seq: position,
                 message: "The events after this position are no longer kept; here is the current state.",
             })];
-            frames.extend(replay(ctx)?);
-            Ok(frames)
+            frames.extend(replay(snapshot));
+            frames
         }
     }
 }
@@ -275,24 +320,6 @@ pub fn numeric_id(value: Option<&Value>) -> Option<i64> {
         Some(Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     }
-}
-
-/// A member-only conversation the session's user belongs to, or a 4003 refusal.
-pub fn member_conversation(
-    ctx: &Ctx,
-    session: &Session,
-    kind: ConversationKind,
-    key: &str,
-) -> Result<Conversation, Refusal> {
-    let conversation = ctx
-        .store
-        .conversation(kind, key)
-        .map_err(internal)?
-        .ok_or(Refusal::new(close_code::FORBIDDEN, "no such conversation"))?;
-    if !ctx.store.is_member(conversation.id, &session.identity.user_id).map_err(internal)? {
-        return Err(Refusal::new(close_code::FORBIDDEN, "not a member of this conversation"));
-    }
-    Ok(conversation)
 }
 
 /// A store failure while opening a session: logged, and the session closes with 1011.

@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::banking::REPLAY_LIMIT;
 use super::{Endpoint, numeric_id, parse_object};
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
+use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::hub::{NotificationFeed, Topic};
 use crate::model::{Seq, StreamId, UserId, format_timestamp};
 use crate::store::Notification;
@@ -165,22 +166,31 @@ pub fn feed(endpoint: &Endpoint) -> Option<NotificationFeed> {
     }
 }
 
-/// 001 and 003: the unread notifications and the count, or what was missed.
-pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
-    let user = session.identity.user_id.clone();
+/// What opening 001 or 003 needs: the unread notifications and the count.
+pub fn load(session: &Session) -> OpenLoad {
+    OpenLoad {
+        user: session.identity.user_id.clone(),
+        target: Target::User,
+        since: session.since,
+        replay: Replay::Notifications { limit: REPLAY_LIMIT },
+        unread_count: true,
+    }
+}
+
+/// 001 and 003 on connect: (001's `connection_established`,) the unread notifications
+/// or what was missed, then the count as it is now.
+pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<(), Refusal> {
     let feed = feed(&session.endpoint).unwrap_or(NotificationFeed::App);
-    let stream = StreamId::User(user.clone());
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let mut frames = super::replay_or_recover(ctx, session, resume, |ctx| {
-        let pending = ctx.store.unread_notifications(&user, REPLAY_LIMIT).map_err(super::internal)?;
-        let render = if feed == NotificationFeed::App { app_frame } else { v1_frame };
-        Ok(pending.iter().map(|n| render(n, None)).collect())
-    })?;
-    // Replayed or recovered, the notifications are followed by the count as it is now.
-    let count = ctx.store.unread_notification_count(&user).map_err(super::internal)?;
-    frames.push(count_frame(count));
-    ctx.join_stream(session, stream, position);
-    let topic = Topic::Notifications(user, feed);
+    let mut frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+        Snapshot::Notifications(pending) => {
+            let render = if feed == NotificationFeed::App { app_frame } else { v1_frame };
+            pending.iter().map(|n| render(n, None)).collect()
+        }
+        _ => Vec::new(),
+    });
+    frames.push(count_frame(opened.unread_count.unwrap_or(0)));
+    ctx.join_stream(session, opened.stream, opened.position);
+    let topic = Topic::Notifications(session.identity.user_id.clone(), feed);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     if feed == NotificationFeed::App {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::{Seq, StreamId, format_timestamp};
@@ -75,32 +76,46 @@ pub fn render(event: &Event) -> Option<Frame> {
     }
 }
 
-pub fn open(ctx: &mut Ctx, session: &mut Session, room: &str) -> Result<(), Refusal> {
+/// What opening a room needs: the room (created on its first open) and its history,
+/// unless the room's history is kept rendered (`recent.rs`): then the frames wait in the
+/// session, and the sockets of a room that all reconnect at once get them without a
+/// query or a render each.
+pub fn load(ctx: &Ctx, session: &mut Session, room: &str) -> Result<OpenLoad, Refusal> {
     if !chat::valid_room_name(room) {
         return Err(Refusal::new(BAD_ROOM, "invalid room name"));
     }
-    let internal = |e| {
-        log::error!("cannot open room: {e}");
-        Refusal::new(close_code::INTERNAL_ERROR, "internal error")
+    let (known, replay) = match ctx.recent.get(room) {
+        Some((conversation, frames)) => {
+            session.opening_mut().kept = frames.iter().cloned().collect();
+            (Some(conversation), Replay::Nothing)
+        }
+        None => (None, Replay::History { limit: ctx.config.history_limit }),
     };
-    let conversation = match ctx.recent.get(room) {
-        Some((conversation, _)) => conversation,
-        None => ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now).map_err(internal)?,
+    Ok(OpenLoad {
+        user: session.identity.user_id.clone(),
+        target: Target::Room { name: room.to_string(), known },
+        since: session.since,
+        replay,
+        unread_count: false,
+    })
+}
+
+/// On connect: `room_users_list`, then the history (or what was missed), and `user_join`
+/// for the others when this is the user's first connection to the room.
+pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) -> Result<(), Refusal> {
+    let StreamId::Conversation(conversation) = opened.stream else {
+        return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
     };
-    let stream = StreamId::Conversation(conversation);
-    let (position, resume) = ctx.resume(session, &stream)?;
-    // An active room's history is kept rendered (`recent.rs`): the sockets of a room
-    // that all reconnect at once get it without a query or a render each.
-    let history = super::replay_or_recover(ctx, session, resume, |ctx| match ctx.recent.get(room) {
-        Some((_, frames)) => Ok(frames.iter().cloned().collect::<Vec<Frame>>()),
-        None => {
-            let messages = ctx.store.recent_messages(conversation, ctx.config.history_limit).map_err(internal)?;
+    let kept = session.opening.as_mut().map(|o| std::mem::take(&mut o.kept)).unwrap_or_default();
+    let history = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+        Snapshot::History(messages) => {
             let history: Vec<Frame> = messages.iter().map(chat_message_frame).collect();
             ctx.recent.keep(room, conversation, history.iter().cloned().collect());
-            Ok(history)
+            history
         }
-    })?;
-    ctx.join_stream(session, stream, position);
+        _ => kept,
+    });
+    ctx.join_stream(session, opened.stream, opened.position);
     let topic = Topic::Conversation(conversation);
     let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());

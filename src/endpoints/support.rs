@@ -15,8 +15,9 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{member_conversation, parse_object};
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
+use super::parse_object;
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::features::chat;
 use crate::features::support::post_agent_message;
 use crate::hub::Topic;
@@ -187,21 +188,36 @@ fn parse(ctx: &mut Ctx, session: &Session, text: &str) -> Option<Map<String, Val
     }
 }
 
-pub fn open_chat(ctx: &mut Ctx, session: &mut Session, id: &str) -> Result<(), Refusal> {
-    let conversation = member_conversation(ctx, session, ConversationKind::Support, id)?;
-    let stream = StreamId::Conversation(conversation.id);
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let frames = super::replay_or_recover(ctx, session, resume, |ctx| {
-        let history = ctx.store.recent_messages(conversation.id, ctx.config.history_limit).map_err(super::internal)?;
-        let customer = conversation.customer.as_ref();
-        let recent = RecentMessages {
-            r#type: "recent_messages",
-            messages: history.iter().map(|m| MessageObject::new(m, customer)).collect(),
-            seq: position,
-        };
-        Ok(vec![to_frame(&recent)])
-    })?;
-    ctx.join_stream(session, stream, position);
+/// What opening a conversation chat needs: membership and history.
+pub fn load_chat(ctx: &Ctx, session: &Session, id: &str) -> OpenLoad {
+    OpenLoad {
+        user: session.identity.user_id.clone(),
+        target: Target::Member { kind: ConversationKind::Support, key: id.to_string() },
+        since: session.since,
+        replay: Replay::History { limit: ctx.config.history_limit },
+        unread_count: false,
+    }
+}
+
+/// On connect: `recent_messages` (or what was missed).
+pub fn opened_chat(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<(), Refusal> {
+    let Some(conversation) = opened.conversation else {
+        return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
+    };
+    let position = opened.position;
+    let frames = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
+        Snapshot::History(history) => {
+            let customer = conversation.customer.as_ref();
+            let recent = RecentMessages {
+                r#type: "recent_messages",
+                messages: history.iter().map(|m| MessageObject::new(m, customer)).collect(),
+                seq: position,
+            };
+            vec![to_frame(&recent)]
+        }
+        _ => Vec::new(),
+    });
+    ctx.join_stream(session, opened.stream, position);
     let topic = Topic::Conversation(conversation.id);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
@@ -247,11 +263,25 @@ pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     }
 }
 
-pub fn open_list(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
-    let stream = StreamId::User(session.identity.user_id.clone());
-    let (position, resume) = ctx.resume(session, &stream)?;
-    let frames = super::replay_or_recover(ctx, session, resume, |ctx| Ok(vec![list_frame(ctx, session, position)]))?;
-    ctx.join_stream(session, stream, position);
+/// What opening the conversation list needs: the user's support conversations.
+pub fn load_list(session: &Session) -> OpenLoad {
+    OpenLoad {
+        user: session.identity.user_id.clone(),
+        target: Target::User,
+        since: session.since,
+        replay: Replay::ConversationList,
+        unread_count: false,
+    }
+}
+
+/// On connect: `conversations_list` (or what was missed).
+pub fn opened_list(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<(), Refusal> {
+    let position = opened.position;
+    let frames = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
+        Snapshot::ConversationList(summaries) => vec![conversations_list(&summaries, position)],
+        _ => Vec::new(),
+    });
+    ctx.join_stream(session, opened.stream, position);
     let topic = Topic::ConversationList(session.identity.user_id.clone());
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
@@ -281,16 +311,20 @@ pub fn on_list_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
 /// `conversations_list` as of the user's stream at `position` (or the error frame).
 fn list_frame(ctx: &mut Ctx, session: &Session, position: Seq) -> Frame {
     match ctx.store.conversations_of(&session.identity.user_id, ConversationKind::Support) {
-        Ok(summaries) => to_frame(&ConversationsList {
-            r#type: "conversations_list",
-            conversations: summaries.iter().map(conversation_object).collect(),
-            seq: position,
-        }),
+        Ok(summaries) => conversations_list(&summaries, position),
         Err(e) => {
             log::error!("cannot list conversations: {e}");
             error_frame("Could not load conversations.")
         }
     }
+}
+
+fn conversations_list(summaries: &[ConversationSummary], position: Seq) -> Frame {
+    to_frame(&ConversationsList {
+        r#type: "conversations_list",
+        conversations: summaries.iter().map(conversation_object).collect(),
+        seq: position,
+    })
 }
 
 fn conversation_object(summary: &ConversationSummary) -> ConversationObject<'_> {

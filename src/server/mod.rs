@@ -159,6 +159,7 @@ impl Server {
                 return Err(e);
             }
             self.app.begin_turn();
+            self.finish_opens();
             for key in std::mem::take(&mut self.backlog) {
                 self.on_readable(key, None);
             }
@@ -188,6 +189,18 @@ impl Server {
         self.end_turn();
         log::info!("switchboard stopped");
         Ok(())
+    }
+
+    /// Sessions whose engine answered since the last turn open now (see `engine.rs`).
+    fn finish_opens(&mut self) {
+        for (id, answer) in self.app.ready_opens() {
+            if let Some(conn) = self.conns.get_mut(id.slot)
+                && conn.serial == id.serial
+                && let Phase::Open { session: Some(session), .. } = &mut conn.phase
+            {
+                self.app.finish_open(session, answer);
+            }
+        }
     }
 
     fn on_signal(&mut self) {

@@ -49,6 +49,7 @@ pub struct NewConversation<'a> {
 }
 
 /// A conversation as one member's list shows it.
+#[derive(Debug)]
 pub struct ConversationSummary {
     pub conversation: Conversation,
     pub last_message: Option<StoredMessage>,
