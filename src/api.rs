@@ -21,13 +21,12 @@ use serde_json::{Value, json};
 use crate::context::{Ctx, close_code};
 use crate::endpoints;
 use crate::features::chat::{self, ChatError};
+use crate::features::conversations::{self, CreateError, NewMemberConversation};
 use crate::features::{inbox, support};
 use crate::http::{HttpError, Request, json_response, response};
 use crate::hub::Topic;
 use crate::model::{Identity, UserId};
-use crate::store::{
-    Conversation, ConversationKind, Customer, NewBankingMessage, NewConversation, NewCustomer, NewNotification,
-};
+use crate::store::{Conversation, ConversationKind, Customer, NewBankingMessage, NewCustomer, NewNotification};
 
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -263,7 +262,7 @@ fn upsert_customer(ctx: &mut Ctx, source: &str, fields: &NewCustomerFields) -> R
         last_name: fields.last_name.as_deref(),
         profile_picture: fields.profile_picture.as_deref(),
     };
-    ctx.store.upsert_customer(&new, ctx.now).map_err(store_error)
+    conversations::upsert_customer(ctx, &new).map_err(store_error)
 }
 
 /// The answer to a request that could not be stored: 503 with `Retry-After`, since a
@@ -279,7 +278,7 @@ fn store_error(e: crate::store::StoreError) -> HttpError {
 
 fn conversation_json(ctx: &Ctx, conversation: &Conversation) -> Result<Value, HttpError> {
     let members: Vec<Value> =
-        ctx.store.members(conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
+        conversations::members(ctx, conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
     let customer = conversation.customer.as_ref().map(|c| {
         json!({"id": c.id, "source": c.source, "external_id": c.external_id, "first_name": c.first_name,
                "last_name": c.last_name, "profile_picture": c.profile_picture})
@@ -326,37 +325,36 @@ fn create_conversation(ctx: &mut Ctx, request: &Request) -> Answer {
         None | Some(Value::Null) => 0,
         Some(value) => value.as_i64().ok_or_else(|| HttpError::new(422, "\"priority\" must be an integer"))?,
     };
-    let title = optional_str(&body, "title")?.map(str::to_string);
-    if ctx.store.conversation(kind, &key).map_err(store_error)?.is_some() {
-        return Err(HttpError::new(409, format!("a {} conversation with id {key:?} exists", kind.as_sql())));
-    }
-    let customer = match customer {
-        Some((source, fields)) => Some(upsert_customer(ctx, &source, &fields)?),
-        None => None,
-    };
-    let title = title.unwrap_or_else(|| match &customer {
-        Some(c) => format!("{} - {} {}", c.source, c.first_name, c.last_name).trim().to_string(),
-        None => key.clone(),
-    });
-    let new = NewConversation {
+    let title = optional_str(&body, "title")?;
+    let new = NewMemberConversation {
         kind,
         key: &key,
-        title: &title,
+        title,
         status: &status,
         priority,
-        customer_id: customer.as_ref().map(|c| c.id),
+        customer: customer.as_ref().map(|(source, fields)| NewCustomer {
+            source,
+            external_id: &fields.external_id,
+            first_name: fields.first_name.as_deref(),
+            last_name: fields.last_name.as_deref(),
+            profile_picture: fields.profile_picture.as_deref(),
+        }),
+        members: &members,
     };
-    let id = ctx.store.create_conversation(&new, ctx.now).map_err(store_error)?;
-    ctx.store.set_members(id, &members).map_err(store_error)?;
-    let conversation = ctx.store.existing_conversation(id).map_err(store_error)?;
+    let conversation = match conversations::create(ctx, &new) {
+        Ok(conversation) => conversation,
+        Err(CreateError::Exists) => {
+            return Err(HttpError::new(409, format!("a {} conversation with id {key:?} exists", kind.as_sql())));
+        }
+        Err(CreateError::Store(e)) => return Err(store_error(e)),
+    };
     Ok((201, conversation_json(ctx, &conversation)?))
 }
 
 fn find_conversation(ctx: &Ctx, kind: &str, id: &str) -> Result<Conversation, HttpError> {
     let kind = parse_kind(kind).map_err(|_| HttpError::new(404, "no such conversation kind"))?;
     let id = crate::http::decode_path(id);
-    ctx.store
-        .conversation(kind, &id)
+    conversations::find(ctx, kind, &id)
         .map_err(store_error)?
         .ok_or_else(|| HttpError::new(404, format!("no {} conversation with id {id:?}", kind.as_sql())))
 }
@@ -372,7 +370,7 @@ fn set_members(ctx: &mut Ctx, kind: &str, id: &str, request: &Request) -> Answer
     let conversation = find_conversation(ctx, kind, id)?;
     let body = json_body(request)?;
     let members = parse_members(body.get("members"))?;
-    let removed = ctx.store.set_members(conversation.id, &members).map_err(store_error)?;
+    let removed = conversations::set_members(ctx, conversation.id, &members).map_err(store_error)?;
     let topic = Topic::Conversation(conversation.id);
     for user in &removed {
         for conn in ctx.hub.user_conns(&topic, user).to_vec() {
@@ -504,7 +502,7 @@ fn create_banking_message(ctx: &mut Ctx, request: &Request) -> Answer {
         None | Some(Value::Null) => None,
         Some(value) => {
             let id = value.as_i64().ok_or_else(|| HttpError::new(422, "\"parent_message\" must be a message id"))?;
-            let parent = ctx.store.banking_message(id).map_err(store_error)?;
+            let parent = inbox::banking_message(ctx, id).map_err(store_error)?;
             match parent {
                 Some(parent) if parent.user_id == user => Some(parent),
                 _ => return Err(HttpError::new(422, "\"parent_message\" is not a message of this user")),

@@ -27,8 +27,9 @@ pub enum EventBody {
     DirectRead { reader_id: UserId, at: Micros },
     /// 002: a customer wrote in one of the user's support conversations (their list).
     CustomerMessage { conversation_key: String, message: StoredMessage, customer: Customer },
-    /// A notification for the user (every notification document).
-    Notification { notification: Notification },
+    /// A notification for the user (every notification document), with the user's
+    /// unread count right after it (001 and 003 send it along).
+    Notification { notification: Notification, unread_count: i64 },
     /// 000: a fraud alert raised or resolved.
     FraudAlert { alert: FraudAlert },
     /// 000: a banking message stored or changed (read, or a reply in its thread).

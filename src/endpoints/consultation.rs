@@ -168,13 +168,13 @@ fn post(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String
 }
 
 fn read_receipt(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String, Value>) {
-    let message = numeric_id(object.get("message_id")).and_then(|id| ctx.store.message(id).ok().flatten());
-    let Some(message) = message.filter(|m| m.conversation_id == conversation) else {
+    let Some(message_id) = numeric_id(object.get("message_id")) else {
         return ctx.send(session.conn, error_frame("No such message in this consultation."));
     };
-    match chat::read_one(ctx, &message, &session.identity, session.conn) {
+    match chat::read_one(ctx, conversation, message_id, &session.identity, session.conn) {
         Ok(_) => {}
-        Err(e) => {
+        Err(None) => ctx.send(session.conn, error_frame("No such message in this consultation.")),
+        Err(Some(e)) => {
             log::error!("cannot store a read receipt: {e}");
             ctx.send(session.conn, error_frame("Read receipt could not be stored."));
         }

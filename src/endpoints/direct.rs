@@ -110,7 +110,7 @@ fn other_user(ctx: &Ctx, session: &Session, object: &Map<String, Value>, field: 
     if user == session.identity.user_id {
         return Err("You cannot message yourself.".into());
     }
-    match ctx.store.user_exists(&user) {
+    match chat::user_known(ctx, &user) {
         Ok(true) => Ok(user),
         Ok(false) => Err("User not found.".into()),
         Err(e) => {

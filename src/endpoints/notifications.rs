@@ -16,6 +16,7 @@ use super::banking::REPLAY_LIMIT;
 use super::{Endpoint, numeric_id, parse_object};
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
+use crate::features::inbox;
 use crate::hub::{NotificationFeed, Topic};
 use crate::model::{Seq, StreamId, UserId, format_timestamp};
 use crate::store::Notification;
@@ -105,9 +106,9 @@ fn count_frame(count: i64) -> Frame {
 pub fn render(feed: NotificationFeed, event: &Event) -> Option<Frame> {
     let seq = Some(event.seq);
     match (&event.body, feed) {
-        (EventBody::Notification { notification }, NotificationFeed::App) => Some(app_frame(notification, seq)),
-        (EventBody::Notification { notification }, NotificationFeed::V1) => Some(v1_frame(notification, seq)),
-        (EventBody::Notification { notification }, NotificationFeed::Banking) => {
+        (EventBody::Notification { notification, .. }, NotificationFeed::App) => Some(app_frame(notification, seq)),
+        (EventBody::Notification { notification, .. }, NotificationFeed::V1) => Some(v1_frame(notification, seq)),
+        (EventBody::Notification { notification, .. }, NotificationFeed::Banking) => {
             Some(super::banking::notification_update_frame(notification, seq))
         }
         _ => None,
@@ -126,25 +127,17 @@ pub fn deliver(ctx: &mut Ctx, event: &Event) {
             ctx.publish(&topic, frame, None, true);
         }
     }
-    publish_unread_count(ctx, user);
+    if let EventBody::Notification { unread_count, .. } = &event.body {
+        publish_unread_count(ctx, user, *unread_count);
+    }
 }
 
 /// The user's unread count (state, not an event: it carries no seq) to every 001 and
 /// 003 socket of theirs.
-fn publish_unread_count(ctx: &mut Ctx, user: &UserId) {
-    let app = Topic::Notifications(user.clone(), NotificationFeed::App);
-    let v1 = Topic::Notifications(user.clone(), NotificationFeed::V1);
-    if ctx.hub.conns(&app).is_empty() && ctx.hub.conns(&v1).is_empty() {
-        return;
-    }
-    match ctx.store.unread_notification_count(user) {
-        Ok(count) => {
-            let frame = count_frame(count);
-            ctx.publish(&app, frame.clone(), None, true);
-            ctx.publish(&v1, frame, None, true);
-        }
-        Err(e) => log::error!("cannot count unread notifications: {e}"),
-    }
+fn publish_unread_count(ctx: &mut Ctx, user: &UserId, count: i64) {
+    let frame = count_frame(count);
+    ctx.publish(&Topic::Notifications(user.clone(), NotificationFeed::App), frame.clone(), None, true);
+    ctx.publish(&Topic::Notifications(user.clone(), NotificationFeed::V1), frame, None, true);
 }
 
 /// The notification document an endpoint speaks, if it speaks one.
@@ -213,8 +206,8 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 return ctx.send(session.conn, error_frame("\"notification_id\" must be a notification id."));
             };
             let user = session.identity.user_id.clone();
-            match ctx.store.mark_notification_read(&user, id, ctx.now) {
-                Ok(Some(_)) => publish_unread_count(ctx, &user),
+            match inbox::read_notification(ctx, &user, id) {
+                Ok(Some(count)) => publish_unread_count(ctx, &user, count),
                 Ok(None) => ctx.send(session.conn, error_frame("No such notification.")),
                 Err(e) => {
                     log::error!("cannot mark a notification read: {e}");

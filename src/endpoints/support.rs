@@ -19,9 +19,9 @@ use super::parse_object;
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::features::chat;
-use crate::features::support::post_agent_message;
+use crate::features::support::{self, post_agent_message};
 use crate::hub::Topic;
-use crate::model::{Seq, StreamId, UserId, format_timestamp};
+use crate::model::{Seq, UserId, format_timestamp};
 use crate::store::{ConversationKind, ConversationSummary, Customer, StoredMessage};
 
 pub const INVALID_JSON: &str = "Invalid JSON format";
@@ -293,11 +293,10 @@ pub fn on_list_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let Some(object) = parse(ctx, session, text) else { return };
     match object.get("type").and_then(Value::as_str) {
         Some("get_conversations" | "refresh_conversations") => {
-            let stream = StreamId::User(session.identity.user_id.clone());
-            let frame = match ctx.store.last_seq(&stream) {
-                Ok(position) => list_frame(ctx, session, position),
+            let frame = match support::conversation_list(ctx, &session.identity.user_id) {
+                Ok((summaries, position)) => conversations_list(&summaries, position),
                 Err(e) => {
-                    log::error!("cannot read stream {}: {e}", stream.key());
+                    log::error!("cannot list conversations: {e}");
                     error_frame("Could not load conversations.")
                 }
             };
@@ -305,17 +304,6 @@ pub fn on_list_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
         }
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),
-    }
-}
-
-/// `conversations_list` as of the user's stream at `position` (or the error frame).
-fn list_frame(ctx: &mut Ctx, session: &Session, position: Seq) -> Frame {
-    match ctx.store.conversations_of(&session.identity.user_id, ConversationKind::Support) {
-        Ok(summaries) => conversations_list(&summaries, position),
-        Err(e) => {
-            log::error!("cannot list conversations: {e}");
-            error_frame("Could not load conversations.")
-        }
     }
 }
 

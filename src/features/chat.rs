@@ -98,6 +98,11 @@ pub fn send_direct(
     Ok(message)
 }
 
+/// Whether a user is known here (has connected, or was named by the backend).
+pub fn user_known(ctx: &Ctx, user: &UserId) -> Result<bool, StoreError> {
+    ctx.store.user_exists(user)
+}
+
 /// 003: `reader` read everything `sender` sent them; recorded on the sender's stream.
 /// `false` when the two never wrote to each other.
 pub fn read_direct(ctx: &mut Ctx, reader: &UserId, sender: &UserId) -> Result<bool, StoreError> {
@@ -118,15 +123,18 @@ pub fn read_all(ctx: &mut Ctx, conversation_id: i64, user: &UserId) -> Result<()
     Ok(())
 }
 
-/// 001: a user read one message, recorded once (`false` when read before). `reader_conn`
-/// does not hear of its own receipt live.
+/// 001: a user read one message of a conversation, recorded once (`Ok(false)` when read
+/// before; `Err(None)` when the conversation has no such message). `reader_conn` does
+/// not hear of its own receipt live.
 pub fn read_one(
     ctx: &mut Ctx,
-    message: &StoredMessage,
+    conversation: i64,
+    message_id: i64,
     reader: &Identity,
     reader_conn: ConnId,
-) -> Result<bool, StoreError> {
-    if !ctx.store.record_read(message, &reader.user_id, ctx.now)? {
+) -> Result<bool, Option<StoreError>> {
+    let message = ctx.store.message(message_id)?.filter(|m| m.conversation_id == conversation).ok_or(None)?;
+    if !ctx.store.record_read(&message, &reader.user_id, ctx.now)? {
         return Ok(false);
     }
     let body = EventBody::ReadReceipt {

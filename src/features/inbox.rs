@@ -10,8 +10,18 @@ pub fn notify(ctx: &mut Ctx, new: &NewNotification<'_>) -> StoreResult<Notificat
     let notification = ctx.store.insert_notification(new, ctx.now)?;
     ctx.metrics.messages_stored += 1;
     let stream = StreamId::User(new.user_id.clone());
-    ctx.record(&stream, EventBody::Notification { notification: notification.clone() }, None)?;
+    let unread_count = ctx.store.unread_notification_count(new.user_id)?;
+    ctx.record(&stream, EventBody::Notification { notification: notification.clone(), unread_count }, None)?;
     Ok(notification)
+}
+
+/// Marks one of the user's notifications read; returns the user's unread count then
+/// (`None`: no such notification of theirs). The count is state, not an event.
+pub fn read_notification(ctx: &mut Ctx, user: &UserId, id: i64) -> StoreResult<Option<i64>> {
+    if ctx.store.mark_notification_read(user, id, ctx.now)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(ctx.store.unread_notification_count(user)?))
 }
 
 pub fn raise_fraud_alert(ctx: &mut Ctx, user: &UserId, message: &str, severity: &str) -> StoreResult<FraudAlert> {
@@ -40,6 +50,10 @@ pub fn post_banking_message(ctx: &mut Ctx, new: &NewBankingMessage<'_>) -> Store
     ctx.metrics.messages_stored += 1;
     record_banking_change(ctx, &message)?;
     Ok(message)
+}
+
+pub fn banking_message(ctx: &Ctx, id: i64) -> StoreResult<Option<BankingMessage>> {
+    ctx.store.banking_message(id)
 }
 
 /// Marks a banking message read. `None` when the user has no such message.

@@ -3,5 +3,6 @@
 //! as an `Event` that the endpoints render.
 
 pub mod chat;
+pub mod conversations;
 pub mod inbox;
 pub mod support;

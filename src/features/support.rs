@@ -2,8 +2,11 @@
 //! customer's message and the conversation it lands in.
 
 use crate::context::{Ctx, EventBody};
-use crate::model::{Identity, StreamId, UserId};
-use crate::store::{Conversation, ConversationKind, Customer, NewConversation, NewMessage, StoreResult, StoredMessage};
+use crate::model::{Identity, Seq, StreamId, UserId};
+use crate::store::{
+    Conversation, ConversationKind, ConversationSummary, Customer, NewConversation, NewMessage, StoreResult,
+    StoredMessage,
+};
 
 /// The customer's newest open support conversation, or a new one with `members` (and a
 /// title made of the platform and the customer's name). Returns it and whether it is new.
@@ -28,6 +31,13 @@ pub fn conversation_for(
     let id = ctx.store.create_conversation(&new, ctx.now)?;
     ctx.store.set_members(id, members)?;
     Ok((ctx.store.existing_conversation(id)?, true))
+}
+
+/// The user's support conversations with their unread counts, and the position of the
+/// user's stream the list is as of.
+pub fn conversation_list(ctx: &mut Ctx, user: &UserId) -> StoreResult<(Vec<ConversationSummary>, Seq)> {
+    let position = ctx.store.last_seq(&StreamId::User(user.clone()))?;
+    Ok((ctx.store.conversations_of(user, ConversationKind::Support)?, position))
 }
 
 /// Stores a customer's message in a support conversation and records it on the

@@ -1,0 +1,77 @@
+//! Member-only conversations as the backend manages them through the server API:
+//! created with their members (and a customer, for support), found, re-membered.
+
+use crate::context::Ctx;
+use crate::model::UserId;
+use crate::store::{Conversation, ConversationKind, Customer, NewConversation, NewCustomer, StoreError, StoreResult};
+
+/// Why a conversation was not created.
+#[derive(Debug)]
+pub enum CreateError {
+    /// One of that kind with that key exists.
+    Exists,
+    Store(StoreError),
+}
+
+impl From<StoreError> for CreateError {
+    fn from(e: StoreError) -> CreateError {
+        CreateError::Store(e)
+    }
+}
+
+/// What the backend asks for.
+pub struct NewMemberConversation<'a> {
+    pub kind: ConversationKind,
+    pub key: &'a str,
+    /// Default: "<source> - <first> <last>" with a customer, else the key.
+    pub title: Option<&'a str>,
+    pub status: &'a str,
+    pub priority: i64,
+    pub customer: Option<NewCustomer<'a>>,
+    pub members: &'a [UserId],
+}
+
+pub fn find(ctx: &Ctx, kind: ConversationKind, key: &str) -> StoreResult<Option<Conversation>> {
+    ctx.store.conversation(kind, key)
+}
+
+pub fn members(ctx: &Ctx, conversation: i64) -> StoreResult<Vec<UserId>> {
+    ctx.store.members(conversation)
+}
+
+/// The customer by platform and external id, created or updated with the fields given.
+pub fn upsert_customer(ctx: &mut Ctx, new: &NewCustomer<'_>) -> StoreResult<Customer> {
+    ctx.store.upsert_customer(new, ctx.now)
+}
+
+/// Creates a conversation with its members (and its customer).
+pub fn create(ctx: &mut Ctx, new: &NewMemberConversation<'_>) -> Result<Conversation, CreateError> {
+    if ctx.store.conversation(new.kind, new.key)?.is_some() {
+        return Err(CreateError::Exists);
+    }
+    let customer = match &new.customer {
+        Some(customer) => Some(upsert_customer(ctx, customer)?),
+        None => None,
+    };
+    let title = match (new.title, &customer) {
+        (Some(title), _) => title.to_string(),
+        (None, Some(c)) => format!("{} - {} {}", c.source, c.first_name, c.last_name).trim().to_string(),
+        (None, None) => new.key.to_string(),
+    };
+    let row = NewConversation {
+        kind: new.kind,
+        key: new.key,
+        title: &title,
+        status: new.status,
+        priority: new.priority,
+        customer_id: customer.as_ref().map(|c| c.id),
+    };
+    let id = ctx.store.create_conversation(&row, ctx.now)?;
+    ctx.store.set_members(id, new.members)?;
+    Ok(ctx.store.existing_conversation(id)?)
+}
+
+/// Replaces a conversation's members; returns those removed.
+pub fn set_members(ctx: &mut Ctx, conversation: i64, members: &[UserId]) -> StoreResult<Vec<UserId>> {
+    ctx.store.set_members(conversation, members)
+}
