@@ -4,11 +4,24 @@
 //! every socket of every room opening at once).
 //!
 //! Kept only while a room has listeners and some history, so an idle connection in an
-//! empty room costs nothing here. It holds frames of the current turn before they are
+//! empty room costs nothing here; and at most `MAX_KEPT_BYTES` in all, the rooms kept
+//! longest going first, so that many rooms with one listener each (every user in a room
+//! of their own) cannot grow memory by their whole history each. It holds frames of the current turn before they are
 //! committed, exactly as the history query inside the turn's transaction would see
 //! them; if the commit fails, everything here is dropped (`clear`).
 
 use std::collections::{HashMap, VecDeque};
+
+/// Most bytes of rendered history kept over all rooms (what each frame costs, roughly).
+pub const MAX_KEPT_BYTES: usize = 32 << 20;
+
+/// What one kept frame costs besides its text: the deque slot and the shared buffer's
+/// header.
+const FRAME_OVERHEAD: usize = 48;
+
+fn cost(frame: &Utf8Bytes) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
 
 use tungstenite::Utf8Bytes;
 
@@ -16,17 +29,35 @@ use tungstenite::Utf8Bytes;
 struct Room {
     conversation: i64,
     frames: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    /// Which `keep` of the room this is (its place in `order`).
+    kept: u64,
 }
 
-#[derive(Default)]
 pub struct Recent {
     /// By room name.
     rooms: HashMap<String, Room>,
     /// Room name by conversation id, for messages that arrive by id.
     names: HashMap<i64, String>,
+    /// Room names in the order they were kept, with which keep it was (a room forgotten
+    /// or kept again since leaves a stale entry, skipped when its turn comes).
+    order: VecDeque<(String, u64)>,
+    keeps: u64,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent::with_budget(MAX_KEPT_BYTES)
+    }
 }
 
 impl Recent {
+    pub fn with_budget(budget: usize) -> Recent {
+        Recent { rooms: HashMap::new(), names: HashMap::new(), order: VecDeque::new(), keeps: 0, bytes: 0, budget }
+    }
+
     /// The room's conversation id and rendered history, if kept.
     pub fn get(&self, room: &str) -> Option<(i64, &VecDeque<Utf8Bytes>)> {
         self.rooms.get(room).map(|r| (r.conversation, &r.frames))
@@ -34,11 +65,27 @@ impl Recent {
 
     /// Keeps a room's history as just read and rendered (nothing for an empty history).
     pub fn keep(&mut self, room: &str, conversation: i64, frames: VecDeque<Utf8Bytes>) {
-        if frames.is_empty() {
+        let bytes: usize = frames.iter().map(cost).sum();
+        if frames.is_empty() || bytes > self.budget {
             return;
         }
+        self.forget(room);
+        while self.bytes + bytes > self.budget {
+            let Some((oldest, kept)) = self.order.pop_front() else { break };
+            if self.rooms.get(&oldest).is_some_and(|r| r.kept == kept) {
+                self.forget(&oldest);
+            }
+        }
+        self.keeps += 1;
         self.names.insert(conversation, room.to_string());
-        self.rooms.insert(room.to_string(), Room { conversation, frames });
+        self.rooms.insert(room.to_string(), Room { conversation, frames, bytes, kept: self.keeps });
+        self.order.push_back((room.to_string(), self.keeps));
+        self.bytes += bytes;
+        // Stale entries of rooms forgotten or kept again; dropped once they dominate.
+        if self.order.len() > 2 * self.rooms.len() + 64 {
+            let rooms = &self.rooms;
+            self.order.retain(|(name, kept)| rooms.get(name).is_some_and(|r| r.kept == *kept));
+        }
     }
 
     /// A new message in a room: its frame joins the kept history, if any, which keeps
@@ -46,8 +93,13 @@ impl Recent {
     pub fn push(&mut self, conversation: i64, frame: &Utf8Bytes, limit: usize) {
         let Some(room) = self.names.get(&conversation).and_then(|name| self.rooms.get_mut(name)) else { return };
         room.frames.push_back(frame.clone());
+        room.bytes += cost(frame);
+        self.bytes += cost(frame);
         while room.frames.len() > limit {
-            room.frames.pop_front();
+            if let Some(old) = room.frames.pop_front() {
+                room.bytes -= cost(&old);
+                self.bytes -= cost(&old);
+            }
         }
     }
 
@@ -55,6 +107,7 @@ impl Recent {
     pub fn forget(&mut self, room: &str) {
         if let Some(kept) = self.rooms.remove(room) {
             self.names.remove(&kept.conversation);
+            self.bytes -= kept.bytes;
         }
     }
 
@@ -62,6 +115,13 @@ impl Recent {
     pub fn clear(&mut self) {
         self.rooms.clear();
         self.names.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+
+    /// Bytes kept, as `MAX_KEPT_BYTES` counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Rooms kept, for tests and metrics.
@@ -97,5 +157,28 @@ mod tests {
         assert!(recent.get("lobby").is_none());
         recent.push(2, &Utf8Bytes::from("4"), 3);
         assert!(recent.is_empty());
+        assert_eq!(recent.bytes(), 0);
+    }
+
+    #[test]
+    fn past_the_budget_the_rooms_kept_longest_go_first() {
+        // Room of three one-byte frames: 3 * (1 + 48) bytes; a budget for two such rooms.
+        let mut recent = Recent::with_budget(2 * 3 * 49);
+        for (i, room) in ["a", "b", "c"].into_iter().enumerate() {
+            recent.keep(room, i as i64, frames(0..3));
+        }
+        assert!(recent.get("a").is_none(), "the oldest went");
+        assert!(recent.get("b").is_some() && recent.get("c").is_some());
+        assert_eq!(recent.bytes(), 2 * 3 * 49);
+        // Keeping a room again replaces it, and its new frames are counted.
+        recent.keep("b", 1, frames(0..3));
+        recent.push(1, &Utf8Bytes::from("x"), 3);
+        assert_eq!(recent.bytes(), 2 * 3 * 49);
+        recent.keep("d", 3, frames(0..3));
+        assert!(recent.get("c").is_none() && recent.get("b").is_some() && recent.get("d").is_some());
+        // A history larger than the whole budget is not kept at all.
+        let mut small = Recent::with_budget(10);
+        small.keep("big", 1, frames(0..3));
+        assert!(small.is_empty());
     }
 }
