@@ -176,7 +176,7 @@ fn post_room_message(ctx: &mut Ctx, room: &str, request: &Request) -> Answer {
         Some(_) => return Err(HttpError::new(422, "\"sender_name\" must be a non-empty string")),
     };
     let sender = Identity { user_id: sender_id, name: sender_name.into() };
-    let stored = match chat::post_to_room(ctx, &room, &sender, message) {
+    let stored = match chat::post_to_room(&mut ctx.tx(), &room, &sender, message) {
         Ok(stored) => stored,
         Err(ChatError::Empty) => return Err(HttpError::new(422, "\"message\" must not be empty")),
         Err(ChatError::Store(e)) => return Err(store_error(e)),
@@ -262,7 +262,7 @@ fn upsert_customer(ctx: &mut Ctx, source: &str, fields: &NewCustomerFields) -> R
         last_name: fields.last_name.as_deref(),
         profile_picture: fields.profile_picture.as_deref(),
     };
-    conversations::upsert_customer(ctx, &new).map_err(store_error)
+    conversations::upsert_customer(&mut ctx.tx(), &new).map_err(store_error)
 }
 
 /// The answer to a request that could not be stored: 503 with `Retry-After`, since a
@@ -276,9 +276,9 @@ fn store_error(e: crate::store::StoreError) -> HttpError {
     unavailable()
 }
 
-fn conversation_json(ctx: &Ctx, conversation: &Conversation) -> Result<Value, HttpError> {
+fn conversation_json(ctx: &mut Ctx, conversation: &Conversation) -> Result<Value, HttpError> {
     let members: Vec<Value> =
-        conversations::members(ctx, conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
+        conversations::members(&ctx.tx(), conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
     let customer = conversation.customer.as_ref().map(|c| {
         json!({"id": c.id, "source": c.source, "external_id": c.external_id, "first_name": c.first_name,
                "last_name": c.last_name, "profile_picture": c.profile_picture})
@@ -341,7 +341,7 @@ fn create_conversation(ctx: &mut Ctx, request: &Request) -> Answer {
         }),
         members: &members,
     };
-    let conversation = match conversations::create(ctx, &new) {
+    let conversation = match conversations::create(&mut ctx.tx(), &new) {
         Ok(conversation) => conversation,
         Err(CreateError::Exists) => {
             return Err(HttpError::new(409, format!("a {} conversation with id {key:?} exists", kind.as_sql())));
@@ -351,10 +351,10 @@ fn create_conversation(ctx: &mut Ctx, request: &Request) -> Answer {
     Ok((201, conversation_json(ctx, &conversation)?))
 }
 
-fn find_conversation(ctx: &Ctx, kind: &str, id: &str) -> Result<Conversation, HttpError> {
+fn find_conversation(ctx: &mut Ctx, kind: &str, id: &str) -> Result<Conversation, HttpError> {
     let kind = parse_kind(kind).map_err(|_| HttpError::new(404, "no such conversation kind"))?;
     let id = crate::http::decode_path(id);
-    conversations::find(ctx, kind, &id)
+    conversations::find(&ctx.tx(), kind, &id)
         .map_err(store_error)?
         .ok_or_else(|| HttpError::new(404, format!("no {} conversation with id {id:?}", kind.as_sql())))
 }
@@ -370,7 +370,7 @@ fn set_members(ctx: &mut Ctx, kind: &str, id: &str, request: &Request) -> Answer
     let conversation = find_conversation(ctx, kind, id)?;
     let body = json_body(request)?;
     let members = parse_members(body.get("members"))?;
-    let removed = conversations::set_members(ctx, conversation.id, &members).map_err(store_error)?;
+    let removed = conversations::set_members(&mut ctx.tx(), conversation.id, &members).map_err(store_error)?;
     let topic = Topic::Conversation(conversation.id);
     for user in &removed {
         for conn in ctx.hub.user_conns(&topic, user).to_vec() {
@@ -403,10 +403,11 @@ fn inbound(ctx: &mut Ctx, request: &Request) -> Answer {
             return Err(HttpError::new(422, "that conversation belongs to another customer"));
         }
         Some(conversation) => (conversation, false),
-        None => support::conversation_for(ctx, &customer, &random_key(), members.as_deref().unwrap_or(&[]))
+        None => support::conversation_for(&mut ctx.tx(), &customer, &random_key(), members.as_deref().unwrap_or(&[]))
             .map_err(store_error)?,
     };
-    let message = support::post_customer_message(ctx, &conversation, &customer, &content).map_err(store_error)?;
+    let message =
+        support::post_customer_message(&mut ctx.tx(), &conversation, &customer, &content).map_err(store_error)?;
     let object =
         serde_json::to_value(endpoints::support::MessageObject::new(&message, Some(&customer))).unwrap_or(Value::Null);
     Ok((201, json!({"conversation_id": conversation.key, "created_conversation": created, "message": object})))
@@ -451,7 +452,7 @@ fn create_notification(ctx: &mut Ctx, request: &Request) -> Answer {
     };
     let link = optional_str(&body, "link")?;
     let new = NewNotification { user_id: &user, category, title, message, link };
-    let notification = inbox::notify(ctx, &new).map_err(store_error)?;
+    let notification = inbox::notify(&mut ctx.tx(), &new).map_err(store_error)?;
     Ok((
         201,
         json!({"notification": {
@@ -479,14 +480,14 @@ fn create_fraud_alert(ctx: &mut Ctx, request: &Request) -> Answer {
     if !SEVERITIES.contains(&severity) {
         return Err(HttpError::new(422, format!("\"severity\" must be one of {}", SEVERITIES.join(", "))));
     }
-    let alert = inbox::raise_fraud_alert(ctx, &user, message, severity).map_err(store_error)?;
+    let alert = inbox::raise_fraud_alert(&mut ctx.tx(), &user, message, severity).map_err(store_error)?;
     Ok((201, alert_json(&alert)))
 }
 
 /// `POST /api/fraud-alerts/{id}/resolve`: resolves once; resolving again changes nothing.
 fn resolve_fraud_alert(ctx: &mut Ctx, id: &str) -> Answer {
     let id = path_id(id)?;
-    let alert = inbox::resolve_fraud_alert(ctx, id)
+    let alert = inbox::resolve_fraud_alert(&mut ctx.tx(), id)
         .map_err(store_error)?
         .ok_or_else(|| HttpError::new(404, "no such alert"))?;
     Ok((200, alert_json(&alert)))
@@ -502,7 +503,7 @@ fn create_banking_message(ctx: &mut Ctx, request: &Request) -> Answer {
         None | Some(Value::Null) => None,
         Some(value) => {
             let id = value.as_i64().ok_or_else(|| HttpError::new(422, "\"parent_message\" must be a message id"))?;
-            let parent = inbox::banking_message(ctx, id).map_err(store_error)?;
+            let parent = inbox::banking_message(&ctx.tx(), id).map_err(store_error)?;
             match parent {
                 Some(parent) if parent.user_id == user => Some(parent),
                 _ => return Err(HttpError::new(422, "\"parent_message\" is not a message of this user")),
@@ -525,7 +526,7 @@ fn create_banking_message(ctx: &mut Ctx, request: &Request) -> Answer {
         thread_id: &thread_id,
         parent_id: parent.as_ref().map(|p| p.id),
     };
-    let message = inbox::post_banking_message(ctx, &new).map_err(store_error)?;
+    let message = inbox::post_banking_message(&mut ctx.tx(), &new).map_err(store_error)?;
     let object = serde_json::to_value(endpoints::banking::MessageObject::new(&message)).unwrap_or(Value::Null);
     Ok((201, json!({ "message": object })))
 }

@@ -22,7 +22,8 @@ use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::recent::Recent;
 use crate::route::Endpoint;
 use crate::sequencer::{Offered, Sequencer};
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::Store;
+use crate::tx::Tx;
 
 /// A serialized frame: JSON text, shared by every connection it goes to.
 pub type Frame = Utf8Bytes;
@@ -175,41 +176,15 @@ impl Ctx {
         }
     }
 
-    /// Stores an event on its stream in the turn's transaction, under the stream's next
-    /// seq, and queues it for delivery (right after the handler returns). `except` is a
-    /// connection that must not hear of it live.
-    pub fn record(&mut self, stream: &StreamId, body: EventBody, except: Option<ConnId>) -> StoreResult<Seq> {
-        self.record_with(stream, except, |_, _| Ok((body, ())))?;
-        self.events.last().map(|e| e.seq).ok_or(StoreError::NotFound("event"))
-    }
-
-    /// Like `record`, for an event whose domain row carries its seq (a message): `write`
-    /// stores the row under the seq it is given and returns the event and what the
-    /// caller wants back. If anything fails, the seq is given back: streams have no gaps.
-    pub fn record_with<R>(
-        &mut self,
-        stream: &StreamId,
-        except: Option<ConnId>,
-        write: impl FnOnce(&mut Store, Seq) -> StoreResult<(EventBody, R)>,
-    ) -> StoreResult<R> {
-        let seq = self.store.next_seq(stream, self.now)?;
-        let stored = write(&mut self.store, seq).and_then(|(body, back)| {
-            // A conversation's message is its own event: its row has the seq.
-            if !matches!((stream, &body), (StreamId::Conversation(_), EventBody::Message { .. })) {
-                let payload = serde_json::to_string(&body).expect("events are plain JSON values");
-                self.store.insert_event(stream, seq, body.kind(), &payload, self.now)?;
-            }
-            Ok((body, back))
-        });
-        match stored {
-            Ok((body, back)) => {
-                self.events.push(Event { stream: stream.clone(), seq, body, except });
-                Ok(back)
-            }
-            Err(e) => {
-                self.store.release_seq(stream, seq);
-                Err(e)
-            }
+    /// What a domain operation works with (`tx.rs`): the store in the turn's
+    /// transaction, the turn's time, and this turn's events, delivered right after the
+    /// handler returns.
+    pub fn tx(&mut self) -> Tx<'_> {
+        Tx {
+            store: &mut self.store,
+            now: self.now,
+            events: &mut self.events,
+            stored: &mut self.metrics.messages_stored,
         }
     }
 

@@ -21,3 +21,4 @@ pub mod route;
 pub mod sequencer;
 pub mod server;
 pub mod store;
+pub mod tx;

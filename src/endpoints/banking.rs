@@ -211,7 +211,7 @@ pub fn on_messages_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 return ctx.send(session.conn, error_frame("\"message_id\" must be a message id."));
             };
             let user = session.identity.user_id.clone();
-            match inbox::read_banking_message(ctx, &user, id) {
+            match inbox::read_banking_message(&mut ctx.tx(), &user, id) {
                 Ok(Some(_)) => {}
                 Ok(None) => ctx.send(session.conn, error_frame("No such message.")),
                 Err(e) => {

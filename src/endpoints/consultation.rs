@@ -157,7 +157,7 @@ fn post(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String
     let Some(content) = object.get("message").and_then(Value::as_str) else {
         return ctx.send(session.conn, error_frame("\"message\" must be a string."));
     };
-    match chat::post_in(ctx, ConversationKind::Consultation, conversation, &session.identity, content) {
+    match chat::post_in(&mut ctx.tx(), ConversationKind::Consultation, conversation, &session.identity, content) {
         Ok(_) => {}
         Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
         Err(ChatError::Store(e)) => {
@@ -171,7 +171,7 @@ fn read_receipt(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Ma
     let Some(message_id) = numeric_id(object.get("message_id")) else {
         return ctx.send(session.conn, error_frame("No such message in this consultation."));
     };
-    match chat::read_one(ctx, conversation, message_id, &session.identity, session.conn) {
+    match chat::read_one(&mut ctx.tx(), conversation, message_id, &session.identity, session.conn) {
         Ok(_) => {}
         Err(None) => ctx.send(session.conn, error_frame("No such message in this consultation.")),
         Err(Some(e)) => {

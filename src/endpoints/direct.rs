@@ -105,12 +105,12 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<()
 }
 
 /// The other user named by `field`, who must be known and not oneself.
-fn other_user(ctx: &Ctx, session: &Session, object: &Map<String, Value>, field: &str) -> Result<UserId, String> {
+fn other_user(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>, field: &str) -> Result<UserId, String> {
     let user = object.get(field).and_then(UserId::from_json).ok_or(format!("\"{field}\" must be a user id."))?;
     if user == session.identity.user_id {
         return Err("You cannot message yourself.".into());
     }
-    match chat::user_known(ctx, &user) {
+    match chat::user_known(&ctx.tx(), &user) {
         Ok(true) => Ok(user),
         Ok(false) => Err("User not found.".into()),
         Err(e) => {
@@ -143,7 +143,7 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
 fn send_message(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
     let content = object.get("message").and_then(Value::as_str).ok_or("\"message\" must be a string.")?;
     let recipient = other_user(ctx, session, object, "recipient_id")?;
-    match chat::send_direct(ctx, &session.identity, &recipient, content) {
+    match chat::send_direct(&mut ctx.tx(), &session.identity, &recipient, content) {
         Ok(_) => Ok(()),
         Err(ChatError::Empty) => Err("Message is empty.".into()),
         Err(ChatError::Store(e)) => {
@@ -155,7 +155,7 @@ fn send_message(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -
 
 fn mark_read(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
     let sender = other_user(ctx, session, object, "sender_id")?;
-    match chat::read_direct(ctx, &session.identity.user_id, &sender) {
+    match chat::read_direct(&mut ctx.tx(), &session.identity.user_id, &sender) {
         Ok(_) => Ok(()),
         Err(e) => {
             log::error!("cannot store a read position: {e}");

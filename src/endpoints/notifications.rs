@@ -206,7 +206,7 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 return ctx.send(session.conn, error_frame("\"notification_id\" must be a notification id."));
             };
             let user = session.identity.user_id.clone();
-            match inbox::read_notification(ctx, &user, id) {
+            match inbox::read_notification(&mut ctx.tx(), &user, id) {
                 Ok(Some(count)) => publish_unread_count(ctx, &user, count),
                 Ok(None) => ctx.send(session.conn, error_frame("No such notification.")),
                 Err(e) => {

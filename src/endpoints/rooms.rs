@@ -154,7 +154,7 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
         },
         Ok(_) => return ctx.send(session.conn, error_frame("Expected a JSON object with a \"message\".")),
     };
-    match chat::post_in(ctx, ConversationKind::Room, conversation, &session.identity, &content) {
+    match chat::post_in(&mut ctx.tx(), ConversationKind::Room, conversation, &session.identity, &content) {
         Ok(_) => {}
         Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
         Err(ChatError::Store(e)) => {

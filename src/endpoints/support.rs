@@ -237,7 +237,7 @@ pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 Some(Value::String(_)) => return ctx.send(session.conn, error_frame("Message content is empty.")),
                 _ => return ctx.send(session.conn, error_frame("\"content\" must be a string.")),
             };
-            match post_agent_message(ctx, &session.identity, conversation_id, content) {
+            match post_agent_message(&mut ctx.tx(), &session.identity, conversation_id, content) {
                 Ok(_) => {}
                 Err(e) => {
                     log::error!("cannot store a support message: {e}");
@@ -251,7 +251,7 @@ pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 to_frame(&TypingIndicator { r#type: "typing_indicator", username: &session.identity.name, is_typing });
             ctx.publish(&topic, frame, Some(session.conn), false);
         }
-        Some("mark_read") => match chat::read_all(ctx, conversation_id, &session.identity.user_id) {
+        Some("mark_read") => match chat::read_all(&mut ctx.tx(), conversation_id, &session.identity.user_id) {
             Ok(()) => {}
             Err(e) => {
                 log::error!("cannot store a read position: {e}");
@@ -293,7 +293,7 @@ pub fn on_list_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let Some(object) = parse(ctx, session, text) else { return };
     match object.get("type").and_then(Value::as_str) {
         Some("get_conversations" | "refresh_conversations") => {
-            let frame = match support::conversation_list(ctx, &session.identity.user_id) {
+            let frame = match support::conversation_list(&mut ctx.tx(), &session.identity.user_id) {
                 Ok((summaries, position)) => conversations_list(&summaries, position),
                 Err(e) => {
                     log::error!("cannot list conversations: {e}");

@@ -2,10 +2,11 @@
 //! Validation and storage, and the event recorded on the stream that delivers it; whom
 //! to tell and in which shape is the endpoints' business (`endpoints::deliver`).
 
-use crate::context::{Ctx, EventBody};
+use crate::event::EventBody;
 use crate::hub::ConnId;
 use crate::model::{Identity, StreamId, UserId};
 use crate::store::{ConversationKind, NewMessage, StoreError, StoredMessage};
+use crate::tx::Tx;
 
 /// Longest room name.
 pub const MAX_ROOM_NAME: usize = 100;
@@ -32,7 +33,7 @@ impl From<StoreError> for ChatError {
 /// Stores a user's text message in a conversation, in the turn's transaction, and
 /// records it on `stream` as the event `as_event` makes of it.
 pub fn post(
-    ctx: &mut Ctx,
+    tx: &mut Tx<'_>,
     stream: &StreamId,
     conversation_id: i64,
     sender: &Identity,
@@ -42,8 +43,8 @@ pub fn post(
     if content.trim().is_empty() {
         return Err(ChatError::Empty);
     }
-    let now = ctx.now;
-    let message = ctx.record_with(stream, None, |store, seq| {
+    let now = tx.now;
+    let message = tx.record_with(stream, None, |store, seq| {
         let new = NewMessage {
             seq: Some(seq),
             ..NewMessage::text(conversation_id, (&sender.user_id, &sender.name), content)
@@ -51,20 +52,20 @@ pub fn post(
         let message = store.insert_message(new, now)?;
         Ok((as_event(message.clone()), message))
     })?;
-    ctx.metrics.messages_stored += 1;
+    *tx.stored += 1;
     Ok(message)
 }
 
 /// Posts a message in a conversation of `kind` (a room, a consultation), on its stream.
 pub fn post_in(
-    ctx: &mut Ctx,
+    tx: &mut Tx<'_>,
     kind: ConversationKind,
     conversation_id: i64,
     sender: &Identity,
     content: &str,
 ) -> Result<StoredMessage, ChatError> {
     let stream = StreamId::Conversation(conversation_id);
-    post(ctx, &stream, conversation_id, sender, content, |message| EventBody::Message {
+    post(tx, &stream, conversation_id, sender, content, |message| EventBody::Message {
         conversation: kind,
         message,
         customer: None,
@@ -73,15 +74,15 @@ pub fn post_in(
 
 /// Posts a message into a room (created when new) as `sender`. The server API posts
 /// this way.
-pub fn post_to_room(ctx: &mut Ctx, room: &str, sender: &Identity, content: &str) -> Result<StoredMessage, ChatError> {
-    let conversation = ctx.store.get_or_create_conversation(ConversationKind::Room, room, ctx.now)?;
-    post_in(ctx, ConversationKind::Room, conversation, sender, content)
+pub fn post_to_room(tx: &mut Tx<'_>, room: &str, sender: &Identity, content: &str) -> Result<StoredMessage, ChatError> {
+    let conversation = tx.store.get_or_create_conversation(ConversationKind::Room, room, tx.now)?;
+    post_in(tx, ConversationKind::Room, conversation, sender, content)
 }
 
 /// Sends a 1:1 message: stored in the pair's conversation, recorded on the recipient's
 /// stream; the sender has read everything up to it.
 pub fn send_direct(
-    ctx: &mut Ctx,
+    tx: &mut Tx<'_>,
     sender: &Identity,
     recipient: &UserId,
     content: &str,
@@ -89,37 +90,37 @@ pub fn send_direct(
     if content.trim().is_empty() {
         return Err(ChatError::Empty);
     }
-    let pair = ctx.store.direct_conversation(&sender.user_id, recipient, ctx.now)?;
+    let pair = tx.store.direct_conversation(&sender.user_id, recipient, tx.now)?;
     let stream = StreamId::User(recipient.clone());
-    let message = post(ctx, &stream, pair, sender, content, |message| EventBody::DirectMessage { message })?;
-    if let Err(e) = ctx.store.advance_read(pair, &sender.user_id, message.id) {
+    let message = post(tx, &stream, pair, sender, content, |message| EventBody::DirectMessage { message })?;
+    if let Err(e) = tx.store.advance_read(pair, &sender.user_id, message.id) {
         log::warn!("cannot move the sender's read position: {e}");
     }
     Ok(message)
 }
 
 /// Whether a user is known here (has connected, or was named by the backend).
-pub fn user_known(ctx: &Ctx, user: &UserId) -> Result<bool, StoreError> {
-    ctx.store.user_exists(user)
+pub fn user_known(tx: &Tx<'_>, user: &UserId) -> Result<bool, StoreError> {
+    tx.store.user_exists(user)
 }
 
 /// 003: `reader` read everything `sender` sent them; recorded on the sender's stream.
 /// `false` when the two never wrote to each other.
-pub fn read_direct(ctx: &mut Ctx, reader: &UserId, sender: &UserId) -> Result<bool, StoreError> {
+pub fn read_direct(tx: &mut Tx<'_>, reader: &UserId, sender: &UserId) -> Result<bool, StoreError> {
     let key = crate::store::direct_key(reader, sender);
-    let Some(pair) = ctx.store.conversation_id(ConversationKind::Direct, &key)? else { return Ok(false) };
-    let latest = ctx.store.latest_message_id(pair)?;
-    ctx.store.advance_read(pair, reader, latest)?;
-    let body = EventBody::DirectRead { reader_id: reader.clone(), at: ctx.now };
-    ctx.record(&StreamId::User(sender.clone()), body, None)?;
+    let Some(pair) = tx.store.conversation_id(ConversationKind::Direct, &key)? else { return Ok(false) };
+    let latest = tx.store.latest_message_id(pair)?;
+    tx.store.advance_read(pair, reader, latest)?;
+    let body = EventBody::DirectRead { reader_id: reader.clone(), at: tx.now };
+    tx.record(&StreamId::User(sender.clone()), body, None)?;
     Ok(true)
 }
 
 /// 002: a user read a conversation up to its newest message.
-pub fn read_all(ctx: &mut Ctx, conversation_id: i64, user: &UserId) -> Result<(), StoreError> {
-    let latest = ctx.store.latest_message_id(conversation_id)?;
-    ctx.store.advance_read(conversation_id, user, latest)?;
-    ctx.record(&StreamId::Conversation(conversation_id), EventBody::MessagesRead { user_id: user.clone() }, None)?;
+pub fn read_all(tx: &mut Tx<'_>, conversation_id: i64, user: &UserId) -> Result<(), StoreError> {
+    let latest = tx.store.latest_message_id(conversation_id)?;
+    tx.store.advance_read(conversation_id, user, latest)?;
+    tx.record(&StreamId::Conversation(conversation_id), EventBody::MessagesRead { user_id: user.clone() }, None)?;
     Ok(())
 }
 
@@ -127,23 +128,23 @@ pub fn read_all(ctx: &mut Ctx, conversation_id: i64, user: &UserId) -> Result<()
 /// before; `Err(None)` when the conversation has no such message). `reader_conn` does
 /// not hear of its own receipt live.
 pub fn read_one(
-    ctx: &mut Ctx,
+    tx: &mut Tx<'_>,
     conversation: i64,
     message_id: i64,
     reader: &Identity,
     reader_conn: ConnId,
 ) -> Result<bool, Option<StoreError>> {
-    let message = ctx.store.message(message_id)?.filter(|m| m.conversation_id == conversation).ok_or(None)?;
-    if !ctx.store.record_read(&message, &reader.user_id, ctx.now)? {
+    let message = tx.store.message(message_id)?.filter(|m| m.conversation_id == conversation).ok_or(None)?;
+    if !tx.store.record_read(&message, &reader.user_id, tx.now)? {
         return Ok(false);
     }
     let body = EventBody::ReadReceipt {
         message_id: message.id,
         user_id: reader.user_id.clone(),
         user_name: reader.name.to_string(),
-        read_at: ctx.now,
+        read_at: tx.now,
     };
-    ctx.record(&StreamId::Conversation(message.conversation_id), body, Some(reader_conn))?;
+    tx.record(&StreamId::Conversation(message.conversation_id), body, Some(reader_conn))?;
     Ok(true)
 }
 

@@ -1,9 +1,9 @@
 //! Member-only conversations as the backend manages them through the server API:
 //! created with their members (and a customer, for support), found, re-membered.
 
-use crate::context::Ctx;
 use crate::model::UserId;
 use crate::store::{Conversation, ConversationKind, Customer, NewConversation, NewCustomer, StoreError, StoreResult};
+use crate::tx::Tx;
 
 /// Why a conversation was not created.
 #[derive(Debug)]
@@ -31,26 +31,26 @@ pub struct NewMemberConversation<'a> {
     pub members: &'a [UserId],
 }
 
-pub fn find(ctx: &Ctx, kind: ConversationKind, key: &str) -> StoreResult<Option<Conversation>> {
-    ctx.store.conversation(kind, key)
+pub fn find(tx: &Tx<'_>, kind: ConversationKind, key: &str) -> StoreResult<Option<Conversation>> {
+    tx.store.conversation(kind, key)
 }
 
-pub fn members(ctx: &Ctx, conversation: i64) -> StoreResult<Vec<UserId>> {
-    ctx.store.members(conversation)
+pub fn members(tx: &Tx<'_>, conversation: i64) -> StoreResult<Vec<UserId>> {
+    tx.store.members(conversation)
 }
 
 /// The customer by platform and external id, created or updated with the fields given.
-pub fn upsert_customer(ctx: &mut Ctx, new: &NewCustomer<'_>) -> StoreResult<Customer> {
-    ctx.store.upsert_customer(new, ctx.now)
+pub fn upsert_customer(tx: &mut Tx<'_>, new: &NewCustomer<'_>) -> StoreResult<Customer> {
+    tx.store.upsert_customer(new, tx.now)
 }
 
 /// Creates a conversation with its members (and its customer).
-pub fn create(ctx: &mut Ctx, new: &NewMemberConversation<'_>) -> Result<Conversation, CreateError> {
-    if ctx.store.conversation(new.kind, new.key)?.is_some() {
+pub fn create(tx: &mut Tx<'_>, new: &NewMemberConversation<'_>) -> Result<Conversation, CreateError> {
+    if tx.store.conversation(new.kind, new.key)?.is_some() {
         return Err(CreateError::Exists);
     }
     let customer = match &new.customer {
-        Some(customer) => Some(upsert_customer(ctx, customer)?),
+        Some(customer) => Some(upsert_customer(tx, customer)?),
         None => None,
     };
     let title = match (new.title, &customer) {
@@ -66,12 +66,12 @@ pub fn create(ctx: &mut Ctx, new: &NewMemberConversation<'_>) -> Result<Conversa
         priority: new.priority,
         customer_id: customer.as_ref().map(|c| c.id),
     };
-    let id = ctx.store.create_conversation(&row, ctx.now)?;
-    ctx.store.set_members(id, new.members)?;
-    Ok(ctx.store.existing_conversation(id)?)
+    let id = tx.store.create_conversation(&row, tx.now)?;
+    tx.store.set_members(id, new.members)?;
+    Ok(tx.store.existing_conversation(id)?)
 }
 
 /// Replaces a conversation's members; returns those removed.
-pub fn set_members(ctx: &mut Ctx, conversation: i64, members: &[UserId]) -> StoreResult<Vec<UserId>> {
-    ctx.store.set_members(conversation, members)
+pub fn set_members(tx: &mut Tx<'_>, conversation: i64, members: &[UserId]) -> StoreResult<Vec<UserId>> {
+    tx.store.set_members(conversation, members)
 }

@@ -1,22 +1,23 @@
 //! Support conversations fed from external platforms (Telegram, Instagram): the
 //! customer's message and the conversation it lands in.
 
-use crate::context::{Ctx, EventBody};
+use crate::event::EventBody;
 use crate::model::{Identity, Seq, StreamId, UserId};
 use crate::store::{
     Conversation, ConversationKind, ConversationSummary, Customer, NewConversation, NewMessage, StoreResult,
     StoredMessage,
 };
+use crate::tx::Tx;
 
 /// The customer's newest open support conversation, or a new one with `members` (and a
 /// title made of the platform and the customer's name). Returns it and whether it is new.
 pub fn conversation_for(
-    ctx: &mut Ctx,
+    tx: &mut Tx<'_>,
     customer: &Customer,
     new_key: &str,
     members: &[UserId],
 ) -> StoreResult<(Conversation, bool)> {
-    if let Some(conversation) = ctx.store.open_support_conversation(customer.id)? {
+    if let Some(conversation) = tx.store.open_support_conversation(customer.id)? {
         return Ok((conversation, false));
     }
     let title = format!("{} - {} {}", customer.source, customer.first_name, customer.last_name).trim().to_string();
@@ -28,31 +29,31 @@ pub fn conversation_for(
         priority: 0,
         customer_id: Some(customer.id),
     };
-    let id = ctx.store.create_conversation(&new, ctx.now)?;
-    ctx.store.set_members(id, members)?;
-    Ok((ctx.store.existing_conversation(id)?, true))
+    let id = tx.store.create_conversation(&new, tx.now)?;
+    tx.store.set_members(id, members)?;
+    Ok((tx.store.existing_conversation(id)?, true))
 }
 
 /// The user's support conversations with their unread counts, and the position of the
 /// user's stream the list is as of.
-pub fn conversation_list(ctx: &mut Ctx, user: &UserId) -> StoreResult<(Vec<ConversationSummary>, Seq)> {
-    let position = ctx.store.last_seq(&StreamId::User(user.clone()))?;
-    Ok((ctx.store.conversations_of(user, ConversationKind::Support)?, position))
+pub fn conversation_list(tx: &mut Tx<'_>, user: &UserId) -> StoreResult<(Vec<ConversationSummary>, Seq)> {
+    let position = tx.store.last_seq(&StreamId::User(user.clone()))?;
+    Ok((tx.store.conversations_of(user, ConversationKind::Support)?, position))
 }
 
 /// Stores a customer's message in a support conversation and records it on the
 /// conversation's stream (its sockets) and on each member's stream (their conversation
 /// lists).
 pub fn post_customer_message(
-    ctx: &mut Ctx,
+    tx: &mut Tx<'_>,
     conversation: &Conversation,
     customer: &Customer,
     content: &str,
 ) -> StoreResult<StoredMessage> {
     let name = format!("{} {}", customer.first_name, customer.last_name).trim().to_string();
-    let now = ctx.now;
+    let now = tx.now;
     let stream = StreamId::Conversation(conversation.id);
-    let message = ctx.record_with(&stream, None, |store, seq| {
+    let message = tx.record_with(&stream, None, |store, seq| {
         let new = NewMessage {
             conversation_id: conversation.id,
             sender: None,
@@ -71,14 +72,14 @@ pub fn post_customer_message(
         };
         Ok((body, message))
     })?;
-    ctx.metrics.messages_stored += 1;
-    for member in ctx.store.members(conversation.id)? {
+    *tx.stored += 1;
+    for member in tx.store.members(conversation.id)? {
         let body = EventBody::CustomerMessage {
             conversation_key: conversation.key.clone(),
             message: message.clone(),
             customer: customer.clone(),
         };
-        ctx.record(&StreamId::User(member), body, None)?;
+        tx.record(&StreamId::User(member), body, None)?;
     }
     Ok(message)
 }
@@ -86,15 +87,15 @@ pub fn post_customer_message(
 /// Stores an agent's reply in a support conversation (the customer's earlier messages
 /// become answered) and records it on the conversation's stream.
 pub fn post_agent_message(
-    ctx: &mut Ctx,
+    tx: &mut Tx<'_>,
     agent: &Identity,
     conversation_id: i64,
     content: &str,
 ) -> StoreResult<StoredMessage> {
-    let conversation = ctx.store.existing_conversation(conversation_id)?;
-    ctx.store.mark_customer_messages_answered(conversation_id)?;
-    let now = ctx.now;
-    let message = ctx.record_with(&StreamId::Conversation(conversation_id), None, |store, seq| {
+    let conversation = tx.store.existing_conversation(conversation_id)?;
+    tx.store.mark_customer_messages_answered(conversation_id)?;
+    let now = tx.now;
+    let message = tx.record_with(&StreamId::Conversation(conversation_id), None, |store, seq| {
         let new = NewMessage {
             conversation_id,
             sender: Some((&agent.user_id, &agent.name)),
@@ -113,6 +114,6 @@ pub fn post_agent_message(
         };
         Ok((body, message))
     })?;
-    ctx.metrics.messages_stored += 1;
+    *tx.stored += 1;
     Ok(message)
 }

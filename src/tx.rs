@@ -1,0 +1,58 @@
+//! What a domain operation works with (`features/`): the store inside the turn's
+//! transaction, the turn's time, and where the events it records go. Not the loop's
+//! state: no hub, no outbox, no sockets; so an operation can run wherever the store is
+//! (inline today; in the PostgreSQL engine of design/cluster.md, on its writer lane).
+
+use crate::event::{Event, EventBody};
+use crate::hub::ConnId;
+use crate::model::{Micros, Seq, StreamId};
+use crate::store::{Store, StoreResult};
+
+pub struct Tx<'a> {
+    pub store: &'a mut Store,
+    pub now: Micros,
+    /// Events recorded, in order, for delivery once the operation is done.
+    pub events: &'a mut Vec<Event>,
+    /// Messages, notifications, alerts stored (the `messages_stored` metric).
+    pub stored: &'a mut u64,
+}
+
+impl Tx<'_> {
+    /// Stores an event on its stream in the turn's transaction, under the stream's next
+    /// seq, and queues it for delivery. `except` is a connection that must not hear of it
+    /// live.
+    pub fn record(&mut self, stream: &StreamId, body: EventBody, except: Option<ConnId>) -> StoreResult<Seq> {
+        self.record_with(stream, except, |_, seq| Ok((body, seq)))
+    }
+
+    /// Like `record`, for an event whose domain row carries its seq (a message): `write`
+    /// stores the row under the seq it is given and returns the event and what the
+    /// caller wants back. If anything fails, the seq is given back: streams have no gaps.
+    pub fn record_with<R>(
+        &mut self,
+        stream: &StreamId,
+        except: Option<ConnId>,
+        write: impl FnOnce(&mut Store, Seq) -> StoreResult<(EventBody, R)>,
+    ) -> StoreResult<R> {
+        let seq = self.store.next_seq(stream, self.now)?;
+        let now = self.now;
+        let stored = write(self.store, seq).and_then(|(body, back)| {
+            // A conversation's message is its own event: its row has the seq.
+            if !matches!((stream, &body), (StreamId::Conversation(_), EventBody::Message { .. })) {
+                let payload = serde_json::to_string(&body).expect("events are plain JSON values");
+                self.store.insert_event(stream, seq, body.kind(), &payload, now)?;
+            }
+            Ok((body, back))
+        });
+        match stored {
+            Ok((body, back)) => {
+                self.events.push(Event { stream: stream.clone(), seq, body, except });
+                Ok(back)
+            }
+            Err(e) => {
+                self.store.release_seq(stream, seq);
+                Err(e)
+            }
+        }
+    }
+}
