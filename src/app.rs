@@ -135,14 +135,13 @@ impl App {
             endpoint,
             topics: Vec::with_capacity(1),
             conversation: None,
-            since,
             stream: None,
             opening: None,
             refused: false,
         };
         // Storage as data: what the session needs is read by the engine, inline for the
         // local engine; an engine that answers later leaves the session opening.
-        let opened = match endpoints::load(&self.ctx, &mut session)? {
+        let opened = match endpoints::load(&self.ctx, &mut session, since)? {
             None => None,
             Some(load) => match self.ctx.engine.open(&mut self.ctx.store, conn, load, self.ctx.now) {
                 Some(answer) => Some(answer),

@@ -108,8 +108,6 @@ pub struct Session {
     pub topics: Vec<Topic>,
     /// The conversation this session is bound to, when its endpoint has one.
     pub conversation: Option<i64>,
-    /// `?since=<seq>` of the request: resume the endpoint's stream after it.
-    pub since: Option<Seq>,
     /// The stream the session follows, once joined (every endpoint has at most one).
     pub stream: Option<StreamId>,
     /// Set while the session waits for its engine's answer (see `Opening`).
@@ -149,8 +147,6 @@ pub struct Ctx {
     pub engine: Engine,
     /// Per stream followed here, delivery in seq order, exactly once.
     pub sequencer: Sequencer<StreamId, Event>,
-    /// Sessions per stream followed here.
-    listeners: HashMap<StreamId, usize>,
     /// Rendered recent history of active rooms (see `recent.rs`).
     pub recent: Recent,
     /// The time of the current turn, set by `App::begin_turn`.
@@ -170,7 +166,6 @@ impl Ctx {
             events: Vec::new(),
             engine: Engine::Local,
             sequencer: Sequencer::new(4096),
-            listeners: HashMap::new(),
             recent: Recent::default(),
             now: crate::model::now_micros(),
         }
@@ -192,8 +187,7 @@ impl Ctx {
     /// its opening snapshot (`resume`), so that every later event reaches it once, in
     /// order. The last step of a successful `open`.
     pub fn join_stream(&mut self, session: &mut Session, stream: StreamId, position: Seq) {
-        *self.listeners.entry(stream.clone()).or_insert(0) += 1;
-        for (_, early) in self.sequencer.follow(stream.clone(), position) {
+        for (_, early) in self.sequencer.join(stream.clone(), position) {
             self.events.push(early);
         }
         session.stream = Some(stream);
@@ -201,13 +195,8 @@ impl Ctx {
 
     /// A session left its stream (it closed).
     pub fn leave_stream(&mut self, session: &Session) {
-        let Some(stream) = &session.stream else { return };
-        if let Some(count) = self.listeners.get_mut(stream) {
-            *count -= 1;
-            if *count == 0 {
-                self.listeners.remove(stream);
-                self.sequencer.forget(stream);
-            }
+        if let Some(stream) = &session.stream {
+            self.sequencer.leave(stream);
         }
     }
 
@@ -229,10 +218,7 @@ impl Ctx {
     /// go back too, so that the numbers taken again are delivered.
     pub fn rewind_streams(&mut self) {
         for (stream, last) in self.store.take_rewound() {
-            if self.sequencer.position(&stream).is_some_and(|p| p > last) {
-                self.sequencer.forget(&stream);
-                self.sequencer.follow(stream, last);
-            }
+            self.sequencer.rewind(&stream, last);
         }
     }
 

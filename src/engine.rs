@@ -56,6 +56,7 @@ pub enum Replay {
 pub struct OpenLoad {
     pub user: UserId,
     pub target: Target,
+    /// Resume after this seq instead of the usual replay (`?since=`).
     pub since: Option<Seq>,
     pub replay: Replay,
     /// Also the user's unread notification count (001 and 003 end their opening with it,

@@ -26,6 +26,8 @@ struct Stream<T> {
     ahead: BTreeMap<Seq, T>,
     /// Since when the oldest gap has been open.
     gap_since: Option<Instant>,
+    /// Listeners that joined (`join`) and have not left.
+    listeners: u32,
 }
 
 /// A missing range of one stream, `from..=to`, open since `since`.
@@ -70,8 +72,12 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
     /// keeps the further of the two positions; held events the new position covers are
     /// dropped, and those it makes next are returned, in order.
     pub fn follow(&mut self, stream: S, position: Seq) -> Vec<(Seq, T)> {
-        let state =
-            self.streams.entry(stream).or_insert(Stream { delivered: 0, ahead: BTreeMap::new(), gap_since: None });
+        let state = self.streams.entry(stream).or_insert(Stream {
+            delivered: 0,
+            ahead: BTreeMap::new(),
+            gap_since: None,
+            listeners: 0,
+        });
         if position <= state.delivered {
             return Vec::new();
         }
@@ -84,6 +90,39 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
     /// Stops following a stream (its last listener left).
     pub fn forget(&mut self, stream: &S) {
         self.streams.remove(stream);
+    }
+
+    /// A listener joins a stream whose events up to `position` it knows (`follow`, and
+    /// one more listener); returns what that makes next, as `follow` does.
+    pub fn join(&mut self, stream: S, position: Seq) -> Vec<(Seq, T)> {
+        let next = self.follow(stream.clone(), position);
+        if let Some(state) = self.streams.get_mut(&stream) {
+            state.listeners += 1;
+        }
+        next
+    }
+
+    /// A listener leaves; with the last one the stream is forgotten.
+    pub fn leave(&mut self, stream: &S) {
+        if let Some(state) = self.streams.get_mut(stream) {
+            state.listeners = state.listeners.saturating_sub(1);
+            if state.listeners == 0 {
+                self.streams.remove(stream);
+            }
+        }
+    }
+
+    /// The events after `position` were never stored after all (a failed commit): the
+    /// stream's delivered position goes back to it, and what was held after it goes.
+    /// Its listeners stay.
+    pub fn rewind(&mut self, stream: &S, position: Seq) {
+        if let Some(state) = self.streams.get_mut(stream)
+            && state.delivered > position
+        {
+            state.delivered = position;
+            state.ahead.clear();
+            state.gap_since = None;
+        }
     }
 
     /// The delivered position of a stream, if followed.
@@ -312,5 +351,23 @@ mod tests {
         );
         assert_eq!(sequencer.offer(&1, 2, 2, now), Offered::Duplicate);
         assert_eq!(sequencer.position(&1), Some(6));
+    }
+
+    #[test]
+    fn listeners_join_and_leave_and_a_rewind_keeps_them() {
+        let now = Instant::now();
+        let mut sequencer: Sequencer<&str, Seq> = Sequencer::new(10);
+        sequencer.join("c:1", 3);
+        sequencer.join("c:1", 2);
+        assert_eq!(sequencer.position(&"c:1"), Some(3), "the further position");
+        assert_eq!(sequencer.offer(&"c:1", 4, 4, now), Offered::Deliver(vec![(4, 4)]));
+        // A failed commit: 4 was never stored; 4 comes again, and is delivered.
+        sequencer.rewind(&"c:1", 3);
+        assert_eq!(sequencer.offer(&"c:1", 4, 40, now), Offered::Deliver(vec![(4, 40)]));
+        sequencer.leave(&"c:1");
+        assert_eq!(sequencer.position(&"c:1"), Some(4), "one listener is left");
+        sequencer.leave(&"c:1");
+        assert_eq!(sequencer.position(&"c:1"), None, "forgotten with the last");
+        assert_eq!(sequencer.offer(&"c:1", 5, 5, now), Offered::NotFollowed);
     }
 }

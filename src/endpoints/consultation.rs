@@ -102,7 +102,7 @@ pub fn load(ctx: &Ctx, session: &Session, id: &str) -> OpenLoad {
     OpenLoad {
         user: session.identity.user_id.clone(),
         target: Target::Member { kind: ConversationKind::Consultation, key: id.to_string() },
-        since: session.since,
+        since: None,
         replay: Replay::History { limit: ctx.config.history_limit },
         unread_count: false,
     }

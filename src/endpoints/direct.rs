@@ -84,7 +84,7 @@ pub fn load(session: &Session) -> OpenLoad {
     OpenLoad {
         user: session.identity.user_id.clone(),
         target: Target::User,
-        since: session.since,
+        since: None,
         replay: Replay::UnreadDirect { limit: OFFLINE_DELIVERY_LIMIT },
         unread_count: false,
     }

@@ -21,9 +21,10 @@ pub use crate::route::{Endpoint, route};
 use crate::store::{ConversationKind, StoreError};
 
 /// What a session needs to open, if anything (storage as data: the engine reads it, now
-/// or later, and `opened` renders it). Checks that need no storage refuse here.
-pub fn load(ctx: &Ctx, session: &mut Session) -> Result<Option<OpenLoad>, Refusal> {
-    Ok(Some(match session.endpoint.clone() {
+/// or later, and `opened` renders it), resuming after `since` when given. Checks that
+/// need no storage refuse here.
+pub fn load(ctx: &Ctx, session: &mut Session, since: Option<Seq>) -> Result<Option<OpenLoad>, Refusal> {
+    let load = match session.endpoint.clone() {
         Endpoint::Rooms { room } => rooms::load(ctx, session, &room)?,
         Endpoint::Consultation { id } => consultation::load(ctx, session, &id),
         Endpoint::SupportChat { id } => support::load_chat(ctx, session, &id),
@@ -36,7 +37,8 @@ pub fn load(ctx: &Ctx, session: &mut Session) -> Result<Option<OpenLoad>, Refusa
         Endpoint::Presence => return Ok(None),
         #[cfg(feature = "echo")]
         Endpoint::Echo => return Ok(None),
-    }))
+    };
+    Ok(Some(OpenLoad { since, ..load }))
 }
 
 /// Opens a session with what its load read (`None` for endpoints that need nothing):

@@ -164,7 +164,7 @@ pub fn load(session: &Session) -> OpenLoad {
     OpenLoad {
         user: session.identity.user_id.clone(),
         target: Target::User,
-        since: session.since,
+        since: None,
         replay: Replay::Notifications { limit: REPLAY_LIMIT },
         unread_count: true,
     }

@@ -94,7 +94,7 @@ pub fn load(ctx: &Ctx, session: &mut Session, room: &str) -> Result<OpenLoad, Re
     Ok(OpenLoad {
         user: session.identity.user_id.clone(),
         target: Target::Room { name: room.to_string(), known },
-        since: session.since,
+        since: None,
         replay,
         unread_count: false,
     })

@@ -193,7 +193,7 @@ pub fn load_chat(ctx: &Ctx, session: &Session, id: &str) -> OpenLoad {
     OpenLoad {
         user: session.identity.user_id.clone(),
         target: Target::Member { kind: ConversationKind::Support, key: id.to_string() },
-        since: session.since,
+        since: None,
         replay: Replay::History { limit: ctx.config.history_limit },
         unread_count: false,
     }
@@ -268,7 +268,7 @@ pub fn load_list(session: &Session) -> OpenLoad {
     OpenLoad {
         user: session.identity.user_id.clone(),
         target: Target::User,
-        since: session.since,
+        since: None,
         replay: Replay::ConversationList,
         unread_count: false,
     }

@@ -107,29 +107,21 @@ impl Store {
         if let Some(&last) = self.seqs.last.get(stream) {
             return Ok(last);
         }
-        let key = stream.key();
-        let row: Seq = self
-            .conn
-            .prepare_cached("SELECT last_seq FROM streams WHERE id = ?1")?
-            .query_row(params![key], |row| row.get(0))
-            .optional()?
-            .unwrap_or(0);
-        let event: Seq = self
-            .conn
-            .prepare_cached("SELECT coalesce(max(seq), 0) FROM events WHERE stream = ?1")?
-            .query_row(params![key], |row| row.get(0))?;
-        let message: Seq = match stream {
-            // Within a conversation, ids and seqs rise together.
-            StreamId::Conversation(id) => self
-                .conn
-                .prepare_cached("SELECT seq FROM messages WHERE conversation_id = ?1 ORDER BY id DESC LIMIT 1")?
-                .query_row(params![id], |row| row.get::<_, Option<Seq>>(0))
-                .optional()?
-                .flatten()
-                .unwrap_or(0),
-            StreamId::User(_) => 0,
+        // The largest of its row, its newest event and (within a conversation, ids and
+        // seqs rise together) its newest message: one statement.
+        let conversation = match stream {
+            StreamId::Conversation(id) => *id,
+            StreamId::User(_) => -1,
         };
-        let last = row.max(event).max(message);
+        let last: Seq = self
+            .conn
+            .prepare_cached(
+                "SELECT max(
+                     coalesce((SELECT last_seq FROM streams WHERE id = ?1), 0),
+                     coalesce((SELECT max(seq) FROM events WHERE stream = ?1), 0),
+                     coalesce((SELECT seq FROM messages WHERE conversation_id = ?2 ORDER BY id DESC LIMIT 1), 0))",
+            )?
+            .query_row(params![stream.key(), conversation], |row| row.get(0))?;
         self.seqs.last.insert(stream.clone(), last);
         Ok(last)
     }
