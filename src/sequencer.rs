@@ -18,16 +18,22 @@ use std::time::{Duration, Instant};
 /// A stream's sequence number: 1 for its first event.
 pub use crate::model::Seq;
 
-/// One stream's state.
+/// One stream's state: 24 bytes while nothing waits behind a gap (a node follows a
+/// stream per room with listeners, so this is per idle connection in the worst case).
 struct Stream<T> {
     /// Every event up to this one has been handed out.
     delivered: Seq,
-    /// Events after a gap, by sequence number.
-    ahead: BTreeMap<Seq, T>,
-    /// Since when the oldest gap has been open.
-    gap_since: Option<Instant>,
     /// Listeners that joined (`join`) and have not left.
     listeners: u32,
+    /// What waits behind a gap, if anything.
+    held: Option<Box<Held<T>>>,
+}
+
+/// Events after a gap, by sequence number (never empty), and since when the oldest gap
+/// has been open.
+struct Held<T> {
+    ahead: BTreeMap<Seq, T>,
+    since: Instant,
 }
 
 /// A missing range of one stream, `from..=to`, open since `since`.
@@ -72,18 +78,14 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
     /// keeps the further of the two positions; held events the new position covers are
     /// dropped, and those it makes next are returned, in order.
     pub fn follow(&mut self, stream: S, position: Seq) -> Vec<(Seq, T)> {
-        let state = self.streams.entry(stream).or_insert(Stream {
-            delivered: 0,
-            ahead: BTreeMap::new(),
-            gap_since: None,
-            listeners: 0,
-        });
+        let state = self.streams.entry(stream).or_insert(Stream { delivered: 0, listeners: 0, held: None });
         if position <= state.delivered {
             return Vec::new();
         }
         state.delivered = position;
-        state.ahead = state.ahead.split_off(&(position + 1));
-        let since = state.gap_since.unwrap_or_else(Instant::now);
+        let Some(held) = state.held.as_mut() else { return Vec::new() };
+        held.ahead = held.ahead.split_off(&(position + 1));
+        let since = held.since;
         Self::drain(state, since)
     }
 
@@ -120,8 +122,7 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
             && state.delivered > position
         {
             state.delivered = position;
-            state.ahead.clear();
-            state.gap_since = None;
+            state.held = None;
         }
     }
 
@@ -134,16 +135,16 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
     pub fn offer(&mut self, stream: &S, seq: Seq, event: T, now: Instant) -> Offered<T> {
         let max_ahead = self.max_ahead;
         let Some(state) = self.streams.get_mut(stream) else { return Offered::NotFollowed };
-        if seq <= state.delivered || state.ahead.contains_key(&seq) {
+        if seq <= state.delivered || state.held.as_ref().is_some_and(|h| h.ahead.contains_key(&seq)) {
             return Offered::Duplicate;
         }
         if seq > state.delivered + 1 {
-            state.ahead.insert(seq, event);
-            state.gap_since.get_or_insert(now);
-            if state.ahead.len() > max_ahead {
+            let held = state.held.get_or_insert_with(|| Box::new(Held { ahead: BTreeMap::new(), since: now }));
+            held.ahead.insert(seq, event);
+            if held.ahead.len() > max_ahead {
                 // The gap is not being filled: give it up and go on from the oldest held
                 // event, saying what was lost.
-                let (&first, _) = state.ahead.iter().next().expect("not empty");
+                let (&first, _) = held.ahead.iter().next().expect("not empty");
                 let from = state.delivered + 1;
                 state.delivered = first - 1;
                 return Offered::Lost { from, to: first - 1, then: Self::drain(state, now) };
@@ -159,7 +160,8 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
     /// Hands out held events that now follow the delivered position.
     fn drain(state: &mut Stream<T>, now: Instant) -> Vec<(Seq, T)> {
         let mut out = Vec::new();
-        while let Some(entry) = state.ahead.first_entry() {
+        let Some(held) = state.held.as_mut() else { return out };
+        while let Some(entry) = held.ahead.first_entry() {
             if *entry.key() != state.delivered + 1 {
                 break;
             }
@@ -167,7 +169,11 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
             state.delivered = seq;
             out.push((seq, event));
         }
-        state.gap_since = if state.ahead.is_empty() { None } else { Some(now) };
+        if held.ahead.is_empty() {
+            state.held = None;
+        } else {
+            held.since = now;
+        }
         out
     }
 
@@ -176,8 +182,9 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
         self.streams
             .iter()
             .filter_map(|(stream, state)| {
-                let since = state.gap_since?;
-                let (&first_held, _) = state.ahead.iter().next()?;
+                let held = state.held.as_ref()?;
+                let since = held.since;
+                let (&first_held, _) = held.ahead.iter().next()?;
                 (now.duration_since(since) >= older_than).then(|| Gap {
                     stream: stream.clone(),
                     from: state.delivered + 1,

@@ -21,9 +21,10 @@ use rusqlite::{OptionalExtension, params};
 use super::{MESSAGE_COLUMNS, Store, StoreResult, StoredMessage, message_from_row};
 use crate::model::{Micros, Seq, StreamId};
 
-/// Past this many streams the cache of last seqs is emptied at a commit (it refills
-/// from the `streams` table, one query per stream).
-const MAX_CACHED_STREAMS: usize = 100_000;
+/// Past this many streams the cache of last seqs is emptied after the `streams` rows are
+/// written (it refills with one query per stream used again), so that streams opened once
+/// (an idle connection's room) cost no memory for long.
+const MAX_CACHED_STREAMS: usize = 4096;
 
 /// One event as the delivery log holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,15 +221,19 @@ impl Store {
         for (stream, _) in self.seqs.turn.drain() {
             self.seqs.unflushed.insert(stream, at);
         }
-        if self.seqs.last.len() > MAX_CACHED_STREAMS && self.seqs.unflushed.is_empty() {
-            self.seqs.last.clear();
-        }
     }
 
     /// Between turns: writes the `streams` rows of the streams committed turns moved, in
     /// one transaction.
     pub fn flush_streams(&mut self) -> StoreResult<()> {
-        if self.seqs.unflushed.is_empty() || self.in_transaction || self.lost.is_some() {
+        if self.in_transaction || self.lost.is_some() {
+            return Ok(());
+        }
+        if self.seqs.unflushed.is_empty() {
+            if self.seqs.last.len() > MAX_CACHED_STREAMS {
+                // Everything is written: the numbers are in the rows again.
+                self.seqs.last = HashMap::new();
+            }
             return Ok(());
         }
         let unflushed = std::mem::take(&mut self.seqs.unflushed);
@@ -253,6 +258,9 @@ impl Store {
             // Kept for the next try; the numbers themselves are safe in the rows.
             self.seqs.unflushed.extend(unflushed);
             return Err(e);
+        }
+        if self.seqs.last.len() > MAX_CACHED_STREAMS {
+            self.seqs.last = HashMap::new();
         }
         Ok(())
     }
