@@ -129,16 +129,8 @@ impl App {
             log::error!("cannot record user: {e}");
             return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
         }
-        let mut session = Session {
-            conn,
-            identity,
-            endpoint,
-            topics: Vec::with_capacity(1),
-            conversation: None,
-            stream: None,
-            opening: None,
-            refused: false,
-        };
+        let mut session =
+            Session { conn, identity, endpoint, topics: Vec::with_capacity(1), conversation: None, opening: None };
         // Storage as data: what the session needs is read by the engine, inline for the
         // local engine; an engine that answers later leaves the session opening.
         let opened = match endpoints::load(&self.ctx, &mut session, since)? {
@@ -198,8 +190,7 @@ impl App {
                 }
             }
             Err(refusal) => {
-                session.opening = None;
-                session.refused = true;
+                // It stays opening: it never opened, and closes now.
                 self.ctx.close_conn(session.conn, refusal.code, &refusal.reason);
             }
         }
@@ -246,7 +237,7 @@ impl App {
     /// A session ended, for whatever reason. Its subscriptions go, and whoever should
     /// hear of it does.
     pub fn close(&mut self, session: Session) {
-        if session.opening.is_some() || session.refused {
+        if session.opening.is_some() {
             // Never opened: nothing subscribed, not online, not counted.
             return;
         }

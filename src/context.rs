@@ -108,15 +108,32 @@ pub struct Session {
     pub topics: Vec<Topic>,
     /// The conversation this session is bound to, when its endpoint has one.
     pub conversation: Option<i64>,
-    /// The stream the session follows, once joined (every endpoint has at most one).
-    pub stream: Option<StreamId>,
-    /// Set while the session waits for its engine's answer (see `Opening`).
+    /// Set while the session waits for its engine's answer (see `Opening`), and kept
+    /// when the answer refused it: a session with it never opened.
     pub opening: Option<Box<Opening>>,
-    /// Its engine's answer refused it: it is closing and never opened.
-    pub refused: bool,
 }
 
 impl Session {
+    /// The stream its endpoint follows, once open (every endpoint has at most one; a
+    /// conversation's is known once `conversation` is set).
+    pub fn stream(&self) -> Option<StreamId> {
+        match self.endpoint {
+            Endpoint::Rooms { .. } | Endpoint::Consultation { .. } | Endpoint::SupportChat { .. } => {
+                self.conversation.map(StreamId::Conversation)
+            }
+            Endpoint::ConversationList
+            | Endpoint::DirectChat
+            | Endpoint::BankingMessages { .. }
+            | Endpoint::FraudAlerts { .. }
+            | Endpoint::UserNotifications { .. }
+            | Endpoint::Notifications
+            | Endpoint::V1Notifications => Some(StreamId::User(self.identity.user_id.clone())),
+            Endpoint::Presence => None,
+            #[cfg(feature = "echo")]
+            Endpoint::Echo => None,
+        }
+    }
+
     /// The opening state, created when first needed.
     pub fn opening_mut(&mut self) -> &mut Opening {
         self.opening.get_or_insert_with(Box::default)
@@ -183,20 +200,19 @@ impl Ctx {
         }
     }
 
-    /// Joins a session to its endpoint's stream at `position`, read in the same turn as
-    /// its opening snapshot (`resume`), so that every later event reaches it once, in
-    /// order. The last step of a successful `open`.
-    pub fn join_stream(&mut self, session: &mut Session, stream: StreamId, position: Seq) {
+    /// A session joins its endpoint's stream at `position`, read in the same turn as its
+    /// opening snapshot (`engine::open`), so that every later event reaches it once, in
+    /// order (its `leave_stream` at close). Part of a successful `opened`.
+    pub fn join_stream(&mut self, stream: StreamId, position: Seq) {
         for (_, early) in self.sequencer.join(stream.clone(), position) {
             self.events.push(early);
         }
-        session.stream = Some(stream);
     }
 
     /// A session left its stream (it closed).
     pub fn leave_stream(&mut self, session: &Session) {
-        if let Some(stream) = &session.stream {
-            self.sequencer.leave(stream);
+        if let Some(stream) = session.stream() {
+            self.sequencer.leave(&stream);
         }
     }
 

@@ -188,7 +188,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<()
         Snapshot::Notifications(pending) => pending.iter().map(|n| notification_update_frame(n, None)).collect(),
         _ => Vec::new(),
     });
-    ctx.join_stream(session, opened.stream, opened.position);
+    ctx.join_stream(opened.stream, opened.position);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     ctx.send_all(session.conn, frames);

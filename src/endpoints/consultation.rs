@@ -117,7 +117,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, id: &str, opened: Opened) ->
         Snapshot::History(history) => history.iter().map(chat_message_frame).collect(),
         _ => Vec::new(),
     });
-    ctx.join_stream(session, opened.stream, opened.position);
+    ctx.join_stream(opened.stream, opened.position);
     let topic = Topic::Conversation(conversation);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);

@@ -96,7 +96,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<()
         Snapshot::UnreadDirect(unread) => unread.iter().map(chat_message_frame).collect(),
         _ => Vec::new(),
     });
-    ctx.join_stream(session, opened.stream, opened.position);
+    ctx.join_stream(opened.stream, opened.position);
     let topic = Topic::DirectInbox(session.identity.user_id.clone());
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);

@@ -115,7 +115,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
         }
         _ => kept,
     });
-    ctx.join_stream(session, opened.stream, opened.position);
+    ctx.join_stream(opened.stream, opened.position);
     let topic = Topic::Conversation(conversation);
     let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());

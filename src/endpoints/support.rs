@@ -217,7 +217,7 @@ pub fn opened_chat(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Resu
         }
         _ => Vec::new(),
     });
-    ctx.join_stream(session, opened.stream, position);
+    ctx.join_stream(opened.stream, position);
     let topic = Topic::Conversation(conversation.id);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
@@ -281,7 +281,7 @@ pub fn opened_list(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Resu
         Snapshot::ConversationList(summaries) => vec![conversations_list(&summaries, position)],
         _ => Vec::new(),
     });
-    ctx.join_stream(session, opened.stream, position);
+    ctx.join_stream(opened.stream, position);
     let topic = Topic::ConversationList(session.identity.user_id.clone());
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
