@@ -218,13 +218,13 @@ impl Ctx {
 
     /// Passes a recorded event through its stream's sequencer: what comes out, in
     /// order, is for this node's listeners; nothing, if none follow the stream here.
-    pub fn sequence(&mut self, event: Event) -> Vec<Event> {
+    pub fn sequence(&mut self, event: Event) -> Vec<(Seq, Event)> {
         let stream = event.stream.clone();
         match self.sequencer.offer(&stream, event.seq, event, Instant::now()) {
-            Offered::Deliver(events) => events.into_iter().map(|(_, e)| e).collect(),
+            Offered::Deliver(events) => events,
             Offered::Lost { from, to, then } => {
                 log::warn!("stream {}: events {from}..={to} were never seen here", stream.key());
-                then.into_iter().map(|(_, e)| e).collect()
+                then
             }
             Offered::Duplicate | Offered::NotFollowed => Vec::new(),
         }

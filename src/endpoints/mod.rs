@@ -152,7 +152,7 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
 /// (in order, once), then rendered once per document and queued for the sockets of
 /// each topic that shows it (durable: it reports stored data).
 pub fn deliver(ctx: &mut Ctx, event: Event) {
-    for event in ctx.sequence(event) {
+    for (_, event) in ctx.sequence(event) {
         deliver_in_order(ctx, &event);
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::event::EventBody;
 use crate::hub::ConnId;
-use crate::model::{Identity, StreamId, UserId};
+use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::store::{ConversationKind, NewMessage, StoreError, StoredMessage};
 use crate::tx::Tx;
 
@@ -30,6 +30,15 @@ impl From<StoreError> for ChatError {
     }
 }
 
+/// A message as stored: what its poster needs to know of it (the message itself goes
+/// into its event, uncopied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posted {
+    pub id: i64,
+    pub created_at: Micros,
+    pub seq: Seq,
+}
+
 /// Stores a user's text message in a conversation, in the turn's transaction, and
 /// records it on `stream` as the event `as_event` makes of it.
 pub fn post(
@@ -39,21 +48,22 @@ pub fn post(
     sender: &Identity,
     content: &str,
     as_event: impl FnOnce(StoredMessage) -> EventBody,
-) -> Result<StoredMessage, ChatError> {
+) -> Result<Posted, ChatError> {
     if content.trim().is_empty() {
         return Err(ChatError::Empty);
     }
     let now = tx.now;
-    let message = tx.record_with(stream, None, |store, seq| {
+    let posted = tx.record_with(stream, None, |store, seq| {
         let new = NewMessage {
             seq: Some(seq),
             ..NewMessage::text(conversation_id, (&sender.user_id, &sender.name), content)
         };
         let message = store.insert_message(new, now)?;
-        Ok((as_event(message.clone()), message))
+        let posted = Posted { id: message.id, created_at: message.created_at, seq };
+        Ok((as_event(message), posted))
     })?;
     *tx.stored += 1;
-    Ok(message)
+    Ok(posted)
 }
 
 /// Posts a message in a conversation of `kind` (a room, a consultation), on its stream.
@@ -63,7 +73,7 @@ pub fn post_in(
     conversation_id: i64,
     sender: &Identity,
     content: &str,
-) -> Result<StoredMessage, ChatError> {
+) -> Result<Posted, ChatError> {
     let stream = StreamId::Conversation(conversation_id);
     post(tx, &stream, conversation_id, sender, content, |message| EventBody::Message {
         conversation: kind,
@@ -74,19 +84,14 @@ pub fn post_in(
 
 /// Posts a message into a room (created when new) as `sender`. The server API posts
 /// this way.
-pub fn post_to_room(tx: &mut Tx<'_>, room: &str, sender: &Identity, content: &str) -> Result<StoredMessage, ChatError> {
+pub fn post_to_room(tx: &mut Tx<'_>, room: &str, sender: &Identity, content: &str) -> Result<Posted, ChatError> {
     let conversation = tx.store.get_or_create_conversation(ConversationKind::Room, room, tx.now)?;
     post_in(tx, ConversationKind::Room, conversation, sender, content)
 }
 
 /// Sends a 1:1 message: stored in the pair's conversation, recorded on the recipient's
 /// stream; the sender has read everything up to it.
-pub fn send_direct(
-    tx: &mut Tx<'_>,
-    sender: &Identity,
-    recipient: &UserId,
-    content: &str,
-) -> Result<StoredMessage, ChatError> {
+pub fn send_direct(tx: &mut Tx<'_>, sender: &Identity, recipient: &UserId, content: &str) -> Result<Posted, ChatError> {
     if content.trim().is_empty() {
         return Err(ChatError::Empty);
     }
