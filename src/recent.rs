@@ -1,5 +1,5 @@
 //! The recent history of active rooms, rendered: what a socket joining a room is sent on
-//! open, kept so that a room's hundredth socket after a deploy gets the same frames as
+//! open (and what one resuming after `since` missed, when it is recent enough), kept so that a room's hundredth socket after a deploy gets the same frames as
 //! its first without a query and without rendering them again (a reconnect storm is
 //! every socket of every room opening at once).
 //!
@@ -11,6 +11,8 @@
 //! them; if the commit fails, everything here is dropped (`clear`).
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::model::Seq;
 
 /// Most bytes of rendered history kept over all rooms (what each frame costs, roughly).
 pub const MAX_KEPT_BYTES: usize = 32 << 20;
@@ -29,6 +31,8 @@ use tungstenite::Utf8Bytes;
 struct Room {
     conversation: i64,
     frames: VecDeque<Utf8Bytes>,
+    /// Each frame's message's seq on the room's stream (`None` before seqs were kept).
+    seqs: VecDeque<Option<Seq>>,
     bytes: usize,
     /// Which `keep` of the room this is (its place in `order`).
     kept: u64,
@@ -63,8 +67,23 @@ impl Recent {
         self.rooms.get(room).map(|r| (r.conversation, &r.frames))
     }
 
-    /// Keeps a room's history as just read and rendered (nothing for an empty history).
-    pub fn keep(&mut self, room: &str, conversation: i64, frames: VecDeque<Utf8Bytes>) {
+    /// The frames of the room's messages after `since`, when the kept history reaches
+    /// back that far and `since` is not past its newest message: what a client resuming
+    /// a room after `since` missed (a room's stream carries only its messages).
+    pub fn since(&self, room: &str, since: Seq) -> Option<(i64, Vec<Utf8Bytes>)> {
+        let kept = self.rooms.get(room)?;
+        let (first, last) = (kept.seqs.front().copied()??, kept.seqs.back().copied()??);
+        if since > last || since + 1 < first {
+            return None;
+        }
+        let skip = (since + 1 - first) as usize;
+        Some((kept.conversation, kept.frames.iter().skip(skip).cloned().collect()))
+    }
+
+    /// Keeps a room's history as just read and rendered (nothing for an empty history),
+    /// each frame with its message's seq.
+    pub fn keep(&mut self, room: &str, conversation: i64, history: Vec<(Option<Seq>, Utf8Bytes)>) {
+        let (seqs, frames): (VecDeque<Option<Seq>>, VecDeque<Utf8Bytes>) = history.into_iter().unzip();
         let bytes: usize = frames.iter().map(cost).sum();
         if frames.is_empty() || bytes > self.budget {
             return;
@@ -78,7 +97,7 @@ impl Recent {
         }
         self.keeps += 1;
         self.names.insert(conversation, room.to_string());
-        self.rooms.insert(room.to_string(), Room { conversation, frames, bytes, kept: self.keeps });
+        self.rooms.insert(room.to_string(), Room { conversation, frames, seqs, bytes, kept: self.keeps });
         self.order.push_back((room.to_string(), self.keeps));
         self.bytes += bytes;
         // Stale entries of rooms forgotten or kept again; dropped once they dominate.
@@ -90,12 +109,14 @@ impl Recent {
 
     /// A new message in a room: its frame joins the kept history, if any, which keeps
     /// its last `limit` frames.
-    pub fn push(&mut self, conversation: i64, frame: &Utf8Bytes, limit: usize) {
+    pub fn push(&mut self, conversation: i64, seq: Option<Seq>, frame: &Utf8Bytes, limit: usize) {
         let Some(room) = self.names.get(&conversation).and_then(|name| self.rooms.get_mut(name)) else { return };
         room.frames.push_back(frame.clone());
+        room.seqs.push_back(seq);
         room.bytes += cost(frame);
         self.bytes += cost(frame);
         while room.frames.len() > limit {
+            room.seqs.pop_front();
             if let Some(old) = room.frames.pop_front() {
                 room.bytes -= cost(&old);
                 self.bytes -= cost(&old);
@@ -138,24 +159,25 @@ impl Recent {
 mod tests {
     use super::*;
 
-    fn frames(range: std::ops::Range<u32>) -> VecDeque<Utf8Bytes> {
-        range.map(|i| Utf8Bytes::from(i.to_string())).collect()
+    /// Frames "i" for messages with seq i.
+    fn frames(range: std::ops::Range<u32>) -> Vec<(Option<Seq>, Utf8Bytes)> {
+        range.map(|i| (Some(Seq::from(i)), Utf8Bytes::from(i.to_string()))).collect()
     }
 
     #[test]
     fn keeps_the_last_messages_of_active_rooms_only() {
         let mut recent = Recent::default();
-        recent.keep("empty", 1, VecDeque::new());
+        recent.keep("empty", 1, Vec::new());
         assert!(recent.get("empty").is_none(), "an empty history is not kept");
         recent.keep("lobby", 2, frames(0..3));
-        recent.push(2, &Utf8Bytes::from("3"), 3);
-        recent.push(9, &Utf8Bytes::from("other"), 3);
+        recent.push(2, Some(3), &Utf8Bytes::from("3"), 3);
+        recent.push(9, Some(1), &Utf8Bytes::from("other"), 3);
         let (id, kept) = recent.get("lobby").unwrap();
         assert_eq!(id, 2);
         assert_eq!(kept.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["1", "2", "3"]);
         recent.forget("lobby");
         assert!(recent.get("lobby").is_none());
-        recent.push(2, &Utf8Bytes::from("4"), 3);
+        recent.push(2, Some(4), &Utf8Bytes::from("4"), 3);
         assert!(recent.is_empty());
         assert_eq!(recent.bytes(), 0);
     }
@@ -172,7 +194,7 @@ mod tests {
         assert_eq!(recent.bytes(), 2 * 3 * 49);
         // Keeping a room again replaces it, and its new frames are counted.
         recent.keep("b", 1, frames(0..3));
-        recent.push(1, &Utf8Bytes::from("x"), 3);
+        recent.push(1, Some(3), &Utf8Bytes::from("x"), 3);
         assert_eq!(recent.bytes(), 2 * 3 * 49);
         recent.keep("d", 3, frames(0..3));
         assert!(recent.get("c").is_none() && recent.get("b").is_some() && recent.get("d").is_some());
@@ -180,5 +202,24 @@ mod tests {
         let mut small = Recent::with_budget(10);
         small.keep("big", 1, frames(0..3));
         assert!(small.is_empty());
+    }
+
+    #[test]
+    fn what_a_resuming_client_missed_comes_from_the_kept_history_when_it_reaches_back() {
+        let mut recent = Recent::default();
+        recent.keep("lobby", 7, frames(5..10)); // seqs 5..=9
+        let texts = |got: Option<(i64, Vec<Utf8Bytes>)>| {
+            got.map(|(id, frames)| (id, frames.iter().map(|f| f.to_string()).collect::<Vec<_>>()))
+        };
+        assert_eq!(texts(recent.since("lobby", 7)), Some((7, vec!["8".to_string(), "9".to_string()])));
+        assert_eq!(texts(recent.since("lobby", 9)), Some((7, vec![])), "up to date: nothing");
+        assert_eq!(texts(recent.since("lobby", 4)).map(|(_, f)| f.len()), Some(5), "right before the first kept");
+        assert_eq!(recent.since("lobby", 3), None, "further back than kept: the store answers");
+        assert_eq!(recent.since("lobby", 10), None, "ahead: the store answers (and refuses)");
+        recent.push(7, Some(10), &Utf8Bytes::from("10"), 5);
+        assert_eq!(texts(recent.since("lobby", 9)), Some((7, vec!["10".to_string()])));
+        let mut old = Recent::default();
+        old.keep("old", 1, vec![(None, Utf8Bytes::from("a")), (Some(1), Utf8Bytes::from("b"))]);
+        assert_eq!(old.since("old", 0), None, "messages from before seqs were kept");
     }
 }

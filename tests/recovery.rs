@@ -296,3 +296,32 @@ fn a_since_from_the_future_or_not_a_number_is_refused_with_1008() {
     assert_eq!(fine.recv()["type"], "room_users_list");
     assert!(drain(&mut fine).is_empty());
 }
+
+#[test]
+fn an_active_room_resumes_from_its_kept_history_exactly_as_from_the_store() {
+    let server = server();
+    let post = |i: usize| {
+        let (status, _) = server.api("POST", "/api/rooms/busy/messages", Some(&json!({"message": format!("m{i}")})));
+        assert_eq!(status, 201);
+    };
+    // The witness keeps the room active, so its last 50 messages are kept rendered.
+    let mut witness = server.connect_as("/ws/rooms/busy/", json!(1), "ann");
+    drain(&mut witness);
+    for i in 0..60 {
+        post(i);
+    }
+    let seen: Vec<Value> = (0..60).map(|_| next_event(&mut witness)).collect();
+    for back in [59, 30, 12, 9, 0] {
+        let since = seq(&seen[back]);
+        let mut client = server.connect_as(&format!("/ws/rooms/busy/?since={since}"), json!(2), "bo");
+        assert_eq!(client.recv()["type"], "room_users_list");
+        let missed: Vec<Value> = (back + 1..60).map(|_| next_event(&mut client)).collect();
+        assert_eq!(missed, seen[back + 1..].to_vec(), "since {since}");
+        assert!(drain(&mut client).iter().all(|f| f.get("seq").is_none()), "since {since}: more than missed");
+        client.close();
+        drain(&mut witness);
+    }
+    let token = server.token(json!(2), "bo");
+    let ahead = format!("/ws/rooms/busy/?since={}&token={token}", seq(&seen[59]) + 1);
+    assert_eq!(refused_before_any_frame(&server, &ahead), Some(1008));
+}

@@ -25,7 +25,7 @@ use crate::store::{ConversationKind, StoreError};
 /// need no storage refuse here.
 pub fn load(ctx: &Ctx, session: &mut Session, since: Option<Seq>) -> Result<Option<OpenLoad>, Refusal> {
     let load = match session.endpoint.clone() {
-        Endpoint::Rooms { room } => rooms::load(ctx, session, &room)?,
+        Endpoint::Rooms { room } => return rooms::load(ctx, session, &room, since).map(Some),
         Endpoint::Consultation { id } => consultation::load(ctx, session, &id),
         Endpoint::SupportChat { id } => support::load_chat(ctx, session, &id),
         Endpoint::ConversationList => support::load_list(session),

@@ -80,21 +80,27 @@ pub fn render(event: &Event) -> Option<Frame> {
 /// unless the room's history is kept rendered (`recent.rs`): then the frames wait in the
 /// session, and the sockets of a room that all reconnect at once get them without a
 /// query or a render each.
-pub fn load(ctx: &Ctx, session: &mut Session, room: &str) -> Result<OpenLoad, Refusal> {
+/// A client resuming after `since` gets what it missed from the kept history too, when
+/// that reaches back far enough (else the engine reads it).
+pub fn load(ctx: &Ctx, session: &mut Session, room: &str, since: Option<Seq>) -> Result<OpenLoad, Refusal> {
     if !chat::valid_room_name(room) {
         return Err(Refusal::new(BAD_ROOM, "invalid room name"));
     }
-    let (known, replay) = match ctx.recent.get(room) {
+    let kept = match since {
+        None => ctx.recent.get(room).map(|(conversation, frames)| (conversation, frames.iter().cloned().collect())),
+        Some(since) => ctx.recent.since(room, since),
+    };
+    let (known, replay, since) = match kept {
         Some((conversation, frames)) => {
-            session.opening_mut().kept = frames.iter().cloned().collect();
-            (Some(conversation), Replay::Nothing)
+            session.opening_mut().kept = frames;
+            (Some(conversation), Replay::Nothing, None)
         }
-        None => (None, Replay::History { limit: ctx.config.history_limit }),
+        None => (None, Replay::History { limit: ctx.config.history_limit }, since),
     };
     Ok(OpenLoad {
         user: session.identity.user_id.clone(),
         target: Target::Room { name: room.to_string(), known },
-        since: None,
+        since,
         replay,
         unread_count: false,
     })
@@ -109,9 +115,10 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
     let kept = session.opening.as_mut().map(|o| std::mem::take(&mut o.kept)).unwrap_or_default();
     let history = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
         Snapshot::History(messages) => {
-            let history: Vec<Frame> = messages.iter().map(chat_message_frame).collect();
-            ctx.recent.keep(room, conversation, history.iter().cloned().collect());
-            history
+            let history: Vec<(Option<Seq>, Frame)> = messages.iter().map(|m| (m.seq, chat_message_frame(m))).collect();
+            let frames = history.iter().map(|(_, frame)| frame.clone()).collect();
+            ctx.recent.keep(room, conversation, history);
+            frames
         }
         _ => kept,
     });
@@ -167,7 +174,7 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
 /// A message stored in a room reaches everyone in it, and the room's kept history.
 pub fn deliver_message(ctx: &mut Ctx, message: &StoredMessage) {
     let frame = chat_message_frame(message);
-    ctx.recent.push(message.conversation_id, &frame, ctx.config.history_limit);
+    ctx.recent.push(message.conversation_id, message.seq, &frame, ctx.config.history_limit);
     ctx.publish(&Topic::Conversation(message.conversation_id), frame, None, true);
 }
 
