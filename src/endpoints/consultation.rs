@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{numeric_id, parse_object};
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
-use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
+use crate::engine::{OpenLoad, Opened, Snapshot};
 use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::{Seq, StreamId, format_timestamp};
@@ -99,13 +99,7 @@ pub fn render(event: &Event) -> Option<Frame> {
 
 /// What opening a consultation needs: membership and history.
 pub fn load(ctx: &Ctx, session: &Session, id: &str) -> OpenLoad {
-    OpenLoad {
-        user: session.identity.user_id.clone(),
-        target: Target::Member { kind: ConversationKind::Consultation, key: id.to_string() },
-        since: None,
-        replay: Replay::History { limit: ctx.config.history_limit },
-        unread_count: false,
-    }
+    super::member_history(ctx, session, ConversationKind::Consultation, id)
 }
 
 /// On connect: `connection_established`, then the history (or what was missed).

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
-use crate::engine::{OpenError, OpenLoad, Opened, Snapshot, Start};
+use crate::engine::{OpenError, OpenLoad, Opened, Replay, Snapshot, Start, Target};
 use crate::hub::{NotificationFeed, Topic};
 use crate::model::{Seq, StreamId};
 pub use crate::route::{Endpoint, route};
@@ -67,6 +67,17 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Option<Result<Opened
         Endpoint::Presence => presence::open(ctx, session),
         #[cfg(feature = "echo")]
         Endpoint::Echo => Ok(()),
+    }
+}
+
+/// What opening a member-only conversation's chat needs: membership and its history.
+pub fn member_history(ctx: &Ctx, session: &Session, kind: ConversationKind, key: &str) -> OpenLoad {
+    OpenLoad {
+        user: session.identity.user_id.clone(),
+        target: Target::Member { kind, key: key.to_string() },
+        since: None,
+        replay: Replay::History { limit: ctx.config.history_limit },
+        unread_count: false,
     }
 }
 

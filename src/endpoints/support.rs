@@ -190,13 +190,7 @@ fn parse(ctx: &mut Ctx, session: &Session, text: &str) -> Option<Map<String, Val
 
 /// What opening a conversation chat needs: membership and history.
 pub fn load_chat(ctx: &Ctx, session: &Session, id: &str) -> OpenLoad {
-    OpenLoad {
-        user: session.identity.user_id.clone(),
-        target: Target::Member { kind: ConversationKind::Support, key: id.to_string() },
-        since: None,
-        replay: Replay::History { limit: ctx.config.history_limit },
-        unread_count: false,
-    }
+    super::member_history(ctx, session, ConversationKind::Support, id)
 }
 
 /// On connect: `recent_messages` (or what was missed).
