@@ -254,15 +254,21 @@ struct NewCustomerFields {
     profile_picture: Option<String>,
 }
 
+impl NewCustomerFields {
+    /// The customer to store, from this request's fields and the platform.
+    fn on<'a>(&'a self, source: &'a str) -> NewCustomer<'a> {
+        NewCustomer {
+            source,
+            external_id: &self.external_id,
+            first_name: self.first_name.as_deref(),
+            last_name: self.last_name.as_deref(),
+            profile_picture: self.profile_picture.as_deref(),
+        }
+    }
+}
+
 fn upsert_customer(ctx: &mut Ctx, source: &str, fields: &NewCustomerFields) -> Result<Customer, HttpError> {
-    let new = NewCustomer {
-        source,
-        external_id: &fields.external_id,
-        first_name: fields.first_name.as_deref(),
-        last_name: fields.last_name.as_deref(),
-        profile_picture: fields.profile_picture.as_deref(),
-    };
-    conversations::upsert_customer(&mut ctx.tx(), &new).map_err(store_error)
+    conversations::upsert_customer(&mut ctx.tx(), &fields.on(source)).map_err(store_error)
 }
 
 /// The answer to a request that could not be stored: 503 with `Retry-After`, since a
@@ -332,13 +338,7 @@ fn create_conversation(ctx: &mut Ctx, request: &Request) -> Answer {
         title,
         status: &status,
         priority,
-        customer: customer.as_ref().map(|(source, fields)| NewCustomer {
-            source,
-            external_id: &fields.external_id,
-            first_name: fields.first_name.as_deref(),
-            last_name: fields.last_name.as_deref(),
-            profile_picture: fields.profile_picture.as_deref(),
-        }),
+        customer: customer.as_ref().map(|(source, fields)| fields.on(source)),
         members: &members,
     };
     let conversation = match conversations::create(&mut ctx.tx(), &new) {

@@ -161,33 +161,27 @@ impl Engine {
 
 /// The local engine's read for an opening session, in the turn's transaction.
 pub fn open(store: &mut Store, load: &OpenLoad, now: Micros) -> Result<Opened, OpenError> {
-    let conversation = match &load.target {
-        Target::Room { known: Some(id), .. } => Some(*id),
+    // The stream, and for a member-only conversation the conversation itself (its kind
+    // and customer render its messages).
+    let (stream, conversation) = match &load.target {
+        Target::Room { known: Some(id), .. } => (StreamId::Conversation(*id), None),
         Target::Room { name, known: None } => {
-            Some(store.get_or_create_conversation(ConversationKind::Room, name, now)?)
+            (StreamId::Conversation(store.get_or_create_conversation(ConversationKind::Room, name, now)?), None)
         }
         Target::Member { kind, key } => {
             let conversation = store.conversation(*kind, key)?.ok_or(OpenError::NotFound)?;
             if !store.is_member(conversation.id, &load.user)? {
                 return Err(OpenError::NotMember);
             }
-            Some(conversation.id)
+            (StreamId::Conversation(conversation.id), Some(conversation))
         }
-        Target::User => None,
-    };
-    let stream = match conversation {
-        Some(id) => StreamId::Conversation(id),
-        None => StreamId::User(load.user.clone()),
-    };
-    let conversation = match (&load.target, conversation) {
-        (Target::Member { .. }, Some(id)) => Some(store.existing_conversation(id)?),
-        _ => None,
+        Target::User => (StreamId::User(load.user.clone()), None),
     };
     let position = store.last_seq(&stream)?;
     let start = match load.since {
         None => Start::Replay(snapshot(store, load, &stream)?),
         Some(since) => match store.events_since(&stream, since, MAX_RECOVERED_EVENTS)? {
-            Since::Events(missed) => Start::Recovered(recovered(store, &stream, missed)?),
+            Since::Events(missed) => Start::Recovered(recovered(&stream, missed, conversation.as_ref())),
             Since::Gone { .. } => Start::NotPossible { since, snapshot: snapshot(store, load, &stream)? },
             Since::Ahead { last } => return Err(OpenError::Ahead { since, last }),
         },
@@ -215,26 +209,18 @@ fn snapshot(store: &mut Store, load: &OpenLoad, stream: &StreamId) -> Result<Sna
     })
 }
 
-/// The missed rows as events: a conversation's messages with its kind and customer, the
+/// The missed rows as events: a conversation's messages with its kind and customer (a
+/// room's when `conversation` is `None`: rooms have neither members nor customers), the
 /// other events from their payload.
-fn recovered(store: &mut Store, stream: &StreamId, missed: Vec<Missed>) -> Result<Vec<Event>, StoreError> {
-    let conversation = match (stream, missed.iter().any(|m| matches!(m, Missed::Message(_)))) {
-        (StreamId::Conversation(id), true) => Some(store.existing_conversation(*id)?),
-        _ => None,
-    };
+fn recovered(stream: &StreamId, missed: Vec<Missed>, conversation: Option<&Conversation>) -> Vec<Event> {
+    let (kind, customer) = conversation.map_or((ConversationKind::Room, None), |c| (c.kind, c.customer.as_ref()));
     let event = |seq, body| Event { stream: stream.clone(), seq, body, except: None };
-    Ok(missed
+    missed
         .into_iter()
         .filter_map(|missed| match missed {
             Missed::Message(message) => {
-                let conversation = conversation.as_ref()?;
                 let seq = message.seq.unwrap_or(0);
-                let body = EventBody::Message {
-                    conversation: conversation.kind,
-                    customer: conversation.customer.clone(),
-                    message,
-                };
-                Some(event(seq, body))
+                Some(event(seq, EventBody::Message { conversation: kind, customer: customer.cloned(), message }))
             }
             Missed::Event(row) => match serde_json::from_str::<EventBody>(&row.payload) {
                 Ok(body) => Some(event(row.seq, body)),
@@ -244,5 +230,5 @@ fn recovered(store: &mut Store, stream: &StreamId, missed: Vec<Missed>) -> Resul
                 }
             },
         })
-        .collect())
+        .collect()
 }

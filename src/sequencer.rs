@@ -64,7 +64,7 @@ pub enum Offered<T> {
     Lost { from: Seq, to: Seq, then: Vec<(Seq, T)> },
     /// At or below the delivered position, or already held: dropped.
     Duplicate,
-    /// The stream is not followed (no `follow` since its last `forget`).
+    /// The stream is not followed (no `follow` or `join` since its last listener left).
     NotFollowed,
 }
 
@@ -87,11 +87,6 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
         held.ahead = held.ahead.split_off(&(position + 1));
         let since = held.since;
         Self::drain(state, since)
-    }
-
-    /// Stops following a stream (its last listener left).
-    pub fn forget(&mut self, stream: &S) {
-        self.streams.remove(stream);
     }
 
     /// A listener joins a stream whose events up to `position` it knows (`follow`, and
@@ -324,7 +319,7 @@ mod tests {
         assert_eq!(sequencer.offer(&"u:7", 41, "old", now), Offered::Duplicate);
         assert_eq!(sequencer.offer(&"u:7", 42, "b", now), Offered::Deliver(vec![(42, "b")]));
         assert_eq!(sequencer.offer(&"c:2", 1, "x", now), Offered::NotFollowed);
-        sequencer.forget(&"c:1");
+        sequencer.leave(&"c:1");
         assert_eq!(sequencer.offer(&"c:1", 2, "c", now), Offered::NotFollowed);
         assert_eq!(sequencer.position(&"u:7"), Some(42));
     }

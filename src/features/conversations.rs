@@ -55,7 +55,7 @@ pub fn create(tx: &mut Tx<'_>, new: &NewMemberConversation<'_>) -> Result<Conver
     };
     let title = match (new.title, &customer) {
         (Some(title), _) => title.to_string(),
-        (None, Some(c)) => format!("{} - {} {}", c.source, c.first_name, c.last_name).trim().to_string(),
+        (None, Some(customer)) => customer_title(customer),
         (None, None) => new.key.to_string(),
     };
     let row = NewConversation {
@@ -66,9 +66,19 @@ pub fn create(tx: &mut Tx<'_>, new: &NewMemberConversation<'_>) -> Result<Conver
         priority: new.priority,
         customer_id: customer.as_ref().map(|c| c.id),
     };
-    let id = tx.store.create_conversation(&row, tx.now)?;
-    tx.store.set_members(id, new.members)?;
-    Ok(tx.store.existing_conversation(id)?)
+    Ok(insert(tx, &row, new.members)?)
+}
+
+/// A support conversation's default title: the platform and the customer's name.
+pub fn customer_title(customer: &Customer) -> String {
+    format!("{} - {} {}", customer.source, customer.first_name, customer.last_name).trim().to_string()
+}
+
+/// Stores a new conversation with its members and returns it as stored.
+pub fn insert(tx: &mut Tx<'_>, row: &NewConversation<'_>, members: &[UserId]) -> StoreResult<Conversation> {
+    let id = tx.store.create_conversation(row, tx.now)?;
+    tx.store.set_members(id, members)?;
+    tx.store.existing_conversation(id)
 }
 
 /// Replaces a conversation's members; returns those removed.

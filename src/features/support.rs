@@ -1,6 +1,7 @@
 //! Support conversations fed from external platforms (Telegram, Instagram): the
 //! customer's message and the conversation it lands in.
 
+use super::conversations;
 use crate::event::EventBody;
 use crate::model::{Identity, Seq, StreamId, UserId};
 use crate::store::{
@@ -20,7 +21,7 @@ pub fn conversation_for(
     if let Some(conversation) = tx.store.open_support_conversation(customer.id)? {
         return Ok((conversation, false));
     }
-    let title = format!("{} - {} {}", customer.source, customer.first_name, customer.last_name).trim().to_string();
+    let title = conversations::customer_title(customer);
     let new = NewConversation {
         kind: ConversationKind::Support,
         key: new_key,
@@ -29,9 +30,7 @@ pub fn conversation_for(
         priority: 0,
         customer_id: Some(customer.id),
     };
-    let id = tx.store.create_conversation(&new, tx.now)?;
-    tx.store.set_members(id, members)?;
-    Ok((tx.store.existing_conversation(id)?, true))
+    Ok((conversations::insert(tx, &new, members)?, true))
 }
 
 /// The user's support conversations with their unread counts, and the position of the

@@ -133,12 +133,19 @@ impl Store {
     pub fn next_seq(&mut self, stream: &StreamId, now: Micros) -> StoreResult<Seq> {
         let last = self.last_seq(stream)?;
         let seqs = &mut self.seqs;
-        seqs.turn.entry(stream.clone()).or_insert(last);
-        if let Some(unit) = &mut seqs.unit {
-            unit.entry(stream.clone()).or_insert(last);
+        // Per message: no key is cloned or hashed again once the stream is in the turn.
+        if !seqs.turn.contains_key(stream) {
+            seqs.turn.insert(stream.clone(), last);
+        }
+        if let Some(unit) = &mut seqs.unit
+            && !unit.contains_key(stream)
+        {
+            unit.insert(stream.clone(), last);
         }
         seqs.turn_at = seqs.turn_at.max(now);
-        seqs.last.insert(stream.clone(), last + 1);
+        if let Some(cached) = seqs.last.get_mut(stream) {
+            *cached = last + 1;
+        }
         Ok(last + 1)
     }
 
