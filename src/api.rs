@@ -1,8 +1,9 @@
 //! The server API for the application backend, on its own (private) listener: JSON over
 //! HTTP, authenticated with the API key as a Bearer token. Every error is a JSON body
-//! `{"error": "..."}` with a fitting status. What a request creates is stored in the
-//! turn's transaction and pushed through the outbox, so the answer and the pushes go
-//! out only after the commit.
+//! `{"error": "..."}` with a fitting status. A request that reads or writes stored data
+//! is asked of the engine as a `Request`, its reply rendered when the answer comes
+//! (`Then::Api`); what it creates is stored in the turn's transaction, all or nothing,
+//! and the reply and the pushes go out only after the commit.
 //!
 //! Routes (see README.md for curl examples):
 //! - `GET /healthz` (no key)
@@ -18,69 +19,58 @@
 
 use serde_json::{Value, json};
 
-use crate::context::{Ctx, close_code};
+use crate::context::{ApiReply, Ctx, Then, close_code};
 use crate::endpoints;
-use crate::features::chat::{self, ChatError};
-use crate::features::conversations::{self, CreateError, NewMemberConversation};
-use crate::features::{inbox, support};
 use crate::http::{HttpError, Request, json_response, response};
-use crate::hub::Topic;
+use crate::hub::{ConnId, Topic};
 use crate::model::{Identity, UserId};
-use crate::store::{Conversation, ConversationKind, Customer, NewBankingMessage, NewCustomer, NewNotification};
+use crate::request::{
+    self, Answer, CustomerFields, Done, Failed, Inbound, NewBankingMessage, NewMemberConversation, NewNotification,
+    Read, Write,
+};
+use crate::store::{Conversation, ConversationKind};
 
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-type Answer = Result<(u16, Value), HttpError>;
-
-/// What a request came to.
-pub struct ApiAnswer {
-    /// The whole HTTP response.
-    pub response: Vec<u8>,
-    /// It succeeded: a failed request's writes and pushes are undone by the caller.
-    pub ok: bool,
-    /// It reports stored data, so it becomes a 503 if the turn's commit fails.
-    pub durable: bool,
+/// What a route does with a request: reply now, or ask the engine and reply with what
+/// `render` makes of its answer.
+enum Step {
+    Reply(u16, Value),
+    Ask(request::Request, fn(&mut Ctx, Answer) -> ApiReply),
 }
 
-impl ApiAnswer {
-    fn read(response: Vec<u8>) -> ApiAnswer {
-        ApiAnswer { response, ok: true, durable: false }
-    }
+type Routed = Result<Step, HttpError>;
 
-    fn failed(error: &HttpError) -> ApiAnswer {
-        ApiAnswer { response: error.to_response(), ok: false, durable: false }
-    }
-}
-
-/// Handles one request.
-pub fn handle(ctx: &mut Ctx, request: &Request) -> ApiAnswer {
+/// Handles one request: the whole HTTP response now, or `None` when it was asked of the
+/// engine (the reply then goes out with its answer, `App::answer`).
+pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>> {
     let path = request.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     if request.method == "GET" && path == "/healthz" {
-        return ApiAnswer::read(match ctx.store.health() {
+        return Some(match ctx.store.health() {
             Ok(()) => json_response(200, &json!({"status": "ok"})),
             Err(store) => json_response(503, &json!({"status": "error", "store": store})),
         });
     }
     if let Err(e) = authorize(ctx, request) {
-        return ApiAnswer::failed(&e);
+        return Some(e.to_response());
     }
-    let answer: Answer = match (request.method.as_str(), segments.as_slice()) {
+    let routed: Routed = match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["metrics"]) => {
             let body = ctx.metrics.render();
-            return ApiAnswer::read(response(200, "text/plain; version=0.0.4", body.as_bytes()));
+            return Some(response(200, "text/plain; version=0.0.4", body.as_bytes()));
         }
-        ("GET", ["api", "online"]) => Ok((200, online(ctx))),
-        ("POST", ["api", "rooms", room, "messages"]) => post_room_message(ctx, room, request),
-        ("POST", ["api", "conversations"]) => create_conversation(ctx, request),
-        ("GET", ["api", "conversations", kind, id]) => get_conversation(ctx, kind, id),
-        ("PUT", ["api", "conversations", kind, id, "members"]) => set_members(ctx, kind, id, request),
-        ("POST", ["api", "inbound"]) => inbound(ctx, request),
-        ("POST", ["api", "notifications"]) => create_notification(ctx, request),
-        ("POST", ["api", "fraud-alerts"]) => create_fraud_alert(ctx, request),
-        ("POST", ["api", "fraud-alerts", id, "resolve"]) => resolve_fraud_alert(ctx, id),
-        ("POST", ["api", "messages"]) => create_banking_message(ctx, request),
+        ("GET", ["api", "online"]) => Ok(Step::Reply(200, online(ctx))),
+        ("POST", ["api", "rooms", room, "messages"]) => post_room_message(room, request),
+        ("POST", ["api", "conversations"]) => create_conversation(request),
+        ("GET", ["api", "conversations", kind, id]) => get_conversation(kind, id),
+        ("PUT", ["api", "conversations", kind, id, "members"]) => set_members(kind, id, request),
+        ("POST", ["api", "inbound"]) => inbound(request),
+        ("POST", ["api", "notifications"]) => create_notification(request),
+        ("POST", ["api", "fraud-alerts"]) => create_fraud_alert(request),
+        ("POST", ["api", "fraud-alerts", id, "resolve"]) => resolve_fraud_alert(id),
+        ("POST", ["api", "messages"]) => create_banking_message(request),
         ("POST", ["api", "users", user, "disconnect"]) => disconnect_user(ctx, user),
         (
             _,
@@ -99,11 +89,22 @@ pub fn handle(ctx: &mut Ctx, request: &Request) -> ApiAnswer {
         ) => Err(HttpError::new(405, "method not allowed")),
         _ => Err(HttpError::new(404, "no such API route")),
     };
-    match answer {
-        Ok((status, body)) => {
-            ApiAnswer { response: json_response(status, &body), ok: true, durable: request.method != "GET" }
+    match routed {
+        Ok(Step::Reply(status, body)) => Some(json_response(status, &body)),
+        Ok(Step::Ask(asked, render)) => {
+            let durable = matches!(asked, request::Request::Write(_));
+            ctx.ask(Then::Api { conn, render, durable }, asked);
+            None
         }
-        Err(e) => ApiAnswer::failed(&e),
+        Err(e) => Some(e.to_response()),
+    }
+}
+
+/// The whole HTTP response for a rendered reply.
+pub fn response_of(reply: ApiReply) -> Vec<u8> {
+    match reply {
+        Ok((status, body)) => json_response(status, &body),
+        Err(e) => e.to_response(),
     }
 }
 
@@ -158,9 +159,9 @@ fn online(ctx: &Ctx) -> Value {
 }
 
 /// Publishes a message into a room as a given sender (default: "system").
-fn post_room_message(ctx: &mut Ctx, room: &str, request: &Request) -> Answer {
+fn post_room_message(room: &str, request: &Request) -> Routed {
     let room = crate::http::decode_path(room);
-    if !chat::valid_room_name(&room) {
+    if !crate::model::valid_room_name(&room) {
         return Err(HttpError::new(422, "room name must be 1-100 letters, digits, _, - or ."));
     }
     let body = json_body(request)?;
@@ -176,17 +177,25 @@ fn post_room_message(ctx: &mut Ctx, room: &str, request: &Request) -> Answer {
         Some(_) => return Err(HttpError::new(422, "\"sender_name\" must be a non-empty string")),
     };
     let sender = Identity { user_id: sender_id, name: sender_name.into() };
-    let stored = match chat::post_to_room(&mut ctx.tx(), &room, &sender, message) {
-        Ok(stored) => stored,
-        Err(ChatError::Empty) => return Err(HttpError::new(422, "\"message\" must not be empty")),
-        Err(ChatError::Store(e)) => return Err(store_error(e)),
-    };
-    Ok((201, json!({"id": stored.id, "room": room, "created_at": crate::model::format_timestamp(stored.created_at)})))
+    let post = Write::PostToRoom { room, sender, content: message.to_string() };
+    Ok(Step::Ask(request::Request::Write(post), room_posted))
+}
+
+fn room_posted(_: &mut Ctx, answer: Answer) -> ApiReply {
+    match answer {
+        Ok(Done::PostedToRoom { room, posted }) => Ok((
+            201,
+            json!({"id": posted.id, "room": room, "created_at": crate::model::format_timestamp(posted.created_at)}),
+        )),
+        Ok(other) => Err(failure(other.unexpected("room message"))),
+        Err(Failed::Empty) => Err(HttpError::new(422, "\"message\" must not be empty")),
+        Err(e) => Err(failure(e)),
+    }
 }
 
 /// Conversation ids in paths: the same rule as room names.
 fn valid_key(key: &str) -> bool {
-    chat::valid_room_name(key)
+    crate::model::valid_room_name(key)
 }
 
 fn optional_str<'a>(body: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>, HttpError> {
@@ -220,10 +229,7 @@ fn parse_members(value: Option<&Value>) -> Result<Vec<UserId>, HttpError> {
     Ok(members)
 }
 
-fn parse_customer(
-    value: Option<&Value>,
-    source: Option<&str>,
-) -> Result<Option<(String, NewCustomerFields)>, HttpError> {
+fn parse_customer(value: Option<&Value>, source: Option<&str>) -> Result<Option<CustomerFields>, HttpError> {
     let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
     let Value::Object(object) = value else {
         return Err(HttpError::new(422, "\"customer\" must be an object"));
@@ -237,38 +243,13 @@ fn parse_customer(
         Some(Value::Number(n)) => n.to_string(),
         _ => return Err(HttpError::new(422, "\"customer.external_id\" is required (the platform's user id)")),
     };
-    let fields = NewCustomerFields {
+    Ok(Some(CustomerFields {
+        source,
         external_id,
         first_name: optional_str(object, "first_name")?.map(str::to_string),
         last_name: optional_str(object, "last_name")?.map(str::to_string),
         profile_picture: optional_str(object, "profile_picture")?.map(str::to_string),
-    };
-    Ok(Some((source, fields)))
-}
-
-/// Owned customer fields from a request body.
-struct NewCustomerFields {
-    external_id: String,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    profile_picture: Option<String>,
-}
-
-impl NewCustomerFields {
-    /// The customer to store, from this request's fields and the platform.
-    fn on<'a>(&'a self, source: &'a str) -> NewCustomer<'a> {
-        NewCustomer {
-            source,
-            external_id: &self.external_id,
-            first_name: self.first_name.as_deref(),
-            last_name: self.last_name.as_deref(),
-            profile_picture: self.profile_picture.as_deref(),
-        }
-    }
-}
-
-fn upsert_customer(ctx: &mut Ctx, source: &str, fields: &NewCustomerFields) -> Result<Customer, HttpError> {
-    conversations::upsert_customer(&mut ctx.tx(), &fields.on(source)).map_err(store_error)
+    }))
 }
 
 /// The answer to a request that could not be stored: 503 with `Retry-After`, since a
@@ -277,19 +258,35 @@ pub fn unavailable() -> HttpError {
     HttpError::new(503, "could not store the request; try again later")
 }
 
-fn store_error(e: crate::store::StoreError) -> HttpError {
-    log::error!("server API: {e}");
-    unavailable()
+impl From<Failed> for HttpError {
+    fn from(failed: Failed) -> HttpError {
+        failure(failed)
+    }
 }
 
-fn conversation_json(ctx: &mut Ctx, conversation: &Conversation) -> Result<Value, HttpError> {
-    let members: Vec<Value> =
-        conversations::members(&ctx.tx(), conversation.id).map_err(store_error)?.iter().map(UserId::to_json).collect();
+/// A failed request's reply: what the domain refused in its words, a storage failure
+/// as 503 (the log has the cause).
+fn failure(failed: Failed) -> HttpError {
+    match failed {
+        Failed::NoConversation { .. } | Failed::NotFound | Failed::UnknownUser => {
+            HttpError::new(404, failed.to_string())
+        }
+        Failed::Exists { .. } => HttpError::new(409, failed.to_string()),
+        Failed::Empty | Failed::Refused(_) => HttpError::new(422, failed.to_string()),
+        Failed::Store(e) => {
+            log::error!("server API: {e}");
+            unavailable()
+        }
+    }
+}
+
+fn conversation_json(conversation: &Conversation, members: &[UserId]) -> Value {
+    let members: Vec<Value> = members.iter().map(UserId::to_json).collect();
     let customer = conversation.customer.as_ref().map(|c| {
         json!({"id": c.id, "source": c.source, "external_id": c.external_id, "first_name": c.first_name,
                "last_name": c.last_name, "profile_picture": c.profile_picture})
     });
-    Ok(json!({"conversation": {
+    json!({"conversation": {
         "id": conversation.key,
         "kind": conversation.kind.as_sql(),
         "title": conversation.title,
@@ -299,7 +296,7 @@ fn conversation_json(ctx: &mut Ctx, conversation: &Conversation) -> Result<Value
         "customer": customer,
         "created_at": crate::model::format_timestamp(conversation.created_at),
         "updated_at": crate::model::format_timestamp(conversation.updated_at),
-    }}))
+    }})
 }
 
 fn random_key() -> String {
@@ -313,7 +310,7 @@ fn random_key() -> String {
 }
 
 /// `POST /api/conversations`: a consultation or support conversation with its members.
-fn create_conversation(ctx: &mut Ctx, request: &Request) -> Answer {
+fn create_conversation(request: &Request) -> Routed {
     let body = json_body(request)?;
     let kind = parse_kind(body.get("kind").and_then(Value::as_str).unwrap_or(""))?;
     let key = match optional_str(&body, "id")? {
@@ -331,86 +328,87 @@ fn create_conversation(ctx: &mut Ctx, request: &Request) -> Answer {
         None | Some(Value::Null) => 0,
         Some(value) => value.as_i64().ok_or_else(|| HttpError::new(422, "\"priority\" must be an integer"))?,
     };
-    let title = optional_str(&body, "title")?;
-    let new = NewMemberConversation {
-        kind,
-        key: &key,
-        title,
-        status: &status,
-        priority,
-        customer: customer.as_ref().map(|(source, fields)| fields.on(source)),
-        members: &members,
-    };
-    let conversation = match conversations::create(&mut ctx.tx(), &new) {
-        Ok(conversation) => conversation,
-        Err(CreateError::Exists) => {
-            return Err(HttpError::new(409, format!("a {} conversation with id {key:?} exists", kind.as_sql())));
-        }
-        Err(CreateError::Store(e)) => return Err(store_error(e)),
-    };
-    Ok((201, conversation_json(ctx, &conversation)?))
+    let title = optional_str(&body, "title")?.map(str::to_string);
+    let new = NewMemberConversation { kind, key, title, status, priority, customer, members };
+    Ok(Step::Ask(request::Request::Write(Write::CreateConversation(Box::new(new))), conversation_created))
 }
 
-fn find_conversation(ctx: &mut Ctx, kind: &str, id: &str) -> Result<Conversation, HttpError> {
+fn conversation_created(_: &mut Ctx, answer: Answer) -> ApiReply {
+    match answer? {
+        Done::Conversation { conversation, members } => Ok((201, conversation_json(&conversation, &members))),
+        other => Err(failure(other.unexpected("conversation created"))),
+    }
+}
+
+/// A conversation kind and key from a path.
+fn conversation_path(kind: &str, id: &str) -> Result<(ConversationKind, String), HttpError> {
     let kind = parse_kind(kind).map_err(|_| HttpError::new(404, "no such conversation kind"))?;
-    let id = crate::http::decode_path(id);
-    conversations::find(&ctx.tx(), kind, &id)
-        .map_err(store_error)?
-        .ok_or_else(|| HttpError::new(404, format!("no {} conversation with id {id:?}", kind.as_sql())))
+    Ok((kind, crate::http::decode_path(id)))
 }
 
-fn get_conversation(ctx: &mut Ctx, kind: &str, id: &str) -> Answer {
-    let conversation = find_conversation(ctx, kind, id)?;
-    Ok((200, conversation_json(ctx, &conversation)?))
+fn get_conversation(kind: &str, id: &str) -> Routed {
+    let (kind, key) = conversation_path(kind, id)?;
+    Ok(Step::Ask(request::Request::Read(Read::Conversation { kind, key }), conversation_found))
+}
+
+fn conversation_found(_: &mut Ctx, answer: Answer) -> ApiReply {
+    match answer? {
+        Done::Conversation { conversation, members } => Ok((200, conversation_json(&conversation, &members))),
+        other => Err(failure(other.unexpected("conversation found"))),
+    }
 }
 
 /// `PUT /api/conversations/{kind}/{id}/members`: replaces the member set. Removed
 /// members' open sockets on the conversation close with 4003.
-fn set_members(ctx: &mut Ctx, kind: &str, id: &str, request: &Request) -> Answer {
-    let conversation = find_conversation(ctx, kind, id)?;
+fn set_members(kind: &str, id: &str, request: &Request) -> Routed {
+    let (kind, key) = conversation_path(kind, id)?;
     let body = json_body(request)?;
     let members = parse_members(body.get("members"))?;
-    let removed = conversations::set_members(&mut ctx.tx(), conversation.id, &members).map_err(store_error)?;
-    let topic = Topic::Conversation(conversation.id);
-    for user in &removed {
-        for conn in ctx.hub.user_conns(&topic, user).to_vec() {
-            ctx.close_conn(conn, close_code::FORBIDDEN, "removed from the conversation");
+    Ok(Step::Ask(request::Request::Write(Write::SetMembers { kind, key, members }), members_set))
+}
+
+fn members_set(ctx: &mut Ctx, answer: Answer) -> ApiReply {
+    match answer? {
+        Done::MembersSet { conversation, members, removed } => {
+            let topic = Topic::Conversation(conversation.id);
+            for user in &removed {
+                for conn in ctx.hub.user_conns(&topic, user).to_vec() {
+                    ctx.close_conn(conn, close_code::FORBIDDEN, "removed from the conversation");
+                }
+            }
+            Ok((200, conversation_json(&conversation, &members)))
         }
+        other => Err(failure(other.unexpected("members set"))),
     }
-    Ok((200, conversation_json(ctx, &conversation)?))
 }
 
 /// `POST /api/inbound`: a customer's message from an external platform.
-fn inbound(ctx: &mut Ctx, request: &Request) -> Answer {
+fn inbound(request: &Request) -> Routed {
     let body = json_body(request)?;
     let source = required_str(&body, "source")?.to_string();
     let content = required_str(&body, "content")?.to_string();
-    let Some((source, fields)) = parse_customer(body.get("customer"), Some(&source))? else {
+    let Some(customer) = parse_customer(body.get("customer"), Some(&source))? else {
         return Err(HttpError::new(422, "\"customer\" is required"));
     };
     let members = match body.get("members") {
         None | Some(Value::Null) => None,
         value => Some(parse_members(value)?),
     };
-    let conversation_id = optional_str(&body, "conversation_id")?.map(str::to_string);
-    let existing = match &conversation_id {
-        Some(id) => Some(find_conversation(ctx, "support", id)?),
-        None => None,
-    };
-    let customer = upsert_customer(ctx, &source, &fields)?;
-    let (conversation, created) = match existing {
-        Some(conversation) if conversation.customer.as_ref().is_some_and(|c| c.id != customer.id) => {
-            return Err(HttpError::new(422, "that conversation belongs to another customer"));
+    let conversation = optional_str(&body, "conversation_id")?.map(str::to_string);
+    let inbound =
+        Inbound { customer, content, conversation, new_key: random_key(), members: members.unwrap_or_default() };
+    Ok(Step::Ask(request::Request::Write(Write::Inbound(Box::new(inbound))), inbound_stored))
+}
+
+fn inbound_stored(_: &mut Ctx, answer: Answer) -> ApiReply {
+    match answer? {
+        Done::Inbound { conversation, created, message, customer } => {
+            let object = serde_json::to_value(endpoints::support::MessageObject::new(&message, Some(&customer)))
+                .unwrap_or(Value::Null);
+            Ok((201, json!({"conversation_id": conversation, "created_conversation": created, "message": object})))
         }
-        Some(conversation) => (conversation, false),
-        None => support::conversation_for(&mut ctx.tx(), &customer, &random_key(), members.as_deref().unwrap_or(&[]))
-            .map_err(store_error)?,
-    };
-    let message =
-        support::post_customer_message(&mut ctx.tx(), &conversation, &customer, &content).map_err(store_error)?;
-    let object =
-        serde_json::to_value(endpoints::support::MessageObject::new(&message, Some(&customer))).unwrap_or(Value::Null);
-    Ok((201, json!({"conversation_id": conversation.key, "created_conversation": created, "message": object})))
+        other => Err(failure(other.unexpected("inbound message"))),
+    }
 }
 
 /// Severities a fraud alert may have.
@@ -440,7 +438,7 @@ fn path_id(id: &str) -> Result<i64, HttpError> {
 
 /// `POST /api/notifications`: stored, then pushed to the user's three notification
 /// endpoints, each in its document's shape.
-fn create_notification(ctx: &mut Ctx, request: &Request) -> Answer {
+fn create_notification(request: &Request) -> Routed {
     let body = json_body(request)?;
     let user = required_user(&body)?;
     let title = short_text(&body, "title")?;
@@ -450,17 +448,28 @@ fn create_notification(ctx: &mut Ctx, request: &Request) -> Answer {
         (None, None) => "system",
         _ => return Err(HttpError::new(422, "\"category\" (or \"type\") must be a short non-empty string")),
     };
-    let link = optional_str(&body, "link")?;
-    let new = NewNotification { user_id: &user, category, title, message, link };
-    let notification = inbox::notify(&mut ctx.tx(), &new).map_err(store_error)?;
-    Ok((
-        201,
-        json!({"notification": {
-            "id": notification.id, "user_id": user.to_json(), "category": notification.category,
-            "title": notification.title, "message": notification.message, "link": notification.link,
-            "is_read": false, "created_at": crate::model::format_timestamp(notification.created_at),
-        }}),
-    ))
+    let new = NewNotification {
+        user,
+        category: category.to_string(),
+        title: title.to_string(),
+        message: message.to_string(),
+        link: optional_str(&body, "link")?.map(str::to_string),
+    };
+    Ok(Step::Ask(request::Request::Write(Write::Notify(Box::new(new))), notified))
+}
+
+fn notified(_: &mut Ctx, answer: Answer) -> ApiReply {
+    match answer? {
+        Done::Notification(notification) => Ok((
+            201,
+            json!({"notification": {
+                "id": notification.id, "user_id": notification.user_id.to_json(), "category": notification.category,
+                "title": notification.title, "message": notification.message, "link": notification.link,
+                "is_read": false, "created_at": crate::model::format_timestamp(notification.created_at),
+            }}),
+        )),
+        other => Err(failure(other.unexpected("notification"))),
+    }
 }
 
 fn alert_json(alert: &crate::store::FraudAlert) -> Value {
@@ -472,7 +481,7 @@ fn alert_json(alert: &crate::store::FraudAlert) -> Value {
 }
 
 /// `POST /api/fraud-alerts`.
-fn create_fraud_alert(ctx: &mut Ctx, request: &Request) -> Answer {
+fn create_fraud_alert(request: &Request) -> Routed {
     let body = json_body(request)?;
     let user = required_user(&body)?;
     let message = required_str(&body, "message")?;
@@ -480,21 +489,26 @@ fn create_fraud_alert(ctx: &mut Ctx, request: &Request) -> Answer {
     if !SEVERITIES.contains(&severity) {
         return Err(HttpError::new(422, format!("\"severity\" must be one of {}", SEVERITIES.join(", "))));
     }
-    let alert = inbox::raise_fraud_alert(&mut ctx.tx(), &user, message, severity).map_err(store_error)?;
-    Ok((201, alert_json(&alert)))
+    let raise = Write::RaiseFraudAlert { user, message: message.to_string(), severity: severity.to_string() };
+    Ok(Step::Ask(request::Request::Write(raise), |_, answer| match answer? {
+        Done::FraudAlert(alert) => Ok((201, alert_json(&alert))),
+        other => Err(failure(other.unexpected("fraud alert"))),
+    }))
 }
 
 /// `POST /api/fraud-alerts/{id}/resolve`: resolves once; resolving again changes nothing.
-fn resolve_fraud_alert(ctx: &mut Ctx, id: &str) -> Answer {
+fn resolve_fraud_alert(id: &str) -> Routed {
     let id = path_id(id)?;
-    let alert = inbox::resolve_fraud_alert(&mut ctx.tx(), id)
-        .map_err(store_error)?
-        .ok_or_else(|| HttpError::new(404, "no such alert"))?;
-    Ok((200, alert_json(&alert)))
+    Ok(Step::Ask(request::Request::Write(Write::ResolveFraudAlert { id }), |_, answer| match answer {
+        Ok(Done::FraudAlert(alert)) => Ok((200, alert_json(&alert))),
+        Ok(other) => Err(failure(other.unexpected("fraud alert resolved"))),
+        Err(Failed::NotFound) => Err(HttpError::new(404, "no such alert")),
+        Err(e) => Err(failure(e)),
+    }))
 }
 
 /// `POST /api/messages`: a banking message, optionally a reply in a thread.
-fn create_banking_message(ctx: &mut Ctx, request: &Request) -> Answer {
+fn create_banking_message(request: &Request) -> Routed {
     let body = json_body(request)?;
     let user = required_user(&body)?;
     let subject = short_text(&body, "subject")?;
@@ -502,42 +516,38 @@ fn create_banking_message(ctx: &mut Ctx, request: &Request) -> Answer {
     let parent = match body.get("parent_message").or_else(|| body.get("parent_id")) {
         None | Some(Value::Null) => None,
         Some(value) => {
-            let id = value.as_i64().ok_or_else(|| HttpError::new(422, "\"parent_message\" must be a message id"))?;
-            let parent = inbox::banking_message(&ctx.tx(), id).map_err(store_error)?;
-            match parent {
-                Some(parent) if parent.user_id == user => Some(parent),
-                _ => return Err(HttpError::new(422, "\"parent_message\" is not a message of this user")),
-            }
+            Some(value.as_i64().ok_or_else(|| HttpError::new(422, "\"parent_message\" must be a message id"))?)
         }
     };
-    let thread_id = match (optional_str(&body, "thread_id")?, &parent) {
-        (Some(thread), Some(parent)) if thread != parent.thread_id => {
-            return Err(HttpError::new(422, "\"thread_id\" differs from the parent message's thread"));
-        }
-        (Some(thread), _) if !thread.trim().is_empty() && thread.len() <= 100 => thread.to_string(),
-        (Some(_), _) => return Err(HttpError::new(422, "\"thread_id\" must be 1-100 characters")),
-        (None, Some(parent)) => parent.thread_id.clone(),
-        (None, None) => random_key(),
+    let thread = match optional_str(&body, "thread_id")? {
+        Some(thread) if !thread.trim().is_empty() && thread.len() <= 100 => Some(thread.to_string()),
+        Some(_) => return Err(HttpError::new(422, "\"thread_id\" must be 1-100 characters")),
+        None => None,
     };
     let new = NewBankingMessage {
-        user_id: &user,
-        subject,
-        body: text,
-        thread_id: &thread_id,
-        parent_id: parent.as_ref().map(|p| p.id),
+        user,
+        subject: subject.to_string(),
+        body: text.to_string(),
+        parent,
+        thread,
+        new_thread: random_key(),
     };
-    let message = inbox::post_banking_message(&mut ctx.tx(), &new).map_err(store_error)?;
-    let object = serde_json::to_value(endpoints::banking::MessageObject::new(&message)).unwrap_or(Value::Null);
-    Ok((201, json!({ "message": object })))
+    Ok(Step::Ask(request::Request::Write(Write::PostBankingMessage(Box::new(new))), |_, answer| match answer? {
+        Done::BankingMessage(message) => {
+            let object = serde_json::to_value(endpoints::banking::MessageObject::new(&message)).unwrap_or(Value::Null);
+            Ok((201, json!({ "message": object })))
+        }
+        other => Err(failure(other.unexpected("banking message"))),
+    }))
 }
 
 /// `POST /api/users/{user_id}/disconnect`: closes every connection of the user with
 /// each endpoint's authentication close code (a logout).
-fn disconnect_user(ctx: &mut Ctx, user: &str) -> Answer {
+fn disconnect_user(ctx: &mut Ctx, user: &str) -> Routed {
     let user = UserId::new(&crate::http::decode_path(user));
     let conns = ctx.user_conns(&user).to_vec();
     for conn in &conns {
         ctx.logout_conn(*conn);
     }
-    Ok((200, json!({"user_id": user.to_json(), "disconnected": conns.len()})))
+    Ok(Step::Reply(200, json!({"user_id": user.to_json(), "disconnected": conns.len()})))
 }

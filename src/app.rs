@@ -12,13 +12,14 @@ use std::time::Instant;
 
 use crate::auth::{self, Verifier};
 use crate::config::Config;
-use crate::context::{Ctx, ErrorRenderer, OnlineUser, Out, Refusal, Session, close_code};
+use crate::context::{Ctx, ErrorRenderer, OnlineUser, Out, Refusal, Session, Then, close_code};
 use crate::endpoints;
 use crate::engine::{OpenError, Opened};
 use crate::http::{self, HttpError, Request};
 use crate::hub::ConnId;
 use crate::metrics::Metrics;
 use crate::model::{Identity, Seq, UserId, now_micros};
+use crate::request::Answer;
 use crate::route::{Endpoint, route};
 use crate::store::Store;
 
@@ -47,11 +48,24 @@ pub struct App {
     /// Connections whose frames this turn wrote to the store, with their endpoint's
     /// error frame: if the commit fails, each is told its message was not stored.
     writers: Vec<(ConnId, ErrorRenderer)>,
+    /// Sessions whose connection ended while their requests were not answered yet: they
+    /// close once those are (`finish_closing`), so their last messages reach the others
+    /// before they leave.
+    closing: Vec<Session>,
+    /// The buffer `answer_inline` hands answers on from.
+    answered: Vec<(Then, Answer)>,
 }
 
 impl App {
     pub fn new(config: Config, verifier: Verifier, api_key: String, store: Store) -> App {
-        App { ctx: Ctx::new(config, api_key, store), verifier, buckets: HashMap::new(), writers: Vec::new() }
+        App {
+            ctx: Ctx::new(config, api_key, store),
+            verifier,
+            buckets: HashMap::new(),
+            writers: Vec::new(),
+            closing: Vec::new(),
+            answered: Vec::new(),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -222,6 +236,7 @@ impl App {
         let writes = self.ctx.store.writes_this_turn();
         endpoints::on_text(&mut self.ctx, session, text);
         self.deliver();
+        self.answer_inline(Some(session));
         if self.ctx.store.writes_this_turn() != writes {
             self.writers.push((session.conn, endpoints::error_renderer(&session.endpoint)));
         }
@@ -241,6 +256,9 @@ impl App {
             // Never opened: nothing subscribed, not online, not counted.
             return;
         }
+        if self.ctx.asking(session.conn) {
+            return self.closing.push(session);
+        }
         endpoints::close(&mut self.ctx, &session);
         let user = &session.identity.user_id;
         if let Some(online) = self.ctx.online.get_mut(user) {
@@ -253,28 +271,79 @@ impl App {
         self.ctx.metrics.connection_closed(session.endpoint.name());
     }
 
-    /// A complete request on the server API listener. A request that changes something
-    /// runs in a savepoint: if it fails half way, its writes and its pushes are undone
-    /// and the rest of the turn is untouched.
+    /// A complete request on the server API listener. What it asks of the engine is
+    /// answered, and its reply queued, with that answer (`answer`); a write runs all or
+    /// nothing, so a failed one leaves the rest of the turn untouched.
     pub fn on_api(&mut self, conn: ConnId, request: Request) {
         self.ctx.metrics.api_requests += 1;
-        let writes = request.method != "GET";
-        let pushes = self.ctx.outbox.len();
-        if writes && let Err(e) = self.ctx.store.begin_unit() {
-            log::error!("server API: {e}");
-            let response = crate::api::unavailable().to_response();
-            return self.ctx.outbox.push(Out::Http { to: conn, response, durable: false });
+        if let Some(response) = crate::api::handle(&mut self.ctx, conn, &request) {
+            self.ctx.outbox.push(Out::Http { to: conn, response, durable: false });
         }
-        let answer = crate::api::handle(&mut self.ctx, &request);
-        if writes && !(answer.ok && self.ctx.store.keep_unit().is_ok()) {
-            // Undone: its pushes go, and what it emitted is never delivered.
-            self.ctx.store.undo_unit();
-            self.ctx.outbox.truncate(pushes);
-            drop(self.ctx.take_events());
-        } else {
-            self.deliver();
+        self.deliver();
+        self.answer_inline(None);
+    }
+
+    /// At the start of a turn: answers to requests the engine gave since the last turn
+    /// (none from the local engine, which answers inline), each with whether it answers a
+    /// write. The server hands each to `answer_later` with the session that asked, if it
+    /// is still open.
+    pub fn ready_answers(&mut self) -> Vec<(Then, Answer, bool)> {
+        let answers = self.ctx.ready_answers();
+        self.deliver();
+        answers
+    }
+
+    /// An answer that came in a later turn: as `answer`, and a session whose write was
+    /// stored in this turn is told if the commit fails (see `end_turn`).
+    pub fn answer_later(&mut self, session: Option<&Session>, then: Then, answer: Answer, write: bool) {
+        if let (Some(session), true, Ok(_)) = (session, write, &answer) {
+            self.writers.push((session.conn, endpoints::error_renderer(&session.endpoint)));
         }
-        self.ctx.outbox.push(Out::Http { to: conn, response: answer.response, durable: answer.durable });
+        self.answer(session, then, answer);
+    }
+
+    /// Closes the sessions that were waiting for their answers to close (after
+    /// `answer_later` has handed those on).
+    pub fn finish_closing(&mut self) {
+        if self.closing.is_empty() {
+            return;
+        }
+        let (done, waiting) = std::mem::take(&mut self.closing).into_iter().partition(|s| !self.ctx.asking(s.conn));
+        self.closing = waiting;
+        for session in done {
+            self.close(session);
+        }
+    }
+
+    /// Does what `then` says with a request's answer: renders it on the session that asked
+    /// (gone sessions are skipped: what the request stored stays, and its events reached
+    /// everyone else), or queues the server API's reply.
+    pub fn answer(&mut self, session: Option<&Session>, then: Then, answer: Answer) {
+        match then {
+            Then::Session { conn, render } => match session {
+                Some(session) if session.conn == conn && session.opening.is_none() => {
+                    render(&mut self.ctx, session, answer);
+                }
+                _ => log::debug!("conn={}: an answer for a session that is gone", conn.serial),
+            },
+            Then::Api { conn, render, durable } => {
+                let reply = render(&mut self.ctx, answer);
+                let durable = durable && reply.is_ok();
+                let response = crate::api::response_of(reply);
+                self.ctx.outbox.push(Out::Http { to: conn, response, durable });
+            }
+        }
+    }
+
+    /// Answers the local engine gave while the handler ran, for `session` (the one that
+    /// handled a frame) or the server API.
+    fn answer_inline(&mut self, session: Option<&Session>) {
+        let mut answers = std::mem::take(&mut self.answered);
+        self.ctx.take_answers(&mut answers);
+        for (then, answer) in answers.drain(..) {
+            self.answer(session, then, answer);
+        }
+        self.answered = answers;
     }
 
     /// Hands what the last handler emitted to the endpoints to render and queue.
@@ -416,7 +485,7 @@ mod tests {
     fn an_engine_that_answers_later_keeps_the_session_opening_and_its_early_frames() {
         let dir = tempfile::tempdir().unwrap();
         let mut app = app(&dir);
-        app.ctx.engine = Engine::Deferred { waiting: Vec::new() };
+        app.ctx.engine = Engine::deferred();
         let (ann, bo) = (ConnId { slot: 1, serial: 1 }, ConnId { slot: 2, serial: 2 });
         let room = Endpoint::Rooms { room: "lobby".into() };
 
@@ -435,10 +504,31 @@ mod tests {
         }
         let sent = texts(&app.end_turn(), ann);
         assert!(sent[0].contains("room_users_list"), "{sent:?}");
-        assert!(sent[1].contains("early 1") && sent[1].contains("\"seq\":1"), "{sent:?}");
-        assert!(sent[2].contains("early 2") && sent[2].contains("\"seq\":2"), "{sent:?}");
-        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert_eq!(sent.len(), 1, "its early frames are asked of the engine: {sent:?}");
         assert!(app.ctx.online.contains_key(&UserId::new("ann")));
+
+        // Their answers come a turn later, in order; what they stored reaches the room.
+        app.begin_turn();
+        assert!(app.ctx.engine.pending());
+        for (then, answer, write) in app.ready_answers() {
+            assert!(write && answer.is_ok());
+            app.answer_later(Some(&session), then, answer, write);
+        }
+        let sent = texts(&app.end_turn(), ann);
+        assert!(sent[0].contains("early 1") && sent[0].contains("\"seq\":1"), "{sent:?}");
+        assert!(sent[1].contains("early 2") && sent[1].contains("\"seq\":2"), "{sent:?}");
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(!app.ctx.engine.pending());
+
+        // A failed write is rendered on its session when its answer comes.
+        app.begin_turn();
+        app.on_text(&mut session, r#"{"message": "   "}"#);
+        assert!(texts(&app.end_turn(), ann).is_empty());
+        app.begin_turn();
+        for (then, answer, write) in app.ready_answers() {
+            app.answer_later(Some(&session), then, answer, write);
+        }
+        assert_eq!(texts(&app.end_turn(), ann), [r#"{"error":"Message is empty."}"#]);
 
         // Too much before the answer closes the connection; a refused answer closes it too,
         // and it never counts as opened.

@@ -7,7 +7,7 @@
 //! present, must be `access` (a SimpleJWT refresh token is refused). Tokens are never
 //! logged: errors carry a reason, not the token.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -148,8 +148,8 @@ fn identity_from_claims(claims: &Map<String, Value>) -> Result<Identity, AuthErr
     let name = ["name", "username"]
         .iter()
         .find_map(|key| claims.get(*key).and_then(Value::as_str).filter(|s| !s.is_empty()))
-        .map(|name| Rc::from(truncate(name, MAX_NAME_LEN)))
-        .unwrap_or_else(|| Rc::from(user_id.as_str()));
+        .map(|name| Arc::from(truncate(name, MAX_NAME_LEN)))
+        .unwrap_or_else(|| Arc::from(user_id.as_str()));
     Ok(Identity { user_id, name })
 }
 

@@ -126,7 +126,13 @@ fn serve(config: Config) -> i32 {
         Err(e) => return fail(2, &e),
     };
     let db_path = config.db_path.clone();
-    let app = App::new(config, verifier, secrets.api_key.clone(), store);
+    let mut app = App::new(config, verifier, secrets.api_key.clone(), store);
+    if std::env::var_os("SWITCHBOARD_TEST_DEFERRED_ENGINE").is_some_and(|v| v == "1") {
+        // For the test suite only (ARCHITECTURE.md, "Storage as data"): every open and
+        // request answered a turn later, the shape of an engine on another thread.
+        log::warn!("SWITCHBOARD_TEST_DEFERRED_ENGINE=1: answers come a turn late (a test setting)");
+        app.ctx.engine = crate::engine::Engine::deferred();
+    }
     let (server, bound) = match Server::bind(app) {
         Ok(bound) => bound,
         Err(e) => return fail(1, &e.to_string()),

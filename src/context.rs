@@ -14,12 +14,14 @@ use serde::Serialize;
 use tungstenite::Utf8Bytes;
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, Ticket};
 pub use crate::event::{Event, EventBody};
+use crate::http::HttpError;
 use crate::hub::{ConnId, Hub, Topic};
 use crate::metrics::Metrics;
 use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::recent::Recent;
+use crate::request::{Answer, Request};
 use crate::route::Endpoint;
 use crate::sequencer::{Offered, Sequencer};
 use crate::store::Store;
@@ -51,6 +53,31 @@ pub enum Out {
     Logout { to: ConnId },
     /// Answer a server API request; `durable` answers become 503 if the commit fails.
     Http { to: ConnId, response: Vec<u8>, durable: bool },
+}
+
+/// A server API request's reply: a status and a JSON body, or an error.
+pub type ApiReply = Result<(u16, serde_json::Value), HttpError>;
+
+/// What to do with a request's answer when it comes (`Ctx::ask`): plain data that stays
+/// on the loop while the request goes to the engine.
+#[derive(Clone, Copy)]
+pub enum Then {
+    /// Render it on the session of `conn`, if that is still open (an error frame, say;
+    /// what the write recorded reaches listeners as events either way).
+    Session { conn: ConnId, render: fn(&mut Ctx, &Session, Answer) },
+    /// Reply to the server API request on `conn`; a `durable` reply reports stored data
+    /// and becomes a 503 if the turn's commit fails.
+    Api { conn: ConnId, render: fn(&mut Ctx, Answer) -> ApiReply, durable: bool },
+}
+
+impl Then {
+    /// The session that asked, if a session did.
+    pub fn session(&self) -> Option<ConnId> {
+        match self {
+            Then::Session { conn, .. } => Some(*conn),
+            Then::Api { .. } => None,
+        }
+    }
 }
 
 /// Why a WebSocket session is refused after the upgrade: a close code and its reason.
@@ -142,7 +169,7 @@ impl Session {
 
 /// A user with at least one open session.
 pub struct OnlineUser {
-    pub name: std::rc::Rc<str>,
+    pub name: std::sync::Arc<str>,
     pub conns: Vec<ConnId>,
 }
 
@@ -160,8 +187,16 @@ pub struct Ctx {
     pub(crate) outbox: Vec<Out>,
     /// Recorded and not yet delivered (see `Event`).
     events: Vec<Event>,
-    /// Where loads and opens go (`engine.rs`).
+    /// Where opens and requests go (`engine.rs`).
     pub engine: Engine,
+    next_ticket: Ticket,
+    /// Requests asked and not answered yet, by ticket, and whether each is a write.
+    waiting: HashMap<Ticket, (Then, bool)>,
+    /// Answers given inline, for the dispatcher to hand on when the handler returns.
+    answers: Vec<(Then, Answer)>,
+    /// Sessions with requests not answered yet, and how many (a session that closes
+    /// meanwhile is closed only after them: its effects keep their order).
+    asking: HashMap<ConnId, u32>,
     /// Per stream followed here, delivery in seq order, exactly once.
     pub sequencer: Sequencer<StreamId, Event>,
     /// Rendered recent history of active rooms (see `recent.rs`).
@@ -182,22 +217,79 @@ impl Ctx {
             outbox: Vec::new(),
             events: Vec::new(),
             engine: Engine::Local,
+            next_ticket: 0,
+            waiting: HashMap::new(),
+            answers: Vec::new(),
+            asking: HashMap::new(),
             sequencer: Sequencer::new(4096),
             recent: Recent::default(),
             now: crate::model::now_micros(),
         }
     }
 
-    /// What a domain operation works with (`tx.rs`): the store in the turn's
-    /// transaction, the turn's time, and this turn's events, delivered right after the
-    /// handler returns.
-    pub fn tx(&mut self) -> Tx<'_> {
-        Tx {
+    /// The engine, and what a domain operation run by it works with (`tx.rs`): the store
+    /// in the turn's transaction, the turn's time, and this turn's events.
+    fn engine_and_tx(&mut self) -> (&mut Engine, Tx<'_>) {
+        let tx = Tx {
             store: &mut self.store,
             now: self.now,
             events: &mut self.events,
             stored: &mut self.metrics.messages_stored,
+        };
+        (&mut self.engine, tx)
+    }
+
+    /// Asks the engine for a read or a write; `then` says what to do with the answer,
+    /// handed on by the dispatcher (`App`) right after the handler returns for the local
+    /// engine, or in a later turn. A server API write runs all or nothing.
+    pub fn ask(&mut self, then: Then, request: Request) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let write = matches!(request, Request::Write(_));
+        let atomic = write && matches!(then, Then::Api { .. });
+        let (engine, mut tx) = self.engine_and_tx();
+        match engine.ask(&mut tx, ticket, request, atomic) {
+            Some(answer) => self.answers.push((then, answer)),
+            None => {
+                if let Some(conn) = then.session() {
+                    *self.asking.entry(conn).or_default() += 1;
+                }
+                self.waiting.insert(ticket, (then, write));
+            }
         }
+    }
+
+    /// Whether a session has requests not answered yet.
+    pub fn asking(&self, conn: ConnId) -> bool {
+        self.asking.contains_key(&conn)
+    }
+
+    /// Answers given inline since the last call, swapped into `into` (empty), so that
+    /// both buffers keep their capacity from turn to turn.
+    pub fn take_answers(&mut self, into: &mut Vec<(Then, Answer)>) {
+        std::mem::swap(&mut self.answers, into);
+    }
+
+    /// Answers the engine gave since the last call (at the start of a turn), each with
+    /// what to do with it and whether it answers a write. Their events are queued for
+    /// delivery.
+    pub fn ready_answers(&mut self) -> Vec<(Then, Answer, bool)> {
+        let (engine, mut tx) = self.engine_and_tx();
+        let answers = engine.answers(&mut tx);
+        let mut ready = Vec::with_capacity(answers.len());
+        for (ticket, answer) in answers {
+            let Some((then, write)) = self.waiting.remove(&ticket) else { continue };
+            if let Some(conn) = then.session()
+                && let Some(count) = self.asking.get_mut(&conn)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.asking.remove(&conn);
+                }
+            }
+            ready.push((then, answer, write));
+        }
+        ready
     }
 
     /// A session joins its endpoint's stream at `position`, read in the same turn as its

@@ -1,22 +1,27 @@
-//! Storage as data, for opening a session: an endpoint says what it needs to open (an
+//! Storage as data. Opening a session: an endpoint says what it needs to open (an
 //! `OpenLoad`), an engine answers with what it read (`Opened`) and the endpoint renders
 //! its on-connect frames from that (`endpoints::opened`). Between the two the session is
-//! *opening*: its client frames wait, bounded (`Session::opening`).
+//! *opening*: its client frames wait, bounded (`Session::opening`). After that, every
+//! read and write is a `Request` (`request.rs`) under a `Ticket`, answered the same way.
 //!
 //! The local engine (the default, and today the only one) answers inline from SQLite,
 //! in the same turn and transaction as the rest of the turn, so an opening session is
-//! answered before `App::open` returns and nothing waits. An engine that answers later
-//! (PostgreSQL through reader lanes, design/cluster.md §5.6) keeps the same shape:
-//! `App::finish_opens` gives each answer to its session when it comes. The tests use
-//! `Engine::Deferred`, the local engine answering one turn later, to exercise that path.
+//! answered before `App::open` returns and a request before its handler does: nothing
+//! waits. An engine that answers later (PostgreSQL through a writer and reader lanes,
+//! design/cluster.md §5.6) keeps the same shape: `App::ready_opens` and
+//! `App::ready_answers` give each answer to whoever asked when it comes. `Engine::Deferred`,
+//! the local engine answering one turn later, exercises that path (the app's tests, and
+//! the whole integration suite when `SWITCHBOARD_TEST_DEFERRED_ENGINE=1`).
 
 use crate::event::{Event, EventBody};
 use crate::hub::ConnId;
 use crate::model::{Micros, Seq, StreamId, UserId};
+use crate::request::{Answer, Request};
 use crate::store::{
     BankingMessage, Conversation, ConversationKind, ConversationSummary, FraudAlert, Missed, Notification, Since,
     Store, StoreError, StoredMessage,
 };
+use crate::tx::Tx;
 
 /// Events one recovery replays at most; a client further behind gets a fresh snapshot.
 pub const MAX_RECOVERED_EVENTS: usize = 10_000;
@@ -120,16 +125,23 @@ impl From<StoreError> for OpenError {
     }
 }
 
+/// A request's number, by which its answer finds whoever asked (`Ctx::ask`).
+pub type Ticket = u64;
+
 /// The engine behind the loop.
 pub enum Engine {
-    /// SQLite, inline: answers before `open` returns.
+    /// SQLite, inline: answers before `open` or `ask` returns.
     Local,
     /// SQLite, answered at the start of the next turn: the shape of an engine that
-    /// answers later. For tests.
-    Deferred { waiting: Vec<(ConnId, OpenLoad)> },
+    /// answers later.
+    Deferred { opens: Vec<(ConnId, OpenLoad)>, requests: Vec<(Ticket, Request, bool)> },
 }
 
 impl Engine {
+    pub fn deferred() -> Engine {
+        Engine::Deferred { opens: Vec::new(), requests: Vec::new() }
+    }
+
     /// Asks for what `conn`'s session needs to open. The answer is returned now by an
     /// inline engine, and otherwise comes from `ready` in a later turn.
     pub fn open(
@@ -141,22 +153,73 @@ impl Engine {
     ) -> Option<Result<Opened, OpenError>> {
         match self {
             Engine::Local => Some(open(store, &load, now)),
-            Engine::Deferred { waiting } => {
-                waiting.push((conn, load));
+            Engine::Deferred { opens, .. } => {
+                opens.push((conn, load));
                 None
             }
         }
     }
 
-    /// Answers that came since the last call (at the start of a turn).
+    /// Answers for opening sessions that came since the last call (at the start of a turn).
     pub fn ready(&mut self, store: &mut Store, now: Micros) -> Vec<(ConnId, Result<Opened, OpenError>)> {
         match self {
             Engine::Local => Vec::new(),
-            Engine::Deferred { waiting } => {
-                std::mem::take(waiting).into_iter().map(|(conn, load)| (conn, open(store, &load, now))).collect()
+            Engine::Deferred { opens, .. } => {
+                std::mem::take(opens).into_iter().map(|(conn, load)| (conn, open(store, &load, now))).collect()
             }
         }
     }
+
+    /// Asks for a read or a write; `atomic` runs it all or nothing (a server API request).
+    /// The answer is returned now by an inline engine, and otherwise comes from `answers`
+    /// in a later turn. Requests are run in the order they were asked.
+    pub fn ask(&mut self, tx: &mut Tx<'_>, ticket: Ticket, request: Request, atomic: bool) -> Option<Answer> {
+        match self {
+            Engine::Local => Some(run(tx, request, atomic)),
+            Engine::Deferred { requests, .. } => {
+                requests.push((ticket, request, atomic));
+                None
+            }
+        }
+    }
+
+    /// Answers to requests that came since the last call (at the start of a turn), in the
+    /// order they were asked.
+    pub fn answers(&mut self, tx: &mut Tx<'_>) -> Vec<(Ticket, Answer)> {
+        match self {
+            Engine::Local => Vec::new(),
+            Engine::Deferred { requests, .. } => std::mem::take(requests)
+                .into_iter()
+                .map(|(ticket, request, atomic)| (ticket, run(tx, request, atomic)))
+                .collect(),
+        }
+    }
+
+    /// Whether answers are still to come (the loop must not sleep on them).
+    pub fn pending(&self) -> bool {
+        match self {
+            Engine::Local => false,
+            Engine::Deferred { opens, requests } => !opens.is_empty() || !requests.is_empty(),
+        }
+    }
+}
+
+/// The local engine's run of one request, in the turn's transaction. An atomic one runs
+/// in a savepoint: if it fails half way, its writes and its events are undone and the
+/// rest of the turn is untouched.
+pub fn run(tx: &mut Tx<'_>, request: Request, atomic: bool) -> Answer {
+    if !atomic {
+        return crate::features::run(tx, request);
+    }
+    tx.store.begin_unit()?;
+    let (recorded, stored) = (tx.events.len(), *tx.stored);
+    let answer = crate::features::run(tx, request).and_then(|done| Ok(tx.store.keep_unit().map(|()| done)?));
+    if answer.is_err() {
+        tx.store.undo_unit();
+        tx.events.truncate(recorded);
+        *tx.stored = stored;
+    }
+    answer
 }
 
 /// The local engine's read for an opening session, in the turn's transaction.

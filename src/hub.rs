@@ -8,7 +8,7 @@
 //! shared frame to the outbox.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::model::{Identity, UserId};
 
@@ -63,7 +63,7 @@ struct Members {
 /// Past this many users a topic's user list becomes a hash map.
 const SMALL_TOPIC_USERS: usize = 16;
 
-type UserEntry = (Rc<str>, Vec<ConnId>);
+type UserEntry = (Arc<str>, Vec<ConnId>);
 
 enum Users {
     Few(Vec<(UserId, UserEntry)>),
@@ -193,7 +193,7 @@ mod tests {
     use super::*;
 
     fn ident(id: &str) -> Identity {
-        Identity { user_id: UserId::new(id), name: Rc::from(id) }
+        Identity { user_id: UserId::new(id), name: Arc::from(id) }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod recent;
+pub mod request;
 pub mod route;
 pub mod sequencer;
 pub mod server;

@@ -3,17 +3,17 @@
 //! Nothing here knows about sockets, SQL or any seed document's JSON shapes.
 
 use std::fmt;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A user id as the application backend issues it: SimpleJWT's integer `user_id`, or
 /// a string `sub` such as a UUID. Kept as text; cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct UserId(Rc<str>);
+pub struct UserId(Arc<str>);
 
 impl UserId {
     pub fn new(id: &str) -> UserId {
-        UserId(Rc::from(id))
+        UserId(Arc::from(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -44,6 +44,16 @@ impl UserId {
             _ => None,
         }
     }
+}
+
+/// Longest room name (or conversation id in a path).
+pub const MAX_ROOM_NAME: usize = 100;
+
+/// A room name or conversation id: 1–100 characters of ASCII letters, digits, `_`, `-`
+/// and `.`.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=MAX_ROOM_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// Longest user id accepted from a token or a client.
@@ -112,7 +122,7 @@ pub type Seq = i64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: UserId,
-    pub name: Rc<str>,
+    pub name: Arc<str>,
 }
 
 /// Microseconds since the Unix epoch, the unit time stamps are stored in.
@@ -156,6 +166,17 @@ mod tests {
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(format_timestamp(1_710_417_600_123_456), "2024-03-14T12:00:00.123456Z");
         assert_eq!(format_timestamp(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room_name("general"));
+        assert!(valid_room_name("a.b-c_9"));
+        assert!(valid_room_name(&"x".repeat(100)));
+        assert!(!valid_room_name(&"x".repeat(101)));
+        assert!(!valid_room_name(""));
+        assert!(!valid_room_name("a b"));
+        assert!(!valid_room_name("é"));
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! on a temporary SQLite file with conversations, notifications, alerts and banking
 //! messages created through the server API, and one open session on every endpoint.
 //!
-//! `App` and `Session` hold `Rc`s, so a fixture lives in a `thread_local!` of the target
+//! A fixture is made once per process and lives in a `thread_local!` of the target
 //! (libFuzzer runs the target on one thread).
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use switchboard::app::App;
@@ -102,7 +102,7 @@ fn endpoint(index: usize) -> Endpoint {
 
 fn identity(user: &str) -> Identity {
     let name = if user == "1" { "Ann" } else { "Bob" };
-    Identity { user_id: UserId::new(user), name: Rc::from(name) }
+    Identity { user_id: UserId::new(user), name: Arc::from(name) }
 }
 
 /// Server API requests run (and required to succeed) when a fixture is built.

@@ -11,11 +11,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{numeric_id, parse_object};
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, close_code, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
-use crate::features::inbox;
 use crate::hub::{NotificationFeed, Topic};
 use crate::model::{Seq, UserId, format_timestamp};
+use crate::request::{Answer, Failed, Request, Write};
 use crate::route::Endpoint;
 use crate::store::{BankingMessage, FraudAlert, Notification};
 
@@ -199,6 +199,19 @@ pub fn error_frame(message: &str) -> Frame {
     super::typed_error(message)
 }
 
+/// A banking message read reaches the user's sessions as its event.
+fn marked_read(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    let words = match answer {
+        Ok(_) => return,
+        Err(Failed::NotFound) => "No such message.",
+        Err(e) => {
+            log::error!("cannot mark a banking message read: {e}");
+            "Could not mark the message as read."
+        }
+    };
+    ctx.send(session.conn, error_frame(words));
+}
+
 /// `/ws/messages/{user_id}/`: `{"type": "mark_read", "message_id": 123}`.
 pub fn on_messages_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let object = match parse_object(text) {
@@ -210,15 +223,8 @@ pub fn on_messages_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
             let Some(id) = numeric_id(object.get("message_id")) else {
                 return ctx.send(session.conn, error_frame("\"message_id\" must be a message id."));
             };
-            let user = session.identity.user_id.clone();
-            match inbox::read_banking_message(&mut ctx.tx(), &user, id) {
-                Ok(Some(_)) => {}
-                Ok(None) => ctx.send(session.conn, error_frame("No such message.")),
-                Err(e) => {
-                    log::error!("cannot mark a banking message read: {e}");
-                    ctx.send(session.conn, error_frame("Could not mark the message as read."));
-                }
-            }
+            let read = Write::ReadBankingMessage { user: session.identity.user_id.clone(), id };
+            ctx.ask(Then::Session { conn: session.conn, render: marked_read }, Request::Write(read));
         }
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),

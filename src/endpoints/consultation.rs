@@ -11,11 +11,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{numeric_id, parse_object};
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, close_code, to_frame};
 use crate::engine::{OpenLoad, Opened, Snapshot};
-use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::{Seq, StreamId, format_timestamp};
+use crate::request::{Answer, Failed, Request, Write};
 use crate::store::{ConversationKind, StoredMessage};
 
 #[derive(Serialize)]
@@ -151,24 +151,24 @@ fn post(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String
     let Some(content) = object.get("message").and_then(Value::as_str) else {
         return ctx.send(session.conn, error_frame("\"message\" must be a string."));
     };
-    match chat::post_in(&mut ctx.tx(), ConversationKind::Consultation, conversation, &session.identity, content) {
-        Ok(_) => {}
-        Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
-        Err(ChatError::Store(e)) => {
-            log::error!("cannot store a consultation message: {e}");
-            ctx.send(session.conn, error_frame("Message could not be stored."));
-        }
-    }
+    let (sender, content) = (session.identity.clone(), content.to_string());
+    let post = Write::Post { kind: ConversationKind::Consultation, conversation, sender, content };
+    ctx.ask(Then::Session { conn: session.conn, render: super::posted }, Request::Write(post));
 }
 
 fn read_receipt(ctx: &mut Ctx, session: &Session, conversation: i64, object: &Map<String, Value>) {
     let Some(message_id) = numeric_id(object.get("message_id")) else {
         return ctx.send(session.conn, error_frame("No such message in this consultation."));
     };
-    match chat::read_one(&mut ctx.tx(), conversation, message_id, &session.identity, session.conn) {
+    let read = Write::ReadOne { conversation, message_id, reader: session.identity.clone(), conn: session.conn };
+    ctx.ask(Then::Session { conn: session.conn, render: receipt_stored }, Request::Write(read));
+}
+
+fn receipt_stored(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    match answer {
         Ok(_) => {}
-        Err(None) => ctx.send(session.conn, error_frame("No such message in this consultation.")),
-        Err(Some(e)) => {
+        Err(Failed::NotFound) => ctx.send(session.conn, error_frame("No such message in this consultation.")),
+        Err(e) => {
             log::error!("cannot store a read receipt: {e}");
             ctx.send(session.conn, error_frame("Read receipt could not be stored."));
         }

@@ -12,11 +12,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::parse_object;
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
-use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::{Seq, UserId, format_timestamp};
+use crate::request::{Answer, Done, Failed, Read, Request, Write};
 use crate::store::StoredMessage;
 
 /// Unread messages delivered on connect, at most.
@@ -104,20 +104,14 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<()
     Ok(())
 }
 
-/// The other user named by `field`, who must be known and not oneself.
-fn other_user(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>, field: &str) -> Result<UserId, String> {
+/// The other user named by `field`, who must not be oneself (and must be known, which
+/// the request that names them checks).
+fn other_user(session: &Session, object: &Map<String, Value>, field: &str) -> Result<UserId, String> {
     let user = object.get(field).and_then(UserId::from_json).ok_or(format!("\"{field}\" must be a user id."))?;
     if user == session.identity.user_id {
         return Err("You cannot message yourself.".into());
     }
-    match chat::user_known(&ctx.tx(), &user) {
-        Ok(true) => Ok(user),
-        Ok(false) => Err("User not found.".into()),
-        Err(e) => {
-            log::error!("cannot look up a user: {e}");
-            Err("User lookup failed.".into())
-        }
-    }
+    Ok(user)
 }
 
 pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
@@ -128,9 +122,9 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let result = match object.get("type").and_then(Value::as_str) {
         Some("chat_message") => send_message(ctx, session, &object),
         Some("mark_read") => mark_read(ctx, session, &object),
-        Some("typing") => other_user(ctx, session, &object, "recipient_id").map(|recipient| {
-            let frame = to_frame(&UserTyping { r#type: "user_typing", sender_id: &session.identity.user_id });
-            ctx.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, frame, false);
+        Some("typing") => other_user(session, &object, "recipient_id").map(|recipient| {
+            let then = Then::Session { conn: session.conn, render: typing };
+            ctx.ask(then, Request::Read(Read::UserKnown(recipient)));
         }),
         Some(other) => Err(format!("Unknown message type: {other}")),
         None => Err("Missing \"type\".".into()),
@@ -142,24 +136,45 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
 
 fn send_message(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
     let content = object.get("message").and_then(Value::as_str).ok_or("\"message\" must be a string.")?;
-    let recipient = other_user(ctx, session, object, "recipient_id")?;
-    match chat::send_direct(&mut ctx.tx(), &session.identity, &recipient, content) {
-        Ok(_) => Ok(()),
-        Err(ChatError::Empty) => Err("Message is empty.".into()),
-        Err(ChatError::Store(e)) => {
-            log::error!("cannot store a direct message: {e}");
-            Err("Message could not be stored.".into())
-        }
-    }
+    let recipient = other_user(session, object, "recipient_id")?;
+    let send = Write::SendDirect { sender: session.identity.clone(), recipient, content: content.to_string() };
+    ctx.ask(Then::Session { conn: session.conn, render: super::posted }, Request::Write(send));
+    Ok(())
 }
 
 fn mark_read(ctx: &mut Ctx, session: &Session, object: &Map<String, Value>) -> Result<(), String> {
-    let sender = other_user(ctx, session, object, "sender_id")?;
-    match chat::read_direct(&mut ctx.tx(), &session.identity.user_id, &sender) {
-        Ok(_) => Ok(()),
+    let sender = other_user(session, object, "sender_id")?;
+    let read = Write::ReadDirect { reader: session.identity.user_id.clone(), sender };
+    ctx.ask(Then::Session { conn: session.conn, render: marked_read }, Request::Write(read));
+    Ok(())
+}
+
+fn marked_read(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    let words = match answer {
+        Ok(_) => return,
+        Err(Failed::UnknownUser) => "User not found.",
         Err(e) => {
             log::error!("cannot store a read position: {e}");
-            Err("Could not mark messages as read.".into())
+            "Could not mark messages as read."
+        }
+    };
+    ctx.send(session.conn, error_frame(words));
+}
+
+/// `user_typing` for a known recipient.
+fn typing(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    match answer {
+        Ok(Done::UserKnown(recipient)) => {
+            let frame = to_frame(&UserTyping { r#type: "user_typing", sender_id: &session.identity.user_id });
+            ctx.publish_to_user(&Topic::DirectInbox(recipient.clone()), &recipient, frame, false);
+        }
+        Ok(other) => {
+            other.unexpected("typing");
+        }
+        Err(Failed::UnknownUser) => ctx.send(session.conn, error_frame("User not found.")),
+        Err(e) => {
+            log::error!("cannot look up a user: {e}");
+            ctx.send(session.conn, error_frame("User lookup failed."));
         }
     }
 }

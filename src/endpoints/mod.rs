@@ -17,6 +17,7 @@ use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code,
 use crate::engine::{OpenError, OpenLoad, Opened, Replay, Snapshot, Start, Target};
 use crate::hub::{NotificationFeed, Topic};
 use crate::model::{Seq, StreamId};
+use crate::request::{Answer, Failed};
 pub use crate::route::{Endpoint, route};
 use crate::store::{ConversationKind, StoreError};
 
@@ -268,6 +269,21 @@ pub fn start_frames(
 }
 
 /// The endpoint's error frame for a message it cannot act on.
+/// A message posted from a session reaches its listeners, the sender included, as its
+/// event; only a failure is told to the sender, in its endpoint's error frame.
+pub fn posted(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    let words = match answer {
+        Ok(_) => return,
+        Err(Failed::Empty) => "Message is empty.",
+        Err(Failed::UnknownUser) => "User not found.",
+        Err(e) => {
+            log::error!("cannot store a message from {}: {e}", session.endpoint.name());
+            "Message could not be stored."
+        }
+    };
+    ctx.send(session.conn, error_frame(&session.endpoint, words));
+}
+
 pub fn error_frame(endpoint: &Endpoint, message: &str) -> Frame {
     error_renderer(endpoint)(message)
 }

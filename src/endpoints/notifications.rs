@@ -14,11 +14,11 @@ use serde_json::Value;
 
 use super::banking::REPLAY_LIMIT;
 use super::{Endpoint, numeric_id, parse_object};
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
-use crate::features::inbox;
 use crate::hub::{NotificationFeed, Topic};
 use crate::model::{Seq, StreamId, UserId, format_timestamp};
+use crate::request::{Answer, Done, Failed, Request, Write};
 use crate::store::Notification;
 
 #[derive(Serialize)]
@@ -194,6 +194,21 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<()
     Ok(())
 }
 
+/// A notification read: the user's new unread count goes to all their feeds that show it.
+fn marked_read(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    match answer {
+        Ok(Done::UnreadCount(count)) => publish_unread_count(ctx, &session.identity.user_id, count),
+        Ok(other) => {
+            other.unexpected("notification read");
+        }
+        Err(Failed::NotFound) => ctx.send(session.conn, error_frame("No such notification.")),
+        Err(e) => {
+            log::error!("cannot mark a notification read: {e}");
+            ctx.send(session.conn, error_frame("Could not mark the notification as read."));
+        }
+    }
+}
+
 /// Any notification endpoint: `{"type": "mark_read", "notification_id": ...}`.
 pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let object = match parse_object(text) {
@@ -205,15 +220,8 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
             let Some(id) = numeric_id(object.get("notification_id")) else {
                 return ctx.send(session.conn, error_frame("\"notification_id\" must be a notification id."));
             };
-            let user = session.identity.user_id.clone();
-            match inbox::read_notification(&mut ctx.tx(), &user, id) {
-                Ok(Some(count)) => publish_unread_count(ctx, &user, count),
-                Ok(None) => ctx.send(session.conn, error_frame("No such notification.")),
-                Err(e) => {
-                    log::error!("cannot mark a notification read: {e}");
-                    ctx.send(session.conn, error_frame("Could not mark the notification as read."));
-                }
-            }
+            let read = Write::ReadNotification { user: session.identity.user_id.clone(), id };
+            ctx.ask(Then::Session { conn: session.conn, render: marked_read }, Request::Write(read));
         }
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),

@@ -11,11 +11,11 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, close_code, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
-use crate::features::chat::{self, ChatError};
 use crate::hub::Topic;
 use crate::model::{Seq, StreamId, format_timestamp};
+use crate::request::{Request, Write};
 use crate::route::Endpoint;
 use crate::store::{ConversationKind, StoredMessage};
 
@@ -83,7 +83,7 @@ pub fn render(event: &Event) -> Option<Frame> {
 /// A client resuming after `since` gets what it missed from the kept history too, when
 /// that reaches back far enough (else the engine reads it).
 pub fn load(ctx: &Ctx, session: &mut Session, room: &str, since: Option<Seq>) -> Result<OpenLoad, Refusal> {
-    if !chat::valid_room_name(room) {
+    if !crate::model::valid_room_name(room) {
         return Err(Refusal::new(BAD_ROOM, "invalid room name"));
     }
     let kept = match since {
@@ -161,14 +161,9 @@ pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
         },
         Ok(_) => return ctx.send(session.conn, error_frame("Expected a JSON object with a \"message\".")),
     };
-    match chat::post_in(&mut ctx.tx(), ConversationKind::Room, conversation, &session.identity, &content) {
-        Ok(_) => {}
-        Err(ChatError::Empty) => ctx.send(session.conn, error_frame("Message is empty.")),
-        Err(ChatError::Store(e)) => {
-            log::error!("cannot store a room message: {e}");
-            ctx.send(session.conn, error_frame("Message could not be stored."));
-        }
-    }
+    let sender = session.identity.clone();
+    let post = Write::Post { kind: ConversationKind::Room, conversation, sender, content };
+    ctx.ask(Then::Session { conn: session.conn, render: super::posted }, Request::Write(post));
 }
 
 /// A message stored in a room reaches everyone in it, and the room's kept history.

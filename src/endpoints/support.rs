@@ -16,12 +16,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::parse_object;
-use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, close_code, to_frame};
+use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, close_code, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
-use crate::features::chat;
-use crate::features::support::{self, post_agent_message};
 use crate::hub::Topic;
 use crate::model::{Seq, UserId, format_timestamp};
+use crate::request::{Answer, Done, Read, Request, Write};
 use crate::store::{ConversationKind, ConversationSummary, Customer, StoredMessage};
 
 pub const INVALID_JSON: &str = "Invalid JSON format";
@@ -231,13 +230,9 @@ pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 Some(Value::String(_)) => return ctx.send(session.conn, error_frame("Message content is empty.")),
                 _ => return ctx.send(session.conn, error_frame("\"content\" must be a string.")),
             };
-            match post_agent_message(&mut ctx.tx(), &session.identity, conversation_id, content) {
-                Ok(_) => {}
-                Err(e) => {
-                    log::error!("cannot store a support message: {e}");
-                    ctx.send(session.conn, error_frame("Message could not be stored."));
-                }
-            }
+            let (agent, content) = (session.identity.clone(), content.to_string());
+            let post = Write::PostAgentMessage { conversation: conversation_id, agent, content };
+            ctx.ask(Then::Session { conn: session.conn, render: super::posted }, Request::Write(post));
         }
         Some("typing") => {
             let is_typing = object.get("is_typing").and_then(Value::as_bool).unwrap_or(true);
@@ -245,13 +240,10 @@ pub fn on_chat_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
                 to_frame(&TypingIndicator { r#type: "typing_indicator", username: &session.identity.name, is_typing });
             ctx.publish(&topic, frame, Some(session.conn), false);
         }
-        Some("mark_read") => match chat::read_all(&mut ctx.tx(), conversation_id, &session.identity.user_id) {
-            Ok(()) => {}
-            Err(e) => {
-                log::error!("cannot store a read position: {e}");
-                ctx.send(session.conn, error_frame("Could not mark messages as read."));
-            }
-        },
+        Some("mark_read") => {
+            let read = Write::ReadAll { conversation: conversation_id, user: session.identity.user_id.clone() };
+            ctx.ask(Then::Session { conn: session.conn, render: marked_read }, Request::Write(read));
+        }
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
@@ -287,18 +279,32 @@ pub fn on_list_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
     let Some(object) = parse(ctx, session, text) else { return };
     match object.get("type").and_then(Value::as_str) {
         Some("get_conversations" | "refresh_conversations") => {
-            let frame = match support::conversation_list(&mut ctx.tx(), &session.identity.user_id) {
-                Ok((summaries, position)) => conversations_list(&summaries, position),
-                Err(e) => {
-                    log::error!("cannot list conversations: {e}");
-                    error_frame("Could not load conversations.")
-                }
-            };
-            ctx.send(session.conn, frame);
+            let list = Read::ConversationList(session.identity.user_id.clone());
+            ctx.ask(Then::Session { conn: session.conn, render: listed }, Request::Read(list));
         }
         Some(other) => ctx.send(session.conn, error_frame(&format!("Unknown message type: {other}"))),
         None => ctx.send(session.conn, error_frame("Missing \"type\".")),
     }
+}
+
+fn marked_read(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    if let Err(e) = answer {
+        log::error!("cannot store a read position: {e}");
+        ctx.send(session.conn, error_frame("Could not mark messages as read."));
+    }
+}
+
+/// `conversations_list` asked for again.
+fn listed(ctx: &mut Ctx, session: &Session, answer: Answer) {
+    let frame = match answer {
+        Ok(Done::ConversationList { summaries, position }) => conversations_list(&summaries, position),
+        Ok(other) => error_frame(&other.unexpected("conversation list").to_string()),
+        Err(e) => {
+            log::error!("cannot list conversations: {e}");
+            error_frame("Could not load conversations.")
+        }
+    };
+    ctx.send(session.conn, frame);
 }
 
 fn conversations_list(summaries: &[ConversationSummary], position: Seq) -> Frame {

@@ -4,40 +4,10 @@
 
 use crate::event::EventBody;
 use crate::hub::ConnId;
-use crate::model::{Identity, Micros, Seq, StreamId, UserId};
-use crate::store::{ConversationKind, NewMessage, StoreError, StoredMessage};
+use crate::model::{Identity, StreamId, UserId};
+use crate::request::{Failed, Posted};
+use crate::store::{ConversationKind, NewMessage, StoredMessage};
 use crate::tx::Tx;
-
-/// Longest room name.
-pub const MAX_ROOM_NAME: usize = 100;
-
-/// 1–100 characters of ASCII letters, digits, `_`, `-` and `.`.
-pub fn valid_room_name(name: &str) -> bool {
-    (1..=MAX_ROOM_NAME).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-#[derive(Debug)]
-pub enum ChatError {
-    /// The message is missing, not text, or only white space.
-    Empty,
-    Store(StoreError),
-}
-
-impl From<StoreError> for ChatError {
-    fn from(e: StoreError) -> ChatError {
-        ChatError::Store(e)
-    }
-}
-
-/// A message as stored: what its poster needs to know of it (the message itself goes
-/// into its event, uncopied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Posted {
-    pub id: i64,
-    pub created_at: Micros,
-    pub seq: Seq,
-}
 
 /// Stores a user's text message in a conversation, in the turn's transaction, and
 /// records it on `stream` as the event `as_event` makes of it.
@@ -48,9 +18,9 @@ pub fn post(
     sender: &Identity,
     content: &str,
     as_event: impl FnOnce(StoredMessage) -> EventBody,
-) -> Result<Posted, ChatError> {
+) -> Result<Posted, Failed> {
     if content.trim().is_empty() {
-        return Err(ChatError::Empty);
+        return Err(Failed::Empty);
     }
     let now = tx.now;
     let posted = tx.record_with(stream, None, |store, seq| {
@@ -73,7 +43,7 @@ pub fn post_in(
     conversation_id: i64,
     sender: &Identity,
     content: &str,
-) -> Result<Posted, ChatError> {
+) -> Result<Posted, Failed> {
     let stream = StreamId::Conversation(conversation_id);
     post(tx, &stream, conversation_id, sender, content, |message| EventBody::Message {
         conversation: kind,
@@ -84,16 +54,17 @@ pub fn post_in(
 
 /// Posts a message into a room (created when new) as `sender`. The server API posts
 /// this way.
-pub fn post_to_room(tx: &mut Tx<'_>, room: &str, sender: &Identity, content: &str) -> Result<Posted, ChatError> {
+pub fn post_to_room(tx: &mut Tx<'_>, room: &str, sender: &Identity, content: &str) -> Result<Posted, Failed> {
     let conversation = tx.store.get_or_create_conversation(ConversationKind::Room, room, tx.now)?;
     post_in(tx, ConversationKind::Room, conversation, sender, content)
 }
 
 /// Sends a 1:1 message: stored in the pair's conversation, recorded on the recipient's
-/// stream; the sender has read everything up to it.
-pub fn send_direct(tx: &mut Tx<'_>, sender: &Identity, recipient: &UserId, content: &str) -> Result<Posted, ChatError> {
+/// stream; the sender has read everything up to it. The recipient must be known.
+pub fn send_direct(tx: &mut Tx<'_>, sender: &Identity, recipient: &UserId, content: &str) -> Result<Posted, Failed> {
+    known(tx, recipient)?;
     if content.trim().is_empty() {
-        return Err(ChatError::Empty);
+        return Err(Failed::Empty);
     }
     let pair = tx.store.direct_conversation(&sender.user_id, recipient, tx.now)?;
     let stream = StreamId::User(recipient.clone());
@@ -104,14 +75,15 @@ pub fn send_direct(tx: &mut Tx<'_>, sender: &Identity, recipient: &UserId, conte
     Ok(message)
 }
 
-/// Whether a user is known here (has connected, or was named by the backend).
-pub fn user_known(tx: &Tx<'_>, user: &UserId) -> Result<bool, StoreError> {
-    tx.store.user_exists(user)
+/// A user known here (has connected, or was named by the backend), or `UnknownUser`.
+pub fn known(tx: &Tx<'_>, user: &UserId) -> Result<(), Failed> {
+    if tx.store.user_exists(user)? { Ok(()) } else { Err(Failed::UnknownUser) }
 }
 
 /// 003: `reader` read everything `sender` sent them; recorded on the sender's stream.
-/// `false` when the two never wrote to each other.
-pub fn read_direct(tx: &mut Tx<'_>, reader: &UserId, sender: &UserId) -> Result<bool, StoreError> {
+/// `false` when the two never wrote to each other; `UnknownUser` for a sender not known.
+pub fn read_direct(tx: &mut Tx<'_>, reader: &UserId, sender: &UserId) -> Result<bool, Failed> {
+    known(tx, sender)?;
     let key = crate::store::direct_key(reader, sender);
     let Some(pair) = tx.store.conversation_id(ConversationKind::Direct, &key)? else { return Ok(false) };
     let latest = tx.store.latest_message_id(pair)?;
@@ -122,7 +94,7 @@ pub fn read_direct(tx: &mut Tx<'_>, reader: &UserId, sender: &UserId) -> Result<
 }
 
 /// 002: a user read a conversation up to its newest message.
-pub fn read_all(tx: &mut Tx<'_>, conversation_id: i64, user: &UserId) -> Result<(), StoreError> {
+pub fn read_all(tx: &mut Tx<'_>, conversation_id: i64, user: &UserId) -> Result<(), Failed> {
     let latest = tx.store.latest_message_id(conversation_id)?;
     tx.store.advance_read(conversation_id, user, latest)?;
     tx.record(&StreamId::Conversation(conversation_id), EventBody::MessagesRead { user_id: user.clone() }, None)?;
@@ -130,7 +102,7 @@ pub fn read_all(tx: &mut Tx<'_>, conversation_id: i64, user: &UserId) -> Result<
 }
 
 /// 001: a user read one message of a conversation, recorded once (`Ok(false)` when read
-/// before; `Err(None)` when the conversation has no such message). `reader_conn` does
+/// before; `NotFound` when the conversation has no such message). `reader_conn` does
 /// not hear of its own receipt live.
 pub fn read_one(
     tx: &mut Tx<'_>,
@@ -138,8 +110,9 @@ pub fn read_one(
     message_id: i64,
     reader: &Identity,
     reader_conn: ConnId,
-) -> Result<bool, Option<StoreError>> {
-    let message = tx.store.message(message_id)?.filter(|m| m.conversation_id == conversation).ok_or(None)?;
+) -> Result<bool, Failed> {
+    let message =
+        tx.store.message(message_id)?.filter(|m| m.conversation_id == conversation).ok_or(Failed::NotFound)?;
     if !tx.store.record_read(&message, &reader.user_id, tx.now)? {
         return Ok(false);
     }
@@ -151,20 +124,4 @@ pub fn read_one(
     };
     tx.record(&StreamId::Conversation(message.conversation_id), body, Some(reader_conn))?;
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn room_names() {
-        assert!(valid_room_name("general"));
-        assert!(valid_room_name("a.b-c_9"));
-        assert!(valid_room_name(&"x".repeat(100)));
-        assert!(!valid_room_name(&"x".repeat(101)));
-        assert!(!valid_room_name(""));
-        assert!(!valid_room_name("a b"));
-        assert!(!valid_room_name("é"));
-    }
 }

@@ -2,71 +2,50 @@
 //! created with their members (and a customer, for support), found, re-membered.
 
 use crate::model::UserId;
-use crate::store::{Conversation, ConversationKind, Customer, NewConversation, NewCustomer, StoreError, StoreResult};
+use crate::request::{CustomerFields, Failed, NewMemberConversation};
+use crate::store::{Conversation, Customer, NewConversation, NewCustomer, StoreResult};
 use crate::tx::Tx;
 
-/// Why a conversation was not created.
-#[derive(Debug)]
-pub enum CreateError {
-    /// One of that kind with that key exists.
-    Exists,
-    Store(StoreError),
-}
-
-impl From<StoreError> for CreateError {
-    fn from(e: StoreError) -> CreateError {
-        CreateError::Store(e)
-    }
-}
-
-/// What the backend asks for.
-pub struct NewMemberConversation<'a> {
-    pub kind: ConversationKind,
-    pub key: &'a str,
-    /// Default: "<source> - <first> <last>" with a customer, else the key.
-    pub title: Option<&'a str>,
-    pub status: &'a str,
-    pub priority: i64,
-    pub customer: Option<NewCustomer<'a>>,
-    pub members: &'a [UserId],
-}
-
-pub fn find(tx: &Tx<'_>, kind: ConversationKind, key: &str) -> StoreResult<Option<Conversation>> {
-    tx.store.conversation(kind, key)
-}
-
-pub fn members(tx: &Tx<'_>, conversation: i64) -> StoreResult<Vec<UserId>> {
-    tx.store.members(conversation)
-}
-
 /// The customer by platform and external id, created or updated with the fields given.
-pub fn upsert_customer(tx: &mut Tx<'_>, new: &NewCustomer<'_>) -> StoreResult<Customer> {
-    tx.store.upsert_customer(new, tx.now)
+pub fn upsert_customer(tx: &mut Tx<'_>, fields: &CustomerFields) -> StoreResult<Customer> {
+    let new = NewCustomer {
+        source: &fields.source,
+        external_id: &fields.external_id,
+        first_name: fields.first_name.as_deref(),
+        last_name: fields.last_name.as_deref(),
+        profile_picture: fields.profile_picture.as_deref(),
+    };
+    tx.store.upsert_customer(&new, tx.now)
+}
+
+/// A conversation and its members, as found: `NoConversation` when there is none.
+pub fn find(tx: &Tx<'_>, kind: crate::store::ConversationKind, key: &str) -> Result<Conversation, Failed> {
+    tx.store.conversation(kind, key)?.ok_or_else(|| Failed::NoConversation { kind, key: key.to_string() })
 }
 
 /// Creates a conversation with its members (and its customer).
-pub fn create(tx: &mut Tx<'_>, new: &NewMemberConversation<'_>) -> Result<Conversation, CreateError> {
-    if tx.store.conversation(new.kind, new.key)?.is_some() {
-        return Err(CreateError::Exists);
+pub fn create(tx: &mut Tx<'_>, new: &NewMemberConversation) -> Result<Conversation, Failed> {
+    if tx.store.conversation(new.kind, &new.key)?.is_some() {
+        return Err(Failed::Exists { kind: new.kind, key: new.key.clone() });
     }
     let customer = match &new.customer {
         Some(customer) => Some(upsert_customer(tx, customer)?),
         None => None,
     };
-    let title = match (new.title, &customer) {
-        (Some(title), _) => title.to_string(),
+    let title = match (&new.title, &customer) {
+        (Some(title), _) => title.clone(),
         (None, Some(customer)) => customer_title(customer),
         (None, None) => new.key.to_string(),
     };
     let row = NewConversation {
         kind: new.kind,
-        key: new.key,
+        key: &new.key,
         title: &title,
-        status: new.status,
+        status: &new.status,
         priority: new.priority,
         customer_id: customer.as_ref().map(|c| c.id),
     };
-    Ok(insert(tx, &row, new.members)?)
+    Ok(insert(tx, &row, &new.members)?)
 }
 
 /// A support conversation's default title: the platform and the customer's name.
@@ -81,7 +60,15 @@ pub fn insert(tx: &mut Tx<'_>, row: &NewConversation<'_>, members: &[UserId]) ->
     tx.store.existing_conversation(id)
 }
 
-/// Replaces a conversation's members; returns those removed.
-pub fn set_members(tx: &mut Tx<'_>, conversation: i64, members: &[UserId]) -> StoreResult<Vec<UserId>> {
-    tx.store.set_members(conversation, members)
+/// Replaces the members of a conversation found by kind and key; returns it and those
+/// removed.
+pub fn set_members(
+    tx: &mut Tx<'_>,
+    kind: crate::store::ConversationKind,
+    key: &str,
+    members: &[UserId],
+) -> Result<(Conversation, Vec<UserId>), Failed> {
+    let conversation = find(tx, kind, key)?;
+    let removed = tx.store.set_members(conversation.id, members)?;
+    Ok((conversation, removed))
 }

@@ -4,25 +4,32 @@
 
 use crate::event::EventBody;
 use crate::model::{StreamId, UserId};
-use crate::store::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification, StoreResult};
+use crate::request::{Failed, NewBankingMessage, NewNotification};
+use crate::store::{self, BankingMessage, FraudAlert, Notification, StoreResult};
 use crate::tx::Tx;
 
-pub fn notify(tx: &mut Tx<'_>, new: &NewNotification<'_>) -> StoreResult<Notification> {
-    let notification = tx.store.insert_notification(new, tx.now)?;
+/// Stores a notification and records it, with the user's unread count, on their stream.
+pub fn notify(tx: &mut Tx<'_>, new: &NewNotification) -> StoreResult<Notification> {
+    let row = store::NewNotification {
+        user_id: &new.user,
+        category: &new.category,
+        title: &new.title,
+        message: &new.message,
+        link: new.link.as_deref(),
+    };
+    let notification = tx.store.insert_notification(&row, tx.now)?;
     *tx.stored += 1;
-    let stream = StreamId::User(new.user_id.clone());
-    let unread_count = tx.store.unread_notification_count(new.user_id)?;
+    let stream = StreamId::User(new.user.clone());
+    let unread_count = tx.store.unread_notification_count(&new.user)?;
     tx.record(&stream, EventBody::Notification { notification: notification.clone(), unread_count }, None)?;
     Ok(notification)
 }
 
 /// Marks one of the user's notifications read; returns the user's unread count then
-/// (`None`: no such notification of theirs). The count is state, not an event.
-pub fn read_notification(tx: &mut Tx<'_>, user: &UserId, id: i64) -> StoreResult<Option<i64>> {
-    if tx.store.mark_notification_read(user, id, tx.now)?.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(tx.store.unread_notification_count(user)?))
+/// (`NotFound`: no such notification of theirs). The count is state, not an event.
+pub fn read_notification(tx: &mut Tx<'_>, user: &UserId, id: i64) -> Result<i64, Failed> {
+    tx.store.mark_notification_read(user, id, tx.now)?.ok_or(Failed::NotFound)?;
+    Ok(tx.store.unread_notification_count(user)?)
 }
 
 pub fn raise_fraud_alert(tx: &mut Tx<'_>, user: &UserId, message: &str, severity: &str) -> StoreResult<FraudAlert> {
@@ -32,40 +39,57 @@ pub fn raise_fraud_alert(tx: &mut Tx<'_>, user: &UserId, message: &str, severity
     Ok(alert)
 }
 
-/// Resolves an alert once; resolving it again changes and records nothing. `None` when
-/// there is no such alert.
-pub fn resolve_fraud_alert(tx: &mut Tx<'_>, id: i64) -> StoreResult<Option<FraudAlert>> {
-    let Some(before) = tx.store.fraud_alert(id)? else { return Ok(None) };
+/// Resolves an alert once; resolving it again changes nothing and records nothing.
+pub fn resolve_fraud_alert(tx: &mut Tx<'_>, id: i64) -> Result<FraudAlert, Failed> {
+    let before = tx.store.fraud_alert(id)?.ok_or(Failed::NotFound)?;
     let alert = tx.store.resolve_fraud_alert(id, tx.now)?.unwrap_or(before.clone());
     if !before.is_resolved {
         let stream = StreamId::User(alert.user_id.clone());
         tx.record(&stream, EventBody::FraudAlert { alert: alert.clone() }, None)?;
     }
-    Ok(Some(alert))
+    Ok(alert)
 }
 
-/// Stores a banking message and records it, and its parent (whose thread moved) if it
-/// is a reply.
-pub fn post_banking_message(tx: &mut Tx<'_>, new: &NewBankingMessage<'_>) -> StoreResult<BankingMessage> {
-    let message = tx.store.insert_banking_message(new, tx.now)?;
+/// Stores a banking message, a reply when it has a parent (one of the same user's, in
+/// the same thread), and records it and the parent it changed.
+pub fn post_banking_message(tx: &mut Tx<'_>, new: &NewBankingMessage) -> Result<BankingMessage, Failed> {
+    let parent = match new.parent {
+        None => None,
+        Some(id) => match tx.store.banking_message(id)? {
+            Some(parent) if parent.user_id == new.user => Some(parent),
+            _ => return Err(Failed::Refused("\"parent_message\" is not a message of this user")),
+        },
+    };
+    let thread_id = match (&new.thread, &parent) {
+        (Some(thread), Some(parent)) if *thread != parent.thread_id => {
+            return Err(Failed::Refused("\"thread_id\" differs from the parent message's thread"));
+        }
+        (Some(thread), _) => thread.clone(),
+        (None, Some(parent)) => parent.thread_id.clone(),
+        (None, None) => new.new_thread.clone(),
+    };
+    let row = store::NewBankingMessage {
+        user_id: &new.user,
+        subject: &new.subject,
+        body: &new.body,
+        thread_id: &thread_id,
+        parent_id: parent.as_ref().map(|p| p.id),
+    };
+    let message = tx.store.insert_banking_message(&row, tx.now)?;
     *tx.stored += 1;
     record_banking_change(tx, &message)?;
     Ok(message)
 }
 
-pub fn banking_message(tx: &Tx<'_>, id: i64) -> StoreResult<Option<BankingMessage>> {
-    tx.store.banking_message(id)
-}
-
-/// Marks a banking message read. `None` when the user has no such message.
-pub fn read_banking_message(tx: &mut Tx<'_>, user: &UserId, id: i64) -> StoreResult<Option<BankingMessage>> {
-    let Some(message) = tx.store.mark_banking_message_read(user, id, tx.now)? else { return Ok(None) };
+/// Marks one of the user's banking messages read (`NotFound`: no such message of theirs).
+pub fn read_banking_message(tx: &mut Tx<'_>, user: &UserId, id: i64) -> Result<BankingMessage, Failed> {
+    let message = tx.store.mark_banking_message_read(user, id, tx.now)?.ok_or(Failed::NotFound)?;
     record_banking_change(tx, &message)?;
-    Ok(Some(message))
+    Ok(message)
 }
 
-/// A banking message changed: it is recorded, and its parent too, which shows its
-/// replies.
+/// A banking message changed: it, and its parent (whose replies now include it), are
+/// recorded on the user's stream.
 fn record_banking_change(tx: &mut Tx<'_>, message: &BankingMessage) -> StoreResult<()> {
     let stream = StreamId::User(message.user_id.clone());
     tx.record(&stream, EventBody::BankingMessage { message: message.clone() }, None)?;

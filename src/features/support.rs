@@ -4,11 +4,32 @@
 use super::conversations;
 use crate::event::EventBody;
 use crate::model::{Identity, Seq, StreamId, UserId};
+use crate::request::{Done, Failed, Inbound};
 use crate::store::{
     Conversation, ConversationKind, ConversationSummary, Customer, NewConversation, NewMessage, StoreResult,
     StoredMessage,
 };
 use crate::tx::Tx;
+
+/// A customer's message from an external platform: the customer is created or updated,
+/// and the message lands in the conversation named (which must be theirs), or in their
+/// open one, or in a new one.
+pub fn inbound(tx: &mut Tx<'_>, inbound: &Inbound) -> Result<Done, Failed> {
+    let existing = match &inbound.conversation {
+        Some(key) => Some(conversations::find(tx, ConversationKind::Support, key)?),
+        None => None,
+    };
+    let customer = conversations::upsert_customer(tx, &inbound.customer)?;
+    let (conversation, created) = match existing {
+        Some(conversation) if conversation.customer.as_ref().is_some_and(|c| c.id != customer.id) => {
+            return Err(Failed::Refused("that conversation belongs to another customer"));
+        }
+        Some(conversation) => (conversation, false),
+        None => conversation_for(tx, &customer, &inbound.new_key, &inbound.members)?,
+    };
+    let message = post_customer_message(tx, &conversation, &customer, &inbound.content)?;
+    Ok(Done::Inbound { conversation: conversation.key, created, message, customer })
+}
 
 /// The customer's newest open support conversation, or a new one with `members` (and a
 /// title made of the platform and the customer's name). Returns it and whether it is new.

@@ -28,7 +28,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::app::{Admission, App};
-use crate::context::{Frame, Out, close_code};
+use crate::context::{Frame, Out, Session, close_code};
 use crate::http::{self, HttpError, Parsed};
 use crate::hub::ConnId;
 
@@ -150,8 +150,12 @@ impl Server {
             {
                 break;
             }
-            let timeout =
-                if self.backlog.is_empty() { self.next_sweep.saturating_duration_since(now) } else { Duration::ZERO };
+            // Frames left unread, or answers an engine still owes: look again at once.
+            let timeout = if self.backlog.is_empty() && !self.app.ctx.engine.pending() {
+                self.next_sweep.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -187,6 +191,16 @@ impl Server {
             self.finish(key, "server stopped");
         }
         self.end_turn();
+        // What was asked and not answered yet is answered and committed before the end
+        // (an engine that answers later; the local engine owes nothing).
+        for _ in 0..SHUTDOWN_DRAIN_TURNS {
+            if !self.app.ctx.engine.pending() {
+                break;
+            }
+            self.app.begin_turn();
+            self.finish_opens();
+            self.end_turn();
+        }
         log::info!("switchboard stopped");
         Ok(())
     }
@@ -194,13 +208,15 @@ impl Server {
     /// Sessions whose engine answered since the last turn open now (see `engine.rs`).
     fn finish_opens(&mut self) {
         for (id, answer) in self.app.ready_opens() {
-            if let Some(conn) = self.conns.get_mut(id.slot)
-                && conn.serial == id.serial
-                && let Phase::Open { session: Some(session), .. } = &mut conn.phase
-            {
+            if let Some(session) = session_mut(&mut self.conns, id) {
                 self.app.finish_open(session, answer);
             }
         }
+        for (then, answer, write) in self.app.ready_answers() {
+            let session = then.session().and_then(|conn| session_mut(&mut self.conns, conn)).map(|s| &*s);
+            self.app.answer_later(session, then, answer, write);
+        }
+        self.app.finish_closing();
     }
 
     fn on_signal(&mut self) {
@@ -787,4 +803,18 @@ const ENFILE: i32 = 23;
 
 fn status_of(response: &[u8]) -> &str {
     std::str::from_utf8(response.get(9..12).unwrap_or(b"???")).unwrap_or("???")
+}
+
+/// Turns the engine gets at shutdown to answer what it still owes.
+const SHUTDOWN_DRAIN_TURNS: usize = 100;
+
+/// The open session of a connection, if it is still there.
+fn session_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Session> {
+    match conns.get_mut(id.slot) {
+        Some(conn) if conn.serial == id.serial => match &mut conn.phase {
+            Phase::Open { session: Some(session), .. } => Some(session),
+            _ => None,
+        },
+        _ => None,
+    }
 }

@@ -76,7 +76,7 @@ impl Server {
         let mut command = Command::new(bin());
         command.current_dir(dir.path()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, _) in std::env::vars() {
-            if k.starts_with("SWITCHBOARD_") {
+            if k.starts_with("SWITCHBOARD_") && k != DEFERRED_ENGINE {
                 command.env_remove(k);
             }
         }
@@ -253,13 +253,17 @@ pub fn raw_http_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, text)
 }
 
+/// Kept for every server a test starts: `SWITCHBOARD_TEST_DEFERRED_ENGINE=1` runs the
+/// suite against an engine that answers a turn late (`.ci/run` does, once).
+const DEFERRED_ENGINE: &str = "SWITCHBOARD_TEST_DEFERRED_ENGINE";
+
 /// The binary with `args`, run in `dir`, with no `SWITCHBOARD_*` variable but `env`
 /// (for start-ups a test watches itself).
 pub fn switchboard_command(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Command {
     let mut command = Command::new(bin());
     command.args(args).current_dir(dir).stdin(Stdio::null());
     for (k, _) in std::env::vars() {
-        if k.starts_with("SWITCHBOARD_") {
+        if k.starts_with("SWITCHBOARD_") && k != DEFERRED_ENGINE {
             command.env_remove(k);
         }
     }

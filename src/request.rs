@@ -1,0 +1,282 @@
+//! Storage as data, after a session has opened: a handler does not call the store, it
+//! asks for a `Request`, a read or a write, and says with a continuation (`context::Then`)
+//! what to render when the `Answer` comes. The engine (`engine.rs`) runs it: the local
+//! engine on SQLite inline, in the same turn and transaction, so nothing waits; an engine
+//! that answers later (PostgreSQL's lanes, design/cluster.md §5.6) on another thread,
+//! which is why a request owns its data and is `Send`.
+//!
+//! A write is one domain operation (`features::run`), whole: what it checks, stores and
+//! records as events. Its events are delivered, and its answer rendered, only once it
+//! ran; frames reporting it still wait for the turn's commit.
+
+use crate::hub::ConnId;
+use crate::model::{Identity, Micros, Seq, UserId};
+use crate::store::{
+    BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert, Notification,
+    StoreError, StoredMessage,
+};
+
+/// What a handler asks of the engine.
+#[derive(Debug)]
+pub enum Request {
+    Read(Read),
+    Write(Write),
+}
+
+/// A read: nothing is stored, nothing recorded.
+#[derive(Debug)]
+pub enum Read {
+    /// Whether a user is known (has connected once): direct chat's other side.
+    UserKnown(UserId),
+    /// The user's support conversations with unread counts, and their stream's position.
+    ConversationList(UserId),
+    /// A member-only conversation by kind and key, with its members.
+    Conversation { kind: ConversationKind, key: String },
+}
+
+/// A write: one domain operation, with everything it needs (the server API's larger
+/// ones boxed, so that a chat message's stays small).
+#[derive(Debug)]
+pub enum Write {
+    /// A message in a conversation the sender's session is bound to.
+    Post {
+        kind: ConversationKind,
+        conversation: i64,
+        sender: Identity,
+        content: String,
+    },
+    /// A message into a room by name, created if new (the server API).
+    PostToRoom {
+        room: String,
+        sender: Identity,
+        content: String,
+    },
+    /// An agent's reply in a support conversation: its customer messages become answered.
+    PostAgentMessage {
+        conversation: i64,
+        agent: Identity,
+        content: String,
+    },
+    /// A 1:1 message to a known user.
+    SendDirect {
+        sender: Identity,
+        recipient: UserId,
+        content: String,
+    },
+    /// A read receipt for one message of a conversation; `conn` (the reader's) does not
+    /// hear of it.
+    ReadOne {
+        conversation: i64,
+        message_id: i64,
+        reader: Identity,
+        conn: ConnId,
+    },
+    /// A user read a conversation up to its newest message.
+    ReadAll {
+        conversation: i64,
+        user: UserId,
+    },
+    /// A user read their 1:1 conversation with a known `sender`.
+    ReadDirect {
+        reader: UserId,
+        sender: UserId,
+    },
+    /// A user read one of their notifications.
+    ReadNotification {
+        user: UserId,
+        id: i64,
+    },
+    /// A user read one of their banking messages.
+    ReadBankingMessage {
+        user: UserId,
+        id: i64,
+    },
+    /// A consultation or support conversation with its members (the server API).
+    CreateConversation(Box<NewMemberConversation>),
+    /// Replaces a conversation's member set.
+    SetMembers {
+        kind: ConversationKind,
+        key: String,
+        members: Vec<UserId>,
+    },
+    /// A customer's message from an external platform, into their open support
+    /// conversation (a given one, or one found or created).
+    Inbound(Box<Inbound>),
+    /// A notification for a user.
+    Notify(Box<NewNotification>),
+    RaiseFraudAlert {
+        user: UserId,
+        message: String,
+        severity: String,
+    },
+    ResolveFraudAlert {
+        id: i64,
+    },
+    /// A banking message, or a reply in a thread.
+    PostBankingMessage(Box<NewBankingMessage>),
+}
+
+/// A customer as an external platform names them.
+#[derive(Debug, Clone)]
+pub struct CustomerFields {
+    pub source: String,
+    pub external_id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub profile_picture: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct NewMemberConversation {
+    pub kind: ConversationKind,
+    pub key: String,
+    pub title: Option<String>,
+    pub status: String,
+    pub priority: i64,
+    pub customer: Option<CustomerFields>,
+    pub members: Vec<UserId>,
+}
+
+#[derive(Debug)]
+pub struct Inbound {
+    pub customer: CustomerFields,
+    pub content: String,
+    /// The support conversation to post in; else the customer's open one, or a new one.
+    pub conversation: Option<String>,
+    /// The key of a conversation created for it.
+    pub new_key: String,
+    /// Members of a conversation created for it.
+    pub members: Vec<UserId>,
+}
+
+#[derive(Debug)]
+pub struct NewNotification {
+    pub user: UserId,
+    pub category: String,
+    pub title: String,
+    pub message: String,
+    pub link: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct NewBankingMessage {
+    pub user: UserId,
+    pub subject: String,
+    pub body: String,
+    /// A message of the same user this one answers.
+    pub parent: Option<i64>,
+    /// The thread asked for; the parent's when there is one.
+    pub thread: Option<String>,
+    /// The thread of a message that starts one.
+    pub new_thread: String,
+}
+
+/// A message as stored: what its poster needs to know of it (the message itself goes
+/// into its event, uncopied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posted {
+    pub id: i64,
+    pub created_at: Micros,
+    pub seq: Seq,
+}
+
+/// What a request came to.
+pub type Answer = Result<Done, Failed>;
+
+/// A request's result. Each request has its own variant (see `Request`'s variants).
+#[derive(Debug)]
+pub enum Done {
+    /// Stored; what listeners must hear of went out as events.
+    Stored,
+    Posted(Posted),
+    /// A message posted into a room by name.
+    PostedToRoom {
+        room: String,
+        posted: Posted,
+    },
+    Message(StoredMessage),
+    UserKnown(UserId),
+    ConversationList {
+        summaries: Vec<ConversationSummary>,
+        position: Seq,
+    },
+    Conversation {
+        conversation: Conversation,
+        members: Vec<UserId>,
+    },
+    /// Members replaced; `removed` were members before.
+    MembersSet {
+        conversation: Conversation,
+        members: Vec<UserId>,
+        removed: Vec<UserId>,
+    },
+    Inbound {
+        conversation: String,
+        created: bool,
+        message: StoredMessage,
+        customer: Customer,
+    },
+    /// A notification read: the user's unread count now.
+    UnreadCount(i64),
+    Notification(Notification),
+    FraudAlert(FraudAlert),
+    BankingMessage(BankingMessage),
+}
+
+/// Why a request did nothing (a write that fails stores nothing and records nothing).
+#[derive(Debug)]
+pub enum Failed {
+    /// Nothing to post.
+    Empty,
+    /// The other user is not known.
+    UnknownUser,
+    /// No such message, notification or alert for this user.
+    NotFound,
+    NoConversation {
+        kind: ConversationKind,
+        key: String,
+    },
+    /// A conversation with that kind and key exists.
+    Exists {
+        kind: ConversationKind,
+        key: String,
+    },
+    /// A domain rule refused it, in words for the caller.
+    Refused(&'static str),
+    Store(StoreError),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Empty => f.write_str("nothing to post"),
+            Failed::UnknownUser => f.write_str("no such user"),
+            Failed::NotFound => f.write_str("not found"),
+            Failed::NoConversation { kind, key } => write!(f, "no {} conversation with id {key:?}", kind.as_sql()),
+            Failed::Exists { kind, key } => write!(f, "a {} conversation with id {key:?} exists", kind.as_sql()),
+            Failed::Refused(why) => f.write_str(why),
+            Failed::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Store(e)
+    }
+}
+
+impl Done {
+    /// An answer of another shape than its request's: a bug, reported as an internal error.
+    pub fn unexpected(self, what: &str) -> Failed {
+        log::error!("{what}: unexpected answer {self:?}");
+        Failed::Store(StoreError::Unavailable("an unexpected answer".into()))
+    }
+}
+
+/// Requests cross to an engine's threads.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Request>();
+    send::<Answer>();
+};
