@@ -19,10 +19,10 @@
 
 use serde_json::{Value, json};
 
-use crate::context::{ApiReply, Ctx, Then, close_code};
+use crate::context::{ApiReply, Ctx, Then};
 use crate::endpoints;
 use crate::http::{HttpError, Request, json_response, response};
-use crate::hub::{ConnId, Topic};
+use crate::hub::ConnId;
 use crate::model::{Identity, UserId};
 use crate::request::{
     self, Answer, CustomerFields, Done, Failed, Inbound, NewBankingMessage, NewMemberConversation, NewNotification,
@@ -364,22 +364,8 @@ fn set_members(kind: &str, id: &str, request: &Request) -> Routed {
     let (kind, key) = conversation_path(kind, id)?;
     let body = json_body(request)?;
     let members = parse_members(body.get("members"))?;
-    Ok(Step::Ask(request::Request::Write(Write::SetMembers { kind, key, members }), members_set))
-}
-
-fn members_set(ctx: &mut Ctx, answer: Answer) -> ApiReply {
-    match answer? {
-        Done::MembersSet { conversation, members, removed } => {
-            let topic = Topic::Conversation(conversation.id);
-            for user in &removed {
-                for conn in ctx.hub.user_conns(&topic, user).to_vec() {
-                    ctx.close_conn(conn, close_code::FORBIDDEN, "removed from the conversation");
-                }
-            }
-            Ok((200, conversation_json(&conversation, &members)))
-        }
-        other => Err(failure(other.unexpected("members set"))),
-    }
+    // Removed members' sessions close when the change is delivered (`MembersChanged`).
+    Ok(Step::Ask(request::Request::Write(Write::SetMembers { kind, key, members }), conversation_found))
 }
 
 /// `POST /api/inbound`: a customer's message from an external platform.
@@ -545,9 +531,17 @@ fn create_banking_message(request: &Request) -> Routed {
 /// each endpoint's authentication close code (a logout).
 fn disconnect_user(ctx: &mut Ctx, user: &str) -> Routed {
     let user = UserId::new(&crate::http::decode_path(user));
+    // This node's sessions close whatever the store does (a logout must work while it
+    // fails); the event on the user's stream is what tells any other listener, in order.
     let conns = ctx.user_conns(&user).to_vec();
     for conn in &conns {
         ctx.logout_conn(*conn);
     }
-    Ok(Step::Reply(200, json!({"user_id": user.to_json(), "disconnected": conns.len()})))
+    let logout = Write::Logout { user, closed_here: conns.len() };
+    Ok(Step::Ask(request::Request::Write(logout), |_, answer| match answer? {
+        Done::LoggedOut { user, closed_here } => {
+            Ok((200, json!({"user_id": user.to_json(), "disconnected": closed_here})))
+        }
+        other => Err(failure(other.unexpected("logout"))),
+    }))
 }

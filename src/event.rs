@@ -10,7 +10,8 @@ use crate::model::{Micros, Seq, StreamId, UserId};
 use crate::store::{BankingMessage, ConversationKind, Customer, FraudAlert, Notification, StoredMessage};
 
 /// What happened, as stored. Conversation streams (`c:<id>`) carry `Message`,
-/// `ReadReceipt` and `MessagesRead`; user streams (`u:<id>`) carry the rest.
+/// `ReadReceipt`, `MessagesRead` and `MembersChanged`; user streams (`u:<id>`) carry the
+/// rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventBody {
@@ -34,6 +35,12 @@ pub enum EventBody {
     FraudAlert { alert: FraudAlert },
     /// 000: a banking message stored or changed (read, or a reply in its thread).
     BankingMessage { message: BankingMessage },
+    /// The backend changed a member-only conversation's members: sessions of removed
+    /// members on it close (4003). No document shows it as a frame.
+    MembersChanged { added: Vec<UserId>, removed: Vec<UserId> },
+    /// The backend logged the user out: every session of theirs closes with its
+    /// endpoint's authentication code. No document shows it as a frame.
+    Logout,
 }
 
 impl EventBody {
@@ -49,6 +56,8 @@ impl EventBody {
             EventBody::Notification { .. } => "notification",
             EventBody::FraudAlert { .. } => "fraud_alert",
             EventBody::BankingMessage { .. } => "banking_message",
+            EventBody::MembersChanged { .. } => "members_changed",
+            EventBody::Logout => "logout",
         }
     }
 }
@@ -72,6 +81,8 @@ mod tests {
         let bodies = [
             EventBody::MessagesRead { user_id: UserId::new("7") },
             EventBody::DirectRead { reader_id: UserId::new("ann"), at: 5 },
+            EventBody::MembersChanged { added: vec![UserId::new("7")], removed: vec![UserId::new("bo")] },
+            EventBody::Logout,
             EventBody::Message {
                 conversation: ConversationKind::Room,
                 message: StoredMessage {

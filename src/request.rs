@@ -114,6 +114,13 @@ pub enum Write {
     },
     /// A banking message, or a reply in a thread.
     PostBankingMessage(Box<NewBankingMessage>),
+    /// The backend logs a user out: recorded on their stream, every session of theirs
+    /// closes. `closed_here`, the sessions the asking node closed at once, comes back
+    /// in the answer.
+    Logout {
+        user: UserId,
+        closed_here: usize,
+    },
 }
 
 /// A customer as an external platform names them.
@@ -204,12 +211,6 @@ pub enum Done {
         conversation: Conversation,
         members: Vec<UserId>,
     },
-    /// Members replaced; `removed` were members before.
-    MembersSet {
-        conversation: Conversation,
-        members: Vec<UserId>,
-        removed: Vec<UserId>,
-    },
     Inbound {
         conversation: String,
         created: bool,
@@ -221,6 +222,10 @@ pub enum Done {
     Notification(Notification),
     FraudAlert(FraudAlert),
     BankingMessage(BankingMessage),
+    LoggedOut {
+        user: UserId,
+        closed_here: usize,
+    },
 }
 
 /// Why a request did nothing (a write that fails stores nothing and records nothing).

@@ -388,9 +388,17 @@ fn a_member_removed_through_the_api_is_closed_with_4003() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["conversation"]["members"], json!([5]));
 
-    // John stays, and Jane is refused from now on.
+    // John stays, and Jane is refused from now on. The change is an event of the
+    // conversation's stream (shown to nobody), so John's message is its second.
     john.send_text(SEND_CHAT_MESSAGE);
-    assert_eq!(recv_chat_message(&mut john)["content"], "Hello, how can I help?");
+    let frame = john.recv();
+    assert_eq!((frame["data"]["content"].as_str(), frame["seq"].as_i64()), (Some("Hello, how can I help?"), Some(2)));
+    // Setting the same members again changes nothing and records nothing.
+    let (status, _) =
+        server.api("PUT", "/api/conversations/consultation/c-members/members", Some(&json!({"members": [5]})));
+    assert_eq!(status, 200);
+    john.send_text(SEND_CHAT_MESSAGE);
+    assert_eq!(john.recv()["seq"], 3);
     let token = server.token(json!(7), "Jane Doe");
     assert_eq!(refused_before_any_frame(&server, &format!("/ws/consultations/c-members/?token={token}")), Some(4003));
 }

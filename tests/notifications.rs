@@ -338,6 +338,16 @@ fn disconnect_logs_a_user_out_everywhere() {
     assert_eq!(room.expect_close(), Some(4001));
     assert_eq!(erp.expect_close(), Some(4003));
     assert_eq!(other.recv_type("user_leave")["user_id"], "5");
+    // The logout is the first event of the user's stream; no document shows it, and the
+    // next notification is the stream's second.
+    let mut again = server.connect_as("/ws/v1/notifications/", json!(5), "ann");
+    again.recv_type("unread_count");
+    let (status, _) =
+        server.api("POST", "/api/notifications", Some(&json!({"user_id": 5, "title": "t", "message": "m"})));
+    assert_eq!(status, 201);
+    assert_eq!(again.recv_type("notification")["seq"], 2);
+    let mut resumed = server.connect_as("/ws/v1/notifications/?since=0", json!(5), "ann");
+    assert_eq!(resumed.recv_type("notification")["seq"], 2, "resuming skips the logout");
 }
 
 fn scrape(server: &Server) -> prometheus_parse::Scrape {

@@ -164,6 +164,12 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
 /// (in order, once), then rendered once per document and queued for the sockets of
 /// each topic that shows it (durable: it reports stored data).
 pub fn deliver(ctx: &mut Ctx, event: Event) {
+    if let (EventBody::Logout, StreamId::User(user)) = (&event.body, &event.stream) {
+        // Every session of the user, whichever stream its endpoint follows.
+        for conn in ctx.user_conns(user).to_vec() {
+            ctx.logout_conn(conn);
+        }
+    }
     for (_, event) in ctx.sequence(event) {
         deliver_in_order(ctx, &event);
     }
@@ -211,6 +217,18 @@ fn deliver_in_order(ctx: &mut Ctx, event: &Event) {
                 ctx.publish(&Topic::BankingMessages(user), frame, None, true);
             }
         }
+        (EventBody::MembersChanged { removed, .. }, _) => {
+            if let StreamId::Conversation(id) = &event.stream {
+                let topic = Topic::Conversation(*id);
+                for user in removed {
+                    for conn in ctx.hub.user_conns(&topic, user).to_vec() {
+                        ctx.close_conn(conn, close_code::FORBIDDEN, "removed from the conversation");
+                    }
+                }
+            }
+        }
+        // Acted on before sequencing (`deliver`): nothing to render.
+        (EventBody::Logout, _) => {}
         (_, None) => log::error!("event {}#{} is on a conversation stream by mistake", event.stream.key(), event.seq),
     }
 }

@@ -1,7 +1,8 @@
 //! Member-only conversations as the backend manages them through the server API:
 //! created with their members (and a customer, for support), found, re-membered.
 
-use crate::model::UserId;
+use crate::event::EventBody;
+use crate::model::{StreamId, UserId};
 use crate::request::{CustomerFields, Failed, NewMemberConversation};
 use crate::store::{Conversation, Customer, NewConversation, NewCustomer, StoreResult};
 use crate::tx::Tx;
@@ -60,15 +61,21 @@ pub fn insert(tx: &mut Tx<'_>, row: &NewConversation<'_>, members: &[UserId]) ->
     tx.store.existing_conversation(id)
 }
 
-/// Replaces the members of a conversation found by kind and key; returns it and those
-/// removed.
+/// Replaces the members of a conversation found by kind and key; returns it. A change is recorded on the conversation's stream (`MembersChanged`).
 pub fn set_members(
     tx: &mut Tx<'_>,
     kind: crate::store::ConversationKind,
     key: &str,
     members: &[UserId],
-) -> Result<(Conversation, Vec<UserId>), Failed> {
+) -> Result<Conversation, Failed> {
     let conversation = find(tx, kind, key)?;
+    let before = tx.store.members(conversation.id)?;
     let removed = tx.store.set_members(conversation.id, members)?;
-    Ok((conversation, removed))
+    let added: Vec<UserId> = members.iter().filter(|u| !before.contains(u)).cloned().collect();
+    if !added.is_empty() || !removed.is_empty() {
+        // On the conversation's stream, so that every node closes what it must, in order.
+        let body = EventBody::MembersChanged { added, removed };
+        tx.record(&StreamId::Conversation(conversation.id), body, None)?;
+    }
+    Ok(conversation)
 }

@@ -10,6 +10,8 @@ pub mod conversations;
 pub mod inbox;
 pub mod support;
 
+use crate::event::EventBody;
+use crate::model::StreamId;
 use crate::request::{Answer, Done, Read, Request, Write};
 use crate::tx::Tx;
 
@@ -73,8 +75,8 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
             Done::Conversation { conversation, members: new.members }
         }
         Write::SetMembers { kind, key, members } => {
-            let (conversation, removed) = conversations::set_members(tx, kind, &key, &members)?;
-            Done::MembersSet { conversation, members, removed }
+            let conversation = conversations::set_members(tx, kind, &key, &members)?;
+            Done::Conversation { conversation, members }
         }
         Write::Inbound(inbound) => support::inbound(tx, &inbound)?,
         Write::Notify(new) => Done::Notification(inbox::notify(tx, &new)?),
@@ -83,5 +85,9 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
         }
         Write::ResolveFraudAlert { id } => Done::FraudAlert(inbox::resolve_fraud_alert(tx, id)?),
         Write::PostBankingMessage(new) => Done::BankingMessage(inbox::post_banking_message(tx, &new)?),
+        Write::Logout { user, closed_here } => {
+            tx.record(&StreamId::User(user.clone()), EventBody::Logout, None)?;
+            Done::LoggedOut { user, closed_here }
+        }
     })
 }
