@@ -54,6 +54,9 @@ pub struct App {
     closing: Vec<Session>,
     /// The buffer `answer_inline` hands answers on from.
     answered: Vec<(Then, Answer)>,
+    /// Per user, sessions waiting for their engine's answer to open: they count toward
+    /// the per-user cap as if open.
+    opening: HashMap<UserId, usize>,
 }
 
 impl App {
@@ -65,6 +68,7 @@ impl App {
             writers: Vec::new(),
             closing: Vec::new(),
             answered: Vec::new(),
+            opening: HashMap::new(),
         }
     }
 
@@ -134,7 +138,8 @@ impl App {
         since: Option<Seq>,
     ) -> Result<Session, Refusal> {
         let user_conns = self.ctx.online.get(&identity.user_id).map_or(0, |u| u.conns.len());
-        if user_conns >= self.ctx.config.limits.max_connections_per_user {
+        let opening = self.opening.get(&identity.user_id).copied().unwrap_or(0);
+        if user_conns + opening >= self.ctx.config.limits.max_connections_per_user {
             return Err(Refusal::new(close_code::TRY_AGAIN_LATER, "too many connections for this user"));
         }
         if user_conns == 0
@@ -153,6 +158,7 @@ impl App {
                 Some(answer) => Some(answer),
                 None => {
                     session.opening_mut();
+                    *self.opening.entry(session.identity.user_id.clone()).or_default() += 1;
                     return Ok(session);
                 }
             },
@@ -161,6 +167,16 @@ impl App {
         session.opening = None;
         self.register(&session, user_conns);
         Ok(session)
+    }
+
+    /// A session waiting for its engine's answer got it: it no longer counts as opening.
+    fn opened_or_refused(&mut self, user: &UserId) {
+        if let Some(count) = self.opening.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.opening.remove(user);
+            }
+        }
     }
 
     /// A session is open: its user is online (presence hears of a first connection).
@@ -193,6 +209,7 @@ impl App {
         if session.opening.is_none() {
             return;
         }
+        self.opened_or_refused(&session.identity.user_id);
         match endpoints::opened(&mut self.ctx, session, Some(answer)) {
             Ok(()) => {
                 let early = session.opening.take().map(|o| o.early).unwrap_or_default();
@@ -205,6 +222,7 @@ impl App {
             }
             Err(refusal) => {
                 // It stays opening: it never opened, and closes now.
+                session.opening_mut().refused = true;
                 self.ctx.close_conn(session.conn, refusal.code, &refusal.reason);
             }
         }
@@ -252,8 +270,12 @@ impl App {
     /// A session ended, for whatever reason. Its subscriptions go, and whoever should
     /// hear of it does.
     pub fn close(&mut self, session: Session) {
-        if session.opening.is_some() {
-            // Never opened: nothing subscribed, not online, not counted.
+        if let Some(opening) = &session.opening {
+            // Never opened: nothing subscribed, not online. Still waiting for its answer
+            // (not refused by it), it counted toward the cap until now.
+            if !opening.refused {
+                self.opened_or_refused(&session.identity.user_id);
+            }
             return;
         }
         if self.ctx.asking(session.conn) {
@@ -448,10 +470,15 @@ mod tests {
     use crate::engine::Engine;
 
     fn app(dir: &tempfile::TempDir) -> App {
+        app_with(dir, None)
+    }
+
+    fn app_with(dir: &tempfile::TempDir, per_user: Option<&str>) -> App {
         let db = dir.path().join("t.db").to_string_lossy().into_owned();
         let (raw, _) = RawSettings::gather(&[], |name| match name {
             "SWITCHBOARD_DB" => Some(db.clone()),
             "SWITCHBOARD_JWT_SECRET" => Some("x".repeat(32)),
+            "SWITCHBOARD_MAX_CONNECTIONS_PER_USER" => per_user.map(str::to_string),
             _ => None,
         })
         .unwrap();
@@ -550,5 +577,40 @@ mod tests {
         assert_eq!(texts(&app.end_turn(), carl), ["close 4003"]);
         app.close(outsider);
         assert_eq!(app.ctx.online.len(), 1);
+    }
+
+    /// Sessions waiting for their answer count toward the per-user cap; one that closes
+    /// or is refused meanwhile stops counting.
+    #[test]
+    fn opening_sessions_count_toward_the_per_user_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = app_with(&dir, Some("2"));
+        app.ctx.engine = Engine::deferred();
+        let room = Endpoint::Rooms { room: "lobby".into() };
+        let conn = |n| ConnId { slot: n, serial: n as u64 };
+        app.begin_turn();
+        let first = app.open(conn(1), room.clone(), ident("ann"), None).unwrap();
+        let mut second = app.open(conn(2), room.clone(), ident("ann"), None).unwrap();
+        let refused = app.open(conn(3), room.clone(), ident("ann"), None).err().map(|r| r.code);
+        assert_eq!(refused, Some(close_code::TRY_AGAIN_LATER), "two are opening already");
+        app.close(first);
+        let mut third = app.open(conn(4), room.clone(), ident("ann"), None).unwrap();
+        let mut outsider = app.open(conn(5), Endpoint::Consultation { id: "none".into() }, ident("bo"), None).unwrap();
+        app.end_turn();
+
+        app.begin_turn();
+        for (c, answer) in app.ready_opens() {
+            match c.slot {
+                2 => app.finish_open(&mut second, answer),
+                4 => app.finish_open(&mut third, answer),
+                5 => app.finish_open(&mut outsider, answer),
+                // Closed before its answer: the server finds no session for it.
+                _ => assert_eq!(c.slot, 1),
+            }
+        }
+        app.close(outsider);
+        assert!(app.opening.is_empty(), "{:?}", app.opening);
+        assert_eq!(app.ctx.user_conns(&UserId::new("ann")).len(), 2);
+        assert!(app.open(conn(6), room, ident("ann"), None).is_err(), "two are open");
     }
 }

@@ -124,6 +124,8 @@ pub struct Opening {
     pub early_bytes: usize,
     /// Frames the endpoint kept at load time for its answer (a room's rendered history).
     pub kept: Vec<Frame>,
+    /// Its answer refused it: it closes without ever opening.
+    pub refused: bool,
 }
 
 /// One open WebSocket session: who, on which endpoint, subscribed to what.
