@@ -11,6 +11,7 @@ mod conversations;
 mod file;
 mod migrations;
 mod notifications;
+pub mod pg;
 mod streams;
 
 use std::path::Path;

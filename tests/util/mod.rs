@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
 #[allow(unused_imports)]
 mod shape;
 #[allow(unused_imports)]
