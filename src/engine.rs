@@ -19,7 +19,7 @@ use crate::model::{Micros, Seq, StreamId, UserId};
 use crate::request::{Answer, Request};
 use crate::store::{
     BankingMessage, Conversation, ConversationKind, ConversationSummary, FraudAlert, Missed, Notification, Since,
-    Store, StoreError, StoredMessage,
+    Storage, Store, StoreError, StoredMessage,
 };
 use crate::tx::Tx;
 
@@ -223,7 +223,7 @@ pub fn run(tx: &mut Tx<'_>, request: Request, atomic: bool) -> Answer {
 }
 
 /// The local engine's read for an opening session, in the turn's transaction.
-pub fn open(store: &mut Store, load: &OpenLoad, now: Micros) -> Result<Opened, OpenError> {
+pub fn open(store: &mut dyn Storage, load: &OpenLoad, now: Micros) -> Result<Opened, OpenError> {
     // The stream, and for a member-only conversation the conversation itself (its kind
     // and customer render its messages).
     let (stream, conversation) = match &load.target {
@@ -253,7 +253,7 @@ pub fn open(store: &mut Store, load: &OpenLoad, now: Micros) -> Result<Opened, O
     Ok(Opened { stream, position, conversation, start, unread_count })
 }
 
-fn snapshot(store: &mut Store, load: &OpenLoad, stream: &StreamId) -> Result<Snapshot, StoreError> {
+fn snapshot(store: &mut dyn Storage, load: &OpenLoad, stream: &StreamId) -> Result<Snapshot, StoreError> {
     let user = &load.user;
     Ok(match (load.replay, stream) {
         (Replay::History { limit }, StreamId::Conversation(id)) => {

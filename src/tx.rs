@@ -6,10 +6,10 @@
 use crate::event::{Event, EventBody};
 use crate::hub::ConnId;
 use crate::model::{Micros, Seq, StreamId};
-use crate::store::{Store, StoreResult};
+use crate::store::{Storage, StoreResult};
 
 pub struct Tx<'a> {
-    pub store: &'a mut Store,
+    pub store: &'a mut dyn Storage,
     pub now: Micros,
     /// Events recorded, in order, for delivery once the operation is done.
     pub events: &'a mut Vec<Event>,
@@ -32,7 +32,7 @@ impl Tx<'_> {
         &mut self,
         stream: &StreamId,
         except: Option<ConnId>,
-        write: impl FnOnce(&mut Store, Seq) -> StoreResult<(EventBody, R)>,
+        write: impl FnOnce(&mut dyn Storage, Seq) -> StoreResult<(EventBody, R)>,
     ) -> StoreResult<R> {
         let seq = self.store.next_seq(stream, self.now)?;
         let now = self.now;

@@ -61,3 +61,221 @@ fn a_bad_url_or_an_unreachable_server_is_named() {
     let error = pg::connect(&format!("postgres://postgres@127.0.0.1:{closed}/x")).err().expect("refused");
     assert!(error.starts_with("cannot connect to PostgreSQL"), "{error}");
 }
+
+// ---- The domain operations on PostgreSQL answer exactly as on SQLite.
+
+use switchboard::engine::{self, OpenLoad, Replay, Target};
+use switchboard::event::Event;
+use switchboard::hub::ConnId;
+use switchboard::model::{Identity, UserId};
+use switchboard::request::{
+    CustomerFields, Inbound, NewBankingMessage, NewMemberConversation, NewNotification, Read, Request, Write,
+};
+use switchboard::store::{ConversationKind, Storage, Store};
+use switchboard::tx::Tx;
+
+fn who(id: &str) -> Identity {
+    Identity { user_id: UserId::new(id), name: format!("{id} name").into() }
+}
+
+fn text(s: &str) -> String {
+    s.to_string()
+}
+
+/// A script touching every domain operation, failures included, in order.
+fn script() -> Vec<Request> {
+    let (ann, bo) = (who("ann"), who("7"));
+    let w = Request::Write;
+    vec![
+        w(Write::PostToRoom { room: text("lobby"), sender: ann.clone(), content: text("hello") }),
+        w(Write::PostToRoom { room: text("lobby"), sender: bo.clone(), content: text("hi \"ann\"") }),
+        w(Write::PostToRoom { room: text("lobby"), sender: bo.clone(), content: text("   ") }),
+        w(Write::CreateConversation(Box::new(NewMemberConversation {
+            kind: ConversationKind::Consultation,
+            key: text("c1"),
+            title: None,
+            status: text("active"),
+            priority: 2,
+            customer: None,
+            members: vec![ann.user_id.clone(), bo.user_id.clone()],
+        }))),
+        w(Write::CreateConversation(Box::new(NewMemberConversation {
+            kind: ConversationKind::Consultation,
+            key: text("c1"),
+            title: Some(text("again")),
+            status: text("active"),
+            priority: 0,
+            customer: None,
+            members: vec![],
+        }))),
+        w(Write::Post {
+            kind: ConversationKind::Consultation,
+            conversation: 2,
+            sender: ann.clone(),
+            content: text("q"),
+        }),
+        w(Write::ReadOne { conversation: 2, message_id: 3, reader: bo.clone(), conn: ConnId { slot: 1, serial: 1 } }),
+        w(Write::ReadOne { conversation: 2, message_id: 3, reader: bo.clone(), conn: ConnId { slot: 1, serial: 1 } }),
+        w(Write::ReadOne { conversation: 2, message_id: 1, reader: bo.clone(), conn: ConnId { slot: 1, serial: 1 } }),
+        w(Write::SendDirect { sender: ann.clone(), recipient: bo.user_id.clone(), content: text("psst") }),
+        w(Write::SendDirect { sender: ann.clone(), recipient: UserId::new("nobody"), content: text("psst") }),
+        w(Write::ReadDirect { reader: bo.user_id.clone(), sender: ann.user_id.clone() }),
+        w(Write::Inbound(Box::new(Inbound {
+            customer: CustomerFields {
+                source: text("telegram"),
+                external_id: text("42"),
+                first_name: Some(text("Cy")),
+                last_name: None,
+                profile_picture: None,
+            },
+            content: text("help"),
+            conversation: None,
+            new_key: text("s1"),
+            members: vec![ann.user_id.clone()],
+        }))),
+        w(Write::Inbound(Box::new(Inbound {
+            customer: CustomerFields {
+                source: text("telegram"),
+                external_id: text("42"),
+                first_name: None,
+                last_name: Some(text("Dee")),
+                profile_picture: Some(text("p.png")),
+            },
+            content: text("still there?"),
+            conversation: None,
+            new_key: text("s2"),
+            members: vec![],
+        }))),
+        w(Write::PostAgentMessage { conversation: 4, agent: ann.clone(), content: text("yes") }),
+        w(Write::ReadAll { conversation: 4, user: ann.user_id.clone() }),
+        w(Write::Notify(Box::new(NewNotification {
+            user: bo.user_id.clone(),
+            category: text("system"),
+            title: text("t"),
+            message: text("m"),
+            link: None,
+        }))),
+        w(Write::ReadNotification { user: bo.user_id.clone(), id: 1 }),
+        w(Write::ReadNotification { user: ann.user_id.clone(), id: 1 }),
+        w(Write::RaiseFraudAlert { user: bo.user_id.clone(), message: text("odd"), severity: text("high") }),
+        w(Write::ResolveFraudAlert { id: 1 }),
+        w(Write::ResolveFraudAlert { id: 1 }),
+        w(Write::ResolveFraudAlert { id: 9 }),
+        w(Write::PostBankingMessage(Box::new(NewBankingMessage {
+            user: bo.user_id.clone(),
+            subject: text("s"),
+            body: text("b"),
+            parent: None,
+            thread: None,
+            new_thread: text("th1"),
+        }))),
+        w(Write::PostBankingMessage(Box::new(NewBankingMessage {
+            user: bo.user_id.clone(),
+            subject: text("re"),
+            body: text("b2"),
+            parent: Some(1),
+            thread: None,
+            new_thread: text("th2"),
+        }))),
+        w(Write::ReadBankingMessage { user: bo.user_id.clone(), id: 2 }),
+        w(Write::SetMembers {
+            kind: ConversationKind::Consultation,
+            key: text("c1"),
+            members: vec![ann.user_id.clone()],
+        }),
+        w(Write::SetMembers { kind: ConversationKind::Support, key: text("none"), members: vec![] }),
+        w(Write::Logout { user: bo.user_id.clone(), closed_here: 1 }),
+        Request::Read(Read::UserKnown(bo.user_id.clone())),
+        Request::Read(Read::UserKnown(UserId::new("nobody"))),
+        Request::Read(Read::ConversationList(ann.user_id.clone())),
+        Request::Read(Read::Conversation { kind: ConversationKind::Consultation, key: text("c1") }),
+    ]
+}
+
+/// What a session opening on each kind of stream reads, resumed or not.
+fn loads() -> Vec<OpenLoad> {
+    let load = |user: &str, target, since, replay| OpenLoad {
+        user: UserId::new(user),
+        target,
+        since,
+        replay,
+        unread_count: true,
+    };
+    let room = || Target::Room { name: text("lobby"), known: None };
+    let c1 = || Target::Member { kind: ConversationKind::Consultation, key: text("c1") };
+    vec![
+        load("ann", room(), None, Replay::History { limit: 50 }),
+        load("ann", room(), Some(1), Replay::History { limit: 50 }),
+        load("ann", Target::Room { name: text("new-room"), known: None }, None, Replay::History { limit: 50 }),
+        load("ann", c1(), Some(0), Replay::History { limit: 50 }),
+        load("7", c1(), None, Replay::History { limit: 50 }),
+        load(
+            "ann",
+            Target::Member { kind: ConversationKind::Support, key: text("s1") },
+            None,
+            Replay::History { limit: 5 },
+        ),
+        load("ann", Target::User, None, Replay::ConversationList),
+        load("7", Target::User, None, Replay::UnreadDirect { limit: 10 }),
+        load("7", Target::User, None, Replay::Notifications { limit: 10 }),
+        load("7", Target::User, None, Replay::BankingMessages { limit: 10 }),
+        load("7", Target::User, None, Replay::FraudAlerts { limit: 10 }),
+        load("7", Target::User, Some(0), Replay::Notifications { limit: 10 }),
+        load("7", Target::User, Some(99), Replay::Notifications { limit: 10 }),
+    ]
+}
+
+/// Runs the script and the loads on a store; everything answered, recorded and read, as
+/// text (both stores number rows and events from 1, and the times are the script's).
+fn transcript(store: &mut dyn Storage) -> Vec<String> {
+    let mut lines = Vec::new();
+    let (mut events, mut stored) = (Vec::<Event>::new(), 0u64);
+    for (i, request) in script().into_iter().enumerate() {
+        let mut tx = Tx { store: &mut *store, now: 1_000 + i as i64, events: &mut events, stored: &mut stored };
+        let answer = engine::run(&mut tx, request, true);
+        lines.push(format!("{i}: {answer:?}"));
+        for event in events.drain(..) {
+            lines.push(format!("{i}: event {} #{} {:?}", event.stream.key(), event.seq, event.body));
+        }
+    }
+    lines.push(format!("stored {stored}"));
+    for load in loads() {
+        lines.push(format!("open {load:?}: {:?}", engine::open(store, &load, 5_000)));
+    }
+    lines
+}
+
+#[test]
+fn every_domain_operation_answers_on_postgresql_as_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite = Store::open(&dir.path().join("t.db"), false).unwrap();
+    let expected = transcript(&mut sqlite);
+
+    let url = shared().database();
+    let mut client = pg::connect(&url).unwrap();
+    migrations::apply(&mut client).unwrap();
+    let mut postgres = pg::PgStore::new(client);
+    postgres.begin().unwrap();
+    let got = transcript(&mut postgres);
+    postgres.commit().unwrap();
+
+    for (line, (want, have)) in expected.iter().zip(&got).enumerate() {
+        assert_eq!(have, want, "line {line} differs");
+    }
+    assert_eq!(got.len(), expected.len());
+    // The script did what it says: failures, events and reads are in the transcript.
+    let all = expected.join("\n");
+    for needle in [
+        "Err(Empty)",
+        "Err(Exists",
+        "Err(UnknownUser)",
+        "Err(NotFound)",
+        "Err(NoConversation",
+        "MembersChanged",
+        "Logout",
+        "Recovered",
+        "Ahead",
+    ] {
+        assert!(all.contains(needle), "{needle} is not in the transcript:\n{all}");
+    }
+}

@@ -76,7 +76,7 @@ pub fn send_direct(tx: &mut Tx<'_>, sender: &Identity, recipient: &UserId, conte
 }
 
 /// A user known here (has connected, or was named by the backend), or `UnknownUser`.
-pub fn known(tx: &Tx<'_>, user: &UserId) -> Result<(), Failed> {
+pub fn known(tx: &mut Tx<'_>, user: &UserId) -> Result<(), Failed> {
     if tx.store.user_exists(user)? { Ok(()) } else { Err(Failed::UnknownUser) }
 }
 

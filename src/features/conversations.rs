@@ -20,7 +20,7 @@ pub fn upsert_customer(tx: &mut Tx<'_>, fields: &CustomerFields) -> StoreResult<
 }
 
 /// A conversation and its members, as found: `NoConversation` when there is none.
-pub fn find(tx: &Tx<'_>, kind: crate::store::ConversationKind, key: &str) -> Result<Conversation, Failed> {
+pub fn find(tx: &mut Tx<'_>, kind: crate::store::ConversationKind, key: &str) -> Result<Conversation, Failed> {
     tx.store.conversation(kind, key)?.ok_or_else(|| Failed::NoConversation { kind, key: key.to_string() })
 }
 

@@ -12,6 +12,7 @@ mod file;
 mod migrations;
 mod notifications;
 pub mod pg;
+mod storage;
 mod streams;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use crate::model::{Micros, Seq, UserId};
 pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
 pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
+pub use storage::Storage;
 pub use streams::{Missed, Since, StoredEvent};
 
 #[derive(Debug)]
@@ -37,6 +39,8 @@ pub enum StoreError {
     Unavailable(String),
     /// A row the caller relied on is not there (what it was, in a few words).
     NotFound(&'static str),
+    /// A PostgreSQL query failed, or its connection did.
+    Postgres(postgres::Error),
 }
 
 impl StoreError {
@@ -57,6 +61,11 @@ impl StoreError {
                 Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => "the database is locked".into(),
                 _ => "a write failed".into(),
             },
+            StoreError::Postgres(e) if e.is_closed() => "the connection to PostgreSQL is lost".into(),
+            StoreError::Postgres(e) => match e.code() {
+                Some(code) => format!("PostgreSQL refused a query ({})", code.code()),
+                None => "PostgreSQL is unreachable".into(),
+            },
         }
     }
 }
@@ -68,7 +77,14 @@ impl std::fmt::Display for StoreError {
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
             StoreError::Unavailable(reason) => write!(f, "database unavailable: {reason}"),
             StoreError::NotFound(what) => write!(f, "{what} not found"),
+            StoreError::Postgres(e) => write!(f, "PostgreSQL: {e}"),
         }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        StoreError::Postgres(e)
     }
 }
 

@@ -4,6 +4,9 @@
 //! helper threads (the engine's lanes), never from the event loop.
 
 pub mod migrations;
+mod store;
+
+pub use store::PgStore;
 
 /// One connection, or why not, in words for the operator (the URL's password left out).
 pub fn connect(url: &str) -> Result<postgres::Client, String> {

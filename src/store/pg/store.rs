@@ -1,0 +1,713 @@
+//! `PgStore`: the domain's `Storage` on PostgreSQL, for the engine's lanes. The same
+//! operations as SQLite's `Store`, in PostgreSQL's dialect, inside a transaction the lane
+//! opens and commits (`begin`, `commit`, `rollback`).
+//!
+//! What differs from SQLite, on purpose:
+//! - **Seqs are taken in the database.** `next_seq` bumps the stream's `streams` row in
+//!   the transaction (an upsert that locks the row until commit), so every node numbers a
+//!   stream from one counter, gap-free, in commit order. Nothing is kept in memory:
+//!   `release_seq` does nothing, and a request whose event could not be stored must be
+//!   undone with its unit (`undo_unit`, a savepoint), which the engine does for every
+//!   request it runs here.
+//! - **A conversation's last activity** (`updated_at`) moves with each message at once
+//!   (SQLite defers it to the end of the turn).
+
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{Client, Row, Statement};
+
+use crate::model::{Micros, Seq, StreamId, UserId};
+use crate::store::{
+    BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert, Missed,
+    NewBankingMessage, NewConversation, NewCustomer, NewMessage, NewNotification, Notification, Since, Storage,
+    StoreError, StoreResult, StoredEvent, StoredMessage, direct_key,
+};
+
+/// How deep `replies` nest inside a banking message (as on SQLite).
+const MAX_REPLY_DEPTH: usize = 8;
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, sender_id, sender_name, content, message_type, created_at, \
+                               customer_id, is_ai_response, is_answered, seq";
+const CONVERSATION_SELECT: &str = "SELECT c.id, c.kind, c.key, c.title, c.status, c.priority, c.created_at, \
+                                   c.updated_at, cu.id, cu.source, cu.external_id, cu.first_name, cu.last_name, \
+                                   cu.profile_picture FROM conversations c LEFT JOIN customers cu ON cu.id = c.customer_id";
+const NOTIFICATION_COLUMNS: &str = "id, user_id, category, title, message, link, is_read, read_at, created_at";
+const ALERT_COLUMNS: &str = "id, user_id, message, severity, is_resolved, resolved_at, created_at";
+const BANKING_COLUMNS: &str = "id, user_id, subject, body, is_read, read_at, thread_id, parent_id, created_at";
+
+pub struct PgStore {
+    client: Client,
+    /// Prepared statements by their SQL: one round trip each, once per connection.
+    statements: HashMap<String, Statement>,
+}
+
+impl PgStore {
+    pub fn new(client: Client) -> PgStore {
+        PgStore { client, statements: HashMap::new() }
+    }
+
+    pub fn begin(&mut self) -> StoreResult<()> {
+        Ok(self.client.batch_execute("BEGIN")?)
+    }
+
+    pub fn commit(&mut self) -> StoreResult<()> {
+        Ok(self.client.batch_execute("COMMIT")?)
+    }
+
+    pub fn rollback(&mut self) -> StoreResult<()> {
+        Ok(self.client.batch_execute("ROLLBACK")?)
+    }
+
+    /// The connection, for what is not a domain operation (migrations, settings).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.query(&statement, params)?)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.query_opt(&statement, params)?)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Row> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.query_one(&statement, params)?)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+        let statement = self.statement(sql)?;
+        Ok(self.client.execute(&statement, params)?)
+    }
+
+    fn conversation_by_id(&mut self, id: i64) -> StoreResult<Option<Conversation>> {
+        let row = self.query_opt(&format!("{CONVERSATION_SELECT} WHERE c.id = $1"), &[&id])?;
+        row.map(|r| conversation_from_row(&r)).transpose()
+    }
+
+    fn ensure_user(&mut self, user: &UserId) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO users (id, name, first_seen, last_seen) VALUES ($1, $1, 0, 0) ON CONFLICT (id) DO NOTHING",
+            &[&user.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64> {
+        let row = self.query_one(
+            "SELECT count(*) FROM messages m
+             JOIN conversation_members cm ON cm.conversation_id = m.conversation_id AND cm.user_id = $2
+             WHERE m.conversation_id = $1 AND m.id > cm.last_read_message_id
+               AND (m.sender_id IS NULL OR m.sender_id <> $2)",
+            &[&conversation_id, &user.as_str()],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn load_replies(&mut self, message: &mut BankingMessage, depth: usize) -> StoreResult<()> {
+        if depth == 0 {
+            return Ok(());
+        }
+        let rows = self.query(
+            &format!("SELECT {BANKING_COLUMNS} FROM banking_messages WHERE parent_id = $1 ORDER BY id"),
+            &[&message.id],
+        )?;
+        message.replies = rows.iter().map(banking_from_row).collect();
+        for reply in &mut message.replies {
+            self.load_replies(reply, depth - 1)?;
+        }
+        Ok(())
+    }
+}
+
+fn flag(row: &Row, index: usize) -> bool {
+    row.get::<_, i32>(index) != 0
+}
+
+fn conversation_from_row(row: &Row) -> StoreResult<Conversation> {
+    let kind: String = row.get(1);
+    let customer = row.get::<_, Option<i64>>(8).map(|id| Customer {
+        id,
+        source: row.get(9),
+        external_id: row.get(10),
+        first_name: row.get(11),
+        last_name: row.get(12),
+        profile_picture: row.get(13),
+    });
+    Ok(Conversation {
+        id: row.get(0),
+        kind: ConversationKind::from_sql(&kind).ok_or(StoreError::NotFound("conversation kind"))?,
+        key: row.get(2),
+        title: row.get(3),
+        status: row.get(4),
+        priority: row.get(5),
+        created_at: row.get(6),
+        updated_at: row.get(7),
+        customer,
+    })
+}
+
+fn message_from_row(row: &Row) -> StoredMessage {
+    StoredMessage {
+        id: row.get(0),
+        conversation_id: row.get(1),
+        sender_id: row.get::<_, Option<String>>(2).map(|s| UserId::new(&s)),
+        sender_name: row.get(3),
+        content: row.get(4),
+        message_type: row.get(5),
+        created_at: row.get(6),
+        customer_id: row.get(7),
+        is_ai_response: flag(row, 8),
+        is_answered: flag(row, 9),
+        seq: row.get(10),
+    }
+}
+
+fn notification_from_row(row: &Row) -> Notification {
+    Notification {
+        id: row.get(0),
+        user_id: UserId::new(row.get(1)),
+        category: row.get(2),
+        title: row.get(3),
+        message: row.get(4),
+        link: row.get(5),
+        is_read: flag(row, 6),
+        read_at: row.get(7),
+        created_at: row.get(8),
+    }
+}
+
+fn alert_from_row(row: &Row) -> FraudAlert {
+    FraudAlert {
+        id: row.get(0),
+        user_id: UserId::new(row.get(1)),
+        message: row.get(2),
+        severity: row.get(3),
+        is_resolved: flag(row, 4),
+        resolved_at: row.get(5),
+        created_at: row.get(6),
+    }
+}
+
+fn banking_from_row(row: &Row) -> BankingMessage {
+    BankingMessage {
+        id: row.get(0),
+        user_id: UserId::new(row.get(1)),
+        subject: row.get(2),
+        body: row.get(3),
+        is_read: flag(row, 4),
+        read_at: row.get(5),
+        thread_id: row.get(6),
+        parent_id: row.get(7),
+        created_at: row.get(8),
+        replies: Vec::new(),
+    }
+}
+
+impl Storage for PgStore {
+    fn next_seq(&mut self, stream: &StreamId, now: Micros) -> StoreResult<Seq> {
+        let row = self.query_one(
+            "INSERT INTO streams (id, last_seq, updated_at) VALUES ($1, 1, $2)
+             ON CONFLICT (id) DO UPDATE SET last_seq = streams.last_seq + 1,
+                                            updated_at = greatest(streams.updated_at, excluded.updated_at)
+             RETURNING last_seq",
+            &[&stream.key(), &now],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn release_seq(&mut self, _stream: &StreamId, _seq: Seq) {
+        // Given back by undoing the request's unit (see the module's comment).
+    }
+
+    fn last_seq(&mut self, stream: &StreamId) -> StoreResult<Seq> {
+        let row = self.query_one("SELECT coalesce(max(last_seq), 0) FROM streams WHERE id = $1", &[&stream.key()])?;
+        Ok(row.get(0))
+    }
+
+    fn insert_event(&mut self, stream: &StreamId, seq: Seq, kind: &str, payload: &str, now: Micros) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO events (stream, seq, kind, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&stream.key(), &seq, &kind, &payload, &now],
+        )?;
+        Ok(())
+    }
+
+    fn events_since(&mut self, stream: &StreamId, since: Seq, limit: usize) -> StoreResult<Since> {
+        let last = self.last_seq(stream)?;
+        if since > last {
+            return Ok(Since::Ahead { last });
+        }
+        if since == last {
+            return Ok(Since::Events(Vec::new()));
+        }
+        if last - since > limit as Seq {
+            return Ok(Since::Gone { last });
+        }
+        let rows = self.query(
+            "SELECT seq, kind, payload FROM events WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&stream.key(), &since, &(limit as i64)],
+        )?;
+        let mut missed: Vec<Missed> = rows
+            .iter()
+            .map(|r| Missed::Event(StoredEvent { seq: r.get(0), kind: r.get(1), payload: r.get(2) }))
+            .collect();
+        if let StreamId::Conversation(id) = stream {
+            let rows = self.query(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+                &[id, &since, &(limit as i64)],
+            )?;
+            missed.extend(rows.iter().map(|r| Missed::Message(message_from_row(r))));
+            missed.sort_by_key(Missed::seq);
+        }
+        // Gap-free numbering: every seq after `since` is there, unless pruned.
+        let complete = missed.len() as Seq == last - since
+            && missed.iter().zip(since + 1..).all(|(missed, expected)| missed.seq() == expected);
+        Ok(if complete { Since::Events(missed) } else { Since::Gone { last } })
+    }
+
+    fn begin_unit(&mut self) -> StoreResult<()> {
+        Ok(self.client.batch_execute("SAVEPOINT unit")?)
+    }
+
+    fn keep_unit(&mut self) -> StoreResult<()> {
+        Ok(self.client.batch_execute("RELEASE SAVEPOINT unit")?)
+    }
+
+    fn undo_unit(&mut self) {
+        if let Err(e) = self.client.batch_execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit") {
+            log::warn!("PostgreSQL: cannot undo a unit (the batch fails): {e}");
+        }
+    }
+
+    fn upsert_user(&mut self, user: &UserId, name: &str, now: Micros) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO users (id, name, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen
+             WHERE users.name IS DISTINCT FROM excluded.name OR users.last_seen < excluded.last_seen - 3600000000",
+            &[&user.as_str(), &name, &now],
+        )?;
+        Ok(())
+    }
+
+    fn user_exists(&mut self, user: &UserId) -> StoreResult<bool> {
+        Ok(self.query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_str()])?.is_some())
+    }
+
+    fn get_or_create_conversation(&mut self, kind: ConversationKind, key: &str, now: Micros) -> StoreResult<i64> {
+        if let Some(id) = self.conversation_id(kind, key)? {
+            return Ok(id);
+        }
+        // Another node may create it at the same moment: the unique key decides.
+        self.execute(
+            "INSERT INTO conversations (kind, key, title, created_at, updated_at) VALUES ($1, $2, $2, $3, $3)
+             ON CONFLICT (kind, key) DO NOTHING",
+            &[&kind.as_sql(), &key, &now],
+        )?;
+        self.conversation_id(kind, key)?.ok_or(StoreError::NotFound("conversation"))
+    }
+
+    fn conversation_id(&mut self, kind: ConversationKind, key: &str) -> StoreResult<Option<i64>> {
+        let row =
+            self.query_opt("SELECT id FROM conversations WHERE kind = $1 AND key = $2", &[&kind.as_sql(), &key])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn conversation(&mut self, kind: ConversationKind, key: &str) -> StoreResult<Option<Conversation>> {
+        let row = self
+            .query_opt(&format!("{CONVERSATION_SELECT} WHERE c.kind = $1 AND c.key = $2"), &[&kind.as_sql(), &key])?;
+        row.map(|r| conversation_from_row(&r)).transpose()
+    }
+
+    fn existing_conversation(&mut self, id: i64) -> StoreResult<Conversation> {
+        self.conversation_by_id(id)?.ok_or(StoreError::NotFound("conversation"))
+    }
+
+    fn create_conversation(&mut self, new: &NewConversation<'_>, now: Micros) -> StoreResult<i64> {
+        let row = self.query_one(
+            "INSERT INTO conversations (kind, key, title, status, priority, customer_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+            &[&new.kind.as_sql(), &new.key, &new.title, &new.status, &new.priority, &new.customer_id, &now],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn direct_conversation(&mut self, a: &UserId, b: &UserId, now: Micros) -> StoreResult<i64> {
+        let key = direct_key(a, b);
+        if let Some(id) = self.conversation_id(ConversationKind::Direct, &key)? {
+            return Ok(id);
+        }
+        let row = self.query_opt(
+            "INSERT INTO conversations (kind, key, title, created_at, updated_at) VALUES ('direct', $1, '', $2, $2)
+             ON CONFLICT (kind, key) DO NOTHING RETURNING id",
+            &[&key, &now],
+        )?;
+        match row {
+            Some(row) => {
+                let id = row.get(0);
+                self.set_members(id, &[a.clone(), b.clone()])?;
+                Ok(id)
+            }
+            // Another node created the pair (with its members) meanwhile.
+            None => self.conversation_id(ConversationKind::Direct, &key)?.ok_or(StoreError::NotFound("conversation")),
+        }
+    }
+
+    fn open_support_conversation(&mut self, customer_id: i64) -> StoreResult<Option<Conversation>> {
+        let row = self.query_opt(
+            &format!(
+                "{CONVERSATION_SELECT} WHERE c.kind = 'support' AND c.customer_id = $1 AND c.status <> 'closed'
+                 ORDER BY c.updated_at DESC, c.id DESC LIMIT 1"
+            ),
+            &[&customer_id],
+        )?;
+        row.map(|r| conversation_from_row(&r)).transpose()
+    }
+
+    fn conversations_of(&mut self, user: &UserId, kind: ConversationKind) -> StoreResult<Vec<ConversationSummary>> {
+        let rows = self.query(
+            &format!(
+                "{CONVERSATION_SELECT}
+                 JOIN conversation_members cm ON cm.conversation_id = c.id AND cm.user_id = $1
+                 WHERE c.kind = $2
+                 ORDER BY c.updated_at DESC, c.id DESC"
+            ),
+            &[&user.as_str(), &kind.as_sql()],
+        )?;
+        let conversations = rows.iter().map(conversation_from_row).collect::<StoreResult<Vec<_>>>()?;
+        let mut summaries = Vec::with_capacity(conversations.len());
+        for conversation in conversations {
+            let last_message = self
+                .query_opt(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY id DESC LIMIT 1"
+                    ),
+                    &[&conversation.id],
+                )?
+                .map(|r| message_from_row(&r));
+            let unread_count = self.unread_count(conversation.id, user)?;
+            summaries.push(ConversationSummary { conversation, last_message, unread_count });
+        }
+        Ok(summaries)
+    }
+
+    fn members(&mut self, conversation_id: i64) -> StoreResult<Vec<UserId>> {
+        let rows = self.query(
+            "SELECT user_id FROM conversation_members WHERE conversation_id = $1 ORDER BY user_id",
+            &[&conversation_id],
+        )?;
+        Ok(rows.iter().map(|r| UserId::new(r.get(0))).collect())
+    }
+
+    fn is_member(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<bool> {
+        let row = self.query_opt(
+            "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+            &[&conversation_id, &user.as_str()],
+        )?;
+        Ok(row.is_some())
+    }
+
+    fn set_members(&mut self, conversation_id: i64, members: &[UserId]) -> StoreResult<Vec<UserId>> {
+        let current = self.members(conversation_id)?;
+        let removed: Vec<UserId> = current.iter().filter(|u| !members.contains(u)).cloned().collect();
+        for user in &removed {
+            self.execute(
+                "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+                &[&conversation_id, &user.as_str()],
+            )?;
+        }
+        for user in members {
+            self.ensure_user(user)?;
+            self.execute(
+                "INSERT INTO conversation_members (conversation_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&conversation_id, &user.as_str()],
+            )?;
+        }
+        Ok(removed)
+    }
+
+    fn upsert_customer(&mut self, new: &NewCustomer<'_>, now: Micros) -> StoreResult<Customer> {
+        let row = self.query_one(
+            "INSERT INTO customers (source, external_id, first_name, last_name, profile_picture, created_at)
+             VALUES ($1, $2, coalesce($3, ''), coalesce($4, ''), $5, $6)
+             ON CONFLICT (source, external_id) DO UPDATE SET
+                 first_name = coalesce($3, customers.first_name),
+                 last_name = coalesce($4, customers.last_name),
+                 profile_picture = coalesce($5, customers.profile_picture)
+             RETURNING id, source, external_id, first_name, last_name, profile_picture",
+            &[&new.source, &new.external_id, &new.first_name, &new.last_name, &new.profile_picture, &now],
+        )?;
+        Ok(Customer {
+            id: row.get(0),
+            source: row.get(1),
+            external_id: row.get(2),
+            first_name: row.get(3),
+            last_name: row.get(4),
+            profile_picture: row.get(5),
+        })
+    }
+
+    fn insert_message(&mut self, message: NewMessage<'_>, now: Micros) -> StoreResult<StoredMessage> {
+        let (sender_id, sender_name) = match message.sender {
+            Some((id, name)) => (Some(id.as_str()), name),
+            None => (None, ""),
+        };
+        let row = self.query_one(
+            "INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at,
+                                   customer_id, is_ai_response, is_answered, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            &[
+                &message.conversation_id,
+                &sender_id,
+                &sender_name,
+                &message.content,
+                &message.message_type,
+                &now,
+                &message.customer_id,
+                &i32::from(message.is_ai_response),
+                &i32::from(message.is_answered),
+                &message.seq,
+            ],
+        )?;
+        self.execute(
+            "UPDATE conversations SET updated_at = greatest(updated_at, $2) WHERE id = $1",
+            &[&message.conversation_id, &now],
+        )?;
+        Ok(StoredMessage {
+            id: row.get(0),
+            conversation_id: message.conversation_id,
+            sender_id: message.sender.map(|(id, _)| id.clone()),
+            sender_name: sender_name.to_string(),
+            content: message.content.to_string(),
+            message_type: message.message_type.to_string(),
+            created_at: now,
+            customer_id: message.customer_id,
+            is_ai_response: message.is_ai_response,
+            is_answered: message.is_answered,
+            seq: message.seq,
+        })
+    }
+
+    fn message(&mut self, id: i64) -> StoreResult<Option<StoredMessage>> {
+        let row = self.query_opt(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"), &[&id])?;
+        Ok(row.map(|r| message_from_row(&r)))
+    }
+
+    fn recent_messages(&mut self, conversation_id: i64, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        let rows = self.query(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM (
+                     SELECT * FROM messages WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2
+                 ) newest ORDER BY id"
+            ),
+            &[&conversation_id, &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(message_from_row).collect())
+    }
+
+    fn latest_message_id(&mut self, conversation_id: i64) -> StoreResult<i64> {
+        let row = self
+            .query_one("SELECT coalesce(max(id), 0) FROM messages WHERE conversation_id = $1", &[&conversation_id])?;
+        Ok(row.get(0))
+    }
+
+    fn advance_read(&mut self, conversation_id: i64, user: &UserId, message_id: i64) -> StoreResult<()> {
+        self.execute(
+            "UPDATE conversation_members SET last_read_message_id = greatest(last_read_message_id, $3)
+             WHERE conversation_id = $1 AND user_id = $2",
+            &[&conversation_id, &user.as_str(), &message_id],
+        )?;
+        Ok(())
+    }
+
+    fn record_read(&mut self, message: &StoredMessage, user: &UserId, now: Micros) -> StoreResult<bool> {
+        let inserted = self.execute(
+            "INSERT INTO message_reads (message_id, user_id, read_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&message.id, &user.as_str(), &now],
+        )?;
+        self.advance_read(message.conversation_id, user, message.id)?;
+        Ok(inserted == 1)
+    }
+
+    fn mark_customer_messages_answered(&mut self, conversation_id: i64) -> StoreResult<()> {
+        self.execute(
+            "UPDATE messages SET is_answered = 1
+             WHERE conversation_id = $1 AND message_type = 'customer' AND is_answered = 0",
+            &[&conversation_id],
+        )?;
+        Ok(())
+    }
+
+    fn unread_direct_messages(&mut self, user: &UserId, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        let rows = self.query(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
+                     SELECT m.id FROM conversation_members cm
+                     JOIN conversations c ON c.id = cm.conversation_id AND c.kind = 'direct'
+                     JOIN messages m ON m.conversation_id = cm.conversation_id AND m.id > cm.last_read_message_id
+                     WHERE cm.user_id = $1 AND m.sender_id <> $1
+                     ORDER BY m.id LIMIT $2
+                 ) ORDER BY id"
+            ),
+            &[&user.as_str(), &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(message_from_row).collect())
+    }
+
+    fn insert_notification(&mut self, new: &NewNotification<'_>, now: Micros) -> StoreResult<Notification> {
+        let row = self.query_one(
+            "INSERT INTO notifications (user_id, category, title, message, link, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            &[&new.user_id.as_str(), &new.category, &new.title, &new.message, &new.link, &now],
+        )?;
+        Ok(Notification {
+            id: row.get(0),
+            user_id: new.user_id.clone(),
+            category: new.category.to_string(),
+            title: new.title.to_string(),
+            message: new.message.to_string(),
+            link: new.link.map(str::to_string),
+            is_read: false,
+            read_at: None,
+            created_at: now,
+        })
+    }
+
+    fn mark_notification_read(&mut self, user: &UserId, id: i64, now: Micros) -> StoreResult<Option<Notification>> {
+        self.execute(
+            "UPDATE notifications SET is_read = 1, read_at = $3 WHERE id = $1 AND user_id = $2 AND is_read = 0",
+            &[&id, &user.as_str(), &now],
+        )?;
+        let row = self.query_opt(
+            &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = $1 AND user_id = $2"),
+            &[&id, &user.as_str()],
+        )?;
+        Ok(row.map(|r| notification_from_row(&r)))
+    }
+
+    fn unread_notifications(&mut self, user: &UserId, limit: usize) -> StoreResult<Vec<Notification>> {
+        let rows = self.query(
+            &format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM (
+                     SELECT * FROM notifications WHERE user_id = $1 AND is_read = 0 ORDER BY id DESC LIMIT $2
+                 ) newest ORDER BY id"
+            ),
+            &[&user.as_str(), &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(notification_from_row).collect())
+    }
+
+    fn unread_notification_count(&mut self, user: &UserId) -> StoreResult<i64> {
+        let row =
+            self.query_one("SELECT count(*) FROM notifications WHERE user_id = $1 AND is_read = 0", &[&user.as_str()])?;
+        Ok(row.get(0))
+    }
+
+    fn insert_fraud_alert(
+        &mut self,
+        user: &UserId,
+        message: &str,
+        severity: &str,
+        now: Micros,
+    ) -> StoreResult<FraudAlert> {
+        let row = self.query_one(
+            "INSERT INTO fraud_alerts (user_id, message, severity, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&user.as_str(), &message, &severity, &now],
+        )?;
+        Ok(FraudAlert {
+            id: row.get(0),
+            user_id: user.clone(),
+            message: message.to_string(),
+            severity: severity.to_string(),
+            is_resolved: false,
+            resolved_at: None,
+            created_at: now,
+        })
+    }
+
+    fn fraud_alert(&mut self, id: i64) -> StoreResult<Option<FraudAlert>> {
+        let row = self.query_opt(&format!("SELECT {ALERT_COLUMNS} FROM fraud_alerts WHERE id = $1"), &[&id])?;
+        Ok(row.map(|r| alert_from_row(&r)))
+    }
+
+    fn resolve_fraud_alert(&mut self, id: i64, now: Micros) -> StoreResult<Option<FraudAlert>> {
+        self.execute(
+            "UPDATE fraud_alerts SET is_resolved = 1, resolved_at = $2 WHERE id = $1 AND is_resolved = 0",
+            &[&id, &now],
+        )?;
+        self.fraud_alert(id)
+    }
+
+    fn unresolved_fraud_alerts(&mut self, user: &UserId, limit: usize) -> StoreResult<Vec<FraudAlert>> {
+        let rows = self.query(
+            &format!(
+                "SELECT {ALERT_COLUMNS} FROM (
+                     SELECT * FROM fraud_alerts WHERE user_id = $1 AND is_resolved = 0 ORDER BY id DESC LIMIT $2
+                 ) newest ORDER BY id"
+            ),
+            &[&user.as_str(), &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(alert_from_row).collect())
+    }
+
+    fn insert_banking_message(&mut self, new: &NewBankingMessage<'_>, now: Micros) -> StoreResult<BankingMessage> {
+        let row = self.query_one(
+            "INSERT INTO banking_messages (user_id, subject, body, thread_id, parent_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            &[&new.user_id.as_str(), &new.subject, &new.body, &new.thread_id, &new.parent_id, &now],
+        )?;
+        self.banking_message(row.get(0))?.ok_or(StoreError::NotFound("banking message"))
+    }
+
+    fn banking_message(&mut self, id: i64) -> StoreResult<Option<BankingMessage>> {
+        let row = self.query_opt(&format!("SELECT {BANKING_COLUMNS} FROM banking_messages WHERE id = $1"), &[&id])?;
+        match row {
+            Some(row) => {
+                let mut message = banking_from_row(&row);
+                self.load_replies(&mut message, MAX_REPLY_DEPTH)?;
+                Ok(Some(message))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn mark_banking_message_read(
+        &mut self,
+        user: &UserId,
+        id: i64,
+        now: Micros,
+    ) -> StoreResult<Option<BankingMessage>> {
+        self.execute(
+            "UPDATE banking_messages SET is_read = 1, read_at = $3 WHERE id = $1 AND user_id = $2 AND is_read = 0",
+            &[&id, &user.as_str(), &now],
+        )?;
+        Ok(self.banking_message(id)?.filter(|m| &m.user_id == user))
+    }
+
+    fn unread_banking_messages(&mut self, user: &UserId, limit: usize) -> StoreResult<Vec<BankingMessage>> {
+        let rows = self.query(
+            "SELECT id FROM (
+                 SELECT id FROM banking_messages WHERE user_id = $1 AND is_read = 0 ORDER BY id DESC LIMIT $2
+             ) newest ORDER BY id",
+            &[&user.as_str(), &(limit as i64)],
+        )?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in rows {
+            messages.extend(self.banking_message(row.get(0))?);
+        }
+        Ok(messages)
+    }
+}
