@@ -48,7 +48,7 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
     let path = request.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     if request.method == "GET" && path == "/healthz" {
-        return Some(match ctx.store.health() {
+        return Some(match ctx.engine.health() {
             Ok(()) => json_response(200, &json!({"status": "ok"})),
             Err(store) => json_response(503, &json!({"status": "error", "store": store})),
         });

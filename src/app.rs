@@ -14,6 +14,7 @@ use crate::auth::{self, Verifier};
 use crate::config::Config;
 use crate::context::{Ctx, ErrorRenderer, OnlineUser, Out, Refusal, Session, Then, close_code};
 use crate::endpoints;
+use crate::engine::Engine;
 use crate::engine::{OpenError, Opened};
 use crate::http::{self, HttpError, Request};
 use crate::hub::ConnId;
@@ -21,7 +22,6 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Seq, UserId, now_micros};
 use crate::request::Answer;
 use crate::route::{Endpoint, route};
-use crate::store::Store;
 
 /// A per-user token bucket for the messages-per-minute limit.
 struct Bucket {
@@ -60,9 +60,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, verifier: Verifier, api_key: String, store: Store) -> App {
+    pub fn new(config: Config, verifier: Verifier, api_key: String, engine: Engine) -> App {
         App {
-            ctx: Ctx::new(config, api_key, store),
+            ctx: Ctx::new(config, api_key, engine),
             verifier,
             buckets: HashMap::new(),
             writers: Vec::new(),
@@ -143,7 +143,7 @@ impl App {
             return Err(Refusal::new(close_code::TRY_AGAIN_LATER, "too many connections for this user"));
         }
         if user_conns == 0
-            && let Err(e) = self.ctx.store.upsert_user(&identity.user_id, &identity.name, self.ctx.now)
+            && let Err(e) = self.ctx.engine.seen(&identity.user_id, &identity.name, self.ctx.now)
         {
             log::error!("cannot record user: {e}");
             return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
@@ -154,7 +154,7 @@ impl App {
         // local engine; an engine that answers later leaves the session opening.
         let opened = match endpoints::load(&self.ctx, &mut session, since)? {
             None => None,
-            Some(load) => match self.ctx.engine.open(&mut self.ctx.store, conn, load, self.ctx.now) {
+            Some(load) => match self.ctx.engine.open(conn, load, self.ctx.now) {
                 Some(answer) => Some(answer),
                 None => {
                     session.opening_mut();
@@ -200,7 +200,7 @@ impl App {
     /// since the last turn (none from the local engine, which answers inline). The server
     /// hands each to its session with `finish_open`.
     pub fn ready_opens(&mut self) -> Vec<(ConnId, Result<Opened, OpenError>)> {
-        self.ctx.engine.ready(&mut self.ctx.store, self.ctx.now)
+        self.ctx.engine.ready(self.ctx.now)
     }
 
     /// An opening session's answer: it opens (or is closed with its refusal), then handles
@@ -251,11 +251,11 @@ impl App {
             self.ctx.send(session.conn, endpoints::error_frame(&session.endpoint, &message));
             return;
         }
-        let writes = self.ctx.store.writes_this_turn();
+        let writes = self.ctx.engine.writes_this_turn();
         endpoints::on_text(&mut self.ctx, session, text);
         self.deliver();
         self.answer_inline(Some(session));
-        if self.ctx.store.writes_this_turn() != writes {
+        if self.ctx.engine.writes_this_turn() != writes {
             self.writers.push((session.conn, endpoints::error_renderer(&session.endpoint)));
         }
     }
@@ -380,7 +380,7 @@ impl App {
     /// whose message was not stored gets its endpoint's error frame.
     pub fn end_turn(&mut self) -> Vec<Out> {
         let mut outbox = std::mem::take(&mut self.ctx.outbox);
-        match self.ctx.store.commit() {
+        match self.ctx.engine.commit() {
             Ok(0) => {}
             Ok(writes) => self.ctx.metrics.committed(writes),
             Err(e) => {
@@ -410,22 +410,14 @@ impl App {
     /// After the turn's output has been handed to the sockets: housekeeping that may take
     /// a moment (see `Store::finish_checkpoint`).
     pub fn after_turn(&mut self) {
-        self.ctx.store.finish_checkpoint();
+        self.ctx.engine.after_turn();
     }
 
     /// Forgets rate-limit buckets that have refilled, so the map does not grow with
     /// every user ever seen. Called from the server's periodic sweep.
     pub fn sweep(&mut self) {
-        self.ctx.store.sweep();
-        if let Err(e) = self.ctx.store.flush_streams() {
-            log::warn!("cannot write the streams' positions (they are recovered from the rows): {e}");
-        }
         let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
-        match self.ctx.store.prune_events(before, std::time::Duration::from_millis(5)) {
-            Ok(0) => {}
-            Ok(pruned) => log::debug!("pruned {pruned} events older than the retention"),
-            Err(e) => log::warn!("cannot prune events: {e}"),
-        }
+        self.ctx.engine.sweep(before);
         let capacity = f64::from(self.ctx.config.limits.rate_limit_per_minute);
         let per_second = capacity / 60.0;
         let now = Instant::now();
@@ -467,9 +459,10 @@ fn since_from_query(query: Option<&str>) -> Result<Option<Seq>, Refusal> {
 mod tests {
     use super::*;
     use crate::config::RawSettings;
-    use crate::engine::Engine;
+    use crate::store::Store;
 
-    fn app(dir: &tempfile::TempDir) -> App {
+    /// An app on an engine that answers a turn later.
+    fn deferred(dir: &tempfile::TempDir) -> App {
         app_with(dir, None)
     }
 
@@ -485,7 +478,7 @@ mod tests {
         let config = raw.into_config().unwrap();
         let verifier = Verifier::new(&config.jwt, &"x".repeat(32)).unwrap();
         let store = Store::open(&dir.path().join("t.db"), false).unwrap();
-        App::new(config, verifier, "k".repeat(16), store)
+        App::new(config, verifier, "k".repeat(16), Engine::deferred(store))
     }
 
     fn ident(id: &str) -> Identity {
@@ -511,8 +504,7 @@ mod tests {
     #[test]
     fn an_engine_that_answers_later_keeps_the_session_opening_and_its_early_frames() {
         let dir = tempfile::tempdir().unwrap();
-        let mut app = app(&dir);
-        app.ctx.engine = Engine::deferred();
+        let mut app = deferred(&dir);
         let (ann, bo) = (ConnId { slot: 1, serial: 1 }, ConnId { slot: 2, serial: 2 });
         let room = Endpoint::Rooms { room: "lobby".into() };
 
@@ -585,7 +577,6 @@ mod tests {
     fn opening_sessions_count_toward_the_per_user_cap() {
         let dir = tempfile::tempdir().unwrap();
         let mut app = app_with(&dir, Some("2"));
-        app.ctx.engine = Engine::deferred();
         let room = Endpoint::Rooms { room: "lobby".into() };
         let conn = |n| ConnId { slot: n, serial: n as u64 };
         app.begin_turn();

@@ -8,6 +8,7 @@ use std::io::Read;
 use crate::app::App;
 use crate::auth::{self, Verifier};
 use crate::config::{Config, JwtAlgorithm, RawSettings, settings_help};
+use crate::engine::Engine;
 use crate::server::Server;
 use crate::store::Store;
 
@@ -126,13 +127,15 @@ fn serve(config: Config) -> i32 {
         Err(e) => return fail(2, &e),
     };
     let db_path = config.db_path.clone();
-    let mut app = App::new(config, verifier, secrets.api_key.clone(), store);
-    if std::env::var_os("SWITCHBOARD_TEST_DEFERRED_ENGINE").is_some_and(|v| v == "1") {
+    let engine = if std::env::var_os("SWITCHBOARD_TEST_DEFERRED_ENGINE").is_some_and(|v| v == "1") {
         // For the test suite only (ARCHITECTURE.md, "Storage as data"): every open and
         // request answered a turn later, the shape of an engine on another thread.
         log::warn!("SWITCHBOARD_TEST_DEFERRED_ENGINE=1: answers come a turn late (a test setting)");
-        app.ctx.engine = crate::engine::Engine::deferred();
-    }
+        Engine::deferred(store)
+    } else {
+        Engine::Local(store)
+    };
+    let app = App::new(config, verifier, secrets.api_key.clone(), engine);
     let (server, bound) = match Server::bind(app) {
         Ok(bound) => bound,
         Err(e) => return fail(1, &e.to_string()),

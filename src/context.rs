@@ -1,8 +1,8 @@
-//! The context every handler works in: what a turn has (the store, the hub, who is
+//! The context every handler works in: what a turn has (the engine, the hub, who is
 //! online, the metrics, the time of the turn) and what it may do (queue frames, closes
 //! and API answers in the outbox). Endpoints and the server API import this and nothing
 //! of the dispatcher (`app.rs`), so the dependencies run one way:
-//! `server -> app -> {endpoints, api} -> context -> {store, hub, ...}`.
+//! `server -> app -> {endpoints, api} -> context -> {engine, hub, ...}`.
 //!
 //! Nothing here touches a socket: the outbox is applied by the server only after
 //! `App::end_turn` has committed the turn's writes.
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tungstenite::Utf8Bytes;
 
 use crate::config::Config;
-use crate::engine::{Engine, Ticket};
+use crate::engine::{Engine, Ticket, Turn};
 pub use crate::event::{Event, EventBody};
 use crate::http::HttpError;
 use crate::hub::{ConnId, Hub, Topic};
@@ -24,8 +24,6 @@ use crate::recent::Recent;
 use crate::request::{Answer, Request};
 use crate::route::Endpoint;
 use crate::sequencer::{Offered, Sequencer};
-use crate::store::Store;
-use crate::tx::Tx;
 
 /// A serialized frame: JSON text, shared by every connection it goes to.
 pub type Frame = Utf8Bytes;
@@ -180,7 +178,6 @@ pub struct Ctx {
     pub config: Config,
     /// The server API's key (configured or kept in the database).
     pub api_key: String,
-    pub store: Store,
     pub hub: Hub,
     pub metrics: Metrics,
     /// Users with open sessions: their display name and connections (per-user cap,
@@ -189,7 +186,7 @@ pub struct Ctx {
     pub(crate) outbox: Vec<Out>,
     /// Recorded and not yet delivered (see `Event`).
     events: Vec<Event>,
-    /// Where opens and requests go (`engine.rs`).
+    /// Where opens and requests go, and the store behind them (`engine.rs`).
     pub engine: Engine,
     next_ticket: Ticket,
     /// Requests asked and not answered yet, by ticket, and whether each is a write.
@@ -208,17 +205,16 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(config: Config, api_key: String, store: Store) -> Ctx {
+    pub fn new(config: Config, api_key: String, engine: Engine) -> Ctx {
         Ctx {
             config,
             api_key,
-            store,
             hub: Hub::default(),
             metrics: Metrics::default(),
             online: HashMap::new(),
             outbox: Vec::new(),
             events: Vec::new(),
-            engine: Engine::Local,
+            engine,
             next_ticket: 0,
             waiting: HashMap::new(),
             answers: Vec::new(),
@@ -229,16 +225,10 @@ impl Ctx {
         }
     }
 
-    /// The engine, and what a domain operation run by it works with (`tx.rs`): the store
-    /// in the turn's transaction, the turn's time, and this turn's events.
-    fn engine_and_tx(&mut self) -> (&mut Engine, Tx<'_>) {
-        let tx = Tx {
-            store: &mut self.store,
-            now: self.now,
-            events: &mut self.events,
-            stored: &mut self.metrics.messages_stored,
-        };
-        (&mut self.engine, tx)
+    /// The engine, and what a request it runs gets of this turn (`engine::Turn`).
+    fn engine_and_turn(&mut self) -> (&mut Engine, Turn<'_>) {
+        let turn = Turn { now: self.now, events: &mut self.events, stored: &mut self.metrics.messages_stored };
+        (&mut self.engine, turn)
     }
 
     /// Asks the engine for a read or a write; `then` says what to do with the answer,
@@ -249,8 +239,8 @@ impl Ctx {
         self.next_ticket += 1;
         let write = matches!(request, Request::Write(_));
         let atomic = write && matches!(then, Then::Api { .. });
-        let (engine, mut tx) = self.engine_and_tx();
-        match engine.ask(&mut tx, ticket, request, atomic) {
+        let (engine, turn) = self.engine_and_turn();
+        match engine.ask(turn, ticket, request, atomic) {
             Some(answer) => self.answers.push((then, answer)),
             None => {
                 if let Some(conn) = then.session() {
@@ -276,8 +266,8 @@ impl Ctx {
     /// what to do with it and whether it answers a write. Their events are queued for
     /// delivery.
     pub fn ready_answers(&mut self) -> Vec<(Then, Answer, bool)> {
-        let (engine, mut tx) = self.engine_and_tx();
-        let answers = engine.answers(&mut tx);
+        let (engine, turn) = self.engine_and_turn();
+        let answers = engine.answers(turn);
         let mut ready = Vec::with_capacity(answers.len());
         for (ticket, answer) in answers {
             let Some((then, write)) = self.waiting.remove(&ticket) else { continue };
@@ -327,7 +317,7 @@ impl Ctx {
     /// A failed commit gave streams their numbers back: delivery positions past them
     /// go back too, so that the numbers taken again are delivered.
     pub fn rewind_streams(&mut self) {
-        for (stream, last) in self.store.take_rewound() {
+        for (stream, last) in self.engine.take_rewound() {
             self.sequencer.rewind(&stream, last);
         }
     }

@@ -128,79 +128,153 @@ impl From<StoreError> for OpenError {
 /// A request's number, by which its answer finds whoever asked (`Ctx::ask`).
 pub type Ticket = u64;
 
-/// The engine behind the loop.
+/// The engine behind the loop, which owns the store: the loop asks it for opens and
+/// requests, and tells it when a turn ends (`commit`), time passes (`sweep`) or a user
+/// is seen; it never reaches the store itself.
 pub enum Engine {
     /// SQLite, inline: answers before `open` or `ask` returns.
-    Local,
+    Local(Store),
     /// SQLite, answered at the start of the next turn: the shape of an engine that
     /// answers later.
-    Deferred { opens: Vec<(ConnId, OpenLoad)>, requests: Vec<(Ticket, Request, bool)> },
+    Deferred(Store, Waiting),
+}
+
+/// What a deferred engine has been asked and not answered yet.
+#[derive(Default)]
+pub struct Waiting {
+    opens: Vec<(ConnId, OpenLoad)>,
+    requests: Vec<(Ticket, Request, bool)>,
 }
 
 impl Engine {
-    pub fn deferred() -> Engine {
-        Engine::Deferred { opens: Vec::new(), requests: Vec::new() }
+    /// The same store, answered a turn later.
+    pub fn deferred(store: Store) -> Engine {
+        Engine::Deferred(store, Waiting::default())
+    }
+
+    fn store(&mut self) -> &mut Store {
+        match self {
+            Engine::Local(store) | Engine::Deferred(store, _) => store,
+        }
     }
 
     /// Asks for what `conn`'s session needs to open. The answer is returned now by an
     /// inline engine, and otherwise comes from `ready` in a later turn.
-    pub fn open(
-        &mut self,
-        store: &mut Store,
-        conn: ConnId,
-        load: OpenLoad,
-        now: Micros,
-    ) -> Option<Result<Opened, OpenError>> {
+    pub fn open(&mut self, conn: ConnId, load: OpenLoad, now: Micros) -> Option<Result<Opened, OpenError>> {
         match self {
-            Engine::Local => Some(open(store, &load, now)),
-            Engine::Deferred { opens, .. } => {
-                opens.push((conn, load));
+            Engine::Local(store) => Some(open(store, &load, now)),
+            Engine::Deferred(_, waiting) => {
+                waiting.opens.push((conn, load));
                 None
             }
         }
     }
 
     /// Answers for opening sessions that came since the last call (at the start of a turn).
-    pub fn ready(&mut self, store: &mut Store, now: Micros) -> Vec<(ConnId, Result<Opened, OpenError>)> {
+    pub fn ready(&mut self, now: Micros) -> Vec<(ConnId, Result<Opened, OpenError>)> {
         match self {
-            Engine::Local => Vec::new(),
-            Engine::Deferred { opens, .. } => {
-                std::mem::take(opens).into_iter().map(|(conn, load)| (conn, open(store, &load, now))).collect()
-            }
+            Engine::Local(_) => Vec::new(),
+            Engine::Deferred(store, waiting) => std::mem::take(&mut waiting.opens)
+                .into_iter()
+                .map(|(conn, load)| (conn, open(store, &load, now)))
+                .collect(),
         }
     }
 
     /// Asks for a read or a write; `atomic` runs it all or nothing (a server API request).
     /// The answer is returned now by an inline engine, and otherwise comes from `answers`
-    /// in a later turn. Requests are run in the order they were asked.
-    pub fn ask(&mut self, tx: &mut Tx<'_>, ticket: Ticket, request: Request, atomic: bool) -> Option<Answer> {
+    /// in a later turn. Requests are run in the order they were asked. What a request
+    /// records goes to `turn`'s events.
+    pub fn ask(&mut self, mut turn: Turn<'_>, ticket: Ticket, request: Request, atomic: bool) -> Option<Answer> {
         match self {
-            Engine::Local => Some(run(tx, request, atomic)),
-            Engine::Deferred { requests, .. } => {
-                requests.push((ticket, request, atomic));
+            Engine::Local(store) => Some(run(&mut turn.tx(store), request, atomic)),
+            Engine::Deferred(_, waiting) => {
+                waiting.requests.push((ticket, request, atomic));
                 None
             }
         }
     }
 
     /// Answers to requests that came since the last call (at the start of a turn), in the
-    /// order they were asked.
-    pub fn answers(&mut self, tx: &mut Tx<'_>) -> Vec<(Ticket, Answer)> {
+    /// order they were asked; their events go to `turn`'s.
+    pub fn answers(&mut self, mut turn: Turn<'_>) -> Vec<(Ticket, Answer)> {
         match self {
-            Engine::Local => Vec::new(),
-            Engine::Deferred { requests, .. } => std::mem::take(requests)
-                .into_iter()
-                .map(|(ticket, request, atomic)| (ticket, run(tx, request, atomic)))
-                .collect(),
+            Engine::Local(_) => Vec::new(),
+            Engine::Deferred(store, waiting) => {
+                let mut tx = turn.tx(store);
+                std::mem::take(&mut waiting.requests)
+                    .into_iter()
+                    .map(|(ticket, request, atomic)| (ticket, run(&mut tx, request, atomic)))
+                    .collect()
+            }
         }
     }
 
     /// Whether answers are still to come (the loop must not sleep on them).
     pub fn pending(&self) -> bool {
         match self {
-            Engine::Local => false,
-            Engine::Deferred { opens, requests } => !opens.is_empty() || !requests.is_empty(),
+            Engine::Local(_) => false,
+            Engine::Deferred(_, waiting) => !waiting.opens.is_empty() || !waiting.requests.is_empty(),
         }
+    }
+
+    /// A user opened a first session: their latest display name is kept.
+    pub fn seen(&mut self, user: &UserId, name: &str, now: Micros) -> Result<(), StoreError> {
+        self.store().upsert_user(user, name, now)
+    }
+
+    /// Writes done in the current turn so far (to know whether a handler wrote).
+    pub fn writes_this_turn(&mut self) -> usize {
+        self.store().writes_this_turn()
+    }
+
+    /// The turn ends: its writes are committed (how many), or all undone.
+    pub fn commit(&mut self) -> Result<usize, StoreError> {
+        self.store().commit()
+    }
+
+    /// Streams whose numbers a failed commit gave back, with their last seq now.
+    pub fn take_rewound(&mut self) -> Vec<(StreamId, Seq)> {
+        self.store().take_rewound()
+    }
+
+    /// After the turn's output went out: housekeeping that may take a moment.
+    pub fn after_turn(&mut self) {
+        self.store().finish_checkpoint();
+    }
+
+    /// Whether the store can write, or why not in a few words (`/healthz`).
+    pub fn health(&mut self) -> Result<(), String> {
+        self.store().health()
+    }
+
+    /// Periodic housekeeping between turns: the store's checks, the streams' positions,
+    /// and events older than `before` pruned for a few milliseconds at most.
+    pub fn sweep(&mut self, before: Micros) {
+        let store = self.store();
+        store.sweep();
+        if let Err(e) = store.flush_streams() {
+            log::warn!("cannot write the streams' positions (they are recovered from the rows): {e}");
+        }
+        match store.prune_events(before, std::time::Duration::from_millis(5)) {
+            Ok(0) => {}
+            Ok(pruned) => log::debug!("pruned {pruned} events older than the retention"),
+            Err(e) => log::warn!("cannot prune events: {e}"),
+        }
+    }
+}
+
+/// What a turn gives a request run by the engine: its time, and where recorded events
+/// and the stored count go (the loop's, in `Ctx`).
+pub struct Turn<'a> {
+    pub now: Micros,
+    pub events: &'a mut Vec<Event>,
+    pub stored: &'a mut u64,
+}
+
+impl Turn<'_> {
+    fn tx<'s>(&'s mut self, store: &'s mut dyn Storage) -> Tx<'s> {
+        Tx { store, now: self.now, events: self.events, stored: self.stored }
     }
 }
 

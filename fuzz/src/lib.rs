@@ -13,6 +13,7 @@ use switchboard::app::App;
 use switchboard::auth::Verifier;
 use switchboard::config::RawSettings;
 use switchboard::context::{Out, Session};
+use switchboard::engine::Engine;
 use switchboard::endpoints::Endpoint;
 use switchboard::http::{self, Parsed};
 use switchboard::hub::ConnId;
@@ -202,7 +203,7 @@ impl Fixture {
         let config = raw.into_config().expect("config");
         let verifier = Verifier::new(&config.jwt, JWT_SECRET).expect("verifier");
         let store = Store::open(&db, false).expect("store");
-        let app = App::new(config, verifier, API_KEY.to_string(), store);
+        let app = App::new(config, verifier, API_KEY.to_string(), Engine::Local(store));
         let sessions = (0..SESSIONS.len()).map(|_| None).collect();
         let mut fixture = Fixture { app, sessions, db, serial: 0, runs: 0 };
         for (method, path, body) in SETUP {
