@@ -279,3 +279,108 @@ fn every_domain_operation_answers_on_postgresql_as_on_sqlite() {
         assert!(all.contains(needle), "{needle} is not in the transcript:\n{all}");
     }
 }
+
+// ---- The writer lane.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+use switchboard::engine::writer::{Batch, Committed, Writer};
+
+fn post(ticket: u64, who_: &str, content: &str) -> (u64, Request) {
+    (ticket, Request::Write(Write::PostToRoom { room: text("lobby"), sender: who(who_), content: text(content) }))
+}
+
+fn writer(url: &str, node: &str) -> (Writer, Receiver<Committed>, Arc<AtomicUsize>) {
+    let (answers, received) = channel();
+    let woken = Arc::new(AtomicUsize::new(0));
+    let wake = woken.clone();
+    let lane = Writer::start(
+        url.to_string(),
+        node.to_string(),
+        answers,
+        Box::new(move || {
+            wake.fetch_add(1, Ordering::SeqCst);
+        }),
+    );
+    (lane, received, woken)
+}
+
+fn committed(received: &Receiver<Committed>) -> (Vec<(u64, String)>, Vec<String>) {
+    match received.recv_timeout(Duration::from_secs(20)).expect("an answer from the lane") {
+        Committed::Yes { answers, events, .. } => (
+            answers.into_iter().map(|(t, a)| (t, format!("{a:?}"))).collect(),
+            events.iter().map(|e| format!("{}#{}", e.stream.key(), e.seq)).collect(),
+        ),
+        Committed::No { error, .. } => panic!("the batch failed: {error}"),
+    }
+}
+
+#[test]
+fn the_writer_lane_commits_a_batch_whole_and_answers_after_the_commit() {
+    let server = shared();
+    let url = server.database();
+    migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();
+    let (lane, received, woken) = writer(&url, "node-a");
+
+    // Failed requests are undone alone, seqs included: the stream has no gap.
+    let nobody =
+        Request::Write(Write::SendDirect { sender: who("ann"), recipient: UserId::new("nobody"), content: text("x") });
+    let requests = vec![post(1, "ann", "one"), post(2, "ann", "  "), (3, nobody), post(4, "7", "two")];
+    lane.send(Batch { id: 1, now: 1_000, requests }).unwrap();
+    let (answers, events) = committed(&received);
+    assert_eq!(answers.iter().map(|a| a.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(answers[0].1.contains("seq: 1") && answers[3].1.contains("seq: 2"), "{answers:?}");
+    assert_eq!((answers[1].1.as_str(), answers[2].1.as_str()), ("Err(Empty)", "Err(UnknownUser)"));
+    assert_eq!(events, ["c:1#1", "c:1#2"]);
+    let woken_by = std::time::Instant::now() + Duration::from_secs(5);
+    while woken.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < woken_by {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(woken.load(Ordering::SeqCst) >= 1, "the loop is woken after the answer");
+    // It was committed before the answer, with its marker.
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM messages"), (true, text("2")));
+    assert_eq!(server.psql(&url, "SELECT last_seq FROM streams WHERE id = 'c:1'"), (true, text("2")));
+    assert_eq!(server.psql(&url, "SELECT node || ' ' || batch FROM batches"), (true, text("node-a 1")));
+
+    // Its connection is cut between batches: the next batch reconnects.
+    let cut = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+               WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    assert_eq!(server.psql(&url, cut), (true, text("1")));
+    lane.send(Batch { id: 2, now: 2_000, requests: vec![post(5, "ann", "three")] }).unwrap();
+    let (answers, events) = committed(&received);
+    assert!(answers[0].1.contains("seq: 3"), "{answers:?}");
+    assert_eq!(events, ["c:1#3"]);
+}
+
+#[test]
+fn two_nodes_writing_one_stream_number_it_once_without_gaps() {
+    let server = shared();
+    let url = server.database();
+    migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();
+    let nodes: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|node| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let (lane, received, _) = writer(&url, node);
+                let mut seqs = Vec::new();
+                for batch in 0..20 {
+                    let requests = (0..5).map(|i| post(batch * 5 + i, node, &format!("{node}{batch}.{i}"))).collect();
+                    lane.send(Batch { id: batch as i64, now: 1_000 + batch as i64, requests }).unwrap();
+                    let (_, events) = committed(&received);
+                    seqs.extend(events.iter().map(|e| e.trim_start_matches("c:1#").parse::<i64>().unwrap()));
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut seqs: Vec<i64> = nodes.into_iter().flat_map(|n| n.join().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "every seq once");
+    assert_eq!(
+        server.psql(&url, "SELECT count(DISTINCT seq) || ' ' || max(seq) FROM messages"),
+        (true, text("200 200"))
+    );
+}

@@ -77,7 +77,10 @@ impl std::fmt::Display for StoreError {
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
             StoreError::Unavailable(reason) => write!(f, "database unavailable: {reason}"),
             StoreError::NotFound(what) => write!(f, "{what} not found"),
-            StoreError::Postgres(e) => write!(f, "PostgreSQL: {e}"),
+            StoreError::Postgres(e) => match e.as_db_error() {
+                Some(db) => write!(f, "PostgreSQL: {} ({})", db.message(), db.code().code()),
+                None => write!(f, "PostgreSQL: {e}"),
+            },
         }
     }
 }

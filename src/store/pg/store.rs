@@ -59,6 +59,11 @@ impl PgStore {
         Ok(self.client.batch_execute("ROLLBACK")?)
     }
 
+    /// Whether the connection is lost.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// The connection, for what is not a domain operation (migrations, settings).
     pub fn client(&mut self) -> &mut Client {
         &mut self.client

@@ -13,6 +13,8 @@
 //! the local engine answering one turn later, exercises that path (the app's tests, and
 //! the whole integration suite when `SWITCHBOARD_TEST_DEFERRED_ENGINE=1`).
 
+pub mod writer;
+
 use crate::event::{Event, EventBody};
 use crate::hub::ConnId;
 use crate::model::{Micros, Seq, StreamId, UserId};

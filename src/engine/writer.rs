@@ -1,0 +1,205 @@
+//! The PostgreSQL engine's writer lane (design/cluster.md §5.4, §5.7): a helper thread
+//! that owns one connection and commits the loop's write requests in batches. A batch
+//! is one transaction: each request in its own savepoint (a request that fails is
+//! undone alone, its seqs with it), then the batch's marker row, then `COMMIT`. Only
+//! then does the lane answer, with every request's answer and the events they recorded,
+//! so nothing is delivered before it is committed. If the connection is lost during
+//! `COMMIT`, the lane reconnects and looks the marker up: the batch committed or it did
+//! not, never "unknown".
+//!
+//! The loop hands a batch over when the lane is idle and keeps collecting meanwhile, so
+//! batches grow by themselves under load (group commit). Answers go back on a channel,
+//! followed by a wake-up of the loop (`wake`, a `mio::Waker` in the server).
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{Ticket, run};
+use crate::event::Event;
+use crate::model::Micros;
+use crate::request::{Answer, Failed, Request};
+use crate::store::pg::{self, PgStore};
+use crate::store::{StoreError, StoreResult};
+use crate::tx::Tx;
+
+/// The write requests of one or more turns, in the order they were asked.
+pub struct Batch {
+    /// This node's batch number, unique for the node's lifetime (its marker's key).
+    pub id: i64,
+    pub now: Micros,
+    pub requests: Vec<(Ticket, Request)>,
+}
+
+/// What the lane says about a batch.
+#[derive(Debug)]
+pub enum Committed {
+    /// Committed: each request's answer (a failed one was undone alone), and the events
+    /// the batch recorded, in order.
+    Yes { batch: i64, answers: Vec<(Ticket, Answer)>, events: Vec<Event>, stored: u64 },
+    /// Nothing of it is stored; every request failed with this.
+    No { batch: i64, tickets: Vec<Ticket>, error: String },
+}
+
+/// The loop's handle on the lane. Dropping it ends the lane after its current batch.
+pub struct Writer {
+    batches: Option<Sender<Batch>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long the lane waits before connecting again, at most.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Writer {
+    /// Starts the lane for `node` on the database at `url`; answers go to `answers`,
+    /// each followed by `wake()`.
+    pub fn start(url: String, node: String, answers: Sender<Committed>, wake: Box<dyn Fn() + Send>) -> Writer {
+        let (batches, inbox) = channel::<Batch>();
+        let thread = std::thread::Builder::new()
+            .name("pg-writer".into())
+            .spawn(move || Lane { url, node, store: None }.serve(inbox, answers, wake))
+            .expect("spawn the PostgreSQL writer lane");
+        Writer { batches: Some(batches), thread: Some(thread) }
+    }
+
+    /// Hands a batch to the lane.
+    pub fn send(&self, batch: Batch) -> Result<(), String> {
+        match &self.batches {
+            Some(batches) => batches.send(batch).map_err(|_| "the PostgreSQL writer lane has stopped".to_string()),
+            None => Err("the PostgreSQL writer lane is stopping".into()),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.batches.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Lane {
+    url: String,
+    node: String,
+    store: Option<PgStore>,
+}
+
+impl Lane {
+    fn serve(mut self, inbox: Receiver<Batch>, answers: Sender<Committed>, wake: Box<dyn Fn() + Send>) {
+        for batch in inbox {
+            let outcome = self.commit(batch);
+            if answers.send(outcome).is_err() {
+                return;
+            }
+            wake();
+        }
+    }
+
+    /// A connection, made again if it was lost (a few tries with backoff, then the
+    /// batch fails: the loop answers its requests with errors and tries later batches).
+    fn connected(&mut self) -> StoreResult<&mut PgStore> {
+        if self.store.as_ref().is_some_and(PgStore::is_closed) {
+            self.store = None;
+        }
+        if self.store.is_none() {
+            let mut wait = Duration::from_millis(50);
+            let mut tries = 0;
+            loop {
+                match pg::connect(&self.url) {
+                    Ok(client) => {
+                        self.store = Some(PgStore::new(client));
+                        break;
+                    }
+                    Err(e) if tries >= 5 => return Err(StoreError::Unavailable(e)),
+                    Err(e) => {
+                        log::warn!("PostgreSQL writer lane: {e}; trying again in {} ms", wait.as_millis());
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(MAX_BACKOFF);
+                        tries += 1;
+                    }
+                }
+            }
+        }
+        Ok(self.store.as_mut().expect("connected"))
+    }
+
+    fn commit(&mut self, batch: Batch) -> Committed {
+        let tickets: Vec<Ticket> = batch.requests.iter().map(|(ticket, _)| *ticket).collect();
+        let failed = |error: String| Committed::No { batch: batch.id, tickets: tickets.clone(), error };
+        let (mut events, mut stored) = (Vec::new(), 0u64);
+        let node = self.node.clone();
+        // A connection that was cut while idle is found out by its first statement:
+        // then it is made again, before any request ran.
+        if let Err(e) = self.begin() {
+            return failed(e.to_string());
+        }
+        let answers = match self.connected() {
+            Err(e) => return failed(e.to_string()),
+            Ok(store) => {
+                let ran = (|| -> StoreResult<Vec<(Ticket, Answer)>> {
+                    let mut answers = Vec::with_capacity(batch.requests.len());
+                    let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored };
+                    for (ticket, request) in batch.requests {
+                        // Every request in its own unit: on PostgreSQL a request's seqs are
+                        // given back only by undoing it.
+                        let answer = run(&mut tx, request, true);
+                        if let Err(Failed::Store(StoreError::Postgres(e))) = &answer
+                            && e.is_closed()
+                        {
+                            return Err(StoreError::Unavailable(format!("the connection was lost: {e}")));
+                        }
+                        answers.push((ticket, answer));
+                    }
+                    store.client().execute(
+                        "INSERT INTO batches (node, batch, committed_at) VALUES ($1, $2, $3)",
+                        &[&node, &batch.id, &batch.now],
+                    )?;
+                    Ok(answers)
+                })();
+                match ran {
+                    Ok(answers) => answers,
+                    Err(e) => {
+                        let _ = store.rollback();
+                        return failed(e.to_string());
+                    }
+                }
+            }
+        };
+        let commit = self.store.as_mut().expect("connected").commit();
+        match commit {
+            Ok(()) => Committed::Yes { batch: batch.id, answers, events, stored },
+            Err(e) => match self.resolve(batch.id) {
+                Ok(true) => {
+                    log::warn!("PostgreSQL writer lane: batch {} committed though COMMIT failed ({e})", batch.id);
+                    Committed::Yes { batch: batch.id, answers, events, stored }
+                }
+                Ok(false) => failed(e.to_string()),
+                Err(lookup) => failed(format!("{e}; and its outcome could not be read: {lookup}")),
+            },
+        }
+    }
+
+    /// Opens the batch's transaction, on a new connection if the one kept was cut.
+    fn begin(&mut self) -> StoreResult<()> {
+        match self.connected()?.begin() {
+            Err(e) if self.store.as_ref().is_some_and(PgStore::is_closed) => {
+                log::warn!("PostgreSQL writer lane: the connection was lost ({e}); connecting again");
+                self.store = None;
+                self.connected()?.begin()
+            }
+            begun => begun,
+        }
+    }
+
+    /// Whether a batch whose `COMMIT` failed is stored: its marker says so.
+    fn resolve(&mut self, batch: i64) -> StoreResult<bool> {
+        self.store = self.store.take().filter(|s| !s.is_closed());
+        let node = self.node.clone();
+        let store = self.connected()?;
+        let _ = store.rollback();
+        let row = store.client().query_opt("SELECT 1 FROM batches WHERE node = $1 AND batch = $2", &[&node, &batch])?;
+        Ok(row.is_some())
+    }
+}
