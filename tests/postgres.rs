@@ -384,3 +384,55 @@ fn two_nodes_writing_one_stream_number_it_once_without_gaps() {
         (true, text("200 200"))
     );
 }
+
+// ---- The reader lane.
+
+use switchboard::engine::reader::{self, Job, Reader};
+
+fn reader(url: &str) -> (Reader, Receiver<reader::Done>) {
+    let (answers, received) = channel();
+    (Reader::start(url.to_string(), answers, Box::new(|| {})), received)
+}
+
+#[test]
+fn the_reader_lane_opens_with_a_position_its_snapshot_agrees_with() {
+    let server = shared();
+    let url = server.database();
+    migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();
+    let (lane, received, _) = writer(&url, "a");
+    let requests = (0..5).map(|i| post(i, "ann", &format!("m{i}"))).collect();
+    lane.send(Batch { id: 1, now: 1_000, requests }).unwrap();
+    committed(&received);
+
+    let (reader, opened) = reader(&url);
+    let room = |name: &str| Target::Room { name: text(name), known: None };
+    let load = |target, since| OpenLoad {
+        user: UserId::new("bo"),
+        target,
+        since,
+        replay: Replay::History { limit: 3 },
+        unread_count: false,
+    };
+    let conn = ConnId { slot: 1, serial: 1 };
+    reader.send(Job::Open { conn, load: load(room("lobby"), None), now: 2_000 }).unwrap();
+    reader.send(Job::Open { conn, load: load(room("lobby"), Some(3)), now: 2_000 }).unwrap();
+    reader.send(Job::Open { conn, load: load(room("fresh"), None), now: 2_000 }).unwrap();
+    reader.send(Job::Open { conn, load: load(room("lobby"), Some(9)), now: 2_000 }).unwrap();
+    // Posting to a room makes nobody known (a first session does).
+    let known = Request::Read(Read::UserKnown(UserId::new("ann")));
+    reader.send(Job::Read { ticket: 7, request: known, now: 2_000 }).unwrap();
+    let next = || format!("{:?}", opened.recv_timeout(Duration::from_secs(20)).expect("an answer"));
+    let history = next();
+    assert!(history.contains("position: 5") && history.contains("\"m2\"") && history.contains("\"m4\""), "{history}");
+    assert!(!history.contains("\"m1\""), "the newest 3: {history}");
+    let resumed = next();
+    assert!(
+        resumed.contains("Recovered") && resumed.contains("seq: Some(4)") && resumed.contains("seq: Some(5)"),
+        "{resumed}"
+    );
+    assert!(!resumed.contains("seq: Some(3)"), "{resumed}");
+    let fresh = next();
+    assert!(fresh.contains("position: 0") && fresh.contains("History([])"), "a new room is created: {fresh}");
+    assert!(next().contains("Ahead { since: 9, last: 5 }"));
+    assert_eq!(next(), "Answered(7, Err(UnknownUser))");
+}
