@@ -80,21 +80,60 @@ fn random_hex(bytes: usize) -> std::io::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A configured value wins; otherwise the one kept in the database, generated on first use.
-fn kept_or_generated(store: &mut Store, configured: &Option<String>, setting: &str) -> Result<(String, bool), String> {
+/// Where generated settings are kept: the `settings` table of either store.
+trait Settings {
+    fn get(&mut self, key: &str) -> Result<Option<String>, String>;
+    /// Keeps `value` unless a value is kept already (another node's, on PostgreSQL);
+    /// returns the one kept.
+    fn keep_first(&mut self, key: &str, value: &str) -> Result<String, String>;
+}
+
+impl Settings for Store {
+    fn get(&mut self, key: &str) -> Result<Option<String>, String> {
+        self.setting(key).map_err(|e| e.to_string())
+    }
+
+    fn keep_first(&mut self, key: &str, value: &str) -> Result<String, String> {
+        self.put_setting_now(key, value).map_err(|e| e.to_string())?;
+        Ok(value.to_string())
+    }
+}
+
+impl Settings for postgres::Client {
+    fn get(&mut self, key: &str) -> Result<Option<String>, String> {
+        let row = self.query_opt("SELECT value FROM settings WHERE key = $1", &[&key]).map_err(|e| e.to_string())?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn keep_first(&mut self, key: &str, value: &str) -> Result<String, String> {
+        self.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &value])
+            .map_err(|e| e.to_string())?;
+        self.get(key)?.ok_or_else(|| format!("the {key} setting vanished"))
+    }
+}
+
+/// A configured value wins; otherwise the one kept in the database, generated on first
+/// use (on PostgreSQL by the first node; the others read it).
+fn kept_or_generated(
+    store: &mut dyn Settings,
+    configured: &Option<String>,
+    setting: &str,
+) -> Result<(String, bool), String> {
     if let Some(value) = configured {
         return Ok((value.clone(), false));
     }
-    if let Some(value) = store.setting(setting).map_err(|e| e.to_string())? {
+    if let Some(value) = store.get(setting)? {
         return Ok((value, true));
     }
-    let value = random_hex(32).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    store.put_setting_now(setting, &value).map_err(|e| e.to_string())?;
-    log::info!("generated {setting} and kept it in the database");
+    let generated = random_hex(32).map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    let value = store.keep_first(setting, &generated)?;
+    if value == generated {
+        log::info!("generated {setting} and kept it in the database");
+    }
     Ok((value, true))
 }
 
-fn secrets(store: &mut Store, config: &Config) -> Result<Secrets, String> {
+fn secrets(store: &mut dyn Settings, config: &Config) -> Result<Secrets, String> {
     let (jwt_secret, jwt_secret_generated) = if config.jwt.algorithm == JwtAlgorithm::Hs256 {
         kept_or_generated(store, &config.jwt.secret, JWT_SECRET_SETTING)?
     } else {
@@ -114,26 +153,35 @@ fn serve(config: Config) -> i32 {
             Err(e) => return fail(2, &e),
         },
     };
-    let mut store = match Store::open_for_server(&config.db_path, config.db_sync_full, config.db_check) {
-        Ok(store) => store,
-        Err(e) => return fail(1, &e.to_string()),
-    };
-    let secrets = match secrets(&mut store, &config) {
-        Ok(secrets) => secrets,
-        Err(e) => return fail(1, &e),
+    let (engine, secrets, kept_in) = match &config.database_url {
+        Some(url) => match postgres_engine(url, &config) {
+            Ok((engine, secrets)) => (engine, secrets, "PostgreSQL".to_string()),
+            Err((code, message)) => return fail(code, &message),
+        },
+        None => {
+            let mut store = match Store::open_for_server(&config.db_path, config.db_sync_full, config.db_check) {
+                Ok(store) => store,
+                Err(e) => return fail(1, &e.to_string()),
+            };
+            let secrets = match secrets(&mut store, &config) {
+                Ok(secrets) => secrets,
+                Err(e) => return fail(1, &e),
+            };
+            let engine = if std::env::var_os("SWITCHBOARD_TEST_DEFERRED_ENGINE").is_some_and(|v| v == "1") {
+                // For the test suite only (ARCHITECTURE.md, "Storage as data"): every
+                // open and request answered a turn later, the shape of an engine on
+                // another thread.
+                log::warn!("SWITCHBOARD_TEST_DEFERRED_ENGINE=1: answers come a turn late (a test setting)");
+                Engine::deferred(store)
+            } else {
+                Engine::Local(store)
+            };
+            (engine, secrets, config.db_path.display().to_string())
+        }
     };
     let verifier = match public_key_verifier.map_or_else(|| Verifier::new(&config.jwt, &secrets.jwt_secret), Ok) {
         Ok(verifier) => verifier,
         Err(e) => return fail(2, &e),
-    };
-    let db_path = config.db_path.clone();
-    let engine = if std::env::var_os("SWITCHBOARD_TEST_DEFERRED_ENGINE").is_some_and(|v| v == "1") {
-        // For the test suite only (ARCHITECTURE.md, "Storage as data"): every open and
-        // request answered a turn later, the shape of an engine on another thread.
-        log::warn!("SWITCHBOARD_TEST_DEFERRED_ENGINE=1: answers come a turn late (a test setting)");
-        Engine::deferred(store)
-    } else {
-        Engine::Local(store)
     };
     let app = App::new(config, verifier, secrets.api_key.clone(), engine);
     let (server, bound) = match Server::bind(app) {
@@ -152,10 +200,7 @@ fn serve(config: Config) -> i32 {
     if secrets.jwt_secret_generated {
         let token = auth::mint_token(&secrets.jwt_secret, "1", Some("demo"), HINT_TOKEN_TTL_SECS);
         let what = if secrets.api_key_generated { "JWT secret and API key" } else { "JWT secret" };
-        println!(
-            "{what} generated and kept in {}; set SWITCHBOARD_JWT_SECRET to use your backend's.",
-            db_path.display()
-        );
+        println!("{what} generated and kept in {kept_in}; set SWITCHBOARD_JWT_SECRET to use your backend's.");
         println!("try (token valid 1 h): wscat -c 'ws://{}/ws/chat/lobby/?token={token}'", bound.ws);
     }
     if secrets.api_key_generated {
@@ -165,6 +210,54 @@ fn serve(config: Config) -> i32 {
         Ok(()) => 0,
         Err(e) => fail(1, &format!("event loop failed: {e}")),
     }
+}
+
+/// Tries to reach PostgreSQL for this long at start-up before giving up (exit 1).
+const DATABASE_CONNECT_TRIES: u32 = 10;
+
+/// The PostgreSQL engine: connected (with a bounded retry), migrated, its settings kept
+/// by the first node, its lanes started. Errors: (exit code, one line naming the setting).
+fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32, String)> {
+    let parsed: postgres::Config =
+        url.parse().map_err(|e| (2, format!("SWITCHBOARD_DATABASE_URL is not a PostgreSQL URL: {e}")))?;
+    let mut wait = std::time::Duration::from_millis(250);
+    let mut client = None;
+    for attempt in 1..=DATABASE_CONNECT_TRIES {
+        match parsed.connect(postgres::NoTls) {
+            Ok(connected) => {
+                client = Some(connected);
+                break;
+            }
+            // The server answered and refused: retrying will not help.
+            Err(e) if e.as_db_error().is_some() => {
+                let db = e.as_db_error().expect("a server error");
+                return Err((
+                    2,
+                    format!("SWITCHBOARD_DATABASE_URL: PostgreSQL refused the connection: {}", db.message()),
+                ));
+            }
+            Err(e) if attempt == DATABASE_CONNECT_TRIES => {
+                return Err((
+                    1,
+                    format!("SWITCHBOARD_DATABASE_URL: cannot reach PostgreSQL ({e}); gave up after {attempt} tries"),
+                ));
+            }
+            Err(e) => {
+                log::warn!("SWITCHBOARD_DATABASE_URL: cannot reach PostgreSQL yet ({e}); trying again");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+    let mut client = client.expect("connected");
+    crate::store::pg::migrations::apply(&mut client).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
+    let secrets = secrets(&mut client, config).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let node = format!("{}-{}", host.trim(), random_hex(4).map_err(|e| (1, e.to_string()))?);
+    log::info!("storing in PostgreSQL as node {node}");
+    let wake = std::sync::Arc::new(std::sync::OnceLock::new());
+    let engine = crate::engine::postgres::PgEngine::start(url, node, wake);
+    Ok((Engine::Postgres(Box::new(engine)), secrets))
 }
 
 fn token(config: Config, args: &[String]) -> i32 {

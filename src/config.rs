@@ -151,6 +151,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "messages replayed to a client when it joins a room or conversation",
     },
     Setting {
+        flag: "database-url",
+        env: "SWITCHBOARD_DATABASE_URL",
+        default: None,
+        help: "a postgres:// URL: keep everything in PostgreSQL instead of the SQLite file (in development: one node, not for production yet)",
+    },
+    Setting {
         flag: "event-retention-secs",
         env: "SWITCHBOARD_EVENT_RETENTION_SECS",
         default: Some("604800"),
@@ -231,6 +237,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub api_listen: SocketAddr,
     pub db_path: PathBuf,
+    /// PostgreSQL instead of the SQLite file at `db_path`.
+    pub database_url: Option<String>,
     pub db_sync_full: bool,
     pub db_check: DbCheck,
     pub jwt: JwtConfig,
@@ -400,6 +408,11 @@ impl RawSettings {
             listen: self.parsed("listen", "an address such as 127.0.0.1:8000")?,
             api_listen: self.parsed("api-listen", "an address such as 127.0.0.1:8001")?,
             db_path: PathBuf::from(db),
+            database_url: match self.optional("database-url") {
+                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url),
+                Some(_) => return Err(invalid("database-url", "(not shown)", "a postgres:// URL")),
+                None => None,
+            },
             db_sync_full,
             db_check,
             jwt: JwtConfig {

@@ -120,8 +120,10 @@ pub struct Opening {
     /// Client frames that arrived meanwhile, in order.
     pub early: Vec<String>,
     pub early_bytes: usize,
-    /// Frames the endpoint kept at load time for its answer (a room's rendered history).
+    /// Frames the endpoint kept at load time for its answer (a room's rendered history),
+    /// and the stream position they show (the session joins there).
     pub kept: Vec<Frame>,
+    pub kept_position: Option<Seq>,
     /// Its answer refused it: it closes without ever opening.
     pub refused: bool,
 }
@@ -284,13 +286,27 @@ impl Ctx {
         ready
     }
 
-    /// A session joins its endpoint's stream at `position`, read in the same turn as its
+    /// A session joins its endpoint's stream at `position`, read together with its
     /// opening snapshot (`engine::open`), so that every later event reaches it once, in
     /// order (its `leave_stream` at close). Part of a successful `opened`.
-    pub fn join_stream(&mut self, stream: StreamId, position: Seq) {
+    ///
+    /// With an engine that answers later, events may have been committed and delivered
+    /// here after the snapshot was read: those the stream's listeners already had are
+    /// returned, for this session alone (`endpoints::join` renders them); those nobody
+    /// here had yet go through the sequencer from `position`, to everyone in order.
+    pub fn join_stream(&mut self, stream: StreamId, position: Seq) -> Vec<Event> {
+        let delivered = self.sequencer.position(&stream);
         for (_, early) in self.sequencer.join(stream.clone(), position) {
             self.events.push(early);
         }
+        let Some(missed) = self.engine.catch_up(&stream, position) else {
+            log::warn!("stream {}: a session joined at {position}, behind what is kept here", stream.key());
+            return Vec::new();
+        };
+        let delivered = delivered.unwrap_or(position);
+        let (own, pending): (Vec<Event>, Vec<Event>) = missed.into_iter().partition(|e| e.seq <= delivered);
+        self.events.extend(pending);
+        own
     }
 
     /// A session left its stream (it closed).

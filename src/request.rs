@@ -121,6 +121,11 @@ pub enum Write {
         user: UserId,
         closed_here: usize,
     },
+    /// A user opened a first session: they are known, with their latest display name.
+    SeeUser {
+        user: UserId,
+        name: String,
+    },
 }
 
 /// A customer as an external platform names them.

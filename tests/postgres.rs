@@ -436,3 +436,60 @@ fn the_reader_lane_opens_with_a_position_its_snapshot_agrees_with() {
     assert!(next().contains("Ahead { since: 9, last: 5 }"));
     assert_eq!(next(), "Answered(7, Err(UnknownUser))");
 }
+
+// ---- A node on PostgreSQL, the real binary.
+
+use serde_json::json;
+use util::Server;
+
+#[test]
+fn a_node_on_postgresql_serves_rooms_keeps_history_and_answers_the_api() {
+    let url = shared().database();
+    let server = Server::start(&[("SWITCHBOARD_DATABASE_URL", &url)]);
+    let mut ann = server.connect_as("/ws/rooms/lobby/", json!(1), "ann");
+    ann.recv_type("room_users_list");
+    let mut bo = server.connect_as("/ws/rooms/lobby/", json!(2), "bo");
+    bo.recv_type("room_users_list");
+    assert_eq!(ann.recv_type("user_join")["username"], "bo");
+    ann.send_json(json!({"message": "hello"}));
+    let said = bo.recv_type("chat_message");
+    assert_eq!((said["message"].as_str(), said["seq"].as_i64()), (Some("hello"), Some(1)), "{said}");
+    assert_eq!(ann.recv_type("chat_message")["message"], "hello");
+    ann.send_json(json!({"message": "   "}));
+    assert!(ann.recv()["error"].is_string(), "an empty message is refused");
+
+    // The server API writes through the same lane; the reply comes after the commit.
+    let (status, body) = server.api("POST", "/api/rooms/lobby/messages", Some(&json!({"message": "from the backend"})));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(bo.recv_type("chat_message")["seq"], 2);
+    let (status, body) = server.api("GET", "/healthz", None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+
+    // Everything is in PostgreSQL: another node on the same database has the history.
+    let (ok, count) = shared().psql(&url, "SELECT count(*) FROM messages");
+    assert_eq!((ok, count.as_str()), (true, "2"));
+    let other = Server::start(&[("SWITCHBOARD_DATABASE_URL", &url)]);
+    let mut cy = other.connect_as("/ws/rooms/lobby/", json!(3), "cy");
+    cy.recv_type("room_users_list");
+    assert_eq!(cy.recv_type("chat_message")["message"], "hello");
+    assert_eq!(cy.recv_type("chat_message")["message"], "from the backend");
+}
+
+#[test]
+fn a_bad_database_url_or_an_unreachable_postgresql_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str| {
+        let out = util::switchboard_command(&[], &[("SWITCHBOARD_DATABASE_URL", url)], dir.path()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string())
+    };
+    let (code, line) = run("mysql://x");
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("SWITCHBOARD_DATABASE_URL"), "{line}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, line) = run(&format!("postgres://postgres@127.0.0.1:{closed}/x"));
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains("SWITCHBOARD_DATABASE_URL: cannot reach PostgreSQL"), "{line}");
+    let (code, line) = run(&format!("postgres://postgres@127.0.0.1:{}/no_such_database", shared().port));
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("refused"), "{line}");
+}

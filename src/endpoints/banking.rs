@@ -182,13 +182,13 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<()
         Endpoint::FraudAlerts { .. } => Topic::FraudAlerts(user),
         _ => Topic::Notifications(user, NotificationFeed::Banking),
     };
-    let frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+    let mut frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
         Snapshot::BankingMessages(pending) => pending.iter().map(|m| message_update_frame(m, None)).collect(),
         Snapshot::FraudAlerts(pending) => pending.iter().map(|a| fraud_alert_frame(a, None)).collect(),
         Snapshot::Notifications(pending) => pending.iter().map(|n| notification_update_frame(n, None)).collect(),
         _ => Vec::new(),
     });
-    ctx.join_stream(opened.stream, opened.position);
+    frames.extend(super::join(ctx, session, opened.stream, opened.position));
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
     ctx.send_all(session.conn, frames);

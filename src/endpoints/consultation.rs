@@ -107,11 +107,11 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, id: &str, opened: Opened) ->
     let StreamId::Conversation(conversation) = opened.stream else {
         return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
     };
-    let frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+    let mut frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
         Snapshot::History(history) => history.iter().map(chat_message_frame).collect(),
         _ => Vec::new(),
     });
-    ctx.join_stream(opened.stream, opened.position);
+    frames.extend(super::join(ctx, session, opened.stream, opened.position));
     let topic = Topic::Conversation(conversation);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);

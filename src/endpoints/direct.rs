@@ -92,11 +92,11 @@ pub fn load(session: &Session) -> OpenLoad {
 
 /// On connect: the unread messages (or what was missed).
 pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<(), Refusal> {
-    let frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+    let mut frames = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
         Snapshot::UnreadDirect(unread) => unread.iter().map(chat_message_frame).collect(),
         _ => Vec::new(),
     });
-    ctx.join_stream(opened.stream, opened.position);
+    frames.extend(super::join(ctx, session, opened.stream, opened.position));
     let topic = Topic::DirectInbox(session.identity.user_id.clone());
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);

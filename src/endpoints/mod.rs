@@ -287,6 +287,14 @@ pub fn start_frames(
 }
 
 /// The endpoint's error frame for a message it cannot act on.
+/// The session joins its stream at `position` (`Ctx::join_stream`); what its stream's
+/// listeners here had already received after that position comes back rendered, for
+/// this session alone, to send after its opening frames.
+pub fn join(ctx: &mut Ctx, session: &Session, stream: StreamId, position: Seq) -> Vec<Frame> {
+    let own = ctx.join_stream(stream, position);
+    own.iter().filter_map(|event| render(&session.endpoint, event)).collect()
+}
+
 /// A message posted from a session reaches its listeners, the sender included, as its
 /// event; only a failure is told to the sender, in its endpoint's error frame.
 pub fn posted(ctx: &mut Ctx, session: &Session, answer: Answer) {

@@ -182,7 +182,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<()
         _ => Vec::new(),
     });
     frames.push(count_frame(opened.unread_count.unwrap_or(0)));
-    ctx.join_stream(opened.stream, opened.position);
+    frames.extend(super::join(ctx, session, opened.stream, opened.position));
     let topic = Topic::Notifications(session.identity.user_id.clone(), feed);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);

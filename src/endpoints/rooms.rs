@@ -92,7 +92,11 @@ pub fn load(ctx: &Ctx, session: &mut Session, room: &str, since: Option<Seq>) ->
     };
     let (known, replay, since) = match kept {
         Some((conversation, frames)) => {
-            session.opening_mut().kept = frames;
+            let opening = session.opening_mut();
+            opening.kept = frames;
+            // The kept history is what this node delivered: the session joins there, and
+            // anything committed since reaches it (`endpoints::join`).
+            opening.kept_position = ctx.sequencer.position(&StreamId::Conversation(conversation));
             (Some(conversation), Replay::Nothing, None)
         }
         None => (None, Replay::History { limit: ctx.config.history_limit }, since),
@@ -112,8 +116,12 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
     let StreamId::Conversation(conversation) = opened.stream else {
         return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
     };
-    let kept = session.opening.as_mut().map(|o| std::mem::take(&mut o.kept)).unwrap_or_default();
-    let history = super::start_frames(session, opened.start, opened.position, |snapshot| match snapshot {
+    let (kept, kept_position) = match session.opening.as_mut() {
+        Some(o) => (std::mem::take(&mut o.kept), o.kept_position.take()),
+        None => (Vec::new(), None),
+    };
+    let position = kept_position.unwrap_or(opened.position);
+    let mut history = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
         Snapshot::History(messages) => {
             let history: Vec<(Option<Seq>, Frame)> = messages.iter().map(|m| (m.seq, chat_message_frame(m))).collect();
             let frames = history.iter().map(|(_, frame)| frame.clone()).collect();
@@ -122,7 +130,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
         }
         _ => kept,
     });
-    ctx.join_stream(opened.stream, opened.position);
+    history.extend(super::join(ctx, session, opened.stream, position));
     let topic = Topic::Conversation(conversation);
     let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());

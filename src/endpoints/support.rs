@@ -198,7 +198,7 @@ pub fn opened_chat(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Resu
         return Err(Refusal::new(close_code::INTERNAL_ERROR, "internal error"));
     };
     let position = opened.position;
-    let frames = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
+    let mut frames = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
         Snapshot::History(history) => {
             let customer = conversation.customer.as_ref();
             let recent = RecentMessages {
@@ -210,7 +210,7 @@ pub fn opened_chat(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Resu
         }
         _ => Vec::new(),
     });
-    ctx.join_stream(opened.stream, position);
+    frames.extend(super::join(ctx, session, opened.stream, position));
     let topic = Topic::Conversation(conversation.id);
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);
@@ -263,11 +263,11 @@ pub fn load_list(session: &Session) -> OpenLoad {
 /// On connect: `conversations_list` (or what was missed).
 pub fn opened_list(ctx: &mut Ctx, session: &mut Session, opened: Opened) -> Result<(), Refusal> {
     let position = opened.position;
-    let frames = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
+    let mut frames = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
         Snapshot::ConversationList(summaries) => vec![conversations_list(&summaries, position)],
         _ => Vec::new(),
     });
-    ctx.join_stream(opened.stream, position);
+    frames.extend(super::join(ctx, session, opened.stream, position));
     let topic = Topic::ConversationList(session.identity.user_id.clone());
     ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic);

@@ -13,6 +13,7 @@
 //! the local engine answering one turn later, exercises that path (the app's tests, and
 //! the whole integration suite when `SWITCHBOARD_TEST_DEFERRED_ENGINE=1`).
 
+pub mod postgres;
 pub mod reader;
 pub mod writer;
 
@@ -140,6 +141,8 @@ pub enum Engine {
     /// SQLite, answered at the start of the next turn: the shape of an engine that
     /// answers later.
     Deferred(Store, Waiting),
+    /// PostgreSQL through a writer and a reader lane (`postgres.rs`).
+    Postgres(Box<postgres::PgEngine>),
 }
 
 /// What a deferred engine has been asked and not answered yet.
@@ -155,9 +158,18 @@ impl Engine {
         Engine::Deferred(store, Waiting::default())
     }
 
-    fn store(&mut self) -> &mut Store {
+    /// SQLite's store, for the engines that have one.
+    fn store(&mut self) -> Option<&mut Store> {
         match self {
-            Engine::Local(store) | Engine::Deferred(store, _) => store,
+            Engine::Local(store) | Engine::Deferred(store, _) => Some(store),
+            Engine::Postgres(_) => None,
+        }
+    }
+
+    /// The loop's waker, for an engine whose lanes answer from other threads.
+    pub fn set_waker(&mut self, waker: mio::Waker) {
+        if let Engine::Postgres(pg) = self {
+            pg.set_waker(waker);
         }
     }
 
@@ -168,6 +180,10 @@ impl Engine {
             Engine::Local(store) => Some(open(store, &load, now)),
             Engine::Deferred(_, waiting) => {
                 waiting.opens.push((conn, load));
+                None
+            }
+            Engine::Postgres(pg) => {
+                pg.open(conn, load, now);
                 None
             }
         }
@@ -181,6 +197,7 @@ impl Engine {
                 .into_iter()
                 .map(|(conn, load)| (conn, open(store, &load, now)))
                 .collect(),
+            Engine::Postgres(pg) => pg.ready(),
         }
     }
 
@@ -193,6 +210,12 @@ impl Engine {
             Engine::Local(store) => Some(run(&mut turn.tx(store), request, atomic)),
             Engine::Deferred(_, waiting) => {
                 waiting.requests.push((ticket, request, atomic));
+                None
+            }
+            Engine::Postgres(pg) => {
+                // Every request runs in its own unit there (its seqs are given back only
+                // by undoing it): `atomic` is implied.
+                pg.ask(ticket, request, turn.now);
                 None
             }
         }
@@ -210,51 +233,89 @@ impl Engine {
                     .map(|(ticket, request, atomic)| (ticket, run(&mut tx, request, atomic)))
                     .collect()
             }
+            Engine::Postgres(pg) => pg.answers(turn),
         }
     }
 
-    /// Whether answers are still to come (the loop must not sleep on them).
+    /// Whether answers are ready to be handed on without waiting (the loop must not
+    /// sleep on them).
     pub fn pending(&self) -> bool {
         match self {
             Engine::Local(_) => false,
             Engine::Deferred(_, waiting) => !waiting.opens.is_empty() || !waiting.requests.is_empty(),
+            Engine::Postgres(pg) => pg.has_ready(),
+        }
+    }
+
+    /// Whether anything asked is not answered yet (at shutdown, the loop waits for it).
+    pub fn owes(&self) -> bool {
+        match self {
+            Engine::Postgres(pg) => pg.owes(),
+            _ => self.pending(),
+        }
+    }
+
+    /// Events of `stream` after `position` that this node delivered, or is delivering,
+    /// before a session whose snapshot stops at `position` joined it (an engine that
+    /// answers later reads snapshots while other writes commit); `None` when they are no
+    /// longer kept. The local engines read snapshots in the turn: never any.
+    pub fn catch_up(&self, stream: &StreamId, position: Seq) -> Option<Vec<Event>> {
+        match self {
+            Engine::Postgres(pg) => pg.catch_up(stream, position),
+            Engine::Local(_) | Engine::Deferred(..) => Some(Vec::new()),
         }
     }
 
     /// A user opened a first session: their latest display name is kept.
     pub fn seen(&mut self, user: &UserId, name: &str, now: Micros) -> Result<(), StoreError> {
-        self.store().upsert_user(user, name, now)
+        match self {
+            Engine::Postgres(pg) => {
+                pg.seen(user, name, now);
+                Ok(())
+            }
+            Engine::Local(store) | Engine::Deferred(store, _) => store.upsert_user(user, name, now),
+        }
     }
 
     /// Writes done in the current turn so far (to know whether a handler wrote).
     pub fn writes_this_turn(&mut self) -> usize {
-        self.store().writes_this_turn()
+        self.store().map_or(0, |store| store.writes_this_turn())
     }
 
     /// The turn ends: its writes are committed (how many), or all undone.
     pub fn commit(&mut self) -> Result<usize, StoreError> {
-        self.store().commit()
+        match self {
+            // Its lane commits; the turn's writes go to it now if it is idle.
+            Engine::Postgres(pg) => Ok(pg.end_turn()),
+            Engine::Local(store) | Engine::Deferred(store, _) => store.commit(),
+        }
     }
 
     /// Streams whose numbers a failed commit gave back, with their last seq now.
     pub fn take_rewound(&mut self) -> Vec<(StreamId, Seq)> {
-        self.store().take_rewound()
+        self.store().map_or_else(Vec::new, |store| store.take_rewound())
     }
 
     /// After the turn's output went out: housekeeping that may take a moment.
     pub fn after_turn(&mut self) {
-        self.store().finish_checkpoint();
+        if let Some(store) = self.store() {
+            store.finish_checkpoint();
+        }
     }
 
     /// Whether the store can write, or why not in a few words (`/healthz`).
     pub fn health(&mut self) -> Result<(), String> {
-        self.store().health()
+        match self {
+            Engine::Postgres(pg) => pg.health(),
+            Engine::Local(store) | Engine::Deferred(store, _) => store.health(),
+        }
     }
 
     /// Periodic housekeeping between turns: the store's checks, the streams' positions,
     /// and events older than `before` pruned for a few milliseconds at most.
     pub fn sweep(&mut self, before: Micros) {
-        let store = self.store();
+        // PostgreSQL's `events` are not pruned yet (issue 14).
+        let Some(store) = self.store() else { return };
         store.sweep();
         if let Err(e) = store.flush_streams() {
             log::warn!("cannot write the streams' positions (they are recovered from the rows): {e}");

@@ -85,6 +85,10 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
         }
         Write::ResolveFraudAlert { id } => Done::FraudAlert(inbox::resolve_fraud_alert(tx, id)?),
         Write::PostBankingMessage(new) => Done::BankingMessage(inbox::post_banking_message(tx, &new)?),
+        Write::SeeUser { user, name } => {
+            tx.store.upsert_user(&user, &name, tx.now)?;
+            Done::Stored
+        }
         Write::Logout { user, closed_here } => {
             tx.record(&StreamId::User(user.clone()), EventBody::Logout, None)?;
             Done::LoggedOut { user, closed_here }

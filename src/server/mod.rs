@@ -38,6 +38,8 @@ use wire::{Flushed, Wire};
 const WS_LISTENER: Token = Token(usize::MAX - 1);
 const API_LISTENER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+/// An engine's lane has answers (nothing to do but run a turn).
+const WAKER: Token = Token(usize::MAX - 4);
 
 /// How often the sweep runs (deadlines are checked at this granularity).
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -93,8 +95,9 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn bind(app: App) -> io::Result<(Server, Bound)> {
+    pub fn bind(mut app: App) -> io::Result<(Server, Bound)> {
         let poll = Poll::new()?;
+        app.ctx.engine.set_waker(mio::Waker::new(poll.registry(), WAKER)?);
         let mut ws_listener = listen(app.config().listen).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {} (SWITCHBOARD_LISTEN): {e}", app.config().listen))
         })?;
@@ -172,6 +175,7 @@ impl Server {
                     WS_LISTENER => self.accept(Listener::WebSocket),
                     API_LISTENER => self.accept(Listener::Api),
                     SIGNALS => self.on_signal(),
+                    WAKER => {}
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key, Some(event.is_read_closed() || event.is_error()));
@@ -193,13 +197,17 @@ impl Server {
         self.end_turn();
         // What was asked and not answered yet is answered and committed before the end
         // (an engine that answers later; the local engine owes nothing).
-        for _ in 0..SHUTDOWN_DRAIN_TURNS {
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        while self.app.ctx.engine.owes() && Instant::now() < deadline {
             if !self.app.ctx.engine.pending() {
-                break;
+                let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
             }
             self.app.begin_turn();
             self.finish_opens();
             self.end_turn();
+        }
+        if self.app.ctx.engine.owes() {
+            log::warn!("stopped with requests the engine did not answer in {} s", SHUTDOWN_DRAIN.as_secs());
         }
         log::info!("switchboard stopped");
         Ok(())
@@ -805,8 +813,8 @@ fn status_of(response: &[u8]) -> &str {
     std::str::from_utf8(response.get(9..12).unwrap_or(b"???")).unwrap_or("???")
 }
 
-/// Turns the engine gets at shutdown to answer what it still owes.
-const SHUTDOWN_DRAIN_TURNS: usize = 100;
+/// How long the engine gets at shutdown to answer what it still owes.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// The open session of a connection, if it is still there.
 fn session_mut(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Session> {

@@ -66,6 +66,9 @@ impl Server {
             ("SWITCHBOARD_API_KEY".into(), API_KEY.into()),
             ("SWITCHBOARD_LOG".into(), "debug".into()),
         ];
+        if std::env::var_os("SWITCHBOARD_TEST_POSTGRES").is_some_and(|v| v == "1") {
+            env.push(("SWITCHBOARD_DATABASE_URL".into(), pg_database_for(dir.path())));
+        }
         for (k, v) in extra {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
@@ -252,6 +255,20 @@ pub fn raw_http_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(&response).to_string();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
+}
+
+/// With `SWITCHBOARD_TEST_POSTGRES=1` every server a test starts stores in PostgreSQL
+/// (the throwaway server of `pg.rs`): a database per server directory, so a server
+/// started again in the same directory finds its data.
+fn pg_database_for(dir: &Path) -> String {
+    static DATABASES: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+    let mut databases = DATABASES.lock().unwrap();
+    if let Some((_, url)) = databases.iter().find(|(d, _)| d == dir) {
+        return url.clone();
+    }
+    let url = pg::shared().database();
+    databases.push((dir.to_path_buf(), url.clone()));
+    url
 }
 
 /// Kept for every server a test starts: `SWITCHBOARD_TEST_DEFERRED_ENGINE=1` runs the

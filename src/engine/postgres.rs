@@ -1,0 +1,282 @@
+//! The PostgreSQL engine as the loop sees it (design/cluster.md §5.4, §5.6–5.7): opens
+//! and reads go to the reader lane, writes collect into the open batch, handed to the
+//! writer lane at the end of a turn when it is idle (so batches grow under load: group
+//! commit). Answers come back on channels, with a wake-up of the loop, and are handed
+//! on at the start of the next turn (`ready`, `answers`): a write's answer and its
+//! events only once its batch committed, so nothing is delivered before it is stored.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::reader::{self, Job, Reader};
+use super::writer::{Batch, Committed, Writer};
+use super::{OpenError, OpenLoad, Opened, Ticket, Turn};
+use crate::event::Event;
+use crate::hub::ConnId;
+use crate::model::{Micros, Seq, StreamId, UserId};
+use crate::request::{Answer, Failed, Request, Write};
+use crate::store::StoreError;
+
+/// Who wakes the loop when an answer is ready (the server's `mio::Waker`, set once it
+/// exists; until then nothing is asked, so nothing needs waking).
+pub type Wake = Arc<OnceLock<mio::Waker>>;
+
+/// The ticket of a write nobody waits for (a user seen).
+const UNANSWERED: Ticket = Ticket::MAX;
+
+/// How long committed events are kept for sessions whose opening snapshot was read
+/// before them (`catch_up`: the window is a reader's round trip, milliseconds), and how
+/// many bytes of them at most (roughly: the text they carry).
+const CATCH_UP_WINDOW: Duration = Duration::from_secs(5);
+const CATCH_UP_BYTES: usize = 4 << 20;
+const MAX_STREAMS_REMEMBERED: usize = 65_536;
+
+/// A stream's recently committed events, and the newest seq no longer kept.
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<(Instant, Event)>,
+    dropped_through: Seq,
+}
+
+pub struct PgEngine {
+    writer: Writer,
+    reader: Reader,
+    committed: Receiver<Committed>,
+    read: Receiver<reader::Done>,
+    /// Writes asked since the last batch was handed over, and the time of the last.
+    open_batch: Vec<(Ticket, Request)>,
+    now: Micros,
+    /// A batch is committing.
+    writing: bool,
+    next_batch: i64,
+    /// Opens and requests asked and not answered yet.
+    owed: usize,
+    /// Answers received and not handed on yet.
+    opened: Vec<(ConnId, Result<Opened, OpenError>)>,
+    answered: Vec<(Ticket, Answer)>,
+    /// The last batch's outcome (`/healthz`).
+    health: Result<(), String>,
+    /// Writes committed since the last turn ended (the commit metrics).
+    committed_writes: usize,
+    /// Per stream, what was committed lately (see `catch_up`), and all of it oldest
+    /// first with its weight, to forget by age and by size.
+    recent: HashMap<StreamId, Recent>,
+    recent_order: VecDeque<(Instant, StreamId, usize)>,
+    recent_bytes: usize,
+    wake: Wake,
+}
+
+impl PgEngine {
+    /// Starts the lanes on the database at `url` for this node.
+    pub fn start(url: &str, node: String, wake: Wake) -> PgEngine {
+        let waker = |wake: Wake| -> Box<dyn Fn() + Send> {
+            Box::new(move || {
+                if let Some(waker) = wake.get()
+                    && let Err(e) = waker.wake()
+                {
+                    log::error!("cannot wake the loop: {e}");
+                }
+            })
+        };
+        let (committed_to, committed) = channel();
+        let (read_to, read) = channel();
+        PgEngine {
+            writer: Writer::start(url.to_string(), node, committed_to, waker(wake.clone())),
+            reader: Reader::start(url.to_string(), read_to, waker(wake.clone())),
+            committed,
+            read,
+            open_batch: Vec::new(),
+            now: 0,
+            writing: false,
+            next_batch: 1,
+            owed: 0,
+            opened: Vec::new(),
+            answered: Vec::new(),
+            health: Ok(()),
+            committed_writes: 0,
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            recent_bytes: 0,
+            wake,
+        }
+    }
+
+    /// The loop's waker, once the server has made it.
+    pub fn set_waker(&mut self, waker: mio::Waker) {
+        let _ = self.wake.set(waker);
+    }
+
+    pub fn open(&mut self, conn: ConnId, load: OpenLoad, now: Micros) {
+        match self.reader.send(Job::Open { conn, load, now }) {
+            Ok(()) => self.owed += 1,
+            Err(e) => self.opened.push((conn, Err(OpenError::Store(StoreError::Unavailable(e))))),
+        }
+    }
+
+    pub fn ready(&mut self) -> Vec<(ConnId, Result<Opened, OpenError>)> {
+        self.drain_reads();
+        std::mem::take(&mut self.opened)
+    }
+
+    fn drain_reads(&mut self) {
+        while let Ok(done) = self.read.try_recv() {
+            self.owed = self.owed.saturating_sub(1);
+            match done {
+                reader::Done::Opened(conn, opened) => self.opened.push((conn, opened)),
+                reader::Done::Answered(ticket, answer) => self.answered.push((ticket, answer)),
+            }
+        }
+    }
+
+    /// A request: a read goes to the reader now, a write into the open batch.
+    pub fn ask(&mut self, ticket: Ticket, request: Request, now: Micros) {
+        self.now = now;
+        match request {
+            Request::Read(_) => match self.reader.send(Job::Read { ticket, request, now }) {
+                Ok(()) => self.owed += 1,
+                Err(e) => self.answered.push((ticket, Err(Failed::Store(StoreError::Unavailable(e))))),
+            },
+            Request::Write(_) => {
+                self.owed += 1;
+                self.open_batch.push((ticket, request));
+            }
+        }
+    }
+
+    /// A user opened a first session; nobody waits for it.
+    pub fn seen(&mut self, user: &UserId, name: &str, now: Micros) {
+        self.ask(UNANSWERED, Request::Write(Write::SeeUser { user: user.clone(), name: name.to_string() }), now);
+    }
+
+    /// What the lanes answered since the last call: opens are kept for `ready`; write
+    /// answers come with their batch's events (into `turn`), reads alone.
+    pub fn answers(&mut self, turn: Turn<'_>) -> Vec<(Ticket, Answer)> {
+        self.drain_reads();
+        let mut answers = std::mem::take(&mut self.answered);
+        while let Ok(committed) = self.committed.try_recv() {
+            self.writing = false;
+            match committed {
+                Committed::Yes { answers: written, events, stored, .. } => {
+                    self.health = Ok(());
+                    self.owed = self.owed.saturating_sub(written.len());
+                    self.committed_writes += written.len();
+                    self.remember(&events);
+                    turn.events.extend(events);
+                    *turn.stored += stored;
+                    answers.extend(written.into_iter().filter(|(ticket, _)| *ticket != UNANSWERED));
+                }
+                Committed::No { tickets, error, batch } => {
+                    log::error!("PostgreSQL: batch {batch} failed, {} writes not stored: {error}", tickets.len());
+                    self.health = Err("PostgreSQL could not store a batch".into());
+                    self.owed = self.owed.saturating_sub(tickets.len());
+                    let failed = |e: &str| Err(Failed::Store(StoreError::Unavailable(e.to_string())));
+                    answers.extend(tickets.into_iter().filter(|t| *t != UNANSWERED).map(|t| (t, failed(&error))));
+                }
+            }
+        }
+        self.hand_over();
+        answers
+    }
+
+    /// The turn ends: the open batch goes to the writer if it is idle. Returns the
+    /// writes committed since the last turn ended.
+    pub fn end_turn(&mut self) -> usize {
+        self.hand_over();
+        std::mem::take(&mut self.committed_writes)
+    }
+
+    fn hand_over(&mut self) {
+        if self.writing || self.open_batch.is_empty() {
+            return;
+        }
+        let batch = Batch { id: self.next_batch, now: self.now, requests: std::mem::take(&mut self.open_batch) };
+        self.next_batch += 1;
+        let tickets: Vec<Ticket> = batch.requests.iter().map(|(t, _)| *t).collect();
+        match self.writer.send(batch) {
+            Ok(()) => self.writing = true,
+            Err(e) => {
+                log::error!("{e}: {} writes not stored", tickets.len());
+                self.owed = self.owed.saturating_sub(tickets.len());
+                let failed = tickets.into_iter().filter(|t| *t != UNANSWERED);
+                self.answered.extend(failed.map(|t| (t, Err(Failed::Store(StoreError::Unavailable(e.clone()))))));
+                self.health = Err(e);
+            }
+        }
+    }
+
+    fn remember(&mut self, events: &[Event]) {
+        let now = Instant::now();
+        for event in events {
+            let weight = weight(event);
+            self.recent.entry(event.stream.clone()).or_default().events.push_back((now, event.clone()));
+            self.recent_order.push_back((now, event.stream.clone(), weight));
+            self.recent_bytes += weight;
+        }
+        // Forget the oldest: each stream's oldest is the oldest of all of that stream.
+        while let Some((at, stream, weight)) = self.recent_order.front()
+            && (self.recent_bytes > CATCH_UP_BYTES || now.duration_since(*at) > CATCH_UP_WINDOW)
+        {
+            self.recent_bytes -= weight;
+            if let Some(recent) = self.recent.get_mut(stream) {
+                if let Some((_, old)) = recent.events.pop_front() {
+                    recent.dropped_through = old.seq;
+                }
+                if recent.events.is_empty() && recent.dropped_through == 0 {
+                    self.recent.remove(stream);
+                }
+            }
+            self.recent_order.pop_front();
+        }
+        if self.recent.len() > MAX_STREAMS_REMEMBERED {
+            // Streams with nothing kept: a session joining one of them behind its last
+            // forgotten seq is then not told (after CATCH_UP_WINDOW, which a reader's
+            // answer does not take).
+            self.recent.retain(|_, r| !r.events.is_empty());
+        }
+    }
+
+    /// The events of `stream` committed after `position` that this node has delivered or
+    /// is delivering: what a session whose snapshot was read before them must still get.
+    /// `None` when some of them are no longer kept.
+    pub fn catch_up(&self, stream: &StreamId, position: Seq) -> Option<Vec<Event>> {
+        let Some(recent) = self.recent.get(stream) else { return Some(Vec::new()) };
+        if recent.dropped_through > position {
+            return None;
+        }
+        Some(recent.events.iter().filter(|(_, e)| e.seq > position).map(|(_, e)| e.clone()).collect())
+    }
+
+    /// Anything asked and not answered yet.
+    pub fn owes(&self) -> bool {
+        self.owed > 0 || !self.open_batch.is_empty() || !self.opened.is_empty()
+    }
+
+    /// Answers received and waiting to be handed on (the loop must not sleep on them).
+    pub fn has_ready(&self) -> bool {
+        !self.opened.is_empty() || !self.answered.is_empty()
+    }
+
+    pub fn health(&self) -> Result<(), String> {
+        self.health.clone()
+    }
+}
+
+/// Roughly the memory an event holds: the text it carries, and a little more.
+fn weight(event: &Event) -> usize {
+    use crate::event::EventBody;
+    256 + match &event.body {
+        EventBody::Message { message, .. }
+        | EventBody::DirectMessage { message }
+        | EventBody::CustomerMessage { message, .. } => message.content.len() + message.sender_name.len(),
+        EventBody::Notification { notification, .. } => notification.title.len() + notification.message.len(),
+        EventBody::BankingMessage { message } => message.subject.len() + message.body.len(),
+        EventBody::FraudAlert { alert } => alert.message.len(),
+        EventBody::ReadReceipt { .. }
+        | EventBody::MessagesRead { .. }
+        | EventBody::DirectRead { .. }
+        | EventBody::MembersChanged { .. }
+        | EventBody::Logout => 0,
+    }
+}
