@@ -417,7 +417,7 @@ impl App {
     /// every user ever seen. Called from the server's periodic sweep.
     pub fn sweep(&mut self) {
         let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
-        self.ctx.engine.sweep(before);
+        self.ctx.engine.sweep(before, self.ctx.now);
         let capacity = f64::from(self.ctx.config.limits.rate_limit_per_minute);
         let per_second = capacity / 60.0;
         let now = Instant::now();

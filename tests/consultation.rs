@@ -86,19 +86,8 @@ fn recv_chat_message(client: &mut Client) -> Value {
     frame["data"].clone()
 }
 
-/// Every row in the database, over all tables: a schema-agnostic way to see whether an
-/// action stored something. The server commits before it sends, so once the frame that
-/// answers an action has arrived, what the action stored is visible here.
 fn stored_rows(server: &Server) -> i64 {
-    let db = rusqlite::Connection::open_with_flags(server.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open the database");
-    let mut statement =
-        db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").unwrap();
-    let tables: Vec<String> = statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
-    tables
-        .iter()
-        .map(|t| db.query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |row| row.get::<_, i64>(0)).unwrap())
-        .sum()
+    server.stored_rows()
 }
 
 /// The document's whole exchange between two members, John (5) and Jane (7).

@@ -328,7 +328,7 @@ fn the_writer_lane_commits_a_batch_whole_and_answers_after_the_commit() {
     let nobody =
         Request::Write(Write::SendDirect { sender: who("ann"), recipient: UserId::new("nobody"), content: text("x") });
     let requests = vec![post(1, "ann", "one"), post(2, "ann", "  "), (3, nobody), post(4, "7", "two")];
-    lane.send(Batch { id: 1, now: 1_000, requests }).unwrap();
+    lane.send(Batch { id: 1, now: 1_000, requests, prune_before: None }).unwrap();
     let (answers, events) = committed(&received);
     assert_eq!(answers.iter().map(|a| a.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert!(answers[0].1.contains("seq: 1") && answers[3].1.contains("seq: 2"), "{answers:?}");
@@ -348,10 +348,29 @@ fn the_writer_lane_commits_a_batch_whole_and_answers_after_the_commit() {
     let cut = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                WHERE datname = current_database() AND pid <> pg_backend_pid()";
     assert_eq!(server.psql(&url, cut), (true, text("1")));
-    lane.send(Batch { id: 2, now: 2_000, requests: vec![post(5, "ann", "three")] }).unwrap();
+    lane.send(Batch { id: 2, now: 2_000, requests: vec![post(5, "ann", "three")], prune_before: None }).unwrap();
     let (answers, events) = committed(&received);
     assert!(answers[0].1.contains("seq: 3"), "{answers:?}");
     assert_eq!(events, ["c:1#3"]);
+
+    // A batch can carry the pruning of old events (and markers), nothing else.
+    let notify = |ticket| {
+        let new = NewNotification {
+            user: UserId::new("7"),
+            category: text("c"),
+            title: text("t"),
+            message: text("m"),
+            link: None,
+        };
+        (ticket, Request::Write(Write::Notify(Box::new(new))))
+    };
+    lane.send(Batch { id: 3, now: 3_000, requests: vec![notify(6), notify(7)], prune_before: None }).unwrap();
+    committed(&received);
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM events"), (true, text("2")));
+    lane.send(Batch { id: 4, now: 9_000, requests: vec![], prune_before: Some(5_000) }).unwrap();
+    committed(&received);
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM events"), (true, text("0")));
+    assert_eq!(server.psql(&url, "SELECT string_agg(batch::text, ',' ORDER BY batch) FROM batches"), (true, text("4")));
 }
 
 #[test]
@@ -368,7 +387,8 @@ fn two_nodes_writing_one_stream_number_it_once_without_gaps() {
                 let mut seqs = Vec::new();
                 for batch in 0..20 {
                     let requests = (0..5).map(|i| post(batch * 5 + i, node, &format!("{node}{batch}.{i}"))).collect();
-                    lane.send(Batch { id: batch as i64, now: 1_000 + batch as i64, requests }).unwrap();
+                    lane.send(Batch { id: batch as i64, now: 1_000 + batch as i64, requests, prune_before: None })
+                        .unwrap();
                     let (_, events) = committed(&received);
                     seqs.extend(events.iter().map(|e| e.trim_start_matches("c:1#").parse::<i64>().unwrap()));
                 }
@@ -401,7 +421,7 @@ fn the_reader_lane_opens_with_a_position_its_snapshot_agrees_with() {
     migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();
     let (lane, received, _) = writer(&url, "a");
     let requests = (0..5).map(|i| post(i, "ann", &format!("m{i}"))).collect();
-    lane.send(Batch { id: 1, now: 1_000, requests }).unwrap();
+    lane.send(Batch { id: 1, now: 1_000, requests, prune_before: None }).unwrap();
     committed(&received);
 
     let (reader, opened) = reader(&url);

@@ -81,6 +81,9 @@ fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str
 
 #[test]
 fn a_second_server_on_the_same_database_is_refused_with_one_line() {
+    if util::sqlite_only("SQLite's file lock") {
+        return;
+    }
     let server = Server::start(&[]);
     let env = db_env(&server.db_path());
     let (code, _, stderr) = run(&[], &env_refs(&env), server.dir.path());
@@ -98,6 +101,9 @@ fn a_second_server_on_the_same_database_is_refused_with_one_line() {
 
 #[test]
 fn the_database_and_its_wal_are_private_and_an_old_readable_one_is_made_private() {
+    if util::sqlite_only("SQLite's file modes") {
+        return;
+    }
     let server = Server::start(&[]);
     let mut client = server.connect_as("/ws/rooms/modes/", json!(1), "ann");
     client.recv_type("room_users_list");
@@ -155,6 +161,9 @@ fn a_configured_api_key_is_never_printed() {
 
 #[test]
 fn an_integrity_check_at_start_refuses_a_damaged_database() {
+    if util::sqlite_only("SQLite's integrity check") {
+        return;
+    }
     let mut server = Server::start(&[]);
     for i in 0..20 {
         let message = format!("{i} {}", "x".repeat(3000));
@@ -182,6 +191,9 @@ fn an_integrity_check_at_start_refuses_a_damaged_database() {
 
 #[test]
 fn an_intact_database_passes_the_integrity_check() {
+    if util::sqlite_only("SQLite's integrity check") {
+        return;
+    }
     let server = Server::start(&[("SWITCHBOARD_DB_CHECK", "full")]);
     assert!(server.log_text().contains("passed PRAGMA integrity_check"), "{}", server.log_text());
 }
@@ -245,6 +257,9 @@ fn a_database_on_a_read_only_filesystem_stops_start_up_naming_the_file() {
 
 #[test]
 fn a_database_removed_while_running_is_noticed_refused_and_logged_once() {
+    if util::sqlite_only("SQLite's file removed") {
+        return;
+    }
     let server = Server::start(&[]);
     let (status, _) = server.api("POST", "/api/rooms/lobby/messages", Some(&json!({"message": "before"})));
     assert_eq!(status, 201);
@@ -316,6 +331,9 @@ fn post_until_full(server: &Server, threads: usize, per_thread: usize, size: usi
 
 #[test]
 fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
+    if util::sqlite_only("SQLite's file on a full disk") {
+        return;
+    }
     let Some(disk) = SmallDisk::mount("640k") else { return };
     let env = db_env(&disk.dir.path().join("switchboard.db"));
     let mut env = env_refs(&env);
@@ -417,6 +435,9 @@ fn on_a_full_disk_what_was_acknowledged_is_stored_and_nothing_else() {
 
 #[test]
 fn health_recovers_when_the_disk_has_room_again() {
+    if util::sqlite_only("SQLite's file on a full disk") {
+        return;
+    }
     let Some(disk) = SmallDisk::mount("640k") else { return };
     let env = db_env(&disk.dir.path().join("switchboard.db"));
     let server = Server::start_in(disk.dir.clone(), &env_refs(&env));
@@ -450,6 +471,9 @@ fn health_recovers_when_the_disk_has_room_again() {
 
 #[test]
 fn large_requests_that_fill_the_disk_mid_turn_are_either_answered_201_and_stored_or_not_stored() {
+    if util::sqlite_only("SQLite's file on a full disk") {
+        return;
+    }
     // Requests of ~200 KB from many clients at once: a turn's transaction outgrows
     // SQLite's page cache, pages spill to the WAL before the commit, the disk fills in
     // the middle of the turn and SQLite rolls the transaction back by itself. Requests

@@ -725,8 +725,5 @@ fn an_inbound_message_cannot_land_in_another_customers_conversation() {
     let recent = chat.recv();
     assert_eq!(recent["messages"], json!([]), "nothing was stored: {recent}");
     // Not even the new customer: a failed request's writes are undone.
-    let db = rusqlite::Connection::open(server.db_path()).unwrap();
-    let customers: i64 =
-        db.query_row("SELECT count(*) FROM customers WHERE external_id = 'tg-mallory'", [], |r| r.get(0)).unwrap();
-    assert_eq!(customers, 0);
+    assert_eq!(server.query("SELECT count(*) FROM customers WHERE external_id = 'tg-mallory'"), ["0"]);
 }

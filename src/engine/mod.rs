@@ -313,9 +313,11 @@ impl Engine {
 
     /// Periodic housekeeping between turns: the store's checks, the streams' positions,
     /// and events older than `before` pruned for a few milliseconds at most.
-    pub fn sweep(&mut self, before: Micros) {
-        // PostgreSQL's `events` are not pruned yet (issue 14).
-        let Some(store) = self.store() else { return };
+    pub fn sweep(&mut self, before: Micros, now: Micros) {
+        let store = match self {
+            Engine::Postgres(pg) => return pg.sweep(before, now),
+            Engine::Local(store) | Engine::Deferred(store, _) => store,
+        };
         store.sweep();
         if let Err(e) = store.flush_streams() {
             log::warn!("cannot write the streams' positions (they are recovered from the rows): {e}");

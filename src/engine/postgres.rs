@@ -60,6 +60,8 @@ pub struct PgEngine {
     health: Result<(), String>,
     /// Writes committed since the last turn ended (the commit metrics).
     committed_writes: usize,
+    /// Events older than this are to be pruned with the next batch.
+    prune_before: Option<Micros>,
     /// Per stream, what was committed lately (see `catch_up`), and all of it oldest
     /// first with its weight, to forget by age and by size.
     recent: HashMap<StreamId, Recent>,
@@ -96,6 +98,7 @@ impl PgEngine {
             answered: Vec::new(),
             health: Ok(()),
             committed_writes: 0,
+            prune_before: None,
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             recent_bytes: 0,
@@ -187,11 +190,23 @@ impl PgEngine {
         std::mem::take(&mut self.committed_writes)
     }
 
+    /// Between turns: events older than `before` go with the next batch (one is sent
+    /// for them alone when nothing else is written).
+    pub fn sweep(&mut self, before: Micros, now: Micros) {
+        self.prune_before = Some(before);
+        self.now = self.now.max(now);
+    }
+
     fn hand_over(&mut self) {
-        if self.writing || self.open_batch.is_empty() {
+        if self.writing || (self.open_batch.is_empty() && self.prune_before.is_none()) {
             return;
         }
-        let batch = Batch { id: self.next_batch, now: self.now, requests: std::mem::take(&mut self.open_batch) };
+        let batch = Batch {
+            id: self.next_batch,
+            now: self.now,
+            requests: std::mem::take(&mut self.open_batch),
+            prune_before: self.prune_before.take(),
+        };
         self.next_batch += 1;
         let tickets: Vec<Ticket> = batch.requests.iter().map(|(t, _)| *t).collect();
         match self.writer.send(batch) {

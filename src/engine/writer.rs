@@ -29,7 +29,12 @@ pub struct Batch {
     pub id: i64,
     pub now: Micros,
     pub requests: Vec<(Ticket, Request)>,
+    /// Also prune a bounded number of `events` (and batch markers) older than this.
+    pub prune_before: Option<Micros>,
 }
+
+/// Rows one batch prunes at most, so that pruning never holds a batch up for long.
+const PRUNE_ROWS: i64 = 1000;
 
 /// What the lane says about a batch.
 #[derive(Debug)]
@@ -156,6 +161,21 @@ impl Lane {
                         "INSERT INTO batches (node, batch, committed_at) VALUES ($1, $2, $3)",
                         &[&node, &batch.id, &batch.now],
                     )?;
+                    if let Some(before) = batch.prune_before {
+                        let pruned = store.client().execute(
+                            "DELETE FROM events WHERE id IN (
+                                 SELECT id FROM events WHERE created_at < $1 ORDER BY id LIMIT $2)",
+                            &[&before, &PRUNE_ROWS],
+                        )?;
+                        store.client().execute(
+                            "DELETE FROM batches WHERE ctid IN (
+                                 SELECT ctid FROM batches WHERE committed_at < $1 LIMIT $2)",
+                            &[&before, &PRUNE_ROWS],
+                        )?;
+                        if pruned > 0 {
+                            log::debug!("pruned {pruned} events older than the retention");
+                        }
+                    }
                     Ok(answers)
                 })();
                 match ran {

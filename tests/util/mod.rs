@@ -66,7 +66,7 @@ impl Server {
             ("SWITCHBOARD_API_KEY".into(), API_KEY.into()),
             ("SWITCHBOARD_LOG".into(), "debug".into()),
         ];
-        if std::env::var_os("SWITCHBOARD_TEST_POSTGRES").is_some_and(|v| v == "1") {
+        if on_postgres() {
             env.push(("SWITCHBOARD_DATABASE_URL".into(), pg_database_for(dir.path())));
         }
         for (k, v) in extra {
@@ -134,6 +134,29 @@ impl Server {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("switchboard.db")
+    }
+
+    /// The rows of a query on this server's store (SQLite's file, or its PostgreSQL
+    /// database), each row's columns joined by `|`.
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        query_store(self.dir.path(), sql)
+    }
+
+    /// Every row in the store, over all tables: a schema-agnostic way to see whether an
+    /// action stored something. The server commits before it sends, so once the frame
+    /// that answers an action has arrived, what the action stored is visible here. Not
+    /// counted: `users` (a session's first open keeps its user, on PostgreSQL in a later
+    /// batch) and PostgreSQL's batch markers (one per committed batch, whatever it held).
+    pub fn stored_rows(&self) -> i64 {
+        let tables = if on_postgres() {
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename NOT IN ('users', 'batches')"
+        } else {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> 'users'"
+        };
+        self.query(tables)
+            .iter()
+            .map(|t| self.query(&format!("SELECT count(*) FROM \"{t}\""))[0].parse::<i64>().unwrap())
+            .sum()
     }
 
     /// Sends SIGTERM and waits (at most `WAIT`) for the exit status.
@@ -255,6 +278,49 @@ pub fn raw_http_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(&response).to_string();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
+}
+
+/// Whether the servers tests start store in PostgreSQL (`SWITCHBOARD_TEST_POSTGRES=1`);
+/// tests of SQLite itself (its file, its disk, its checks) then have nothing to test.
+pub fn on_postgres() -> bool {
+    std::env::var_os("SWITCHBOARD_TEST_POSTGRES").is_some_and(|v| v == "1")
+}
+
+/// True (and says so) when the servers store in PostgreSQL: a test of SQLite's own
+/// behaviour (`what`) has nothing to test then.
+pub fn sqlite_only(what: &str) -> bool {
+    if on_postgres() {
+        eprintln!("not run with SWITCHBOARD_TEST_POSTGRES=1: {what}");
+    }
+    on_postgres()
+}
+
+/// The rows of a query on the store of the server directory `dir` (see `Server::query`).
+pub fn query_store(dir: &Path, sql: &str) -> Vec<String> {
+    if on_postgres() {
+        let (ok, out) = pg::shared().psql(&pg_database_for(dir), sql);
+        assert!(ok, "{sql}: {out}");
+        return out.lines().map(str::to_string).collect();
+    }
+    let db = rusqlite::Connection::open(dir.join("switchboard.db")).expect("open the database");
+    let mut statement = db.prepare(sql).expect("a query");
+    let columns = statement.column_count();
+    let rows = statement
+        .query_map([], |row| {
+            let values: Vec<String> = (0..columns)
+                .map(|i| match row.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Null => String::new(),
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    rusqlite::types::ValueRef::Real(x) => x.to_string(),
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                })
+                .collect();
+            Ok(values.join("|"))
+        })
+        .expect("rows");
+    rows.map(Result::unwrap).collect()
 }
 
 /// With `SWITCHBOARD_TEST_POSTGRES=1` every server a test starts stores in PostgreSQL

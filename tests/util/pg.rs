@@ -154,10 +154,11 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
-    /// Runs SQL with `psql` on `url`: whether it succeeded, and its output (or error).
+    /// Runs SQL with `psql` on `url`: whether it succeeded, and its output (or error),
+    /// a row per line with its columns joined by `|`.
     pub fn psql(&self, url: &str, sql: &str) -> (bool, String) {
         let out = Command::new("psql")
-            .args([url, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args([url, "-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("psql");
         let text = if out.status.success() { out.stdout } else { out.stderr };

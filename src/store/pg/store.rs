@@ -11,7 +11,11 @@
 //!   request it runs here.
 //! - **A conversation's last activity** (`updated_at`) moves with each message at once
 //!   (SQLite defers it to the end of the turn).
+//! - **Text may hold NUL,** which PostgreSQL's `text` cannot: free text (what clients
+//!   and the backend write) is stored escaped (`enc`) and read back unescaped (`dec`),
+//!   byte for byte as on SQLite.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use postgres::types::ToSql;
@@ -23,6 +27,59 @@ use crate::store::{
     NewBankingMessage, NewConversation, NewCustomer, NewMessage, NewNotification, Notification, Since, Storage,
     StoreError, StoreResult, StoredEvent, StoredMessage, direct_key,
 };
+
+/// The escape of `enc`: the last code point, a noncharacter no text needs.
+const ESC: char = '\u{10FFFF}';
+
+/// Text as stored: NUL becomes ESC "0", ESC itself ESC "1" (reversible, and free when
+/// neither occurs).
+fn enc(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\0', ESC]) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\0' => out.extend([ESC, '0']),
+            ESC => out.extend([ESC, '1']),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn enc_opt(text: Option<&str>) -> Option<Cow<'_, str>> {
+    text.map(enc)
+}
+
+/// Text as it was written (see `enc`).
+fn dec(text: String) -> String {
+    if !text.contains(ESC) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == ESC) {
+            (_, true) => match chars.next() {
+                Some('0') => out.push('\0'),
+                Some('1') => out.push(ESC),
+                Some(other) => out.extend([ESC, other]),
+                None => out.push(ESC),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+fn text(row: &Row, index: usize) -> String {
+    dec(row.get(index))
+}
+
+fn opt_text(row: &Row, index: usize) -> Option<String> {
+    row.get::<_, Option<String>>(index).map(dec)
+}
 
 /// How deep `replies` nest inside a banking message (as on SQLite).
 const MAX_REPLY_DEPTH: usize = 8;
@@ -146,18 +203,18 @@ fn conversation_from_row(row: &Row) -> StoreResult<Conversation> {
     let kind: String = row.get(1);
     let customer = row.get::<_, Option<i64>>(8).map(|id| Customer {
         id,
-        source: row.get(9),
-        external_id: row.get(10),
-        first_name: row.get(11),
-        last_name: row.get(12),
-        profile_picture: row.get(13),
+        source: text(row, 9),
+        external_id: text(row, 10),
+        first_name: text(row, 11),
+        last_name: text(row, 12),
+        profile_picture: opt_text(row, 13),
     });
     Ok(Conversation {
         id: row.get(0),
         kind: ConversationKind::from_sql(&kind).ok_or(StoreError::NotFound("conversation kind"))?,
         key: row.get(2),
-        title: row.get(3),
-        status: row.get(4),
+        title: text(row, 3),
+        status: text(row, 4),
         priority: row.get(5),
         created_at: row.get(6),
         updated_at: row.get(7),
@@ -170,8 +227,8 @@ fn message_from_row(row: &Row) -> StoredMessage {
         id: row.get(0),
         conversation_id: row.get(1),
         sender_id: row.get::<_, Option<String>>(2).map(|s| UserId::new(&s)),
-        sender_name: row.get(3),
-        content: row.get(4),
+        sender_name: text(row, 3),
+        content: text(row, 4),
         message_type: row.get(5),
         created_at: row.get(6),
         customer_id: row.get(7),
@@ -185,10 +242,10 @@ fn notification_from_row(row: &Row) -> Notification {
     Notification {
         id: row.get(0),
         user_id: UserId::new(row.get(1)),
-        category: row.get(2),
-        title: row.get(3),
-        message: row.get(4),
-        link: row.get(5),
+        category: text(row, 2),
+        title: text(row, 3),
+        message: text(row, 4),
+        link: opt_text(row, 5),
         is_read: flag(row, 6),
         read_at: row.get(7),
         created_at: row.get(8),
@@ -199,7 +256,7 @@ fn alert_from_row(row: &Row) -> FraudAlert {
     FraudAlert {
         id: row.get(0),
         user_id: UserId::new(row.get(1)),
-        message: row.get(2),
+        message: text(row, 2),
         severity: row.get(3),
         is_resolved: flag(row, 4),
         resolved_at: row.get(5),
@@ -211,11 +268,11 @@ fn banking_from_row(row: &Row) -> BankingMessage {
     BankingMessage {
         id: row.get(0),
         user_id: UserId::new(row.get(1)),
-        subject: row.get(2),
-        body: row.get(3),
+        subject: text(row, 2),
+        body: text(row, 3),
         is_read: flag(row, 4),
         read_at: row.get(5),
-        thread_id: row.get(6),
+        thread_id: text(row, 6),
         parent_id: row.get(7),
         created_at: row.get(8),
         replies: Vec::new(),
@@ -303,7 +360,7 @@ impl Storage for PgStore {
             "INSERT INTO users (id, name, first_seen, last_seen) VALUES ($1, $2, $3, $3)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, last_seen = excluded.last_seen
              WHERE users.name IS DISTINCT FROM excluded.name OR users.last_seen < excluded.last_seen - 3600000000",
-            &[&user.as_str(), &name, &now],
+            &[&user.as_str(), &enc(name), &now],
         )?;
         Ok(())
     }
@@ -345,7 +402,7 @@ impl Storage for PgStore {
         let row = self.query_one(
             "INSERT INTO conversations (kind, key, title, status, priority, customer_id, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
-            &[&new.kind.as_sql(), &new.key, &new.title, &new.status, &new.priority, &new.customer_id, &now],
+            &[&new.kind.as_sql(), &new.key, &enc(new.title), &enc(new.status), &new.priority, &new.customer_id, &now],
         )?;
         Ok(row.get(0))
     }
@@ -453,15 +510,22 @@ impl Storage for PgStore {
                  last_name = coalesce($4, customers.last_name),
                  profile_picture = coalesce($5, customers.profile_picture)
              RETURNING id, source, external_id, first_name, last_name, profile_picture",
-            &[&new.source, &new.external_id, &new.first_name, &new.last_name, &new.profile_picture, &now],
+            &[
+                &enc(new.source),
+                &enc(new.external_id),
+                &enc_opt(new.first_name),
+                &enc_opt(new.last_name),
+                &enc_opt(new.profile_picture),
+                &now,
+            ],
         )?;
         Ok(Customer {
             id: row.get(0),
-            source: row.get(1),
-            external_id: row.get(2),
-            first_name: row.get(3),
-            last_name: row.get(4),
-            profile_picture: row.get(5),
+            source: text(&row, 1),
+            external_id: text(&row, 2),
+            first_name: text(&row, 3),
+            last_name: text(&row, 4),
+            profile_picture: opt_text(&row, 5),
         })
     }
 
@@ -477,8 +541,8 @@ impl Storage for PgStore {
             &[
                 &message.conversation_id,
                 &sender_id,
-                &sender_name,
-                &message.content,
+                &enc(sender_name),
+                &enc(message.content),
                 &message.message_type,
                 &now,
                 &message.customer_id,
@@ -576,7 +640,7 @@ impl Storage for PgStore {
         let row = self.query_one(
             "INSERT INTO notifications (user_id, category, title, message, link, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[&new.user_id.as_str(), &new.category, &new.title, &new.message, &new.link, &now],
+            &[&new.user_id.as_str(), &enc(new.category), &enc(new.title), &enc(new.message), &enc_opt(new.link), &now],
         )?;
         Ok(Notification {
             id: row.get(0),
@@ -630,7 +694,7 @@ impl Storage for PgStore {
     ) -> StoreResult<FraudAlert> {
         let row = self.query_one(
             "INSERT INTO fraud_alerts (user_id, message, severity, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&user.as_str(), &message, &severity, &now],
+            &[&user.as_str(), &enc(message), &severity, &now],
         )?;
         Ok(FraudAlert {
             id: row.get(0),
@@ -672,7 +736,7 @@ impl Storage for PgStore {
         let row = self.query_one(
             "INSERT INTO banking_messages (user_id, subject, body, thread_id, parent_id, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[&new.user_id.as_str(), &new.subject, &new.body, &new.thread_id, &new.parent_id, &now],
+            &[&new.user_id.as_str(), &enc(new.subject), &enc(new.body), &enc(new.thread_id), &new.parent_id, &now],
         )?;
         self.banking_message(row.get(0))?.ok_or(StoreError::NotFound("banking message"))
     }
@@ -714,5 +778,21 @@ impl Storage for PgStore {
             messages.extend(self.banking_message(row.get(0))?);
         }
         Ok(messages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_text_reads_back_byte_for_byte() {
+        let esc = ESC.to_string();
+        for text in ["", "plain", "\0", "a\0b\0", &esc, &format!("{esc}0"), &format!("\0{esc}1{esc}\0x")] {
+            let stored = enc(text);
+            assert!(!stored.contains('\0'), "{text:?}");
+            assert_eq!(dec(stored.into_owned()), text);
+        }
+        assert!(matches!(enc("no escape needed"), Cow::Borrowed(_)));
     }
 }
