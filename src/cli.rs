@@ -223,7 +223,7 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32
     let mut wait = std::time::Duration::from_millis(250);
     let mut client = None;
     for attempt in 1..=DATABASE_CONNECT_TRIES {
-        match parsed.connect(postgres::NoTls) {
+        match crate::store::pg::with_timeouts(parsed.clone()).connect(postgres::NoTls) {
             Ok(connected) => {
                 client = Some(connected);
                 break;

@@ -32,6 +32,12 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
          message_reads,messages,notifications,schema_migrations,settings,streams,users"
     );
 
+    // Statements and idle transactions of switchboard's connections are bounded.
+    for name in ["statement_timeout", "idle_in_transaction_session_timeout"] {
+        let value: String = client.query_one(&format!("SHOW {name}"), &[]).unwrap().get(0);
+        assert_eq!(value, "5s", "{name}");
+    }
+
     // A database that a newer switchboard migrated is refused, not guessed at.
     assert!(server.psql(&url, "INSERT INTO schema_migrations (version, name) VALUES (99, 'future')").0);
     let refused = migrations::apply(&mut client).unwrap_err();

@@ -11,5 +11,12 @@ pub use store::PgStore;
 /// One connection, or why not, in words for the operator (the URL's password left out).
 pub fn connect(url: &str) -> Result<postgres::Client, String> {
     let config: postgres::Config = url.parse().map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
-    config.connect(postgres::NoTls).map_err(|e| format!("cannot connect to PostgreSQL: {e}"))
+    with_timeouts(config).connect(postgres::NoTls).map_err(|e| format!("cannot connect to PostgreSQL: {e}"))
+}
+
+/// Statements and idle transactions of switchboard's connections end after 5 s
+/// (design/cluster.md §5.3): a stream's row is never locked for longer by a stuck lane.
+pub fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
+    config.options("-c statement_timeout=5000 -c idle_in_transaction_session_timeout=5000");
+    config
 }
