@@ -13,6 +13,7 @@
 //! the local engine answering one turn later, exercises that path (the app's tests, and
 //! the whole integration suite when `SWITCHBOARD_TEST_DEFERRED_ENGINE=1`).
 
+mod lane;
 pub mod postgres;
 pub mod reader;
 pub mod writer;

@@ -6,8 +6,7 @@
 //! room opened by name is found or created first, in a statement of its own (so a room
 //! another node creates at the same moment is found, not missed by the snapshot).
 
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender};
 
 use super::{OpenError, OpenLoad, Opened, Target, Ticket, open};
 use crate::hub::ConnId;
@@ -31,37 +30,19 @@ pub enum Done {
 }
 
 /// The loop's handle on the lane. Dropping it ends the lane after its current job.
-pub struct Reader {
-    jobs: Option<Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Reader(super::lane::Lane<Job>);
 
 impl Reader {
     /// Starts a reader on the database at `url`; answers go to `answers`, each followed
     /// by `wake()`.
     pub fn start(url: String, answers: Sender<Done>, wake: Box<dyn Fn() + Send>) -> Reader {
-        let (jobs, inbox) = channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("pg-reader".into())
-            .spawn(move || Lane { url, store: None }.serve(inbox, answers, wake))
-            .expect("spawn a PostgreSQL reader lane");
-        Reader { jobs: Some(jobs), thread: Some(thread) }
+        Reader(super::lane::Lane::start("pg-reader", move |inbox| {
+            Lane { url, store: None }.serve(inbox, answers, wake)
+        }))
     }
 
     pub fn send(&self, job: Job) -> Result<(), String> {
-        match &self.jobs {
-            Some(jobs) => jobs.send(job).map_err(|_| "the PostgreSQL reader lane has stopped".to_string()),
-            None => Err("the PostgreSQL reader lane is stopping".into()),
-        }
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.0.send(job)
     }
 }
 

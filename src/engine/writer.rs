@@ -11,8 +11,7 @@
 //! batches grow by themselves under load (group commit). Answers go back on a channel,
 //! followed by a wake-up of the loop (`wake`, a `mio::Waker` in the server).
 
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 
 use super::{Ticket, run};
@@ -47,10 +46,7 @@ pub enum Committed {
 }
 
 /// The loop's handle on the lane. Dropping it ends the lane after its current batch.
-pub struct Writer {
-    batches: Option<Sender<Batch>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Writer(super::lane::Lane<Batch>);
 
 /// How long the lane waits before connecting again, at most.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -59,29 +55,14 @@ impl Writer {
     /// Starts the lane for `node` on the database at `url`; answers go to `answers`,
     /// each followed by `wake()`.
     pub fn start(url: String, node: String, answers: Sender<Committed>, wake: Box<dyn Fn() + Send>) -> Writer {
-        let (batches, inbox) = channel::<Batch>();
-        let thread = std::thread::Builder::new()
-            .name("pg-writer".into())
-            .spawn(move || Lane { url, node, store: None }.serve(inbox, answers, wake))
-            .expect("spawn the PostgreSQL writer lane");
-        Writer { batches: Some(batches), thread: Some(thread) }
+        Writer(super::lane::Lane::start("pg-writer", move |inbox| {
+            Lane { url, node, store: None }.serve(inbox, answers, wake)
+        }))
     }
 
     /// Hands a batch to the lane.
     pub fn send(&self, batch: Batch) -> Result<(), String> {
-        match &self.batches {
-            Some(batches) => batches.send(batch).map_err(|_| "the PostgreSQL writer lane has stopped".to_string()),
-            None => Err("the PostgreSQL writer lane is stopping".into()),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        drop(self.batches.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.0.send(batch)
     }
 }
 

@@ -62,6 +62,30 @@ pub enum Since {
     Gone { last: Seq },
 }
 
+impl Since {
+    /// The answer when nothing needs reading: `since` is ahead of the stream, at its end,
+    /// or further behind than `limit` events.
+    pub(crate) fn without_reading(since: Seq, last: Seq, limit: usize) -> Option<Since> {
+        if since > last {
+            Some(Since::Ahead { last })
+        } else if since == last {
+            Some(Since::Events(Vec::new()))
+        } else if last - since > limit as Seq {
+            Some(Since::Gone { last })
+        } else {
+            None
+        }
+    }
+
+    /// What was read after `since`, in seq order: all of it, or `Gone` when pruning took
+    /// some (numbering is gap-free, so every seq up to `last` must be there).
+    pub(crate) fn from_missed(missed: Vec<Missed>, since: Seq, last: Seq) -> Since {
+        let complete = missed.len() as Seq == last - since
+            && missed.iter().zip(since + 1..).all(|(missed, expected)| missed.seq() == expected);
+        if complete { Since::Events(missed) } else { Since::Gone { last } }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Seqs {
     /// Last seq per stream, as this turn's transaction sees it.
@@ -179,14 +203,8 @@ impl Store {
     /// `limit` are missing.
     pub fn events_since(&mut self, stream: &StreamId, since: Seq, limit: usize) -> StoreResult<Since> {
         let last = self.last_seq(stream)?;
-        if since > last {
-            return Ok(Since::Ahead { last });
-        }
-        if since == last {
-            return Ok(Since::Events(Vec::new()));
-        }
-        if last - since > limit as Seq {
-            return Ok(Since::Gone { last });
+        if let Some(answer) = Since::without_reading(since, last, limit) {
+            return Ok(answer);
         }
         let mut missed: Vec<Missed> = {
             let mut statement = self.conn.prepare_cached(
@@ -215,10 +233,7 @@ impl Store {
             missed.extend(messages);
             missed.sort_by_key(Missed::seq);
         }
-        // Gap-free numbering: every seq after `since` is there, unless pruned.
-        let complete = missed.len() as Seq == last - since
-            && missed.iter().zip(since + 1..).all(|(missed, expected)| missed.seq() == expected);
-        Ok(if complete { Since::Events(missed) } else { Since::Gone { last } })
+        Ok(Since::from_missed(missed, since, last))
     }
 
     /// The turn committed: its streams' numbers are stored (their `streams` rows are

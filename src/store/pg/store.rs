@@ -310,14 +310,8 @@ impl Storage for PgStore {
 
     fn events_since(&mut self, stream: &StreamId, since: Seq, limit: usize) -> StoreResult<Since> {
         let last = self.last_seq(stream)?;
-        if since > last {
-            return Ok(Since::Ahead { last });
-        }
-        if since == last {
-            return Ok(Since::Events(Vec::new()));
-        }
-        if last - since > limit as Seq {
-            return Ok(Since::Gone { last });
+        if let Some(answer) = Since::without_reading(since, last, limit) {
+            return Ok(answer);
         }
         let rows = self.query(
             "SELECT seq, kind, payload FROM events WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -335,10 +329,7 @@ impl Storage for PgStore {
             missed.extend(rows.iter().map(|r| Missed::Message(message_from_row(r))));
             missed.sort_by_key(Missed::seq);
         }
-        // Gap-free numbering: every seq after `since` is there, unless pruned.
-        let complete = missed.len() as Seq == last - since
-            && missed.iter().zip(since + 1..).all(|(missed, expected)| missed.seq() == expected);
-        Ok(if complete { Since::Events(missed) } else { Since::Gone { last } })
+        Ok(Since::from_missed(missed, since, last))
     }
 
     fn begin_unit(&mut self) -> StoreResult<()> {
