@@ -2,7 +2,7 @@
 //! engine's writer and readers, design/cluster.md §5.7). Dropping the handle ends the
 //! thread after its current job.
 
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 
 pub struct Lane<J> {
@@ -12,12 +12,27 @@ pub struct Lane<J> {
 }
 
 impl<J: Send + 'static> Lane<J> {
-    /// Starts thread `name` running `serve` on the jobs sent to it.
-    pub fn start(name: &'static str, serve: impl FnOnce(Receiver<J>) + Send + 'static) -> Lane<J> {
+    /// Starts thread `name`: each job sent to it, in order, is handled, its answer goes
+    /// to `answers`, and `wake()` tells the loop. It ends when the handle is dropped or
+    /// nobody takes answers any more.
+    pub fn start<A: Send + 'static>(
+        name: &'static str,
+        answers: Sender<A>,
+        wake: Box<dyn Fn() + Send>,
+        mut handle: impl FnMut(J) -> A + Send + 'static,
+    ) -> Lane<J> {
         let (jobs, inbox) = channel::<J>();
+        let serve = move || {
+            for job in inbox {
+                if answers.send(handle(job)).is_err() {
+                    return;
+                }
+                wake();
+            }
+        };
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || serve(inbox))
+            .spawn(serve)
             .unwrap_or_else(|e| panic!("cannot start the {name} thread: {e}"));
         Lane { name, jobs: Some(jobs), thread: Some(thread) }
     }

@@ -6,7 +6,7 @@
 //! room opened by name is found or created first, in a statement of its own (so a room
 //! another node creates at the same moment is found, not missed by the snapshot).
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 
 use super::{OpenError, OpenLoad, Opened, Target, Ticket, open};
 use crate::hub::ConnId;
@@ -36,8 +36,10 @@ impl Reader {
     /// Starts a reader on the database at `url`; answers go to `answers`, each followed
     /// by `wake()`.
     pub fn start(url: String, answers: Sender<Done>, wake: Box<dyn Fn() + Send>) -> Reader {
-        Reader(super::lane::Lane::start("pg-reader", move |inbox| {
-            Lane { url, store: None }.serve(inbox, answers, wake)
+        let mut lane = Lane { url, store: None };
+        Reader(super::lane::Lane::start("pg-reader", answers, wake, move |job| match job {
+            Job::Open { conn, load, now } => Done::Opened(conn, lane.open(load, now)),
+            Job::Read { ticket, request, now } => Done::Answered(ticket, lane.read(request, now)),
         }))
     }
 
@@ -52,19 +54,6 @@ struct Lane {
 }
 
 impl Lane {
-    fn serve(mut self, inbox: Receiver<Job>, answers: Sender<Done>, wake: Box<dyn Fn() + Send>) {
-        for job in inbox {
-            let done = match job {
-                Job::Open { conn, load, now } => Done::Opened(conn, self.open(load, now)),
-                Job::Read { ticket, request, now } => Done::Answered(ticket, self.read(request, now)),
-            };
-            if answers.send(done).is_err() {
-                return;
-            }
-            wake();
-        }
-    }
-
     /// The connection, made again if it was lost (one try: a read that fails is
     /// answered with the error, and the next one tries again).
     fn connected(&mut self) -> StoreResult<&mut PgStore> {

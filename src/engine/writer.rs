@@ -11,7 +11,7 @@
 //! batches grow by themselves under load (group commit). Answers go back on a channel,
 //! followed by a wake-up of the loop (`wake`, a `mio::Waker` in the server).
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use super::{Ticket, run};
@@ -55,9 +55,8 @@ impl Writer {
     /// Starts the lane for `node` on the database at `url`; answers go to `answers`,
     /// each followed by `wake()`.
     pub fn start(url: String, node: String, answers: Sender<Committed>, wake: Box<dyn Fn() + Send>) -> Writer {
-        Writer(super::lane::Lane::start("pg-writer", move |inbox| {
-            Lane { url, node, store: None }.serve(inbox, answers, wake)
-        }))
+        let mut lane = Lane { url, node, store: None };
+        Writer(super::lane::Lane::start("pg-writer", answers, wake, move |batch| lane.commit(batch)))
     }
 
     /// Hands a batch to the lane.
@@ -73,16 +72,6 @@ struct Lane {
 }
 
 impl Lane {
-    fn serve(mut self, inbox: Receiver<Batch>, answers: Sender<Committed>, wake: Box<dyn Fn() + Send>) {
-        for batch in inbox {
-            let outcome = self.commit(batch);
-            if answers.send(outcome).is_err() {
-                return;
-            }
-            wake();
-        }
-    }
-
     /// A connection, made again if it was lost (a few tries with backoff, then the
     /// batch fails: the loop answers its requests with errors and tries later batches).
     fn connected(&mut self) -> StoreResult<&mut PgStore> {
