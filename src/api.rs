@@ -254,6 +254,11 @@ fn parse_customer(value: Option<&Value>, source: Option<&str>) -> Result<Option<
 
 /// The answer to a request that could not be stored: 503 with `Retry-After`, since a
 /// full disk or a failed write passes, in words of our own (the log has SQLite's).
+/// Too many writes wait for their commit to take this one now.
+pub fn busy() -> HttpError {
+    HttpError::new(503, "too many writes are waiting to be stored; try again shortly")
+}
+
 pub fn unavailable() -> HttpError {
     HttpError::new(503, "could not store the request; try again later")
 }

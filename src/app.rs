@@ -298,6 +298,14 @@ impl App {
     /// nothing, so a failed one leaves the rest of the turn untouched.
     pub fn on_api(&mut self, conn: ConnId, request: Request) {
         self.ctx.metrics.api_requests += 1;
+        if request.method != "GET" && self.ctx.engine.saturated() {
+            // Too many writes wait for their commit (a PostgreSQL node under load): the
+            // backend is told to try again rather than queued without bound.
+            self.ctx.metrics.writes_refused += 1;
+            let response = crate::api::busy().to_response();
+            self.ctx.outbox.push(Out::Http { to: conn, response, durable: false });
+            return;
+        }
         if let Some(response) = crate::api::handle(&mut self.ctx, conn, &request) {
             self.ctx.outbox.push(Out::Http { to: conn, response, durable: false });
         }
@@ -312,6 +320,7 @@ impl App {
     pub fn ready_answers(&mut self) -> Vec<(Then, Answer, bool)> {
         let answers = self.ctx.ready_answers();
         self.deliver();
+        self.ctx.follow_streams();
         answers
     }
 
@@ -370,6 +379,9 @@ impl App {
 
     /// Hands what the last handler emitted to the endpoints to render and queue.
     fn deliver(&mut self) {
+        for event in self.ctx.take_in_order() {
+            endpoints::deliver_in_order(&mut self.ctx, &event);
+        }
         for event in self.ctx.take_events() {
             endpoints::deliver(&mut self.ctx, event);
         }
@@ -411,6 +423,12 @@ impl App {
     /// a moment (see `Store::finish_checkpoint`).
     pub fn after_turn(&mut self) {
         self.ctx.engine.after_turn();
+    }
+
+    /// Looks for what other nodes stored, when it is time (a PostgreSQL node; see
+    /// `Ctx::follow_streams`).
+    pub fn poll(&mut self) {
+        self.ctx.engine.poll(self.ctx.now);
     }
 
     /// Forgets rate-limit buckets that have refilled, so the map does not grow with

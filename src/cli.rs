@@ -256,7 +256,11 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32
     let node = format!("{}-{}", host.trim(), random_hex(4).map_err(|e| (1, e.to_string()))?);
     log::info!("storing in PostgreSQL as node {node}");
     let wake = std::sync::Arc::new(std::sync::OnceLock::new());
-    let engine = crate::engine::postgres::PgEngine::start(url, node, wake);
+    let options = crate::engine::postgres::Options {
+        poll_interval: config.poll_interval,
+        max_pending_writes: config.max_pending_writes,
+    };
+    let engine = crate::engine::postgres::PgEngine::start(url, node, wake, options);
     Ok((Engine::Postgres(Box::new(engine)), secrets))
 }
 

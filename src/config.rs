@@ -157,6 +157,18 @@ pub const SETTINGS: &[Setting] = &[
         help: "a postgres:// URL: keep everything in PostgreSQL instead of the SQLite file (in development: one node, not for production yet)",
     },
     Setting {
+        flag: "poll-interval-ms",
+        env: "SWITCHBOARD_POLL_INTERVAL_MS",
+        default: Some("250"),
+        help: "with PostgreSQL: how often a node looks for what other nodes stored (the delay of cross-node delivery)",
+    },
+    Setting {
+        flag: "max-pending-writes",
+        env: "SWITCHBOARD_MAX_PENDING_WRITES",
+        default: Some("50000"),
+        help: "with PostgreSQL: writes waiting for their commit at most; past it clients' frames wait and the server API answers 503",
+    },
+    Setting {
         flag: "event-retention-secs",
         env: "SWITCHBOARD_EVENT_RETENTION_SECS",
         default: Some("604800"),
@@ -248,6 +260,10 @@ pub struct Config {
     pub history_limit: usize,
     /// How long `events` rows are kept for recovery with `?since=`.
     pub event_retention: std::time::Duration,
+    /// With PostgreSQL: how often the node polls for other nodes' writes.
+    pub poll_interval: Duration,
+    /// With PostgreSQL: writes waiting for their commit at most (backpressure).
+    pub max_pending_writes: usize,
     pub chat_protocol: ChatProtocol,
     /// Empty means any origin is accepted.
     pub allowed_origins: Vec<String>,
@@ -441,6 +457,8 @@ impl RawSettings {
             },
             history_limit: self.parsed("history-limit", "a whole number")?,
             event_retention: std::time::Duration::from_secs(self.positive("event-retention-secs")?),
+            poll_interval: Duration::from_millis(self.positive("poll-interval-ms")?),
+            max_pending_writes: self.positive("max-pending-writes")? as usize,
             chat_protocol,
             allowed_origins: self
                 .optional("allowed-origins")

@@ -188,6 +188,17 @@ pub struct Ctx {
     pub(crate) outbox: Vec<Out>,
     /// Recorded and not yet delivered (see `Event`).
     events: Vec<Event>,
+    /// Events the sequencer already let through (a session joining behind what waited
+    /// for it), delivered before `events`.
+    in_order: Vec<Event>,
+    /// Streams with events waiting behind a gap since the last `follow_streams`.
+    held: Vec<StreamId>,
+    /// Sessions whose opening snapshot is ahead of their stream's delivered position
+    /// here, with that snapshot's position: events up to it are not sent to them. Empty
+    /// but for moments on a node of several (see `join_stream`).
+    ahead: Vec<(ConnId, StreamId, Seq)>,
+    /// The event being delivered while `ahead` is not empty.
+    delivering: Option<(StreamId, Seq)>,
     /// Where opens and requests go, and the store behind them (`engine.rs`).
     pub engine: Engine,
     next_ticket: Ticket,
@@ -216,6 +227,10 @@ impl Ctx {
             online: HashMap::new(),
             outbox: Vec::new(),
             events: Vec::new(),
+            in_order: Vec::new(),
+            held: Vec::new(),
+            ahead: Vec::new(),
+            delivering: None,
             engine,
             next_ticket: 0,
             waiting: HashMap::new(),
@@ -294,10 +309,22 @@ impl Ctx {
     /// here after the snapshot was read: those the stream's listeners already had are
     /// returned, for this session alone (`endpoints::join` renders them); those nobody
     /// here had yet go through the sequencer from `position`, to everyone in order.
-    pub fn join_stream(&mut self, stream: StreamId, position: Seq) -> Vec<Event> {
+    pub fn join_stream(&mut self, conn: ConnId, stream: StreamId, position: Seq) -> Vec<Event> {
         let delivered = self.sequencer.position(&stream);
+        if let Some(delivered) = delivered
+            && position > delivered
+        {
+            // Its snapshot is ahead of what this node delivered (another node stored the
+            // events in between, not read here yet): the stream's position stays, so that
+            // its other listeners get them; this session is spared those it has (`ahead`).
+            self.sequencer.join(stream.clone(), delivered);
+            self.ahead.push((conn, stream.clone(), position));
+            self.metrics.stream_fills += 1;
+            self.engine.fill(stream, delivered);
+            return Vec::new();
+        }
         for (_, early) in self.sequencer.join(stream.clone(), position) {
-            self.events.push(early);
+            self.in_order.push(early);
         }
         let Some(missed) = self.engine.catch_up(&stream, position) else {
             log::warn!("stream {}: a session joined at {position}, behind what is kept here", stream.key());
@@ -314,6 +341,24 @@ impl Ctx {
         if let Some(stream) = session.stream() {
             self.sequencer.leave(&stream);
         }
+        if !self.ahead.is_empty() {
+            self.ahead.retain(|(conn, _, _)| *conn != session.conn);
+        }
+    }
+
+    /// The event being delivered, while sessions that joined ahead of their stream's
+    /// position wait for it to catch up (`publish` spares them what they have).
+    pub fn delivering(&mut self, event: Option<&Event>) {
+        if !self.ahead.is_empty() {
+            self.delivering = event.map(|e| (e.stream.clone(), e.seq));
+        }
+    }
+
+    /// Drops from `to` the sessions that already have the event being delivered.
+    fn spare_ahead(&self, to: &mut Vec<ConnId>) {
+        if let Some((stream, seq)) = &self.delivering {
+            to.retain(|c| !self.ahead.iter().any(|(conn, s, position)| conn == c && s == stream && seq <= position));
+        }
     }
 
     /// Passes a recorded event through its stream's sequencer: what comes out, in
@@ -321,13 +366,57 @@ impl Ctx {
     pub fn sequence(&mut self, event: Event) -> Vec<(Seq, Event)> {
         let stream = event.stream.clone();
         match self.sequencer.offer(&stream, event.seq, event, Instant::now()) {
-            Offered::Deliver(events) => events,
+            Offered::Deliver(events) => {
+                if events.is_empty() {
+                    self.held.push(stream);
+                }
+                events
+            }
             Offered::Lost { from, to, then } => {
                 log::warn!("stream {}: events {from}..={to} were never seen here", stream.key());
                 then
             }
             Offered::Duplicate | Offered::NotFollowed => Vec::new(),
         }
+    }
+
+    /// What other nodes stored, for the streams followed here (an engine with several
+    /// nodes; see `engine::postgres`): the events of streams that moved past what was
+    /// delivered, and those before events that came out of order, are asked for; they
+    /// come with a later turn's answers. Where they are no longer kept, delivery goes on
+    /// from the stream's end, and its listeners miss them (logged).
+    pub fn follow_streams(&mut self) {
+        if !self.ahead.is_empty() {
+            let sequencer = &self.sequencer;
+            self.ahead.retain(|(_, stream, position)| sequencer.position(stream).is_some_and(|d| d < *position));
+        }
+        let crate::engine::Changes { changed, lost } = self.engine.take_changed();
+        for (stream, last) in changed {
+            if let Some(delivered) = self.sequencer.position(&stream)
+                && last > delivered
+            {
+                self.metrics.stream_fills += 1;
+                self.engine.fill(stream, delivered);
+            }
+        }
+        for stream in std::mem::take(&mut self.held) {
+            if let Some((missing, _)) = self.sequencer.gap(&stream) {
+                self.metrics.stream_fills += 1;
+                self.engine.fill(stream, missing - 1);
+            }
+        }
+        for (stream, last) in lost {
+            let Some(delivered) = self.sequencer.position(&stream).filter(|d| *d < last) else { continue };
+            log::warn!("stream {}: events after {delivered} are no longer kept; its listeners miss them", stream.key());
+            self.metrics.events_lost += (last - delivered) as u64;
+            let next = self.sequencer.follow(stream, last);
+            self.in_order.extend(next.into_iter().map(|(_, event)| event));
+        }
+    }
+
+    /// Events the sequencer let through outside `sequence`, to deliver first.
+    pub fn take_in_order(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.in_order)
     }
 
     /// A failed commit gave streams their numbers back: delivery positions past them
@@ -362,7 +451,8 @@ impl Ctx {
 
     /// Queues a frame to every connection of a topic, optionally but one.
     pub fn publish(&mut self, topic: &Topic, frame: Frame, except: Option<ConnId>, durable: bool) {
-        let to: Vec<ConnId> = self.hub.conns(topic).iter().copied().filter(|c| Some(*c) != except).collect();
+        let mut to: Vec<ConnId> = self.hub.conns(topic).iter().copied().filter(|c| Some(*c) != except).collect();
+        self.spare_ahead(&mut to);
         if !to.is_empty() {
             self.outbox.push(Out::Frame { to, frame, durable });
         }
@@ -392,7 +482,8 @@ impl Ctx {
 
     /// Queues a frame to every connection of one user in a topic.
     pub fn publish_to_user(&mut self, topic: &Topic, user: &UserId, frame: Frame, durable: bool) {
-        let to = self.hub.user_conns(topic, user).to_vec();
+        let mut to = self.hub.user_conns(topic, user).to_vec();
+        self.spare_ahead(&mut to);
         if !to.is_empty() {
             self.outbox.push(Out::Frame { to, frame, durable });
         }

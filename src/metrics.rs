@@ -31,6 +31,14 @@ pub struct Metrics {
     pub handshake_timeouts: u64,
     pub idle_timeouts: u64,
     pub api_requests: u64,
+    /// Reads of events another node stored (or that came out of order), for streams
+    /// followed here, and events given up because they were no longer kept.
+    pub stream_fills: u64,
+    pub events_lost: u64,
+    /// Turns in which clients' frames were left unread, and server API writes refused
+    /// with 503, because too many writes waited for their commit.
+    pub backpressure_turns: u64,
+    pub writes_refused: u64,
 }
 
 pub const COMMIT_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 64, 256, 1024];
@@ -92,6 +100,26 @@ impl Metrics {
         );
         counter("idle_timeouts_total", "Connections closed after the idle timeout.", self.idle_timeouts);
         counter("api_requests_total", "Server API requests answered.", self.api_requests);
+        counter(
+            "stream_fills_total",
+            "Reads of stream events stored by another node or seen out of order (PostgreSQL).",
+            self.stream_fills,
+        );
+        counter(
+            "backpressure_turns_total",
+            "Loop turns that left clients' frames unread because too many writes waited for their commit.",
+            self.backpressure_turns,
+        );
+        counter(
+            "writes_refused_total",
+            "Server API writes answered 503 because too many writes waited for their commit.",
+            self.writes_refused,
+        );
+        counter(
+            "events_lost_total",
+            "Stream events a node's listeners missed because they were no longer kept.",
+            self.events_lost,
+        );
         let _ = writeln!(
             out,
             "# HELP switchboard_open_connections Open WebSocket connections by endpoint.\n# TYPE switchboard_open_connections gauge"

@@ -113,6 +113,15 @@ impl StreamId {
             StreamId::User(user) => format!("u:{user}"),
         }
     }
+
+    /// The stream a `streams`/`events` key names, if it names one.
+    pub fn from_key(key: &str) -> Option<StreamId> {
+        match key.split_once(':')? {
+            ("c", id) => id.parse().ok().map(StreamId::Conversation),
+            ("u", user) if !user.is_empty() => Some(StreamId::User(UserId::new(user))),
+            _ => None,
+        }
+    }
 }
 
 /// A stream's sequence number: 1 for its first event, 0 before any.
@@ -196,6 +205,11 @@ mod tests {
             assert_eq!(serde_json::from_str::<UserId>(&json).unwrap(), UserId::new(id), "{json}");
         }
         assert_eq!(StreamId::User(UserId::new("7")).key(), "u:7");
+        for stream in [StreamId::Conversation(12), StreamId::User(UserId::new("a:b"))] {
+            assert_eq!(StreamId::from_key(&stream.key()), Some(stream));
+        }
+        assert_eq!(StreamId::from_key("x:1"), None);
+        assert_eq!(StreamId::from_key("c:one"), None);
         assert_eq!(StreamId::Conversation(12).key(), "c:12");
     }
 }

@@ -172,6 +172,13 @@ impl<S: Clone + Eq + Hash, T> Sequencer<S, T> {
         out
     }
 
+    /// The first missing seq of a stream waiting behind a gap, and the last seq held.
+    pub fn gap(&self, stream: &S) -> Option<(Seq, Seq)> {
+        let state = self.streams.get(stream)?;
+        let (&last_held, _) = state.held.as_ref()?.ahead.iter().next_back()?;
+        Some((state.delivered + 1, last_held))
+    }
+
     /// Gaps open for at least `older_than`: the ranges to read from the store.
     pub fn gaps(&self, now: Instant, older_than: Duration) -> Vec<Gap<S>> {
         self.streams

@@ -91,6 +91,10 @@ fn refusal(e: OpenError) -> Refusal {
             close_code::POLICY_VIOLATION,
             format!("since {since} is ahead of this stream (its last seq is {last})"),
         ),
+        OpenError::Store(e) if e.is_unavailable() => {
+            log::warn!("a session cannot open: {e}");
+            Refusal::new(close_code::TRY_AGAIN_LATER, "storage unavailable, try again later")
+        }
         OpenError::Store(e) => internal(e),
     }
 }
@@ -164,18 +168,36 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
 /// (in order, once), then rendered once per document and queued for the sockets of
 /// each topic that shows it (durable: it reports stored data).
 pub fn deliver(ctx: &mut Ctx, event: Event) {
-    if let (EventBody::Logout, StreamId::User(user)) = (&event.body, &event.stream) {
-        // Every session of the user, whichever stream its endpoint follows.
-        for conn in ctx.user_conns(user).to_vec() {
-            ctx.logout_conn(conn);
-        }
+    if let (EventBody::Logout, StreamId::User(_)) = (&event.body, &event.stream)
+        && ctx.sequencer.position(&event.stream).is_none()
+    {
+        // Nobody here follows the user's stream, so nothing here can have seen it
+        // already: every session of the user goes now (`deliver_in_order` does it for a
+        // followed stream, once however often the event arrives).
+        logout(ctx, &event);
     }
     for (_, event) in ctx.sequence(event) {
         deliver_in_order(ctx, &event);
     }
 }
 
-fn deliver_in_order(ctx: &mut Ctx, event: &Event) {
+/// Every session of the user, whichever stream its endpoint follows, is logged out.
+fn logout(ctx: &mut Ctx, event: &Event) {
+    if let StreamId::User(user) = &event.stream {
+        for conn in ctx.user_conns(user).to_vec() {
+            ctx.logout_conn(conn);
+        }
+    }
+}
+
+/// An event the sequencer let through: rendered for the sockets that show it.
+pub fn deliver_in_order(ctx: &mut Ctx, event: &Event) {
+    ctx.delivering(Some(event));
+    render_in_order(ctx, event);
+    ctx.delivering(None);
+}
+
+fn render_in_order(ctx: &mut Ctx, event: &Event) {
     let user = match &event.stream {
         StreamId::User(user) => Some(user.clone()),
         StreamId::Conversation(_) => None,
@@ -228,7 +250,7 @@ fn deliver_in_order(ctx: &mut Ctx, event: &Event) {
             }
         }
         // Acted on before sequencing (`deliver`): nothing to render.
-        (EventBody::Logout, _) => {}
+        (EventBody::Logout, _) => logout(ctx, event),
         (_, None) => log::error!("event {}#{} is on a conversation stream by mistake", event.stream.key(), event.seq),
     }
 }
@@ -291,7 +313,7 @@ pub fn start_frames(
 /// listeners here had already received after that position comes back rendered, for
 /// this session alone, to send after its opening frames.
 pub fn join(ctx: &mut Ctx, session: &Session, stream: StreamId, position: Seq) -> Vec<Frame> {
-    let own = ctx.join_stream(stream, position);
+    let own = ctx.join_stream(session.conn, stream, position);
     own.iter().filter_map(|event| render(&session.endpoint, event)).collect()
 }
 

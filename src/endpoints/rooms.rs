@@ -121,11 +121,16 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
         None => (Vec::new(), None),
     };
     let position = kept_position.unwrap_or(opened.position);
+    // A snapshot read while this node delivered other events of the room (another node
+    // stored them) is not what the kept history must be: the kept one stays.
+    let current = ctx.sequencer.position(&opened.stream).is_none_or(|delivered| delivered == opened.position);
     let mut history = super::start_frames(session, opened.start, position, |snapshot| match snapshot {
         Snapshot::History(messages) => {
             let history: Vec<(Option<Seq>, Frame)> = messages.iter().map(|m| (m.seq, chat_message_frame(m))).collect();
             let frames = history.iter().map(|(_, frame)| frame.clone()).collect();
-            ctx.recent.keep(room, conversation, history);
+            if current {
+                ctx.recent.keep(room, conversation, history);
+            }
             frames
         }
         _ => kept,

@@ -130,6 +130,16 @@ impl From<StoreError> for OpenError {
     }
 }
 
+/// What polls found about other nodes' writes (`Engine::take_changed`).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Streams changed lately, with their last seq.
+    pub changed: Vec<(StreamId, Seq)>,
+    /// Streams whose events after the position asked for are no longer kept, with
+    /// their last seq.
+    pub lost: Vec<(StreamId, Seq)>,
+}
+
 /// A request's number, by which its answer finds whoever asked (`Ctx::ask`).
 pub type Ticket = u64;
 
@@ -248,6 +258,16 @@ impl Engine {
         }
     }
 
+    /// Whether too many writes wait for their commit to take more now (backpressure:
+    /// clients' frames wait unread and the server API answers 503). The local engines
+    /// commit every turn: never.
+    pub fn saturated(&self) -> bool {
+        match self {
+            Engine::Postgres(pg) => pg.saturated(),
+            Engine::Local(_) | Engine::Deferred(..) => false,
+        }
+    }
+
     /// Whether anything asked is not answered yet (at shutdown, the loop waits for it).
     pub fn owes(&self) -> bool {
         match self {
@@ -264,6 +284,39 @@ impl Engine {
         match self {
             Engine::Postgres(pg) => pg.catch_up(stream, position),
             Engine::Local(_) | Engine::Deferred(..) => Some(Vec::new()),
+        }
+    }
+
+    /// When the engine next needs a turn of its own (a PostgreSQL node's poll).
+    pub fn next_poll(&self) -> Option<std::time::Instant> {
+        match self {
+            Engine::Postgres(pg) => Some(pg.next_poll()),
+            Engine::Local(_) | Engine::Deferred(..) => None,
+        }
+    }
+
+    /// Looks for streams other nodes changed, when it is time (a PostgreSQL node).
+    pub fn poll(&mut self, now: Micros) {
+        if let Engine::Postgres(pg) = self {
+            pg.poll(now);
+        }
+    }
+
+    /// What the last polls found: streams changed lately with their last seq, and
+    /// streams whose missing events are no longer kept, with their last seq. A single
+    /// node's engines are the only writer: never any.
+    pub fn take_changed(&mut self) -> Changes {
+        match self {
+            Engine::Postgres(pg) => pg.take_changed(),
+            Engine::Local(_) | Engine::Deferred(..) => Default::default(),
+        }
+    }
+
+    /// Asks for the events of `stream` after `after`, which come with a later turn's
+    /// answers (events another node stored).
+    pub fn fill(&mut self, stream: StreamId, after: Seq) {
+        if let Engine::Postgres(pg) = self {
+            pg.fill(stream, after);
         }
     }
 
@@ -416,7 +469,7 @@ fn snapshot(store: &mut dyn Storage, load: &OpenLoad, stream: &StreamId) -> Resu
 /// The missed rows as events: a conversation's messages with its kind and customer (a
 /// room's when `conversation` is `None`: rooms have neither members nor customers), the
 /// other events from their payload.
-fn recovered(stream: &StreamId, missed: Vec<Missed>, conversation: Option<&Conversation>) -> Vec<Event> {
+pub(crate) fn recovered(stream: &StreamId, missed: Vec<Missed>, conversation: Option<&Conversation>) -> Vec<Event> {
     let (kind, customer) = conversation.map_or((ConversationKind::Room, None), |c| (c.kind, c.customer.as_ref()));
     let event = |seq, body| Event { stream: stream.clone(), seq, body, except: None };
     missed

@@ -4,15 +4,22 @@
 //! commit). Answers come back on channels, with a wake-up of the loop, and are handed
 //! on at the start of the next turn (`ready`, `answers`): a write's answer and its
 //! events only once its batch committed, so nothing is delivered before it is stored.
+//!
+//! What other nodes store reaches this one by the polling path (§5.5): every poll
+//! interval the poller lists the streams changed lately (`poll`); the loop compares them
+//! with what it delivered and asks for what its listeners miss (`fill`), and for the
+//! events before one that came out of order. Filled events come with the next answers
+//! and go through the sequencer like this node's own. The poll is also how an idle node
+//! notices that PostgreSQL is gone or back (`health`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::reader::{self, Job, Reader};
+use super::reader::{self, Filled, Job, Reader};
 use super::writer::{Batch, Committed, Writer};
-use super::{OpenError, OpenLoad, Opened, Ticket, Turn};
+use super::{Changes, OpenError, OpenLoad, Opened, Ticket, Turn};
 use crate::event::Event;
 use crate::hub::ConnId;
 use crate::model::{Micros, Seq, StreamId, UserId};
@@ -33,6 +40,22 @@ const CATCH_UP_WINDOW: Duration = Duration::from_secs(5);
 const CATCH_UP_BYTES: usize = 4 << 20;
 const MAX_STREAMS_REMEMBERED: usize = 65_536;
 
+/// How far back a poll looks for changed streams: longer than a batch can take to
+/// commit after its streams' `updated_at` was set (its statements end after 5 s), plus
+/// some clock difference between nodes.
+const POLL_WINDOW: Micros = 15_000_000;
+
+/// What the engine is told at start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often the poller looks for streams other nodes changed.
+    pub poll_interval: Duration,
+    /// Writes waiting for their commit (asked, and committing) past which the engine
+    /// says it is saturated (`saturated`): the loop stops reading clients' frames and
+    /// the server API answers 503 until the writer catches up.
+    pub max_pending_writes: usize,
+}
+
 /// A stream's recently committed events, and the newest seq no longer kept.
 #[derive(Default)]
 struct Recent {
@@ -43,13 +66,15 @@ struct Recent {
 pub struct PgEngine {
     writer: Writer,
     reader: Reader,
+    poller: Reader,
     committed: Receiver<Committed>,
     read: Receiver<reader::Done>,
     /// Writes asked since the last batch was handed over, and the time of the last.
     open_batch: Vec<(Ticket, Request)>,
     now: Micros,
-    /// A batch is committing.
+    /// A batch is committing, and how many writes it holds.
     writing: bool,
+    committing: usize,
     next_batch: i64,
     /// Opens and requests asked and not answered yet.
     owed: usize,
@@ -68,11 +93,22 @@ pub struct PgEngine {
     recent_order: VecDeque<(Instant, StreamId, usize)>,
     recent_bytes: usize,
     wake: Wake,
+    options: Options,
+    /// When the next poll is due, and whether one is out.
+    next_poll: Instant,
+    polling: bool,
+    /// What the poller said since the loop last looked: streams changed lately with
+    /// their last seq, and streams whose missing events are no longer kept.
+    changed: Vec<(StreamId, Seq)>,
+    lost: Vec<(StreamId, Seq)>,
+    /// Streams being filled, from which position; events filled and not handed on.
+    filling: HashMap<StreamId, Seq>,
+    filled: Vec<Event>,
 }
 
 impl PgEngine {
     /// Starts the lanes on the database at `url` for this node.
-    pub fn start(url: &str, node: String, wake: Wake) -> PgEngine {
+    pub fn start(url: &str, node: String, wake: Wake, options: Options) -> PgEngine {
         let waker = |wake: Wake| -> Box<dyn Fn() + Send> {
             Box::new(move || {
                 if let Some(waker) = wake.get()
@@ -86,12 +122,14 @@ impl PgEngine {
         let (read_to, read) = channel();
         PgEngine {
             writer: Writer::start(url.to_string(), node, committed_to, waker(wake.clone())),
-            reader: Reader::start(url.to_string(), read_to, waker(wake.clone())),
+            reader: Reader::start(url.to_string(), read_to.clone(), waker(wake.clone())),
+            poller: Reader::start(url.to_string(), read_to, waker(wake.clone())),
             committed,
             read,
             open_batch: Vec::new(),
             now: 0,
             writing: false,
+            committing: 0,
             next_batch: 1,
             owed: 0,
             opened: Vec::new(),
@@ -103,6 +141,13 @@ impl PgEngine {
             recent_order: VecDeque::new(),
             recent_bytes: 0,
             wake,
+            next_poll: Instant::now() + options.poll_interval,
+            options,
+            polling: false,
+            changed: Vec::new(),
+            lost: Vec::new(),
+            filling: HashMap::new(),
+            filled: Vec::new(),
         }
     }
 
@@ -125,10 +170,44 @@ impl PgEngine {
 
     fn drain_reads(&mut self) {
         while let Ok(done) = self.read.try_recv() {
-            self.owed = self.owed.saturating_sub(1);
             match done {
-                reader::Done::Opened(conn, opened) => self.opened.push((conn, opened)),
-                reader::Done::Answered(ticket, answer) => self.answered.push((ticket, answer)),
+                reader::Done::Opened(conn, opened) => {
+                    self.owed = self.owed.saturating_sub(1);
+                    self.opened.push((conn, opened));
+                }
+                reader::Done::Answered(ticket, answer) => {
+                    self.owed = self.owed.saturating_sub(1);
+                    self.answered.push((ticket, answer));
+                }
+                reader::Done::Changed(changed) => {
+                    self.polling = false;
+                    match changed {
+                        Ok(changed) => {
+                            if self.health.is_err() {
+                                log::info!("PostgreSQL answers again");
+                            }
+                            self.health = Ok(());
+                            self.changed.extend(changed);
+                        }
+                        Err(e) => {
+                            if self.health.is_ok() {
+                                log::error!("PostgreSQL: cannot look for changed streams: {e}");
+                            }
+                            self.health = Err("PostgreSQL is unreachable".into());
+                        }
+                    }
+                }
+                reader::Done::Filled(stream, filled) => {
+                    self.filling.remove(&stream);
+                    match filled {
+                        Ok(Filled::Events(events)) => {
+                            self.remember(&events);
+                            self.filled.extend(events);
+                        }
+                        Ok(Filled::Gone { last }) => self.lost.push((stream, last)),
+                        Err(e) => log::warn!("PostgreSQL: cannot read stream {}: {e}", stream.key()),
+                    }
+                }
             }
         }
     }
@@ -158,8 +237,10 @@ impl PgEngine {
     pub fn answers(&mut self, turn: Turn<'_>) -> Vec<(Ticket, Answer)> {
         self.drain_reads();
         let mut answers = std::mem::take(&mut self.answered);
+        turn.events.append(&mut self.filled);
         while let Ok(committed) = self.committed.try_recv() {
             self.writing = false;
+            self.committing = 0;
             match committed {
                 Committed::Yes { answers: written, events, stored, .. } => {
                     self.health = Ok(());
@@ -197,6 +278,42 @@ impl PgEngine {
         self.now = self.now.max(now);
     }
 
+    /// When the next poll is due.
+    pub fn next_poll(&self) -> Instant {
+        self.next_poll
+    }
+
+    /// Asks the poller for the streams changed lately, if a poll is due and none is out.
+    pub fn poll(&mut self, now: Micros) {
+        let at = Instant::now();
+        if self.polling || at < self.next_poll {
+            return;
+        }
+        self.next_poll = at + self.options.poll_interval;
+        match self.poller.send(Job::Changed { since: now - POLL_WINDOW }) {
+            Ok(()) => self.polling = true,
+            Err(e) => self.health = Err(e),
+        }
+    }
+
+    /// Streams changed lately with their last seq, and streams whose missing events are
+    /// gone with theirs, since the last call.
+    pub fn take_changed(&mut self) -> Changes {
+        Changes { changed: std::mem::take(&mut self.changed), lost: std::mem::take(&mut self.lost) }
+    }
+
+    /// Asks for the events of `stream` after `after` (nothing if they are being read).
+    pub fn fill(&mut self, stream: StreamId, after: Seq) {
+        if self.filling.get(&stream).is_some_and(|from| *from <= after) {
+            return;
+        }
+        self.filling.insert(stream.clone(), after);
+        if let Err(e) = self.poller.send(Job::Fill { stream: stream.clone(), after }) {
+            log::warn!("cannot read stream {}: {e}", stream.key());
+            self.filling.remove(&stream);
+        }
+    }
+
     fn hand_over(&mut self) {
         if self.writing || (self.open_batch.is_empty() && self.prune_before.is_none()) {
             return;
@@ -209,8 +326,12 @@ impl PgEngine {
         };
         self.next_batch += 1;
         let tickets: Vec<Ticket> = batch.requests.iter().map(|(t, _)| *t).collect();
+        let size = batch.requests.len();
         match self.writer.send(batch) {
-            Ok(()) => self.writing = true,
+            Ok(()) => {
+                self.writing = true;
+                self.committing = size;
+            }
             Err(e) => {
                 log::error!("{e}: {} writes not stored", tickets.len());
                 self.owed = self.owed.saturating_sub(tickets.len());
@@ -236,7 +357,7 @@ impl PgEngine {
             self.recent_bytes -= weight;
             if let Some(recent) = self.recent.get_mut(stream) {
                 if let Some((_, old)) = recent.events.pop_front() {
-                    recent.dropped_through = old.seq;
+                    recent.dropped_through = recent.dropped_through.max(old.seq);
                 }
                 if recent.events.is_empty() && recent.dropped_through == 0 {
                     self.recent.remove(stream);
@@ -260,7 +381,17 @@ impl PgEngine {
         if recent.dropped_through > position {
             return None;
         }
-        Some(recent.events.iter().filter(|(_, e)| e.seq > position).map(|(_, e)| e.clone()).collect())
+        // This node's commits and what it filled from others may overlap and interleave.
+        let mut events: Vec<Event> =
+            recent.events.iter().filter(|(_, e)| e.seq > position).map(|(_, e)| e.clone()).collect();
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        Some(events)
+    }
+
+    /// Too many writes wait for their commit: take no more until some are answered.
+    pub fn saturated(&self) -> bool {
+        self.open_batch.len() + self.committing >= self.options.max_pending_writes
     }
 
     /// Anything asked and not answered yet.
@@ -270,7 +401,7 @@ impl PgEngine {
 
     /// Answers received and waiting to be handed on (the loop must not sleep on them).
     pub fn has_ready(&self) -> bool {
-        !self.opened.is_empty() || !self.answered.is_empty()
+        !self.opened.is_empty() || !self.answered.is_empty() || !self.filled.is_empty()
     }
 
     pub fn health(&self) -> Result<(), String> {

@@ -5,21 +5,43 @@
 //! unread items) agree: the session joins its stream exactly where its snapshot ends. A
 //! room opened by name is found or created first, in a statement of its own (so a room
 //! another node creates at the same moment is found, not missed by the snapshot).
+//!
+//! A second reader, the *poller*, is how a node learns of what other nodes stored
+//! (§5.5, the polling path): every poll interval it lists the streams changed lately
+//! with their last seq, and it reads the events a stream followed here is missing.
 
 use std::sync::mpsc::Sender;
 
-use super::{OpenError, OpenLoad, Opened, Target, Ticket, open};
+use super::{MAX_RECOVERED_EVENTS, OpenError, OpenLoad, Opened, Target, Ticket, open, recovered};
+use crate::event::Event;
 use crate::hub::ConnId;
-use crate::model::Micros;
+use crate::model::{Micros, Seq, StreamId};
 use crate::request::{Answer, Request};
 use crate::store::pg::{self, PgStore};
-use crate::store::{ConversationKind, Storage, StoreError, StoreResult};
+use crate::store::{ConversationKind, Since, Storage, StoreError, StoreResult};
 use crate::tx::Tx;
 
 /// What the reader is asked.
 pub enum Job {
-    Open { conn: ConnId, load: OpenLoad, now: Micros },
-    Read { ticket: Ticket, request: Request, now: Micros },
+    Open {
+        conn: ConnId,
+        load: OpenLoad,
+        now: Micros,
+    },
+    Read {
+        ticket: Ticket,
+        request: Request,
+        now: Micros,
+    },
+    /// The streams whose last seq moved at or after `since`.
+    Changed {
+        since: Micros,
+    },
+    /// A stream's events after `after`.
+    Fill {
+        stream: StreamId,
+        after: Seq,
+    },
 }
 
 /// What it answers.
@@ -27,6 +49,18 @@ pub enum Job {
 pub enum Done {
     Opened(ConnId, Result<Opened, OpenError>),
     Answered(Ticket, Answer),
+    Changed(StoreResult<Vec<(StreamId, Seq)>>),
+    Filled(StreamId, StoreResult<Filled>),
+}
+
+/// A stream's events read after a position.
+#[derive(Debug)]
+pub enum Filled {
+    /// All of them, in order.
+    Events(Vec<Event>),
+    /// Some are no longer kept (or more are missing than one read takes): the stream's
+    /// last seq.
+    Gone { last: Seq },
 }
 
 /// The loop's handle on the lane. Dropping it ends the lane after its current job.
@@ -37,14 +71,34 @@ impl Reader {
     /// by `wake()`.
     pub fn start(url: String, answers: Sender<Done>, wake: Box<dyn Fn() + Send>) -> Reader {
         let mut lane = Lane { url, store: None };
-        Reader(super::lane::Lane::start("pg-reader", answers, wake, move |job| match job {
-            Job::Open { conn, load, now } => Done::Opened(conn, lane.open(load, now)),
-            Job::Read { ticket, request, now } => Done::Answered(ticket, lane.read(request, now)),
+        Reader(super::lane::Lane::start("pg-reader", answers, wake, move |job| {
+            // A connection found cut by the job (PostgreSQL restarted while the lane was
+            // idle) is made again and the job run once more: a read has no effect to undo.
+            let done = lane.run(&job);
+            match (&done, lane.store.as_ref().is_some_and(PgStore::is_closed)) {
+                (Some(done), true) if done.failed() => {
+                    log::warn!("PostgreSQL reader: the connection was lost; connecting again");
+                    lane.store = None;
+                    lane.run(&job).unwrap_or_else(|| lane.answer(job))
+                }
+                _ => done.unwrap_or_else(|| lane.answer(job)),
+            }
         }))
     }
 
     pub fn send(&self, job: Job) -> Result<(), String> {
         self.0.send(job)
+    }
+}
+
+impl Done {
+    fn failed(&self) -> bool {
+        match self {
+            Done::Opened(_, opened) => opened.is_err(),
+            Done::Answered(_, answer) => answer.is_err(),
+            Done::Changed(changed) => changed.is_err(),
+            Done::Filled(_, filled) => filled.is_err(),
+        }
     }
 }
 
@@ -77,6 +131,48 @@ impl Lane {
         let opened = open(store, &load, now);
         let _ = store.commit();
         opened
+    }
+
+    /// A job that can be run again (all but a request, which it owns): its answer.
+    fn run(&mut self, job: &Job) -> Option<Done> {
+        Some(match job {
+            Job::Open { conn, load, now } => Done::Opened(*conn, self.open(load.clone(), *now)),
+            Job::Changed { since } => Done::Changed(self.changed(*since)),
+            Job::Fill { stream, after } => Done::Filled(stream.clone(), self.fill(stream, *after)),
+            Job::Read { .. } => return None,
+        })
+    }
+
+    /// A job's answer, run once.
+    fn answer(&mut self, job: Job) -> Done {
+        match job {
+            Job::Read { ticket, request, now } => Done::Answered(ticket, self.read(request, now)),
+            job => self.run(&job).expect("runs again"),
+        }
+    }
+
+    fn changed(&mut self, since: Micros) -> StoreResult<Vec<(StreamId, Seq)>> {
+        let rows = self.connected()?.query("SELECT id, last_seq FROM streams WHERE updated_at >= $1", &[&since])?;
+        Ok(rows.iter().filter_map(|row| Some((StreamId::from_key(row.get(0))?, row.get(1)))).collect())
+    }
+
+    /// In one snapshot, so that the events and the conversation that renders them agree.
+    fn fill(&mut self, stream: &StreamId, after: Seq) -> StoreResult<Filled> {
+        let store = self.connected()?;
+        store.client().batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let filled = (|| {
+            let conversation = match stream {
+                StreamId::Conversation(id) => Some(store.existing_conversation(*id)?),
+                StreamId::User(_) => None,
+            };
+            Ok(match store.events_since(stream, after, MAX_RECOVERED_EVENTS)? {
+                Since::Events(missed) => Filled::Events(recovered(stream, missed, conversation.as_ref())),
+                Since::Ahead { .. } => Filled::Events(Vec::new()),
+                Since::Gone { last } => Filled::Gone { last },
+            })
+        })();
+        let _ = store.commit();
+        filled
     }
 
     fn read(&mut self, request: Request, now: Micros) -> Answer {

@@ -127,17 +127,17 @@ impl Lane {
                         }
                         answers.push((ticket, answer));
                     }
-                    store.client().execute(
+                    store.execute(
                         "INSERT INTO batches (node, batch, committed_at) VALUES ($1, $2, $3)",
                         &[&node, &batch.id, &batch.now],
                     )?;
                     if let Some(before) = batch.prune_before {
-                        let pruned = store.client().execute(
+                        let pruned = store.execute(
                             "DELETE FROM events WHERE id IN (
                                  SELECT id FROM events WHERE created_at < $1 ORDER BY id LIMIT $2)",
                             &[&before, &PRUNE_ROWS],
                         )?;
-                        store.client().execute(
+                        store.execute(
                             "DELETE FROM batches WHERE ctid IN (
                                  SELECT ctid FROM batches WHERE committed_at < $1 LIMIT $2)",
                             &[&before, &PRUNE_ROWS],

@@ -154,8 +154,12 @@ impl Server {
                 break;
             }
             // Frames left unread, or answers an engine still owes: look again at once.
-            let timeout = if self.backlog.is_empty() && !self.app.ctx.engine.pending() {
-                self.next_sweep.saturating_duration_since(now)
+            // While the engine is saturated, frames left unread wait for its answers,
+            // which wake the loop.
+            let saturated = self.app.ctx.engine.saturated();
+            let timeout = if (self.backlog.is_empty() || saturated) && !self.app.ctx.engine.pending() {
+                let wake_at = self.app.ctx.engine.next_poll().map_or(self.next_sweep, |at| at.min(self.next_sweep));
+                wake_at.saturating_duration_since(now)
             } else {
                 Duration::ZERO
             };
@@ -167,6 +171,12 @@ impl Server {
             }
             self.app.begin_turn();
             self.finish_opens();
+            if saturated {
+                // Connections are put back each turn and by every readiness event.
+                self.backlog.sort_unstable();
+                self.backlog.dedup();
+                self.app.metrics().backpressure_turns += 1;
+            }
             for key in std::mem::take(&mut self.backlog) {
                 self.on_readable(key, None);
             }
@@ -189,6 +199,7 @@ impl Server {
             if Instant::now() >= self.next_sweep {
                 self.sweep();
             }
+            self.app.poll();
             self.end_turn();
         }
         for key in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
@@ -450,6 +461,12 @@ impl Server {
 
     /// Reads frames until WouldBlock, the per-turn budget, or the end of the connection.
     fn read_frames(&mut self, key: usize) {
+        if self.app.ctx.engine.saturated() {
+            // Backpressure: too many writes wait for their commit; the frames stay in
+            // the socket (and the client's, past its buffer) until they are answered.
+            self.backlog.push(key);
+            return;
+        }
         for _ in 0..MAX_FRAMES_PER_READ {
             let conn = &mut self.conns[key];
             let Phase::Open { ws, session, closing_since } = &mut conn.phase else { return };

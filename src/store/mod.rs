@@ -44,6 +44,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The store cannot be reached now (not a fault of the request): worth trying again
+    /// later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+
     /// What went wrong in a few words of our own (never SQLite's wording), for
     /// `/healthz`.
     pub fn summary(&self) -> String {

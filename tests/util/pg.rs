@@ -52,6 +52,86 @@ fn free_port() -> u16 {
 
 impl Postgres {
     fn start() -> Postgres {
+        let pg = Postgres::init();
+        let data = pg.dir.join("data");
+        // A few tries: the port is free when picked, but another process may take it.
+        for _ in 0..5 {
+            let port = free_port();
+            if pg.launch(&data, port) {
+                return Postgres { port, ..pg };
+            }
+        }
+        panic!(
+            "PostgreSQL did not start; its log: {}",
+            std::fs::read_to_string(pg.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    /// A server of the caller's own, which it may stop and start again (`stop`,
+    /// `start_again`): started with `pg_ctl`, and a watchdog that stops it and removes
+    /// its directory once the test process is gone. Unlike the shared one it commits
+    /// synchronously (`synchronous_commit` on), so that a commit it confirmed survives
+    /// its crash; `fsync` stays off, as the machine itself does not crash in a test.
+    pub fn private() -> Postgres {
+        let mut pg = Postgres::init();
+        pg.port = free_port();
+        let watchdog = format!(
+            "while kill -0 {test} 2>/dev/null; do sleep 0.5; done; {stop}; rm -rf {dir}",
+            test = std::process::id(),
+            stop = pg.shell("pg_ctl", &["-D", path(&pg.dir.join("data")), "-m", "immediate", "stop"]),
+            dir = path(&pg.dir),
+        );
+        let started = Command::new("sh")
+            .arg("-c")
+            .arg(format!("({watchdog}) </dev/null >/dev/null 2>&1 &"))
+            .stdin(Stdio::null())
+            .status()
+            .expect("start the watchdog");
+        assert!(started.success());
+        pg.start_again();
+        pg
+    }
+
+    /// Starts a private server (again), waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c max_connections=200",
+            self.port,
+            path(&self.dir)
+        );
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        let out = self
+            .command("pg_ctl", &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "-t", "30", "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops a private server the way a crash or a restart does: at once, every
+    /// connection cut (`pg_ctl stop -m immediate`).
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        let out =
+            self.command("pg_ctl", &["-D", path(&data), "-m", "immediate", "-w", "stop"]).output().expect("pg_ctl");
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A command line for `sh`, run as the server's user.
+    fn shell(&self, program: &str, args: &[&str]) -> String {
+        let program = self.bin.join(program);
+        let line = format!("{} {}", path(&program), args.join(" "));
+        if self.as_postgres { format!("runuser -u postgres -- {line}") } else { line }
+    }
+
+    /// A new cluster directory (`initdb`), not started.
+    fn init() -> Postgres {
         let bin = bin_dir();
         let as_postgres = unsafe { libc::geteuid() } == 0;
         let dir = std::env::temp_dir().join(format!("switchboard-pg-{}-{}", std::process::id(), free_port()));
@@ -67,17 +147,7 @@ impl Postgres {
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        // A few tries: the port is free when picked, but another process may take it.
-        for _ in 0..5 {
-            let port = free_port();
-            if pg.launch(&data, port) {
-                return Postgres { port, ..pg };
-            }
-        }
-        panic!(
-            "PostgreSQL did not start; its log: {}",
-            std::fs::read_to_string(pg.dir.join("log")).unwrap_or_default()
-        );
+        pg
     }
 
     /// Starts the server on `port` under a watchdog; true once it accepts connections.

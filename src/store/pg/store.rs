@@ -126,6 +126,8 @@ impl PgStore {
         &mut self.client
     }
 
+    /// The prepared statement of `sql`: `query`, `execute` and the others prepare each
+    /// text once per connection.
     fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
@@ -135,22 +137,22 @@ impl PgStore {
         Ok(statement)
     }
 
-    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
+    pub(crate) fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
         let statement = self.statement(sql)?;
         Ok(self.client.query(&statement, params)?)
     }
 
-    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>> {
+    pub(crate) fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>> {
         let statement = self.statement(sql)?;
         Ok(self.client.query_opt(&statement, params)?)
     }
 
-    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Row> {
+    pub(crate) fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Row> {
         let statement = self.statement(sql)?;
         Ok(self.client.query_one(&statement, params)?)
     }
 
-    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+    pub(crate) fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
         let statement = self.statement(sql)?;
         Ok(self.client.execute(&statement, params)?)
     }

@@ -1,0 +1,359 @@
+//! Several nodes on one PostgreSQL (design/cluster.md §5.5, the polling path): real
+//! binaries, real sockets, the throwaway PostgreSQL of `util::pg`. Clients of one
+//! conversation or user on different nodes see every stored event once, in order,
+//! whichever node stored it; presence (room joins and leaves, who is online) stays per
+//! node until the Redis bus.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use util::pg::shared;
+use util::*;
+
+/// Two nodes on a fresh database, polling every 50 ms (the default is 250) to keep the
+/// tests short.
+fn two_nodes() -> (Server, Server, String) {
+    let url = shared().database();
+    let settings = [("SWITCHBOARD_DATABASE_URL", url.as_str()), ("SWITCHBOARD_POLL_INTERVAL_MS", "50")];
+    (Server::start(&settings), Server::start(&settings), url)
+}
+
+/// The next `chat_message`'s text and seq, skipping presence frames.
+fn said(client: &mut Client) -> (String, i64) {
+    let frame = client.recv_type("chat_message");
+    (frame["message"].as_str().unwrap_or_default().to_string(), frame["seq"].as_i64().unwrap_or(-1))
+}
+
+#[test]
+fn a_room_with_members_on_two_nodes_gets_every_message_once_in_order() {
+    let (a, b, url) = two_nodes();
+    let mut ann = a.connect_as("/ws/rooms/lobby/", json!(1), "ann");
+    ann.recv_type("room_users_list");
+    let mut bo = b.connect_as("/ws/rooms/lobby/", json!(2), "bo");
+    bo.recv_type("room_users_list");
+    let mut cy = a.connect_as("/ws/rooms/lobby/", json!(3), "cy");
+    cy.recv_type("room_users_list");
+    // Writers on both nodes at once, interleaved.
+    for i in 0..20 {
+        ann.send_json(json!({"message": format!("a{i}")}));
+        bo.send_json(json!({"message": format!("b{i}")}));
+    }
+    let mut seen = Vec::new();
+    for client in [&mut ann, &mut bo, &mut cy] {
+        let got: Vec<(String, i64)> = (0..40).map(|_| said(client)).collect();
+        let seqs: Vec<i64> = got.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "every message once, in seq order: {got:?}");
+        client.expect_silence(Duration::from_millis(300));
+        seen.push(got);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "one order on both nodes: {seen:?}");
+    // Each writer's own messages in the order sent.
+    for prefix in ["a", "b"] {
+        let mine: Vec<&String> = seen[0].iter().map(|(m, _)| m).filter(|m| m.starts_with(prefix)).collect();
+        let sent: Vec<String> = (0..20).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(mine, sent.iter().collect::<Vec<_>>());
+    }
+    let (_, stored) = shared().psql(&url, "SELECT count(*), count(DISTINCT seq), max(seq) FROM messages");
+    assert_eq!(stored, "40|40|40");
+
+    // A client joining later on either node gets the same history.
+    let mut dee = b.connect_as("/ws/rooms/lobby/", json!(4), "dee");
+    dee.recv_type("room_users_list");
+    let history: Vec<(String, i64)> = (0..40).map(|_| said(&mut dee)).collect();
+    assert_eq!(history.last().map(|(_, seq)| *seq), Some(40), "{history:?}");
+    // The server API on one node reaches the other's listeners.
+    let (status, body) = a.api("POST", "/api/rooms/lobby/messages", Some(&json!({"message": "from the backend"})));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(said(&mut dee), ("from the backend".to_string(), 41));
+    assert_eq!(said(&mut bo), ("from the backend".to_string(), 41));
+}
+
+fn consultation(server: &Server, id: &str, members: Value) {
+    let body =
+        json!({"kind": "consultation", "id": id, "title": "t", "status": "active", "priority": 1, "members": members});
+    let (status, answer) = server.api("POST", "/api/conversations", Some(&body));
+    assert_eq!(status, 201, "{answer}");
+}
+
+#[test]
+fn a_consultation_across_nodes_carries_messages_and_read_receipts() {
+    let (a, b, _) = two_nodes();
+    consultation(&a, "c1", json!([5, 6]));
+    let mut doctor = a.connect_as("/ws/consultations/c1/", json!(5), "Dr. Rao");
+    doctor.recv_type("connection_established");
+    let mut patient = b.connect_as("/ws/consultations/c1/", json!(6), "Mira");
+    patient.recv_type("connection_established");
+    doctor.send_json(json!({"type": "chat_message", "message": "How are you?"}));
+    let message = patient.recv_type("chat_message");
+    assert_eq!(
+        (message["data"]["content"].as_str(), message["data"]["sender_id"].as_str()),
+        (Some("How are you?"), Some("5"))
+    );
+    assert_eq!(doctor.recv_type("chat_message")["data"], message["data"], "the sender's copy is the same");
+    let id = message["data"]["id"].as_str().unwrap().to_string();
+    patient.send_json(json!({"type": "read_receipt", "message_id": id}));
+    let receipt = doctor.recv_type("read_receipt");
+    assert_eq!((receipt["message_id"].as_str(), receipt["user_id"].as_str()), (Some(id.as_str()), Some("6")));
+
+    // Members changed on one node: the removed member's session on the other closes.
+    let (status, body) = b.api("PUT", "/api/conversations/consultation/c1/members", Some(&json!({"members": [5]})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(patient.expect_close(), Some(4003));
+}
+
+#[test]
+fn direct_messages_and_their_read_mark_cross_nodes() {
+    let (a, b, url) = two_nodes();
+    let mut priya = a.connect_as("/ws/v1/chat/", json!(7), "Priya Patel");
+    let mut aarav = b.connect_as("/ws/v1/chat/", json!(5), "Aarav Sharma");
+    // Aarav's first session is recorded by node b; node a must know him to send to him.
+    eventually("node a knows user 5", || shared().psql(&url, "SELECT count(*) FROM users WHERE id = '5'").1 == "1");
+    priya.send_json(json!({"type": "chat_message", "message": "Hello, are you available?", "recipient_id": 5}));
+    let message = aarav.recv_type("chat_message");
+    assert_eq!(
+        (message["message"].as_str(), message["sender_id"].as_i64()),
+        (Some("Hello, are you available?"), Some(7))
+    );
+    aarav.send_json(json!({"type": "mark_read", "sender_id": 7}));
+    let read = priya.recv_type("messages_read");
+    assert_eq!(read["reader_id"], 5, "{read}");
+}
+
+#[test]
+fn notifications_and_a_logout_from_one_node_reach_the_users_sessions_on_the_other() {
+    let (a, b, _) = two_nodes();
+    let mut app = b.connect_as("/ws/notifications/", json!(7), "ann");
+    assert_eq!(app.recv_type("unread_count")["count"], 0);
+    let mut erp = b.connect_as("/ws/v1/notifications/", json!(7), "ann");
+    erp.recv_type("unread_count");
+    let (status, body) =
+        a.api("POST", "/api/notifications", Some(&json!({"user_id": 7, "title": "t", "message": "m"})));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(app.recv_type("notification")["data"]["title"], "t");
+    assert_eq!(app.recv(), json!({"type": "unread_count", "count": 1}));
+    assert_eq!(erp.recv_type("notification")["title"], "t");
+    assert_eq!(erp.recv_type("unread_count")["count"], 1);
+
+    // The backend logs the user out through node a: node b closes every session of theirs.
+    let (status, body) = a.api("POST", "/api/users/7/disconnect", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(erp.expect_close(), Some(4003));
+    assert!(app.expect_close().is_some());
+}
+
+// ---- Faults under load.
+
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// A client in room `load` that sends `sends` messages (`<name>-<i>`) while it reads,
+/// then reads until 5 s of silence (a batch waiting for PostgreSQL to come back takes a
+/// few) or until its connection ends.
+/// Returns every `chat_message` it saw as (text, seq), how many sends succeeded, and how
+/// many error frames came back.
+type Seen = (Vec<(String, i64)>, usize, usize);
+fn load_client(server: &Server, user: i64, name: &str, sends: usize) -> JoinHandle<Seen> {
+    let mut client = server.connect_as("/ws/rooms/load/", json!(user), name);
+    client.recv_type("room_users_list");
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let (mut seen, mut sent, mut errors) = (Vec::new(), 0, 0);
+        client.ws.get_mut().set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        let mut quiet_since = Instant::now();
+        loop {
+            if sent < sends {
+                let text = json!({"message": format!("{name}-{sent}")}).to_string();
+                if client.ws.send(tungstenite::Message::Text(text.into())).is_err() {
+                    break;
+                }
+                sent += 1;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            match client.ws.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] == "chat_message" {
+                        seen.push((frame["message"].as_str().unwrap().to_string(), frame["seq"].as_i64().unwrap()));
+                        quiet_since = Instant::now();
+                    } else if frame["error"].is_string() {
+                        errors += 1;
+                        quiet_since = Instant::now();
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        (seen, sent, errors)
+    })
+}
+
+/// The stored messages of room `load`: text → seqs (a text stored twice has two).
+fn stored(pg: &util::pg::Postgres, url: &str) -> std::collections::HashMap<String, Vec<i64>> {
+    let (ok, rows) = pg.psql(url, "SELECT content, seq FROM messages ORDER BY seq");
+    assert!(ok, "{rows}");
+    let mut stored = std::collections::HashMap::<String, Vec<i64>>::new();
+    for row in rows.lines().filter(|l| !l.is_empty()) {
+        let (content, seq) = row.rsplit_once('|').unwrap();
+        stored.entry(content.to_string()).or_default().push(seq.parse().unwrap());
+    }
+    stored
+}
+
+/// Every message a client saw is stored exactly once, with the seq it was seen with;
+/// the stored seqs are 1..=n without gaps.
+fn check_seen_against_stored(seen: &[(String, i64)], stored: &std::collections::HashMap<String, Vec<i64>>) {
+    for (text, seq) in seen {
+        assert_eq!(stored.get(text), Some(&vec![*seq]), "{text} was seen with seq {seq}");
+    }
+    let mut seqs: Vec<i64> = stored.values().flatten().copied().collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "stored seqs are gap-free and unique");
+}
+
+/// A client's view: seqs strictly rising by one (each once, in order) from its first.
+fn check_in_order(who: &str, seen: &[(String, i64)]) {
+    let seqs: Vec<i64> = seen.iter().map(|(_, seq)| *seq).collect();
+    if let Some(at) = seqs.windows(2).position(|w| w[1] != w[0] + 1) {
+        panic!("{who} saw a gap or a repeat: ... {:?} ...", &seqs[at.saturating_sub(3)..(at + 4).min(seqs.len())]);
+    }
+}
+
+#[test]
+fn a_node_killed_under_load_loses_nothing_any_client_saw() {
+    let url = shared().database();
+    let settings = [
+        ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_POLL_INTERVAL_MS", "50"),
+        ("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", "100000"),
+    ];
+    let (mut a, b) = (Server::start(&settings), Server::start(&settings));
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for i in 0..3 {
+        on_a.push(load_client(&a, 10 + i, &format!("a{i}"), 400));
+        on_b.push(load_client(&b, 20 + i, &format!("b{i}"), 400));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    a.kill();
+    let (mut seen, mut sent_b) = (Vec::new(), 0);
+    for (i, handle) in on_a.into_iter().enumerate() {
+        let (got, _, _) = handle.join().unwrap();
+        check_in_order(&format!("a{i}"), &got);
+        seen.extend(got);
+    }
+    for (i, handle) in on_b.into_iter().enumerate() {
+        let (got, sent, _) = handle.join().unwrap();
+        check_in_order(&format!("b{i}"), &got);
+        sent_b += sent;
+        // Node b's clients keep being served after node a died: everything node b's
+        // writers sent reached them (each sends 400).
+        let from_b = got.iter().filter(|(text, _)| text.starts_with('b')).count();
+        assert_eq!(from_b, 1200, "b{i} saw every message of node b's writers");
+        seen.extend(got);
+    }
+    assert_eq!(sent_b, 1200);
+    let stored = stored(shared(), &url);
+    check_seen_against_stored(&seen, &stored);
+    assert!(stored.keys().filter(|t| t.starts_with('a')).count() > 0, "node a stored something before it died");
+    drop(b);
+}
+
+#[test]
+fn postgresql_restarted_under_load_loses_nothing_acknowledged_and_service_resumes() {
+    let pg = util::pg::Postgres::private();
+    let url = pg.database();
+    let settings = [
+        ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_POLL_INTERVAL_MS", "50"),
+        ("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", "100000"),
+    ];
+    let (a, b) = (Server::start(&settings), Server::start(&settings));
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        clients.push(load_client(&a, 10 + i, &format!("a{i}"), 800));
+        clients.push(load_client(&b, 20 + i, &format!("b{i}"), 800));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    pg.stop();
+    eventually("/healthz says 503 while PostgreSQL is down", || a.api("GET", "/healthz", None).0 == 503);
+    std::thread::sleep(Duration::from_millis(1000));
+    pg.start_again();
+    eventually("/healthz says 200 again", || {
+        a.api("GET", "/healthz", None).0 == 200 && b.api("GET", "/healthz", None).0 == 200
+    });
+    let (mut seen, mut refused) = (Vec::new(), Vec::new());
+    for (i, handle) in clients.into_iter().enumerate() {
+        let (got, sent, errors) = handle.join().unwrap();
+        assert_eq!(sent, 800);
+        check_in_order(&format!("client {i}"), &got);
+        seen.extend(got);
+        refused.push(errors);
+    }
+    let stored = stored(&pg, &url);
+    check_seen_against_stored(&seen, &stored);
+    // Every message sent was stored once, or its sender was told it was not.
+    for (i, name) in ["a0", "b0", "a1", "b1"].iter().enumerate() {
+        let kept = stored.keys().filter(|text| text.starts_with(&format!("{name}-"))).count();
+        assert_eq!(kept + refused[i], 800, "{name}: {kept} stored, {} refused", refused[i]);
+    }
+    // Service resumed by itself: new clients on both nodes open and talk across nodes.
+    let mut ann = a.connect_as("/ws/rooms/after/", json!(1), "ann");
+    ann.recv_type("room_users_list");
+    let mut bo = b.connect_as("/ws/rooms/after/", json!(2), "bo");
+    bo.recv_type("room_users_list");
+    ann.send_json(json!({"message": "still here"}));
+    assert_eq!(said(&mut bo), ("still here".to_string(), 1));
+    assert!(a.log_text().contains("PostgreSQL answers again"), "{}", a.log_text());
+}
+
+// ---- Backpressure.
+
+#[test]
+fn past_max_pending_writes_frames_wait_and_the_api_answers_503() {
+    let pg = util::pg::Postgres::private();
+    let url = pg.database();
+    let settings = [
+        ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_MAX_PENDING_WRITES", "1"),
+        ("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", "100000"),
+    ];
+    let node = Server::start(&settings);
+    let mut ann = node.connect_as("/ws/rooms/lobby/", json!(1), "ann");
+    ann.recv_type("room_users_list");
+    // One write at a time: a burst still arrives whole, in order.
+    for i in 0..100 {
+        ann.send_json(json!({"message": format!("m{i}")}));
+    }
+    let got: Vec<(String, i64)> = (0..100).map(|_| said(&mut ann)).collect();
+    assert_eq!(got, (0..100).map(|i| (format!("m{i}"), i + 1)).collect::<Vec<_>>());
+    let (_, metrics) = node.api("GET", "/metrics", None);
+    assert!(metric(metrics.as_str().unwrap(), "switchboard_backpressure_turns_total") > 0.0, "frames waited");
+
+    // While PostgreSQL is gone, a write waits for it; the next API write is refused with
+    // a 503 and a JSON body, reads still answer; and once it is back, writes work again.
+    pg.stop();
+    ann.send_json(json!({"message": "while it is down"}));
+    eventually("the API refuses writes while one waits", || {
+        let (status, body) =
+            node.api("POST", "/api/rooms/lobby/messages", Some(&json!({"message": "from the backend"})));
+        status == 503 && body["error"].is_string()
+    });
+    assert_eq!(node.api("GET", "/metrics", None).0, 200);
+    pg.start_again();
+    eventually("writes are stored again", || {
+        node.api("POST", "/api/rooms/lobby/messages", Some(&json!({"message": "back"}))).0 == 201
+    });
+    // The message sent while it was down was stored late or refused with an error frame.
+    let mut next = said(&mut ann).0;
+    if next == "while it is down" {
+        next = said(&mut ann).0;
+    }
+    assert_eq!(next, "back");
+}
