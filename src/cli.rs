@@ -215,41 +215,37 @@ fn serve(config: Config) -> i32 {
 /// Tries to reach PostgreSQL for this long at start-up before giving up (exit 1).
 const DATABASE_CONNECT_TRIES: u32 = 10;
 
-/// The PostgreSQL engine: connected (with a bounded retry), migrated, its settings kept
-/// by the first node, its lanes started. Errors: (exit code, one line naming the setting).
-fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32, String)> {
-    let parsed: postgres::Config =
-        url.parse().map_err(|e| (2, format!("SWITCHBOARD_DATABASE_URL is not a PostgreSQL URL: {e}")))?;
+/// Connects to PostgreSQL at `url`, with a bounded retry while it is unreachable;
+/// `what` names the setting or flag in errors: (exit code, one line).
+fn connect_postgres(url: &str, what: &str, timeouts: bool) -> Result<postgres::Client, (i32, String)> {
+    let parsed: postgres::Config = url.parse().map_err(|e| (2, format!("{what} is not a PostgreSQL URL: {e}")))?;
+    let parsed = if timeouts { crate::store::pg::with_timeouts(parsed) } else { parsed };
     let mut wait = std::time::Duration::from_millis(250);
-    let mut client = None;
     for attempt in 1..=DATABASE_CONNECT_TRIES {
-        match crate::store::pg::with_timeouts(parsed.clone()).connect(postgres::NoTls) {
-            Ok(connected) => {
-                client = Some(connected);
-                break;
-            }
+        match parsed.connect(postgres::NoTls) {
+            Ok(connected) => return Ok(connected),
             // The server answered and refused: retrying will not help.
             Err(e) if e.as_db_error().is_some() => {
                 let db = e.as_db_error().expect("a server error");
-                return Err((
-                    2,
-                    format!("SWITCHBOARD_DATABASE_URL: PostgreSQL refused the connection: {}", db.message()),
-                ));
+                return Err((2, format!("{what}: PostgreSQL refused the connection: {}", db.message())));
             }
             Err(e) if attempt == DATABASE_CONNECT_TRIES => {
-                return Err((
-                    1,
-                    format!("SWITCHBOARD_DATABASE_URL: cannot reach PostgreSQL ({e}); gave up after {attempt} tries"),
-                ));
+                return Err((1, format!("{what}: cannot reach PostgreSQL ({e}); gave up after {attempt} tries")));
             }
             Err(e) => {
-                log::warn!("SWITCHBOARD_DATABASE_URL: cannot reach PostgreSQL yet ({e}); trying again");
+                log::warn!("{what}: cannot reach PostgreSQL yet ({e}); trying again");
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
         }
     }
-    let mut client = client.expect("connected");
+    unreachable!("the last try returns")
+}
+
+/// The PostgreSQL engine: connected (with a bounded retry), migrated, its settings kept
+/// by the first node, its lanes started. Errors: (exit code, one line naming the setting).
+fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32, String)> {
+    let mut client = connect_postgres(url, "SWITCHBOARD_DATABASE_URL", true)?;
     crate::store::pg::migrations::apply(&mut client).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
     let secrets = secrets(&mut client, config).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
