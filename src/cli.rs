@@ -1,7 +1,7 @@
-//! The command line: `switchboard [serve]`, `switchboard token`, `--help`, `--version`.
-//! Reads the configuration, opens the store, finds or generates the secrets, binds the
-//! listeners and hands over to the event loop. Exit codes: 0 after a clean stop, 2 for a
-//! bad setting or command line, 1 when start-up fails otherwise.
+//! The command line: `switchboard [serve]`, `switchboard token`, `switchboard migrate`,
+//! `--help`, `--version`. Reads the configuration, opens the store, finds or generates
+//! the secrets, binds the listeners and hands over to the event loop. Exit codes: 0 after
+//! a clean stop, 2 for a bad setting or command line, 1 when start-up fails otherwise.
 
 use std::io::Read;
 
@@ -26,6 +26,10 @@ Usage:
   switchboard [serve] [SETTINGS]      run the server (the default)
   switchboard token --user ID [--name NAME] [--ttl SECS] [SETTINGS]
                                       print an HS256 access token for trying things out
+  switchboard migrate --to postgres://... [SETTINGS]
+                                      copy the SQLite database (SWITCHBOARD_DB, with no
+                                      server running on it) into an empty PostgreSQL
+                                      database, then check every table's row count
   switchboard --help | --version
 
 Every setting can be given as a flag or as an environment variable; the flag wins.
@@ -56,6 +60,7 @@ pub fn main(args: Vec<String>) -> i32 {
     match rest.first().map(String::as_str) {
         None | Some("serve") if rest.len() <= 1 => serve(config),
         Some("token") => token(config, &rest[1..]),
+        Some("migrate") => migrate(config, &rest[1..]),
         Some(other) => fail(2, &format!("unknown command or flag {other:?}; see switchboard --help")),
         None => fail(2, "see switchboard --help"),
     }
@@ -215,41 +220,37 @@ fn serve(config: Config) -> i32 {
 /// Tries to reach PostgreSQL for this long at start-up before giving up (exit 1).
 const DATABASE_CONNECT_TRIES: u32 = 10;
 
-/// The PostgreSQL engine: connected (with a bounded retry), migrated, its settings kept
-/// by the first node, its lanes started. Errors: (exit code, one line naming the setting).
-fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32, String)> {
-    let parsed: postgres::Config =
-        url.parse().map_err(|e| (2, format!("SWITCHBOARD_DATABASE_URL is not a PostgreSQL URL: {e}")))?;
+/// Connects to PostgreSQL at `url`, with a bounded retry while it is unreachable;
+/// `what` names the setting or flag in errors: (exit code, one line).
+fn connect_postgres(url: &str, what: &str, timeouts: bool) -> Result<postgres::Client, (i32, String)> {
+    let parsed: postgres::Config = url.parse().map_err(|e| (2, format!("{what} is not a PostgreSQL URL: {e}")))?;
+    let parsed = if timeouts { crate::store::pg::with_timeouts(parsed) } else { parsed };
     let mut wait = std::time::Duration::from_millis(250);
-    let mut client = None;
     for attempt in 1..=DATABASE_CONNECT_TRIES {
-        match crate::store::pg::with_timeouts(parsed.clone()).connect(postgres::NoTls) {
-            Ok(connected) => {
-                client = Some(connected);
-                break;
-            }
+        match parsed.connect(postgres::NoTls) {
+            Ok(connected) => return Ok(connected),
             // The server answered and refused: retrying will not help.
             Err(e) if e.as_db_error().is_some() => {
                 let db = e.as_db_error().expect("a server error");
-                return Err((
-                    2,
-                    format!("SWITCHBOARD_DATABASE_URL: PostgreSQL refused the connection: {}", db.message()),
-                ));
+                return Err((2, format!("{what}: PostgreSQL refused the connection: {}", db.message())));
             }
             Err(e) if attempt == DATABASE_CONNECT_TRIES => {
-                return Err((
-                    1,
-                    format!("SWITCHBOARD_DATABASE_URL: cannot reach PostgreSQL ({e}); gave up after {attempt} tries"),
-                ));
+                return Err((1, format!("{what}: cannot reach PostgreSQL ({e}); gave up after {attempt} tries")));
             }
             Err(e) => {
-                log::warn!("SWITCHBOARD_DATABASE_URL: cannot reach PostgreSQL yet ({e}); trying again");
+                log::warn!("{what}: cannot reach PostgreSQL yet ({e}); trying again");
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
         }
     }
-    let mut client = client.expect("connected");
+    unreachable!("the last try returns")
+}
+
+/// The PostgreSQL engine: connected (with a bounded retry), migrated, its settings kept
+/// by the first node, its lanes started. Errors: (exit code, one line naming the setting).
+fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32, String)> {
+    let mut client = connect_postgres(url, "SWITCHBOARD_DATABASE_URL", true)?;
     crate::store::pg::migrations::apply(&mut client).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
     let secrets = secrets(&mut client, config).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -262,6 +263,62 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32
     };
     let engine = crate::engine::postgres::PgEngine::start(url, node, wake, options);
     Ok((Engine::Postgres(Box::new(engine)), secrets))
+}
+
+/// `switchboard migrate --to URL`: copies the SQLite database into an empty PostgreSQL
+/// database (`store::pg::copy`). The progress goes to stderr, the summary to stdout.
+fn migrate(config: Config, args: &[String]) -> i32 {
+    let mut to = None;
+    let mut index = 0;
+    while index < args.len() {
+        let (flag, value) = match args[index].split_once('=') {
+            Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
+            None => (args[index].clone(), args.get(index + 1).cloned()),
+        };
+        index += if args[index].contains('=') { 1 } else { 2 };
+        match flag.as_str() {
+            "--to" => match value {
+                Some(value) => to = Some(value),
+                None => return fail(2, "--to needs a value"),
+            },
+            other => return fail(2, &format!("unknown flag {other:?} for migrate; see switchboard --help")),
+        }
+    }
+    let Some(url) = to.map(|u| u.trim().to_string()).filter(|u| !u.is_empty()) else {
+        return fail(2, "migrate needs --to postgres://...: the empty PostgreSQL database to copy into");
+    };
+    // The URL may hold a password: it is never printed.
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return fail(2, "--to is not a postgres:// URL");
+    }
+    // PostgreSQL's notices ("relation ... already exists, skipping") say nothing here.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .with_module_level("postgres", log::LevelFilter::Warn)
+        .with_module_level("tokio_postgres", log::LevelFilter::Warn)
+        .with_utc_timestamps()
+        .init();
+    let source = match crate::store::pg::copy::Source::open(&config.db_path) {
+        Ok(source) => source,
+        Err((code, message)) => return fail(code, &message),
+    };
+    let mut client = match connect_postgres(&url, "--to", false) {
+        Ok(client) => client,
+        Err((code, message)) => return fail(code, &message),
+    };
+    match source.copy_into(&mut client) {
+        Ok(copied) => {
+            println!(
+                "switchboard: migrated {} into PostgreSQL: {} rows in {} tables, row counts verified ({:.1} s)",
+                source.path().display(),
+                copied.rows,
+                copied.tables,
+                copied.elapsed.as_secs_f64()
+            );
+            0
+        }
+        Err((code, message)) => fail(code, &message),
+    }
 }
 
 fn token(config: Config, args: &[String]) -> i32 {

@@ -75,6 +75,23 @@ impl DbFile {
     }
 }
 
+/// For a reader that needs the file at rest (`switchboard migrate`): opens it read-only
+/// and takes a shared `flock`, which a running server's exclusive one refuses (and which
+/// keeps a server from starting on it meanwhile). Held until the `File` is dropped.
+pub fn lock_shared(path: &Path) -> Result<File, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open database {}: {e}", path.display()))?;
+    // SAFETY: a plain flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.kind() == io::ErrorKind::WouldBlock {
+            format!("database {} is in use by a running switchboard; stop it first", path.display())
+        } else {
+            format!("cannot lock database {}: {e}", path.display())
+        });
+    }
+    Ok(file)
+}
+
 /// Opens the database file for writing, creating it with mode 0600 when missing: it holds
 /// the JWT secret and the API key, and SQLite gives the WAL and shared-memory files the
 /// database's mode.
@@ -101,6 +118,19 @@ mod tests {
         assert!(error.contains("in use by another switchboard"), "{error}");
         drop(first);
         DbFile::lock(&path).unwrap();
+    }
+
+    #[test]
+    fn a_reader_at_rest_and_a_server_exclude_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let server = DbFile::lock(&path).unwrap();
+        assert!(lock_shared(&path).unwrap_err().contains("in use by a running switchboard"));
+        drop(server);
+        let reader = lock_shared(&path).unwrap();
+        assert!(lock_shared(&path).is_ok(), "readers share");
+        assert!(DbFile::lock(&path).err().unwrap().contains("in use by another switchboard"));
+        drop(reader);
     }
 
     #[test]

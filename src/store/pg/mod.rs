@@ -3,6 +3,7 @@
 //! the `postgres` crate, runs its own runtime and blocks; it is only ever used from
 //! helper threads (the engine's lanes), never from the event loop.
 
+pub mod copy;
 pub mod migrations;
 mod store;
 

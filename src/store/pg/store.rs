@@ -33,7 +33,7 @@ const ESC: char = '\u{10FFFF}';
 
 /// Text as stored: NUL becomes ESC "0", ESC itself ESC "1" (reversible, and free when
 /// neither occurs).
-fn enc(text: &str) -> Cow<'_, str> {
+pub(super) fn enc(text: &str) -> Cow<'_, str> {
     if !text.contains(['\0', ESC]) {
         return Cow::Borrowed(text);
     }
