@@ -154,7 +154,7 @@ pub const SETTINGS: &[Setting] = &[
         flag: "database-url",
         env: "SWITCHBOARD_DATABASE_URL",
         default: None,
-        help: "a postgres:// URL: keep everything in PostgreSQL instead of the SQLite file (in development: one node, not for production yet)",
+        help: "a postgres:// URL: keep everything in PostgreSQL instead of the SQLite file, shared by several nodes (presence, per-user caps and rate limits stay per node)",
     },
     Setting {
         flag: "poll-interval-ms",

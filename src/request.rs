@@ -17,14 +17,14 @@ use crate::store::{
 };
 
 /// What a handler asks of the engine.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Request {
     Read(Read),
     Write(Write),
 }
 
 /// A read: nothing is stored, nothing recorded.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Read {
     /// Whether a user is known (has connected once): direct chat's other side.
     UserKnown(UserId),
@@ -36,7 +36,7 @@ pub enum Read {
 
 /// A write: one domain operation, with everything it needs (the server API's larger
 /// ones boxed, so that a chat message's stays small).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Write {
     /// A message in a conversation the sender's session is bound to.
     Post {
@@ -138,7 +138,7 @@ pub struct CustomerFields {
     pub profile_picture: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewMemberConversation {
     pub kind: ConversationKind,
     pub key: String,
@@ -149,7 +149,7 @@ pub struct NewMemberConversation {
     pub members: Vec<UserId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Inbound {
     pub customer: CustomerFields,
     pub content: String,
@@ -161,7 +161,7 @@ pub struct Inbound {
     pub members: Vec<UserId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewNotification {
     pub user: UserId,
     pub category: String,
@@ -170,7 +170,7 @@ pub struct NewNotification {
     pub link: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewBankingMessage {
     pub user: UserId,
     pub subject: String,

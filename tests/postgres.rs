@@ -417,6 +417,43 @@ fn two_nodes_writing_one_stream_number_it_once_without_gaps() {
     );
 }
 
+#[test]
+fn a_request_deadlocked_with_another_node_runs_again_and_its_batch_commits() {
+    let url = shared().database();
+    migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();
+    let to = |ticket, room: &str, content: &str| {
+        let sender = who("ann");
+        (ticket, Request::Write(Write::PostToRoom { room: text(room), sender, content: text(content) }))
+    };
+    let (lane, received, _) = writer(&url, "a");
+    lane.send(Batch { id: 1, now: 1_000, requests: vec![to(1, "r1", "x"), to(2, "r2", "y")], prune_before: None })
+        .unwrap();
+    committed(&received);
+    let stream = |room: &str| {
+        let (ok, id) = shared().psql(&url, &format!("SELECT id FROM conversations WHERE key = '{room}'"));
+        assert!(ok, "{id}");
+        format!("c:{id}")
+    };
+    let (first, second) = (stream("r1"), stream("r2"));
+    // The other node: it holds the second stream's lock, the lane takes the first and
+    // waits for the second, then the other asks for the first: a cycle, which
+    // PostgreSQL breaks after a second by failing one of the two waits.
+    let mut other = pg::connect(&url).unwrap();
+    let mut tx = other.transaction().unwrap();
+    tx.execute("UPDATE streams SET last_seq = last_seq WHERE id = $1", &[&second]).unwrap();
+    lane.send(Batch { id: 2, now: 2_000, requests: vec![to(3, "r1", "x2"), to(4, "r2", "y2")], prune_before: None })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let theirs = tx.execute("UPDATE streams SET last_seq = last_seq WHERE id = $1", &[&first]);
+    drop(tx);
+    let (answers, events) = committed(&received);
+    assert!(answers.iter().all(|(_, answer)| answer.starts_with("Ok")), "every request stored: {answers:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
+    // Whichever wait PostgreSQL failed first, the lane's request ran again and the
+    // other node's ended in the deadlock.
+    assert!(theirs.is_err_and(|e| e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)));
+}
+
 // ---- The reader lane.
 
 use switchboard::engine::reader::{self, Job, Reader};

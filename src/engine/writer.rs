@@ -118,8 +118,20 @@ impl Lane {
                     let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored };
                     for (ticket, request) in batch.requests {
                         // Every request in its own unit: on PostgreSQL a request's seqs are
-                        // given back only by undoing it.
-                        let answer = run(&mut tx, request, true);
+                        // given back only by undoing it. Another node's batch may lock the
+                        // same streams in the other order: PostgreSQL then ends one of the
+                        // two waits with a deadlock error, the unit is undone (releasing
+                        // what it locked), and the request runs once more.
+                        let again = request.clone();
+                        let mut answer = run(&mut tx, request, true);
+                        if let Err(Failed::Store(StoreError::Postgres(e))) = &answer
+                            && e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+                        {
+                            log::warn!(
+                                "PostgreSQL writer lane: a deadlock with another node; running the request again"
+                            );
+                            answer = run(&mut tx, again, true);
+                        }
                         if let Err(Failed::Store(StoreError::Postgres(e))) = &answer
                             && e.is_closed()
                         {
