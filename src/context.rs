@@ -101,6 +101,9 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// RFC 6455 (IANA registry): try again later; used for the per-user connection cap.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// 1012, Service Restart: the session missed events it can no longer be sent; a
+    /// client that reconnects gets a fresh snapshot.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// RFC 6455: a request the server will not serve (a `since` ahead of its stream, too
     /// much sent before the session opened).
     pub const POLICY_VIOLATION: u16 = 1008;
@@ -327,7 +330,10 @@ impl Ctx {
             self.in_order.push(early);
         }
         let Some(missed) = self.engine.catch_up(&stream, position) else {
-            log::warn!("stream {}: a session joined at {position}, behind what is kept here", stream.key());
+            // What it missed between its snapshot and now is no longer kept: it starts
+            // again from a fresh snapshot.
+            log::warn!("stream {}: a session joined at {position}, behind what is kept here; closing it", stream.key());
+            self.close_conn(conn, close_code::SERVICE_RESTART, "missed events; reconnect");
             return Vec::new();
         };
         let delivered = delivered.unwrap_or(position);
@@ -373,7 +379,12 @@ impl Ctx {
                 events
             }
             Offered::Lost { from, to, then } => {
-                log::warn!("stream {}: events {from}..={to} were never seen here", stream.key());
+                log::warn!(
+                    "stream {}: events {from}..={to} were never seen here; its sessions start again",
+                    stream.key()
+                );
+                self.metrics.events_lost += (to + 1 - from) as u64;
+                self.restart_listeners(&stream);
                 then
             }
             Offered::Duplicate | Offered::NotFollowed => Vec::new(),
@@ -407,10 +418,27 @@ impl Ctx {
         }
         for (stream, last) in lost {
             let Some(delivered) = self.sequencer.position(&stream).filter(|d| *d < last) else { continue };
-            log::warn!("stream {}: events after {delivered} are no longer kept; its listeners miss them", stream.key());
+            log::warn!(
+                "stream {}: events after {delivered} are no longer kept; its sessions start again",
+                stream.key()
+            );
             self.metrics.events_lost += (last - delivered) as u64;
+            self.restart_listeners(&stream);
             let next = self.sequencer.follow(stream, last);
             self.in_order.extend(next.into_iter().map(|(_, event)| event));
+        }
+    }
+
+    /// Closes the sessions that listen to a stream whose events they missed with 1012,
+    /// so that their clients reconnect to a fresh snapshot (design §5.5; for a user's
+    /// stream, every session of the user).
+    fn restart_listeners(&mut self, stream: &StreamId) {
+        let conns = match stream {
+            StreamId::Conversation(id) => self.hub.conns(&Topic::Conversation(*id)).to_vec(),
+            StreamId::User(user) => self.user_conns(user).to_vec(),
+        };
+        for conn in conns {
+            self.close_conn(conn, close_code::SERVICE_RESTART, "missed events; reconnect");
         }
     }
 

@@ -357,3 +357,25 @@ fn past_max_pending_writes_frames_wait_and_the_api_answers_503() {
     }
     assert_eq!(next, "back");
 }
+
+#[test]
+fn a_session_whose_missed_events_were_pruned_before_its_node_read_them_is_told_to_reconnect() {
+    let url = shared().database();
+    // Node b looks for other nodes' writes every 8 s; events are kept 1 s.
+    let common = [("SWITCHBOARD_DATABASE_URL", url.as_str()), ("SWITCHBOARD_EVENT_RETENTION_SECS", "1")];
+    let a = Server::start(&[common[0], common[1], ("SWITCHBOARD_POLL_INTERVAL_MS", "50")]);
+    let b = Server::start(&[common[0], common[1], ("SWITCHBOARD_POLL_INTERVAL_MS", "8000")]);
+    let mut app = b.connect_as("/ws/notifications/", json!(7), "ann");
+    app.recv_type("unread_count");
+    let (status, body) =
+        a.api("POST", "/api/notifications", Some(&json!({"user_id": 7, "title": "t", "message": "m"})));
+    assert_eq!(status, 201, "{body}");
+    eventually("node a prunes the event", || {
+        shared().psql(&url, "SELECT count(*) FROM events WHERE stream = 'u:7'").1 == "0"
+    });
+    assert_eq!(app.expect_close(), Some(1012), "the session cannot be sent what it missed");
+    // Reconnecting gives the fresh snapshot, the notification included.
+    let mut again = b.connect_as("/ws/notifications/", json!(7), "ann");
+    assert_eq!(again.recv_type("notification")["data"]["title"], "t");
+    assert_eq!(again.recv_type("unread_count")["count"], 1);
+}

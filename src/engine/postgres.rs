@@ -30,8 +30,9 @@ use crate::store::StoreError;
 /// exists; until then nothing is asked, so nothing needs waking).
 pub type Wake = Arc<OnceLock<mio::Waker>>;
 
-/// The ticket of a write nobody waits for (a user seen).
-const UNANSWERED: Ticket = Ticket::MAX;
+/// Tickets from here up are writes nobody waits for (a user seen): the loop's own
+/// tickets count up from 0 and never get here.
+const UNANSWERED: Ticket = 1 << 62;
 
 /// How long committed events are kept for sessions whose opening snapshot was read
 /// before them (`catch_up`: the window is a reader's round trip, milliseconds), and how
@@ -69,6 +70,9 @@ pub struct PgEngine {
     poller: Reader,
     committed: Receiver<Committed>,
     read: Receiver<reader::Done>,
+    /// Users seen whose record is not stored yet, by ticket, and the next such ticket.
+    seeing: HashMap<Ticket, (UserId, String)>,
+    next_seen: Ticket,
     /// Writes asked since the last batch was handed over, and the time of the last.
     open_batch: Vec<(Ticket, Request)>,
     now: Micros,
@@ -126,6 +130,8 @@ impl PgEngine {
             poller: Reader::start(url.to_string(), read_to, waker(wake.clone())),
             committed,
             read,
+            seeing: HashMap::new(),
+            next_seen: 0,
             open_batch: Vec::new(),
             now: 0,
             writing: false,
@@ -227,9 +233,23 @@ impl PgEngine {
         }
     }
 
-    /// A user opened a first session; nobody waits for it.
+    /// A user opened a first session; nobody waits for it, but until it is stored the
+    /// user is unknown to direct messages on every node: a failed one is asked again
+    /// with the next batch (`retry_seen`).
     pub fn seen(&mut self, user: &UserId, name: &str, now: Micros) {
-        self.ask(UNANSWERED, Request::Write(Write::SeeUser { user: user.clone(), name: name.to_string() }), now);
+        let ticket = UNANSWERED + self.next_seen;
+        self.next_seen += 1;
+        self.seeing.insert(ticket, (user.clone(), name.to_string()));
+        self.ask(ticket, Request::Write(Write::SeeUser { user: user.clone(), name: name.to_string() }), now);
+    }
+
+    /// Users seen whose record failed to be stored: asked again.
+    fn retry_seen(&mut self, failed: Vec<Ticket>) {
+        for ticket in failed {
+            if let Some((user, name)) = self.seeing.remove(&ticket) {
+                self.seen(&user, &name, self.now);
+            }
+        }
     }
 
     /// What the lanes answered since the last call: opens are kept for `ready`; write
@@ -249,14 +269,22 @@ impl PgEngine {
                     self.remember(&events);
                     turn.events.extend(events);
                     *turn.stored += stored;
-                    answers.extend(written.into_iter().filter(|(ticket, _)| *ticket != UNANSWERED));
+                    let (seen, written): (Vec<_>, Vec<_>) = written.into_iter().partition(|(t, _)| *t >= UNANSWERED);
+                    let (stored, failed): (Vec<_>, Vec<_>) = seen.into_iter().partition(|(_, answer)| answer.is_ok());
+                    for (ticket, _) in stored {
+                        self.seeing.remove(&ticket);
+                    }
+                    self.retry_seen(failed.into_iter().map(|(ticket, _)| ticket).collect());
+                    answers.extend(written);
                 }
                 Committed::No { tickets, error, batch } => {
                     log::error!("PostgreSQL: batch {batch} failed, {} writes not stored: {error}", tickets.len());
                     self.health = Err("PostgreSQL could not store a batch".into());
                     self.owed = self.owed.saturating_sub(tickets.len());
                     let failed = |e: &str| Err(Failed::Store(StoreError::Unavailable(e.to_string())));
-                    answers.extend(tickets.into_iter().filter(|t| *t != UNANSWERED).map(|t| (t, failed(&error))));
+                    let (seen, tickets): (Vec<_>, Vec<_>) = tickets.into_iter().partition(|t| *t >= UNANSWERED);
+                    self.retry_seen(seen);
+                    answers.extend(tickets.into_iter().map(|t| (t, failed(&error))));
                 }
             }
         }
@@ -335,8 +363,10 @@ impl PgEngine {
             Err(e) => {
                 log::error!("{e}: {} writes not stored", tickets.len());
                 self.owed = self.owed.saturating_sub(tickets.len());
-                let failed = tickets.into_iter().filter(|t| *t != UNANSWERED);
-                self.answered.extend(failed.map(|t| (t, Err(Failed::Store(StoreError::Unavailable(e.clone()))))));
+                // The lane is gone (the node is stopping): nothing is asked again.
+                let failed = tickets.into_iter().filter(|t| self.seeing.remove(t).is_none()).collect::<Vec<_>>();
+                self.answered
+                    .extend(failed.into_iter().map(|t| (t, Err(Failed::Store(StoreError::Unavailable(e.clone()))))));
                 self.health = Err(e);
             }
         }
