@@ -97,22 +97,27 @@ pub struct PgStore {
     client: Client,
     /// Prepared statements by their SQL: one round trip each, once per connection.
     statements: HashMap<String, Statement>,
+    /// The last unit was kept and its savepoint not released yet (`keep_unit`).
+    unit_kept: bool,
 }
 
 impl PgStore {
     pub fn new(client: Client) -> PgStore {
-        PgStore { client, statements: HashMap::new() }
+        PgStore { client, statements: HashMap::new(), unit_kept: false }
     }
 
     pub fn begin(&mut self) -> StoreResult<()> {
+        self.unit_kept = false;
         Ok(self.client.batch_execute("BEGIN")?)
     }
 
     pub fn commit(&mut self) -> StoreResult<()> {
+        self.unit_kept = false;
         Ok(self.client.batch_execute("COMMIT")?)
     }
 
     pub fn rollback(&mut self) -> StoreResult<()> {
+        self.unit_kept = false;
         Ok(self.client.batch_execute("ROLLBACK")?)
     }
 
@@ -334,15 +339,25 @@ impl Storage for PgStore {
         Ok(Since::from_missed(missed, since, last))
     }
 
+    // A unit kept is released with the next unit's start, in the same round trip (or
+    // by COMMIT, which releases every savepoint): a batch's request costs one round trip
+    // less.
     fn begin_unit(&mut self) -> StoreResult<()> {
-        Ok(self.client.batch_execute("SAVEPOINT unit")?)
+        let sql = if std::mem::take(&mut self.unit_kept) {
+            "RELEASE SAVEPOINT unit; SAVEPOINT unit"
+        } else {
+            "SAVEPOINT unit"
+        };
+        Ok(self.client.batch_execute(sql)?)
     }
 
     fn keep_unit(&mut self) -> StoreResult<()> {
-        Ok(self.client.batch_execute("RELEASE SAVEPOINT unit")?)
+        self.unit_kept = true;
+        Ok(())
     }
 
     fn undo_unit(&mut self) {
+        self.unit_kept = false;
         if let Err(e) = self.client.batch_execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit") {
             log::warn!("PostgreSQL: cannot undo a unit (the batch fails): {e}");
         }
