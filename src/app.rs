@@ -210,11 +210,15 @@ impl App {
             return;
         }
         self.opened_or_refused(&session.identity.user_id);
+        let user_position = answer.as_ref().ok().and_then(|opened| opened.user_position);
         match endpoints::opened(&mut self.ctx, session, Some(answer)) {
             Ok(()) => {
                 let early = session.opening.take().map(|o| o.early).unwrap_or_default();
                 let user_conns = self.ctx.online.get(&session.identity.user_id).map_or(0, |u| u.conns.len());
                 self.register(session, user_conns);
+                if let Some(position) = user_position {
+                    self.ctx.follow_user(&session.identity.user_id, position);
+                }
                 self.deliver();
                 for text in early {
                     self.on_text(session, &text);
@@ -287,6 +291,7 @@ impl App {
             online.conns.retain(|c| *c != session.conn);
             if online.conns.is_empty() {
                 self.ctx.online.remove(user);
+                self.ctx.unfollow_user(user);
                 endpoints::presence::user_offline(&mut self.ctx, user);
             }
         }

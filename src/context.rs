@@ -7,7 +7,7 @@
 //! Nothing here touches a socket: the outbox is applied by the server only after
 //! `App::end_turn` has committed the turn's writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -202,6 +202,9 @@ pub struct Ctx {
     ahead: Vec<(ConnId, StreamId, Seq)>,
     /// The event being delivered while `ahead` is not empty.
     delivering: Option<(StreamId, Seq)>,
+    /// Users whose own stream this node follows for them (an engine of several nodes;
+    /// see `follow_user`).
+    following_users: HashSet<UserId>,
     /// Where opens and requests go, and the store behind them (`engine.rs`).
     pub engine: Engine,
     next_ticket: Ticket,
@@ -234,6 +237,7 @@ impl Ctx {
             held: Vec::new(),
             ahead: Vec::new(),
             delivering: None,
+            following_users: HashSet::new(),
             engine,
             next_ticket: 0,
             waiting: HashMap::new(),
@@ -426,6 +430,25 @@ impl Ctx {
             self.restart_listeners(&stream);
             let next = self.sequencer.follow(stream, last);
             self.in_order.extend(next.into_iter().map(|(_, event)| event));
+        }
+    }
+
+    /// A user with a session here follows their own stream from `position` on (read
+    /// with a session's snapshot), whatever their sessions' endpoints follow: a logout
+    /// another node stores reaches every session of theirs here. Once per user; a stream
+    /// followed already keeps its position (its listeners need what comes after it).
+    pub fn follow_user(&mut self, user: &UserId, position: Seq) {
+        if self.following_users.insert(user.clone()) {
+            let stream = StreamId::User(user.clone());
+            let at = self.sequencer.position(&stream).map_or(position, |delivered| delivered.min(position));
+            self.in_order.extend(self.sequencer.join(stream, at).into_iter().map(|(_, event)| event));
+        }
+    }
+
+    /// The user's last session here closed.
+    pub fn unfollow_user(&mut self, user: &UserId) {
+        if self.following_users.remove(user) {
+            self.sequencer.leave(&StreamId::User(user.clone()));
         }
     }
 

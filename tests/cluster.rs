@@ -141,6 +141,17 @@ fn notifications_and_a_logout_from_one_node_reach_the_users_sessions_on_the_othe
     assert_eq!(status, 200, "{body}");
     assert_eq!(erp.expect_close(), Some(4003));
     assert!(app.expect_close().is_some());
+
+    // A user whose only session on node b is in a room (which follows a conversation,
+    // not the user's stream) is logged out there too, once.
+    let mut room = b.connect_as("/ws/rooms/r/", json!(8), "bo");
+    room.recv_type("room_users_list");
+    let (status, body) = a.api("POST", "/api/users/8/disconnect", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(room.expect_close(), Some(4001));
+    let mut again = b.connect_as("/ws/rooms/r/", json!(8), "bo");
+    again.recv_type("room_users_list");
+    again.expect_silence(Duration::from_millis(500));
 }
 
 // ---- Faults under load.

@@ -107,6 +107,10 @@ pub struct Opened {
     pub conversation: Option<Conversation>,
     pub start: Start,
     pub unread_count: Option<i64>,
+    /// The user's own stream's position, read with the snapshot by an engine of several
+    /// nodes: every user with a session on a node follows their stream there, so that a
+    /// logout stored by another node reaches all their sessions (`Ctx::follow_user`).
+    pub user_position: Option<Seq>,
 }
 
 /// Why a session cannot open.
@@ -444,7 +448,7 @@ pub fn open(store: &mut dyn Storage, load: &OpenLoad, now: Micros) -> Result<Ope
         },
     };
     let unread_count = if load.unread_count { Some(store.unread_notification_count(&load.user)?) } else { None };
-    Ok(Opened { stream, position, conversation, start, unread_count })
+    Ok(Opened { stream, position, conversation, start, unread_count, user_position: None })
 }
 
 fn snapshot(store: &mut dyn Storage, load: &OpenLoad, stream: &StreamId) -> Result<Snapshot, StoreError> {

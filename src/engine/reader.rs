@@ -128,7 +128,10 @@ impl Lane {
             load.target = Target::Room { name: name.clone(), known: Some(id) };
         }
         store.client().batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").map_err(StoreError::from)?;
-        let opened = open(store, &load, now);
+        let opened = open(store, &load, now).and_then(|mut opened| {
+            opened.user_position = Some(store.last_seq(&crate::model::StreamId::User(load.user.clone()))?);
+            Ok(opened)
+        });
         let _ = store.commit();
         opened
     }
