@@ -542,10 +542,14 @@ impl Storage for PgStore {
             Some((id, name)) => (Some(id.as_str()), name),
             None => (None, ""),
         };
+        // The conversation's `updated_at` moves in the same statement (one round trip).
         let row = self.query_one(
-            "INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at,
-                                   customer_id, is_ai_response, is_answered, seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            "WITH m AS (
+                 INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at,
+                                       customer_id, is_ai_response, is_answered, seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id),
+             c AS (UPDATE conversations SET updated_at = greatest(updated_at, $6) WHERE id = $1)
+             SELECT id FROM m",
             &[
                 &message.conversation_id,
                 &sender_id,
@@ -558,10 +562,6 @@ impl Storage for PgStore {
                 &i32::from(message.is_answered),
                 &message.seq,
             ],
-        )?;
-        self.execute(
-            "UPDATE conversations SET updated_at = greatest(updated_at, $2) WHERE id = $1",
-            &[&message.conversation_id, &now],
         )?;
         Ok(StoredMessage {
             id: row.get(0),
