@@ -269,18 +269,13 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32
 /// database (`store::pg::copy`). The progress goes to stderr, the summary to stdout.
 fn migrate(config: Config, args: &[String]) -> i32 {
     let mut to = None;
-    let mut index = 0;
-    while index < args.len() {
-        let (flag, value) = match args[index].split_once('=') {
-            Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
-            None => (args[index].clone(), args.get(index + 1).cloned()),
-        };
-        index += if args[index].contains('=') { 1 } else { 2 };
+    let flags = match command_flags(args) {
+        Ok(flags) => flags,
+        Err(e) => return fail(2, &e),
+    };
+    for (flag, value) in flags {
         match flag.as_str() {
-            "--to" => match value {
-                Some(value) => to = Some(value),
-                None => return fail(2, "--to needs a value"),
-            },
+            "--to" => to = Some(value),
             other => return fail(2, &format!("unknown flag {other:?} for migrate; see switchboard --help")),
         }
     }
@@ -321,10 +316,10 @@ fn migrate(config: Config, args: &[String]) -> i32 {
     }
 }
 
-fn token(config: Config, args: &[String]) -> i32 {
-    let mut user = None;
-    let mut name = None;
-    let mut ttl = DEFAULT_TOKEN_TTL_SECS;
+/// A command's own flags, `--flag VALUE` or `--flag=VALUE`, in order; every one takes a
+/// value.
+fn command_flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut flags = Vec::new();
     let mut index = 0;
     while index < args.len() {
         let (flag, value) = match args[index].split_once('=') {
@@ -332,7 +327,20 @@ fn token(config: Config, args: &[String]) -> i32 {
             None => (args[index].clone(), args.get(index + 1).cloned()),
         };
         index += if args[index].contains('=') { 1 } else { 2 };
-        let Some(value) = value else { return fail(2, &format!("{flag} needs a value")) };
+        flags.push((flag.clone(), value.ok_or_else(|| format!("{flag} needs a value"))?));
+    }
+    Ok(flags)
+}
+
+fn token(config: Config, args: &[String]) -> i32 {
+    let mut user = None;
+    let mut name = None;
+    let mut ttl = DEFAULT_TOKEN_TTL_SECS;
+    let flags = match command_flags(args) {
+        Ok(flags) => flags,
+        Err(e) => return fail(2, &e),
+    };
+    for (flag, value) in flags {
         match flag.as_str() {
             "--user" => user = Some(value),
             "--name" => name = Some(value),
