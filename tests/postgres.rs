@@ -418,6 +418,65 @@ fn two_nodes_writing_one_stream_number_it_once_without_gaps() {
 }
 
 #[test]
+fn consecutive_posts_in_a_batch_are_stored_together_each_as_alone() {
+    let url = shared().database();
+    migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();
+    let (lane, received, _) = writer(&url, "a");
+    let rooms = vec![
+        post(1, "ann", "the lobby"),
+        (
+            2,
+            Request::Write(Write::PostToRoom { room: text("side"), sender: who("bo"), content: text("the side room") }),
+        ),
+    ];
+    lane.send(Batch { id: 1, now: 1_000, requests: rooms, prune_before: None }).unwrap();
+    committed(&received);
+    let id = |room: &str| shared().psql(&url, &format!("SELECT id FROM conversations WHERE key = '{room}'")).1;
+    let (lobby, side): (i64, i64) = (id("lobby").parse().unwrap(), id("side").parse().unwrap());
+    let to = |ticket, conversation, sender: &str, content: &str| {
+        let kind = ConversationKind::Room;
+        (ticket, Request::Write(Write::Post { kind, conversation, sender: who(sender), content: text(content) }))
+    };
+    // Interleaved rooms, an empty message among them, a NUL in one.
+    let requests = vec![
+        to(3, lobby, "ann", "one"),
+        to(4, side, "bo", "two"),
+        to(5, lobby, "cy", "   "),
+        to(6, lobby, "bo", "three\0"),
+        to(7, side, "ann", "four"),
+    ];
+    lane.send(Batch { id: 2, now: 2_000, requests, prune_before: None }).unwrap();
+    let (answers, events) = committed(&received);
+    let answers: Vec<String> = answers.iter().map(|(ticket, answer)| format!("{ticket} {answer}")).collect();
+    assert!(answers[2].starts_with("5 Err(Empty)"), "{answers:?}");
+    for (answer, seq) in [(&answers[0], 2), (&answers[1], 2), (&answers[3], 3), (&answers[4], 3)] {
+        assert!(answer.contains("Ok(Posted(") && answer.contains(&format!("seq: {seq} ")), "{answers:?}");
+    }
+    let (l, sd) = (format!("c:{lobby}"), format!("c:{side}"));
+    assert_eq!(events, [format!("{l}#2"), format!("{sd}#2"), format!("{l}#3"), format!("{sd}#3")]);
+    let (_, rows) = shared().psql(
+        &url,
+        "SELECT c.key, m.seq, m.sender_id FROM messages m JOIN conversations c ON c.id = m.conversation_id ORDER BY m.id",
+    );
+    assert_eq!(rows, "lobby|1|ann\nside|1|bo\nlobby|2|ann\nside|2|bo\nlobby|3|bo\nside|3|ann");
+    // Read back through the store: the NUL is there, as a single post would keep it.
+    let mut store = switchboard::store::pg::PgStore::new(pg::connect(&url).unwrap());
+    let recent = store.recent_messages(lobby, 10).unwrap();
+    assert_eq!(recent.last().map(|m| m.content.as_str()), Some("three\0"));
+
+    // A post that cannot be stored (its conversation is gone) fails alone: the others
+    // are run one by one after the group is undone, with no hole in the seqs.
+    let requests = vec![to(8, lobby, "ann", "five"), to(9, 999_999, "bo", "nowhere"), to(10, lobby, "bo", "six")];
+    lane.send(Batch { id: 3, now: 3_000, requests, prune_before: None }).unwrap();
+    let (answers, events) = committed(&received);
+    assert!(answers[0].1.contains("seq: 4 ") && answers[2].1.contains("seq: 5 "), "{answers:?}");
+    assert!(answers[1].1.starts_with("Err(Store("), "{answers:?}");
+    assert_eq!(events, [format!("{l}#4"), format!("{l}#5")]);
+    let (_, count) = shared().psql(&url, "SELECT count(*) FROM streams WHERE id = 'c:999999'");
+    assert_eq!(count, "0", "the failed post's seq is given back");
+}
+
+#[test]
 fn a_request_deadlocked_with_another_node_runs_again_and_its_batch_commits() {
     let url = shared().database();
     migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();

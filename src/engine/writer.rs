@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use super::{Ticket, run};
 use crate::event::Event;
+use crate::features::chat;
 use crate::model::Micros;
-use crate::request::{Answer, Failed, Request};
+use crate::request::{Answer, Done, Failed, Request, Write};
 use crate::store::pg::{self, PgStore};
 use crate::store::{StoreError, StoreResult};
 use crate::tx::Tx;
@@ -62,6 +63,77 @@ impl Writer {
     /// Hands a batch to the lane.
     pub fn send(&self, batch: Batch) -> Result<(), String> {
         self.0.send(batch)
+    }
+}
+
+fn is_post(request: &Request) -> bool {
+    matches!(request, Request::Write(Write::Post { .. }))
+}
+
+/// A lost connection fails the whole batch (its outcome is then read from the marker).
+fn lost(answer: &Answer) -> Option<StoreError> {
+    match answer {
+        Err(Failed::Store(StoreError::Postgres(e))) if e.is_closed() => {
+            Some(StoreError::Unavailable(format!("the connection was lost: {e}")))
+        }
+        _ => None,
+    }
+}
+
+/// One request in its own unit: on PostgreSQL a request's seqs are given back only by
+/// undoing it. Another node's batch may lock the same streams in the other order:
+/// PostgreSQL then ends one of the two waits with a deadlock error, the unit is undone
+/// (releasing what it locked), and the request runs once more.
+fn run_one(tx: &mut Tx<'_>, request: Request) -> StoreResult<Answer> {
+    let again = request.clone();
+    let mut answer = run(tx, request, true);
+    if let Err(Failed::Store(StoreError::Postgres(e))) = &answer
+        && e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+    {
+        log::warn!("PostgreSQL writer lane: a deadlock with another node; running the request again");
+        answer = run(tx, again, true);
+    }
+    match lost(&answer) {
+        Some(e) => Err(e),
+        None => Ok(answer),
+    }
+}
+
+/// Consecutive chat messages of a batch in one unit, with a statement per conversation
+/// for their seqs and one for their rows (`chat::post_many`) instead of three each; if
+/// that fails, they are undone and run one by one, so that each fails alone.
+fn run_posts(tx: &mut Tx<'_>, requests: Vec<(Ticket, Request)>) -> StoreResult<Vec<(Ticket, Answer)>> {
+    let (recorded, stored) = (tx.events.len(), *tx.stored);
+    let grouped = {
+        let posts: Vec<chat::Post<'_>> = requests
+            .iter()
+            .filter_map(|(_, request)| match request {
+                Request::Write(Write::Post { kind, conversation, sender, content }) => {
+                    Some(chat::Post { kind: *kind, conversation: *conversation, sender, content })
+                }
+                _ => None,
+            })
+            .collect();
+        tx.store.begin_unit()?;
+        chat::post_many(tx, &posts).and_then(|answers| Ok(tx.store.keep_unit().map(|()| answers)?))
+    };
+    match grouped {
+        Ok(answers) => Ok(requests
+            .into_iter()
+            .zip(answers)
+            .map(|((ticket, _), answer)| (ticket, answer.map(Done::Posted)))
+            .collect()),
+        Err(e) => {
+            tx.store.undo_unit();
+            tx.events.truncate(recorded);
+            *tx.stored = stored;
+            let e: Answer = Err(e);
+            if let Some(lost) = lost(&e) {
+                return Err(lost);
+            }
+            log::debug!("PostgreSQL writer lane: {} posts at once failed ({:?}); one by one", requests.len(), e);
+            requests.into_iter().map(|(ticket, request)| Ok((ticket, run_one(tx, request)?))).collect()
+        }
     }
 }
 
@@ -116,28 +188,17 @@ impl Lane {
                 let ran = (|| -> StoreResult<Vec<(Ticket, Answer)>> {
                     let mut answers = Vec::with_capacity(batch.requests.len());
                     let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored };
-                    for (ticket, request) in batch.requests {
-                        // Every request in its own unit: on PostgreSQL a request's seqs are
-                        // given back only by undoing it. Another node's batch may lock the
-                        // same streams in the other order: PostgreSQL then ends one of the
-                        // two waits with a deadlock error, the unit is undone (releasing
-                        // what it locked), and the request runs once more.
-                        let again = request.clone();
-                        let mut answer = run(&mut tx, request, true);
-                        if let Err(Failed::Store(StoreError::Postgres(e))) = &answer
-                            && e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
-                        {
-                            log::warn!(
-                                "PostgreSQL writer lane: a deadlock with another node; running the request again"
-                            );
-                            answer = run(&mut tx, again, true);
+                    let mut requests = batch.requests.into_iter().peekable();
+                    while let Some((ticket, request)) = requests.next() {
+                        if is_post(&request) && requests.peek().is_some_and(|(_, next)| is_post(next)) {
+                            let mut posts = vec![(ticket, request)];
+                            while let Some(next) = requests.next_if(|(_, next)| is_post(next)) {
+                                posts.push(next);
+                            }
+                            answers.extend(run_posts(&mut tx, posts)?);
+                        } else {
+                            answers.push((ticket, run_one(&mut tx, request)?));
                         }
-                        if let Err(Failed::Store(StoreError::Postgres(e))) = &answer
-                            && e.is_closed()
-                        {
-                            return Err(StoreError::Unavailable(format!("the connection was lost: {e}")));
-                        }
-                        answers.push((ticket, answer));
                     }
                     store.execute(
                         "INSERT INTO batches (node, batch, committed_at) VALUES ($1, $2, $3)",

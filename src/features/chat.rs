@@ -52,6 +52,56 @@ pub fn post_in(
     })
 }
 
+/// One message of `post_many`: as `post_in` takes it.
+pub struct Post<'a> {
+    pub kind: ConversationKind,
+    pub conversation: i64,
+    pub sender: &'a Identity,
+    pub content: &'a str,
+}
+
+/// Several messages at once, each as `post_in` would post it, in order (the PostgreSQL
+/// writer lane's run of posts in one batch): each conversation's seqs are taken in one
+/// step, conversations in ascending order (so that batches of two nodes lock streams
+/// in one order), and the rows stored in one more. A message that is empty fails alone;
+/// a store error fails them all, and the caller undoes what was done.
+pub fn post_many(tx: &mut Tx<'_>, posts: &[Post<'_>]) -> Result<Vec<Result<Posted, Failed>>, Failed> {
+    let mut answers: Vec<Result<Posted, Failed>> = Vec::with_capacity(posts.len());
+    let mut counts = std::collections::BTreeMap::<i64, usize>::new();
+    for post in posts {
+        if post.content.trim().is_empty() {
+            answers.push(Err(Failed::Empty));
+        } else {
+            answers.push(Ok(Posted { id: 0, created_at: 0, seq: 0 }));
+            *counts.entry(post.conversation).or_default() += 1;
+        }
+    }
+    let mut next = std::collections::HashMap::with_capacity(counts.len());
+    for (conversation, n) in counts {
+        let last = tx.store.next_seqs(&StreamId::Conversation(conversation), n, tx.now)?;
+        next.insert(conversation, last - n as i64 + 1);
+    }
+    let (mut new, mut posted) = (Vec::with_capacity(posts.len()), Vec::with_capacity(posts.len()));
+    for (index, post) in posts.iter().enumerate().filter(|(index, _)| answers[*index].is_ok()) {
+        let seq = next.get_mut(&post.conversation).expect("counted");
+        new.push(NewMessage {
+            seq: Some(*seq),
+            ..NewMessage::text(post.conversation, (&post.sender.user_id, &post.sender.name), post.content)
+        });
+        posted.push((index, post.kind, *seq));
+        *seq += 1;
+    }
+    let stored = tx.store.insert_messages(&new, tx.now)?;
+    for ((index, kind, seq), message) in posted.into_iter().zip(stored) {
+        answers[index] = Ok(Posted { id: message.id, created_at: message.created_at, seq });
+        let stream = StreamId::Conversation(message.conversation_id);
+        let body = EventBody::Message { conversation: kind, message, customer: None };
+        tx.events.push(crate::event::Event { stream, seq, body, except: None });
+        *tx.stored += 1;
+    }
+    Ok(answers)
+}
+
 /// Posts a message into a room (created when new) as `sender`. The server API posts
 /// this way.
 pub fn post_to_room(tx: &mut Tx<'_>, room: &str, sender: &Identity, content: &str) -> Result<Posted, Failed> {

@@ -162,6 +162,7 @@ pub struct StoredMessage {
 }
 
 /// A message to store. `sender` is `None` for messages from a customer or the system.
+#[derive(Clone, Copy)]
 pub struct NewMessage<'a> {
     pub conversation_id: i64,
     pub sender: Option<(&'a UserId, &'a str)>,

@@ -53,6 +53,20 @@ pub trait Storage {
     fn upsert_customer(&mut self, new: &NewCustomer<'_>, now: Micros) -> StoreResult<Customer>;
     /// Stores a message.
     fn insert_message(&mut self, message: NewMessage<'_>, now: Micros) -> StoreResult<StoredMessage>;
+    /// Takes `n` seqs of the stream at once and returns the last (the first is `n - 1`
+    /// before it). One at a time unless a store does better (PostgreSQL: one statement).
+    fn next_seqs(&mut self, stream: &StreamId, n: usize, now: Micros) -> StoreResult<Seq> {
+        let mut last = self.last_seq(stream)?;
+        for _ in 0..n {
+            last = self.next_seq(stream, now)?;
+        }
+        Ok(last)
+    }
+    /// Stores several messages, in order. One at a time unless a store does better
+    /// (PostgreSQL: one statement).
+    fn insert_messages(&mut self, messages: &[NewMessage<'_>], now: Micros) -> StoreResult<Vec<StoredMessage>> {
+        messages.iter().map(|message| self.insert_message(*message, now)).collect()
+    }
     /// A message by id.
     fn message(&mut self, id: i64) -> StoreResult<Option<StoredMessage>>;
     /// A conversation's newest messages, oldest first.

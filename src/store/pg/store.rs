@@ -298,6 +298,85 @@ impl Storage for PgStore {
         Ok(row.get(0))
     }
 
+    fn next_seqs(&mut self, stream: &StreamId, n: usize, now: Micros) -> StoreResult<Seq> {
+        let n = n as i64;
+        let row = self.query_one(
+            "INSERT INTO streams (id, last_seq, updated_at) VALUES ($1, $3, $2)
+             ON CONFLICT (id) DO UPDATE SET last_seq = streams.last_seq + $3,
+                                            updated_at = greatest(streams.updated_at, excluded.updated_at)
+             RETURNING last_seq",
+            &[&stream.key(), &now, &n],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn insert_messages(&mut self, messages: &[NewMessage<'_>], now: Micros) -> StoreResult<Vec<StoredMessage>> {
+        // The rows come back by (conversation, seq), which needs a seq on each.
+        if messages.len() < 2 || messages.iter().any(|m| m.seq.is_none()) {
+            return messages.iter().map(|message| self.insert_message(*message, now)).collect();
+        }
+        let column = |f: &dyn Fn(&NewMessage<'_>) -> String| messages.iter().map(f).collect::<Vec<String>>();
+        let conversations: Vec<i64> = messages.iter().map(|m| m.conversation_id).collect();
+        let sender_ids: Vec<Option<&str>> = messages.iter().map(|m| m.sender.map(|(id, _)| id.as_str())).collect();
+        let sender_names = column(&|m| enc(m.sender.map_or("", |(_, name)| name)).into_owned());
+        let contents = column(&|m| enc(m.content).into_owned());
+        let types = column(&|m| m.message_type.to_string());
+        let customers: Vec<Option<i64>> = messages.iter().map(|m| m.customer_id).collect();
+        let ai: Vec<i32> = messages.iter().map(|m| i32::from(m.is_ai_response)).collect();
+        let answered: Vec<i32> = messages.iter().map(|m| i32::from(m.is_answered)).collect();
+        let seqs: Vec<i64> = messages.iter().map(|m| m.seq.unwrap_or(0)).collect();
+        let mut touched = conversations.clone();
+        touched.sort_unstable();
+        touched.dedup();
+        // One statement: every row, and each conversation's `updated_at`.
+        let rows = self.query(
+            "WITH m AS (
+                 INSERT INTO messages (conversation_id, sender_id, sender_name, content, message_type, created_at,
+                                       customer_id, is_ai_response, is_answered, seq)
+                 SELECT c, s, n, t, ty, $10, cu, ai, an, sq
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                             $7::int[], $8::int[], $9::bigint[]) AS u(c, s, n, t, ty, cu, ai, an, sq)
+                 RETURNING id, conversation_id, seq),
+             c AS (UPDATE conversations SET updated_at = greatest(updated_at, $10) WHERE id = ANY($11))
+             SELECT id, conversation_id, seq FROM m",
+            &[
+                &conversations,
+                &sender_ids,
+                &sender_names,
+                &contents,
+                &types,
+                &customers,
+                &ai,
+                &answered,
+                &seqs,
+                &now,
+                &touched,
+            ],
+        )?;
+        let ids: HashMap<(i64, i64), i64> =
+            rows.iter().map(|r| ((r.get::<_, i64>(1), r.get::<_, i64>(2)), r.get::<_, i64>(0))).collect();
+        messages
+            .iter()
+            .map(|m| {
+                let id = ids.get(&(m.conversation_id, m.seq.unwrap_or(0))).copied();
+                let id = id.ok_or(StoreError::NotFound("a message just inserted"))?;
+                Ok(StoredMessage {
+                    id,
+                    conversation_id: m.conversation_id,
+                    sender_id: m.sender.map(|(id, _)| id.clone()),
+                    sender_name: m.sender.map_or("", |(_, name)| name).to_string(),
+                    content: m.content.to_string(),
+                    message_type: m.message_type.to_string(),
+                    created_at: now,
+                    customer_id: m.customer_id,
+                    is_ai_response: m.is_ai_response,
+                    is_answered: m.is_answered,
+                    seq: m.seq,
+                })
+            })
+            .collect()
+    }
+
     fn release_seq(&mut self, _stream: &StreamId, _seq: Seq) {
         // Given back by undoing the request's unit (see the module's comment).
     }
