@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the same loads against switchboard, the Node `ws` peer and the Django Channels peer,
-# each started fresh (new loopback port, new temporary database) for every run, in
-# alternation, the server pinned to CPU 0 and the load generator to CPU 1; prints a table
-# of medians with switchboard's ratio to each peer and writes it to benches/results/latest.md.
+# Runs the same loads against switchboard, the Node `ws` peer and the Django Channels peer
+# (and, if asked, switchboard on PostgreSQL or a baseline build), each started fresh (new
+# loopback port, new temporary database) for every run, in alternation, the server pinned
+# to CPU 0 and the load generator to CPU 1; prints a table of medians with switchboard's
+# ratio to each of the others and writes it to benches/results/latest.md.
 #
 #   benches/compare.sh [--quick] [--runs N] [--servers "switchboard node django"] [--soak]
 #                      [--only "CASE ..."] [--no-build]
@@ -15,19 +16,24 @@ usage() {
   cat <<'EOF'
 usage: benches/compare.sh [options]
   --quick            small sizes, for a smoke run (idle 2000, fanout 200 and 1000, chat 10 pairs x 5 s,
-                     storm 1000 clients in 10 rooms with 20 messages of history)
+                     storm 1000 clients in 10 rooms with 20 messages of history, cross 2 s per rate
+                     instead of 10)
   --runs N           repetitions of every scenario per server (default 3); the table shows medians
   --servers LIST     which servers, space- or comma-separated (default "switchboard node django");
                      "baseline" is switchboard built from another commit (SWITCHBOARD_BASELINE_BIN),
-                     for a before/after comparison in the same run
+                     for a before/after comparison in the same run; "postgres" is switchboard
+                     storing in PostgreSQL (a throwaway server for the whole comparison,
+                     benches/pg-server.sh, a fresh database for every server start)
   --soak             also run the soak scenario (full: 5000 connections x 120 s; quick: 500 x 30 s)
   --only LIST        run only these cases, space- or comma-separated; a word selects the case of
                      that name and every case whose name starts with it and a dash:
-                     idle, floor, fanout, fanout-1000, chat, chat-50-paced, soak, storm, ...
-                     (Django's fanout-10000 and storm need fanout-1000-paced / idle in the same run)
+                     idle, floor, fanout, fanout-1000, chat, chat-50-paced, soak, storm, cross, ...
+                     (Django's fanout-10000 and storm need fanout-1000-paced / idle in the same run;
+                     cross, delivery between two PostgreSQL nodes, runs for "postgres" only)
   --no-build         use the binaries already built
 Env: SWITCHBOARD_BIN (default: the static binary that .ci/build-static builds; with
---no-build, ${CARGO_TARGET_DIR:-<repo>/target}/release/switchboard).
+--no-build, ${CARGO_TARGET_DIR:-<repo>/target}/release/switchboard), also for "postgres".
+"postgres" needs Debian's PostgreSQL server (benches/pg-server.sh installs it when missing) and psql.
 EOF
 }
 
@@ -56,11 +62,11 @@ done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --runs wants a positive number" >&2; exit 2; }
 SERVERS="${SERVERS//,/ }"
 for s in $SERVERS; do
-  case "$s" in switchboard | baseline | node | django) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
+  case "$s" in switchboard | baseline | postgres | node | django) ;; *) echo "compare.sh: unknown server $s" >&2; exit 2 ;; esac
 done
 ONLY="${ONLY//,/ }"
 for w in $ONLY; do
-  case "${w%%-*}" in idle | floor | fanout | chat | soak | storm) ;; *) echo "compare.sh: --only: no case $w" >&2; exit 2 ;; esac
+  case "${w%%-*}" in idle | floor | fanout | chat | soak | storm | cross) ;; *) echo "compare.sh: --only: no case $w" >&2; exit 2 ;; esac
 done
 [[ " $ONLY " == *" soak"* ]] && SOAK=1
 # want CASE: is CASE selected (all are without --only)?
@@ -96,14 +102,14 @@ mkdir -p "$OUTDIR"
 if [ "$BUILD" = 1 ]; then
   log "building the load generator (benches/loadgen, its own target/)"
   (cd "$HERE/loadgen" && env -u CARGO_TARGET_DIR cargo build --release --quiet) || die "building the load generator failed"
-  if [[ " $SERVERS " == *" switchboard "* ]] && [ -z "${SWITCHBOARD_BIN:-}" ]; then
+  if [[ " $SERVERS " == *" switchboard "* || " $SERVERS " == *" postgres "* ]] && [ -z "${SWITCHBOARD_BIN:-}" ]; then
     # The binary users run: the static one .ci/build-static makes.
     log "building switchboard's static binary (.ci/build-static; may wait for another build's lock)"
     SB_BIN="$ROOT/$(cd "$ROOT" && .ci/build-static 2>/dev/null | tail -n 1)" || die "building switchboard failed"
   fi
 fi
 [ -x "$LOADGEN" ] || die "no load generator at $LOADGEN (run without --no-build)"
-if [[ " $SERVERS " == *" switchboard "* ]]; then
+if [[ " $SERVERS " == *" switchboard "* || " $SERVERS " == *" postgres "* ]]; then
   [ -x "$SB_BIN" ] || die "no switchboard binary at $SB_BIN"
 fi
 BASELINE_BIN="${SWITCHBOARD_BASELINE_BIN:-}"
@@ -137,6 +143,8 @@ fi
 SERVER_PID=""
 SERVER_DB=""
 SERVER_DIR=""
+NODE_B_PID="" # the cross case's second node (on $NODE_B_PORT), besides $SERVER_PID
+NODE_B_PORT=""
 PORT=$((20000 + RANDOM % 10000)) # below the ephemeral range (32768-60999)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -147,24 +155,108 @@ next_port() {
   while port_open "$PORT"; do PORT=$((PORT + 1)); done
 }
 
-# start_server NAME: a fresh server on a fresh port with a fresh database.
+# PostgreSQL, for the "postgres" server: one throwaway server (benches/pg-server.sh) for
+# the whole comparison, started below when "postgres" is among --servers and stopped by
+# the exit trap; every start of a "postgres" server gets a fresh database in it (sb_1,
+# sb_2, ...), dropped when that server stops. Not pinned: its processes run on either CPU.
+PG_DIR=""
+PG_ADMIN=""
+PG_DBS=0
+
+start_pg() {
+  PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sb-compare-pg.XXXXXX")"
+  next_port
+  PG_ADMIN="$("$HERE/pg-server.sh" start "$PG_DIR" "$PORT")" || die "PostgreSQL did not start (benches/pg-server.sh)"
+  log "PostgreSQL $(psql "$PG_ADMIN" -XAtc 'SHOW server_version') for \"postgres\" at $PG_ADMIN (fsync and synchronous_commit on; not pinned)"
+}
+
+stop_pg() {
+  if [ -n "$PG_DIR" ]; then
+    cp "$PG_DIR/log" "$OUTDIR/postgres.log" 2>/dev/null || true
+    "$HERE/pg-server.sh" stop "$PG_DIR" || true
+    PG_DIR=""
+  fi
+}
+
+# pg_sql SQL...: runs each SQL (its own transaction) on PostgreSQL's admin database;
+# quiet unless it fails.
+pg_sql() {
+  local cmds=() c
+  for c in "$@"; do cmds+=(-c "$c"); done
+  psql "$PG_ADMIN" -X -q -v ON_ERROR_STOP=1 "${cmds[@]}" >/dev/null
+}
+
+# pg_cpu_us: CPU time PostgreSQL has used so far, in µs (clock ticks, 10 ms resolution):
+# the postmaster's utime+stime, its exited children's (cutime+cstime: the postmaster
+# reaps its backends) and its live children's, so that backends that come and go count.
+pg_cpu_us() {
+  [ -n "$PG_DIR" ] || return 0
+  python3 - "$PG_DIR/data/postmaster.pid" <<'PY' 2>/dev/null || true
+import os, sys
+hz = os.sysconf("SC_CLK_TCK")
+pm = int(open(sys.argv[1]).readline())
+def stat(pid):  # fields from the state on (field 3), after the command's ')'
+    s = open(f"/proc/{pid}/stat").read()
+    return s[s.rfind(")") + 2:].split()
+ticks = 0
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            f = stat(p)
+        except OSError:
+            continue
+        if int(f[1]) == pm:  # a child: utime + stime
+            ticks += int(f[11]) + int(f[12])
+f = stat(pm)  # utime, stime, cutime, cstime
+ticks += sum(int(x) for x in f[11:15])
+print(ticks * 1_000_000 // hz)
+PY
+}
+
+# proc_cpu_us PID: utime+stime of one process so far, in µs (empty when it is gone).
+proc_cpu_us() {
+  python3 - "$1" <<'PY' 2>/dev/null || true
+import os, sys
+s = open(f"/proc/{sys.argv[1]}/stat").read()
+f = s[s.rfind(")") + 2:].split()
+print((int(f[11]) + int(f[12])) * 1_000_000 // os.sysconf("SC_CLK_TCK"))
+PY
+}
+
+# start_server NAME: a fresh server on a fresh port with a fresh database (for
+# "postgres": a new database in the comparison's PostgreSQL).
 start_server() {
   SERVER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sb-compare.XXXXXX")"
   next_port
+  if [ "$1" = postgres ]; then
+    PG_DBS=$((PG_DBS + 1))
+    if ! pg_sql "CREATE DATABASE sb_$PG_DBS"; then
+      echo "  postgres: CREATE DATABASE sb_$PG_DBS failed" >&2
+      return 1
+    fi
+    SERVER_DB="${PG_ADMIN%/*}/sb_$PG_DBS"
+  fi
   launch_server "$1"
 }
 
 # launch_server NAME [LOG-SUFFIX]: starts NAME on $PORT with its database in $SERVER_DIR
-# and waits until it listens.
+# (for "postgres": at the URL $SERVER_DB) and waits until it listens.
 launch_server() {
   local name="$1"
   local logf="$OUTDIR/server-$CASE-$name-$RUN${2:+-$2}.log"
   case "$name" in
-    switchboard | baseline)
-      local bin="$SB_BIN"
+    switchboard | baseline | postgres)
+      local bin="$SB_BIN" pg=()
       [ "$name" = baseline ] && bin="$BASELINE_BIN"
-      SERVER_DB="$SERVER_DIR/sb.db"
-      SWITCHBOARD_LISTEN="127.0.0.1:$PORT" SWITCHBOARD_API_LISTEN=127.0.0.1:0 SWITCHBOARD_DB="$SERVER_DB" \
+      if [ "$name" = postgres ]; then
+        # SWITCHBOARD_DB is not used then; each node has its own all the same.
+        pg=(SWITCHBOARD_DATABASE_URL="$SERVER_DB")
+        local sqlite="$SERVER_DIR/unused${2:+-$2}.db"
+      else
+        SERVER_DB="$SERVER_DIR/sb.db"
+        local sqlite="$SERVER_DB"
+      fi
+      env "${pg[@]}" SWITCHBOARD_LISTEN="127.0.0.1:$PORT" SWITCHBOARD_API_LISTEN=127.0.0.1:0 SWITCHBOARD_DB="$sqlite" \
         SWITCHBOARD_JWT_SECRET="$SECRET" SWITCHBOARD_MAX_CONNECTIONS=19500 \
         SWITCHBOARD_MAX_CONNECTIONS_PER_USER=20000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=100000000 \
         SWITCHBOARD_LOG=warn "${PIN_SERVER[@]}" "$bin" >"$logf" 2>&1 &
@@ -180,7 +272,7 @@ launch_server() {
         "${PIN_SERVER[@]}" "$HERE/peers/run-django.sh" >"$logf" 2>&1 &
       ;;
   esac
-  SERVER_PID=$! # taskset and the run scripts exec, so this is the server process itself
+  SERVER_PID=$! # env, taskset and the run scripts exec, so this is the server process itself
   local i
   for i in $(seq 1200); do # 120 s: Django migrates its database first
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -196,19 +288,42 @@ launch_server() {
   return 1
 }
 
-# kill_server: SIGTERM to the server we started (what `systemctl stop` and a deploy send),
-# SIGKILL after 10 s; its directory stays.
+# start_node_b: the cross case's second switchboard node, on the database of the
+# "postgres" server just started ($SERVER_DB) and on a port of its own ($NODE_B_PORT),
+# pinned like the first; its PID in $NODE_B_PID. $PORT and $SERVER_PID stay node A's.
+start_node_b() {
+  local a_pid="$SERVER_PID" a_port="$PORT" rc=0
+  next_port
+  launch_server postgres node-b || rc=$?
+  NODE_B_PID="$SERVER_PID"
+  NODE_B_PORT="$PORT"
+  SERVER_PID="$a_pid"
+  PORT="$a_port"
+  return "$rc"
+}
+
+# kill_pid PID: SIGTERM to a server we started (what `systemctl stop` and a deploy send),
+# SIGKILL after 10 s.
+kill_pid() {
+  kill -TERM "$1" 2>/dev/null || true
+  local i
+  for i in $(seq 100); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# kill_server: stops the server (and the cross case's node B); its directory stays.
 kill_server() {
   if [ -n "$SERVER_PID" ]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    kill_pid "$SERVER_PID"
     SERVER_PID=""
+  fi
+  if [ -n "$NODE_B_PID" ]; then
+    kill_pid "$NODE_B_PID"
+    NODE_B_PID=""
   fi
 }
 
@@ -219,15 +334,27 @@ restart_server() {
   launch_server "$1" restarted
 }
 
+# stop_server: stops the server, removes its directory and drops its PostgreSQL database,
+# then checkpoints, so that the next case does not write out this one's pages.
 stop_server() {
   kill_server
   if [ -n "$SERVER_DIR" ]; then
     rm -rf "$SERVER_DIR"
     SERVER_DIR=""
   fi
+  if [[ "$SERVER_DB" == postgres://* ]]; then
+    [ -z "$PG_DIR" ] || pg_sql "DROP DATABASE IF EXISTS ${SERVER_DB##*/} WITH (FORCE)" CHECKPOINT \
+      || echo "  postgres: could not drop ${SERVER_DB##*/}" >&2
+    SERVER_DB=""
+  fi
 }
-trap stop_server EXIT
-trap 'stop_server; exit 130' INT TERM
+
+cleanup() {
+  stop_server
+  stop_pg
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 # ------------------------------------------------------------------ one scenario run
 # record JSON: appends the load generator's line with "case" and "run" in front.
@@ -235,6 +362,26 @@ record() {
   local json="$1"
   printf '{"case":"%s","run":%d,%s\n' "$CASE" "$RUN" "${json#\{}" >>"$RAW"
 }
+
+# with_fields JSON KEY VALUE...: JSON with these whole-number fields added (an empty
+# VALUE is left out); the KEY "error" adds VALUE to "errors" and makes "ok" false. JSON
+# as it was if it cannot be read.
+with_fields() {
+  python3 - "$@" <<'PY' 2>/dev/null || printf '%s\n' "$1"
+import json, sys
+r, a = json.loads(sys.argv[1]), sys.argv[2:]
+for k, v in zip(a[::2], a[1::2]):
+    if k == "error":
+        r["ok"] = False
+        r.setdefault("errors", []).append(v)
+    elif v != "":
+        r[k] = int(v)
+print(json.dumps(r, ensure_ascii=False, separators=(",", ":")))
+PY
+}
+
+# delta BEFORE AFTER: AFTER - BEFORE, or nothing when either is unknown.
+delta() { [ -n "$1" ] && [ -n "$2" ] && echo $(($2 - $1)) || true; }
 
 # drive SERVER MAX_SECONDS OUT LOADGEN-ARGS...: runs the load generator against the
 # running server ($PORT, $SERVER_PID), its output to OUT; sets JSON to its JSON line (or
@@ -274,8 +421,12 @@ run_case() {
     return
   fi
   local extra=()
-  [ "$1" = soak ] && extra=(--db "$SERVER_DB")
+  [ "$1" = soak ] && [ "$server" != postgres ] && extra=(--db "$SERVER_DB")
+  local pg0=""
+  [ "$server" = postgres ] && pg0="$(pg_cpu_us)"
   drive "$server" "$max" "$out" "$@" "${extra[@]}"
+  # PostgreSQL's CPU over the whole case (connecting included), apart from the server's.
+  [ "$server" = postgres ] && JSON="$(with_fields "$JSON" pg_cpu_us "$(delta "$pg0" "$(pg_cpu_us)")")"
   record "$JSON"
   stop_server
   summary "$server" "$out"
@@ -309,7 +460,43 @@ run_storm() {
     stop_server
     return
   fi
+  local pg0=""
+  [ "$server" = postgres ] && pg0="$(pg_cpu_us)"
   drive "$server" 600 "$out" "${args[@]}" --phase reconnect
+  [ "$server" = postgres ] && JSON="$(with_fields "$JSON" pg_cpu_us "$(delta "$pg0" "$(pg_cpu_us)")")"
+  record "$JSON"
+  stop_server
+  summary "$server" "$out"
+}
+
+# run_cross RATE MESSAGES: delivery from one switchboard node to another through their
+# shared PostgreSQL database. Both nodes start fresh on one fresh database, pinned like any
+# server (both to CPU 0), SWITCHBOARD_POLL_INTERVAL_MS at its default (250 ms: node B
+# delivers what node A stored when its poll finds it). `fanout --subscriber-url`: one
+# sender on node A ($PORT, --pid) sends MESSAGES at RATE/s, 10 subscribers on node B
+# each get every one, in order. The sender may have 200 ms of messages un-echoed
+# (--window), so node A's commit time does not hold back the offered rate. The CPU of
+# node A, node B and PostgreSQL is measured here over the whole case.
+run_cross() {
+  local rate="$1" msgs="$2" server=postgres
+  local out="$OUTDIR/$CASE-$server-$RUN.txt"
+  if ! start_server "$server" || ! start_node_b; then
+    record "{\"scenario\":\"fanout\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"a node did not start\"]}"
+    stop_server
+    return
+  fi
+  local a0 b0 pg0 a1 b1 pg1 gone=()
+  a0="$(proc_cpu_us "$SERVER_PID")"
+  b0="$(proc_cpu_us "$NODE_B_PID")"
+  pg0="$(pg_cpu_us)"
+  drive "$server" 300 "$out" fanout --subscribers 10 --rate "$rate" --messages "$msgs" \
+    --window $((rate / 5 > 64 ? rate / 5 : 64)) --subscriber-url "ws://127.0.0.1:$NODE_B_PORT"
+  a1="$(proc_cpu_us "$SERVER_PID")"
+  b1="$(proc_cpu_us "$NODE_B_PID")"
+  pg1="$(pg_cpu_us)"
+  kill -0 "$NODE_B_PID" 2>/dev/null || gone=(error "node B (the subscribers' node) is gone")
+  JSON="$(with_fields "$JSON" node_a_cpu_us "$(delta "$a0" "$a1")" node_b_cpu_us "$(delta "$b0" "$b1")" \
+    pg_cpu_us "$(delta "$pg0" "$pg1")" "${gone[@]}")"
   record "$JSON"
   stop_server
   summary "$server" "$out"
@@ -364,6 +551,7 @@ if [ "$QUICK" = 1 ]; then
   CHAT_PAIRS=10; CHAT_SECS=5; CHAT_RATE=1000
   SOAK_N=500; SOAK_SECS=30
   STORM_N=1000; STORM_ROOMS=10; STORM_HISTORY=20
+  CROSS_SECS=2
   MODE="quick"
 else
   IDLE_N=19000
@@ -372,6 +560,7 @@ else
   CHAT_PAIRS=50; CHAT_SECS=20; CHAT_RATE=5000
   SOAK_N=5000; SOAK_SECS=120
   STORM_N=10000; STORM_ROOMS=100; STORM_HISTORY=50
+  CROSS_SECS=10
   MODE="full"
 fi
 # Paced fanout: 50,000 deliveries/s in total, i.e. 50000/N messages/s.
@@ -380,6 +569,12 @@ FAN_L_RATE=$(python3 -c "print(50000/$FAN_L)")
 
 log "$MODE comparison, $RUNS run(s) of each scenario per server: $SERVERS; $PINNING${ONLY:+; only: $ONLY}"
 log "raw results: $RAW"
+if [[ " $SERVERS " == *" postgres "* ]]; then
+  start_pg
+  command -v psql >/dev/null || die "the postgres server needs psql (apt-get install postgresql-client)"
+elif [[ " $ONLY " == *" cross"* ]]; then
+  log "warning: the cross case runs for the postgres server only (--servers \"... postgres\")"
+fi
 for RUN in $(seq "$RUNS"); do
   # Servers take turns going first: a server that follows another on the same machine
   # pays for what the first left behind (thousands of sockets in TIME_WAIT), measured
@@ -453,6 +648,15 @@ for RUN in $(seq "$RUNS"); do
       run_storm "$s" "$STORM_N" "$STORM_ROOMS" "$STORM_HISTORY"
     done
   fi
+
+  # Cross-node delivery: two switchboard nodes on one PostgreSQL database, the sender on
+  # one, 10 subscribers on the other ("postgres" only).
+  for rate in 1000 5000; do
+    CASE="cross-$rate"
+    want "$CASE" && [[ " $SERVERS " == *" postgres "* ]] || continue
+    log "run $RUN: $CASE (node A: one sender, $((rate * CROSS_SECS)) messages at $rate/s; node B: 10 subscribers; one PostgreSQL database, node B polls every 250 ms)"
+    run_cross "$rate" $((rate * CROSS_SECS))
+  done
 done
 
 [ -s "$RAW" ] || die "no case ran (--only $ONLY matched none)"
@@ -483,7 +687,36 @@ FIGURES = {
     "soak": [("rss_first_kib", "RSS first sample (KiB)", "↓"), ("rss_last_kib", "RSS last sample (KiB)", "↓"),
              ("fds_last", "open fds last sample", "↓"), ("fds_after_close", "open fds after closing all", "↓"),
              ("db_bytes_last", "DB + WAL bytes at the end", "↓"), ("messages_lost", "messages lost", "↓")],
+    # Two nodes on one PostgreSQL database (cross-*): the fanout's figures, with each
+    # process's CPU over the whole case per message sent.
+    "cross": [("deliveries_per_sec", "deliveries/s", "↑"), ("latency_p50_ms", "latency p50 (ms)", "↓"),
+              ("latency_p99_ms", "latency p99 (ms)", "↓"), ("latency_max_ms", "latency max (ms)", "↓"),
+              ("node_a_cpu_us_per_message", "node A (sender's) CPU per message (µs)", "↓"),
+              ("node_b_cpu_us_per_message", "node B (subscribers') CPU per message (µs)", "↓")],
 }
+# The "postgres" server: PostgreSQL's own CPU (compare.sh's pg_cpu_us) over the whole case,
+# connecting included (storm: the reconnect phase), and per unit of work where that is
+# most of the case (not fanout: there it is mostly the subscribers' opening reads).
+PG_FIGURE = {
+    "idle": ("pg_cpu_us_per_conn", "PostgreSQL CPU per connection (µs)", "connections_established"),
+    "cross": ("pg_cpu_us_per_message", "PostgreSQL CPU per message (µs)", "messages_sent"),
+    "chat": ("pg_cpu_us_per_message", "PostgreSQL CPU per message (µs)", "messages"),
+    "storm": ("pg_cpu_us_per_reconnect", "PostgreSQL CPU per reconnect (µs)", "clients_back"),
+}
+def kind_of(r):
+    return "cross" if str(r.get("case", "")).startswith("cross-") else r.get("scenario", "?")
+for r in rows:
+    if not isinstance(r.get("pg_cpu_us"), int):
+        continue
+    r["pg_cpu_ms"] = r["pg_cpu_us"] / 1000
+    pg = PG_FIGURE.get(kind_of(r))
+    n = r.get(pg[2]) if pg else None
+    if pg and isinstance(n, int) and n > 0:
+        r[pg[0]] = r["pg_cpu_us"] / n
+    sent = r.get("messages_sent")
+    for node in ("node_a", "node_b"):
+        if isinstance(r.get(f"{node}_cpu_us"), int) and isinstance(sent, int) and sent > 0:
+            r[f"{node}_cpu_us_per_message"] = r[f"{node}_cpu_us"] / sent
 
 def fmt(v):
     if v is None:
@@ -502,10 +735,13 @@ for r in rows:
 others = [r["other_cpu_pct"] for r in rows if isinstance(r.get("other_cpu_pct"), (int, float))]
 load_note = (f" Other processes used {min(others):.0f}–{max(others):.0f} % of the machine's CPU during the runs"
              + (" — expect noise." if max(others) > 10 else ".")) if others else ""
+pg_note = (" \"postgres\" is switchboard on PostgreSQL (on this machine, fsync and synchronous_commit on, "
+           "not pinned); the server's CPU and RSS are switchboard's only, PostgreSQL's CPU has its own row."
+           if "postgres" in servers else "")
 out = [f"# switchboard vs peers ({mode}, {runs} run(s) per server)", "",
        f"{platform.node()}: {os.cpu_count()} CPUs; {pinning}. Medians over the runs that succeeded; "
        "\"n/a\": no successful run (see the notes). Ratio = switchboard ÷ peer; "
-       "↑ higher is better, ↓ lower is better." + load_note, ""]
+       "↑ higher is better, ↓ lower is better." + pg_note + load_note, ""]
 notes = []
 peers = [s for s in servers if s != "switchboard"]
 def median_of(case, server, key):
@@ -534,7 +770,13 @@ for case in cases:
             if not r.get("ok"):
                 notes.append(f"- {case}, run {r.get('run')}: {(r.get('errors') or ['failed'])[0][:300]}")
         continue
-    if scen == "storm":
+    kind = kind_of(rs[0])
+    if kind == "cross":
+        r0 = next((r for r in rs if "rate" in r), {})
+        out.append(f"## {case}: two switchboard nodes on one PostgreSQL database, one sender on node A at "
+                   f"{fmt(r0.get('rate'))} messages/s, {r0.get('subscribers', '?')} subscribers on node B "
+                   "(delivered by its poll)")
+    elif scen == "storm":
         r0 = next((r for r in rs if "rooms" in r), {})
         n_ = lambda k: f"{r0[k]:,}" if isinstance(r0.get(k), int) else "?"
         out.append(f"## {case}: {n_('connections')} clients in {n_('rooms')} rooms, {n_('history')} messages "
@@ -542,21 +784,29 @@ for case in cases:
     else:
         out.append(f"## {case}")
     out.append("")
-    ok_runs = {s: sum(1 for r in rs if r.get("server") == s and r.get("ok")) for s in servers}
-    total = {s: sum(1 for r in rs if r.get("server") == s) for s in servers}
-    head = ["figure"] + servers + ([f"switchboard/{p}" for p in peers] if "switchboard" in servers else [])
+    # The servers this case ran for (cross: "postgres" only).
+    cs = [s for s in servers if any(r.get("server") == s for r in rs)]
+    cpeers = [p for p in peers if p in cs]
+    ok_runs = {s: sum(1 for r in rs if r.get("server") == s and r.get("ok")) for s in cs}
+    total = {s: sum(1 for r in rs if r.get("server") == s) for s in cs}
+    head = ["figure"] + cs + ([f"switchboard/{p}" for p in cpeers] if "switchboard" in cs else [])
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
-    out.append("| successful runs | " + " | ".join(f"{ok_runs[s]}/{total[s]}" for s in servers)
-               + (" | " * len(peers) if "switchboard" in servers else "") + " |")
-    for key, label, better in FIGURES.get(scen, []):
+    out.append("| successful runs | " + " | ".join(f"{ok_runs[s]}/{total[s]}" for s in cs)
+               + (" | " * len(cpeers) if "switchboard" in cs else "") + " |")
+    figures = list(FIGURES.get(kind, []))
+    if any("pg_cpu_ms" in r for r in rs):
+        figures.append(("pg_cpu_ms", "PostgreSQL CPU in the whole case (ms)", "↓"))
+    if kind in PG_FIGURE and any(PG_FIGURE[kind][0] in r for r in rs):
+        figures.append((PG_FIGURE[kind][0], PG_FIGURE[kind][1], "↓"))
+    for key, label, better in figures:
         med = {}
-        for s in servers:
+        for s in cs:
             vals = [r[key] for r in rs if r.get("server") == s and r.get("ok") and isinstance(r.get(key), (int, float))]
             med[s] = statistics.median(vals) if vals else None
-        cells = [f"{label} {better}"] + [fmt(med[s]) for s in servers]
-        if "switchboard" in servers:
-            for p in peers:
+        cells = [f"{label} {better}"] + [fmt(med[s]) for s in cs]
+        if "switchboard" in cs:
+            for p in cpeers:
                 a, b = med["switchboard"], med[p]
                 cells.append("n/a" if a is None or b is None or b == 0 else f"{a / b:.3g}×")
         out.append("| " + " | ".join(cells) + " |")

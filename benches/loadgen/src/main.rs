@@ -26,12 +26,16 @@ scenarios:
   idle   --connections N [--settle-seconds 2]
          N authenticated connections, one room each (idle-{i}); connection rate,
          server RSS before / when all are open / after settling, RSS and CPU per connection.
-  fanout --subscribers N --rate R --messages M [--window 64]
+  fanout --subscribers N --rate R --messages M [--window 64] [--subscriber-url URL]
          N subscribers (all user 1) in one fresh room, one sender (user 2) publishing M
          messages at R messages/s (0 = flat out, at most --window un-echoed). Every
          subscriber must get every message in order. Deliveries/s, latency, CPU/delivery.
          The server's per-user connection cap must be at least N
          (switchboard: SWITCHBOARD_MAX_CONNECTIONS_PER_USER).
+         --subscriber-url: the subscribers connect there, the sender to --url (default:
+         both to --url). With two switchboard nodes on one PostgreSQL database this is
+         cross-node delivery; the latency then includes the other node's polling.
+         --pid is then one of the two servers (CPU per delivery is that server's).
   chat   --pairs K --rate R --seconds S
          K pairs, each in its own room; each user sends, waits for its echo, sends again
          (paced to R messages/s in total, 0 = closed loop flat out). Messages/s,
@@ -175,7 +179,12 @@ impl Ctx {
 
     /// `{base}/ws/chat/{room}/?token=...` for user `user_id`.
     pub fn path(&self, room: &str, user_id: u64) -> String {
-        format!("{}/ws/chat/{room}/?token={}", self.base, self.minter.token(user_id))
+        self.path_on(&self.base, room, user_id)
+    }
+
+    /// As `path`, on another server whose URL has the base path `base`.
+    pub fn path_on(&self, base: &str, room: &str, user_id: u64) -> String {
+        format!("{base}/ws/chat/{room}/?token={}", self.minter.token(user_id))
     }
 
     /// `{base}/ws/rooms/{room}/?token=...` for user `user_id` (the path that names the
@@ -272,7 +281,7 @@ fn main() -> ExitCode {
 
     let setup = || -> Result<Ctx, String> {
         let url = args.str("url").ok_or("--url is required")?;
-        let (addr, host, base) = ws::parse_ws_url(url)?;
+        let (addr, host, base) = ws::parse_ws_url(url, "--url")?;
         let secret = args.str("secret").ok_or("--secret is required")?.to_string();
         let proc = match args.str("pid") {
             None => None,

@@ -2,6 +2,7 @@
 //! still prints what it measured; `Err` ends the run as failed.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -85,13 +86,15 @@ fn close_all(ctx: &mut Ctx, ids: impl IntoIterator<Item = usize>, wait: Duration
 /// Opens `count` connections to the paths `path_of(i)` with at most `ctx.concurrency`
 /// handshakes in flight; a connection counts once its `room_users_list` arrived.
 /// Returns the net ids in order, or the failure. Everything else that arrives is given
-/// to `other` (join frames, say).
+/// to `other` (join frames, say). `at`: another server (address, Host header) than
+/// `--url`'s.
 fn open_all(
     ctx: &mut Ctx,
     what: &str,
     count: usize,
     mut path_of: impl FnMut(&Ctx, usize) -> String,
     mut up_ns: Option<&mut u64>,
+    at: Option<(SocketAddr, &str)>,
 ) -> Result<Vec<usize>, String> {
     let mut ids = vec![usize::MAX; count];
     let mut index: Vec<Option<(usize, bool)>> = Vec::new();
@@ -101,7 +104,11 @@ fn open_all(
     while up < count {
         while next < count && inflight < ctx.concurrency {
             let path = path_of(ctx, next);
-            let id = ctx.net.connect(&path).map_err(|e| format!("{what} {next}: connect: {e}"))?;
+            let id = match at {
+                Some((addr, host)) => ctx.net.connect_to(addr, host, &path),
+                None => ctx.net.connect(&path),
+            }
+            .map_err(|e| format!("{what} {next}: connect: {e}"))?;
             *slot(&mut index, id) = Some((next, false));
             ids[next] = id;
             next += 1;
@@ -322,6 +329,12 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     let rate: f64 = a.required("rate")?;
     let m: u64 = a.required("messages")?;
     let window: u64 = a.num("window", 64u64)?.max(1);
+    // The subscribers' server when it is not --url's: another node on the same database.
+    let sub_url = a.str("subscriber-url");
+    let sub_at = match sub_url {
+        Some(url) => Some(crate::ws::parse_ws_url(url, "--subscriber-url").map_err(|e| format!("usage: {e}"))?),
+        None => None,
+    };
     ctx.budget(n + 1)?;
     let room = format!("fanout-{}", ctx.tag);
     rep.set("subscribers", n);
@@ -329,6 +342,7 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     rep.set("messages", m);
     rep.set("window", window);
     rep.set("room", room.as_str());
+    rep.opt("subscriber_url", sub_url);
     let expected = n as u64 * m;
     rep.set("deliveries_expected", expected);
     let rss0 = ctx.rss();
@@ -337,12 +351,18 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
         "fanout: {n} subscribers (user 1) in room {room}, then {m} messages at {} by user 2",
         if rate > 0.0 { format!("{rate} messages/s") } else { format!("full speed (window {window})") }
     );
+    if let Some(url) = sub_url {
+        println!("fanout: the subscribers on {url}, the sender on {}", a.str("url").unwrap_or_default());
+    }
 
     // Subscribers: all the same user, so no join per subscriber and a one-entry user list.
     let t_sub = Instant::now();
     let overflows0 = crate::procstat::listen_overflows();
-    let sub_path = ctx.path(&room, 1);
-    let sub_ids = open_all(ctx, "subscriber", n, |_, _| sub_path.clone(), None)?;
+    let (sub_path, at) = match &sub_at {
+        Some((addr, host, base)) => (ctx.path_on(base, &room, 1), Some((*addr, host.as_str()))),
+        None => (ctx.path(&room, 1), None),
+    };
+    let sub_ids = open_all(ctx, "subscriber", n, |_, _| sub_path.clone(), None, at)?;
     let sub_secs = t_sub.elapsed().as_secs_f64();
     rep.opt("listen_overflows", crate::procstat::listen_overflows().zip(overflows0).map(|(b, a)| b.saturating_sub(a)));
     rep.set("subscribe_seconds", round3(sub_secs));
@@ -358,7 +378,7 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     }
     let send_path = ctx.path(&room, 2);
     let sender = {
-        let ids = open_all(ctx, "sender", 1, |_, _| send_path.clone(), None)?;
+        let ids = open_all(ctx, "sender", 1, |_, _| send_path.clone(), None, None)?;
         ids[0]
     };
     *slot(&mut index, sender) = Some(SENDER);
@@ -526,8 +546,14 @@ pub fn chat(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
         "chat: {k} pairs (rooms pair-{{k}}-{tag}), closed loop{} for {secs} s",
         if rate > 0.0 { format!(" paced to {rate} messages/s in total") } else { " at full speed".to_string() }
     );
-    let ids =
-        open_all(ctx, "chat user", users, |c, u| c.path(&format!("pair-{}-{}", u / 2, c.tag), u as u64 + 1), None)?;
+    let ids = open_all(
+        ctx,
+        "chat user",
+        users,
+        |c, u| c.path(&format!("pair-{}-{}", u / 2, c.tag), u as u64 + 1),
+        None,
+        None,
+    )?;
     let mut index: Vec<Option<usize>> = Vec::new();
     for (u, id) in ids.iter().enumerate() {
         *slot(&mut index, *id) = Some(u);

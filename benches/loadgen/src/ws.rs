@@ -124,9 +124,10 @@ pub struct Net {
     pub stats: NetStats,
 }
 
-/// Splits `ws://host:port[/base]` into a socket address, the Host header and a base path.
-pub fn parse_ws_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("--url must start with ws:// (got {url})"))?;
+/// Splits `ws://host:port[/base]` (given as `option`, for the errors) into a socket
+/// address, the Host header and a base path.
+pub fn parse_ws_url(url: &str, option: &str) -> Result<(SocketAddr, String, String), String> {
+    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("{option} must start with ws:// (got {url})"))?;
     let (authority, base) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_string()),
         None => (rest, String::new()),
@@ -134,9 +135,9 @@ pub fn parse_ws_url(url: &str) -> Result<(SocketAddr, String, String), String> {
     let addr: SocketAddr = authority
         .parse()
         .or_else(|_| authority.replacen("localhost", "127.0.0.1", 1).parse())
-        .map_err(|_| format!("--url needs a numeric loopback HOST:PORT (got {authority})"))?;
+        .map_err(|_| format!("{option} needs a numeric loopback HOST:PORT (got {authority})"))?;
     if !addr.ip().is_loopback() {
-        return Err(format!("--url {addr} is not a loopback address; this load generator only targets loopback"));
+        return Err(format!("{option} {addr} is not a loopback address; this load generator only targets loopback"));
     }
     Ok((addr, authority.to_string(), base))
 }
@@ -180,13 +181,21 @@ impl Net {
         self.conns.len()
     }
 
-    /// Starts a connection to `path_and_query` (e.g. `/ws/chat/x/?token=...`). The result
-    /// comes later as `Ev::Open` or `Ev::Closed`.
+    /// Starts a connection to `path_and_query` (e.g. `/ws/chat/x/?token=...`) on the
+    /// target (`--url`). The result comes later as `Ev::Open` or `Ev::Closed`.
     pub fn connect(&mut self, path_and_query: &str) -> io::Result<usize> {
-        let socket = Socket::new(if self.target.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, Type::STREAM, None)?;
+        let (target, host) = (self.target, std::mem::take(&mut self.host));
+        let result = self.connect_to(target, &host, path_and_query);
+        self.host = host;
+        result
+    }
+
+    /// As `connect`, to another server: `target`, with `host` as the Host header.
+    pub fn connect_to(&mut self, target: SocketAddr, host: &str, path_and_query: &str) -> io::Result<usize> {
+        let socket = Socket::new(if target.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
-        if !self.sources.is_empty() {
+        if !self.sources.is_empty() && target.is_ipv4() {
             let src = self.sources[self.next_source % self.sources.len()];
             self.next_source = self.next_source.wrapping_add(1);
             let one: libc::c_int = 1;
@@ -202,7 +211,7 @@ impl Net {
             }
             socket.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
         }
-        match socket.connect(&self.target.into()) {
+        match socket.connect(&target.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -217,8 +226,7 @@ impl Net {
         sha.update(WS_GUID.as_bytes());
         let accept = B64.encode(sha.finalize());
         let request = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            self.host
+            "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         let entry = self.conns.vacant_entry();
         let id = entry.key();
