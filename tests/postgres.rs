@@ -289,7 +289,7 @@ fn every_domain_operation_answers_on_postgresql_as_on_sqlite() {
 // ---- The writer lane.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 use switchboard::engine::writer::{Batch, Committed, Writer};
@@ -474,6 +474,110 @@ fn consecutive_posts_in_a_batch_are_stored_together_each_as_alone() {
     assert_eq!(events, [format!("{l}#4"), format!("{l}#5")]);
     let (_, count) = shared().psql(&url, "SELECT count(*) FROM streams WHERE id = 'c:999999'");
     assert_eq!(count, "0", "the failed post's seq is given back");
+}
+
+/// A TCP proxy in front of PostgreSQL that, when armed, cuts a connection at the
+/// client's next `COMMIT`: after passing it on (the server commits, the client never
+/// hears of it) or instead of it (the server rolls back). Then it is disarmed.
+struct Cutter {
+    port: u16,
+    /// 0: pass everything; 1: cut after passing the COMMIT on; 2: cut instead of it.
+    mode: Arc<std::sync::atomic::AtomicU8>,
+}
+
+const CUT_AFTER_COMMIT: u8 = 1;
+const CUT_INSTEAD_OF_COMMIT: u8 = 2;
+
+fn cutter(upstream: u16) -> Cutter {
+    use std::io::{Read, Write as _};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    // The simple-query message `COMMIT`: 'Q', its length (4 + 7), the text and a NUL.
+    const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let armed = mode.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+            let (mut from_server, mut to_client) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+            // The server's answers, dropped once the connection is being cut.
+            let muted = Arc::new(AtomicBool::new(false));
+            let mute = muted.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 65536];
+                while let Ok(n) = from_server.read(&mut chunk) {
+                    if n == 0 || (!mute.load(Ordering::SeqCst) && to_client.write_all(&chunk[..n]).is_err()) {
+                        break;
+                    }
+                }
+            });
+            let (mut client, mut server, armed) = (client, server, armed.clone());
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 65536];
+                while let Ok(n) = client.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    let commit = chunk[..n].windows(COMMIT.len()).any(|w| w == COMMIT);
+                    let cut = if commit { armed.swap(0, Ordering::SeqCst) } else { 0 };
+                    if cut != 0 {
+                        muted.store(true, Ordering::SeqCst);
+                    }
+                    if cut != CUT_INSTEAD_OF_COMMIT && server.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                    if cut != 0 {
+                        // Time for the server to commit what it was sent, never answered.
+                        std::thread::sleep(Duration::from_millis(300));
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Cutter { port, mode }
+}
+
+#[test]
+fn a_connection_cut_during_commit_is_resolved_from_the_batch_marker() {
+    let url = shared().database();
+    migrations::apply(&mut pg::connect(&url).unwrap()).unwrap();
+    let cutter = cutter(shared().port);
+    let proxied = url.replace(&format!(":{}/", shared().port), &format!(":{}/", cutter.port));
+    let (lane, received, _) = writer(&proxied, "node-m");
+    lane.send(Batch { id: 1, now: 1_000, requests: vec![post(1, "ann", "one")], prune_before: None }).unwrap();
+    committed(&received);
+
+    // The COMMIT reached PostgreSQL, its answer never came back: the lane connects
+    // again, finds the batch's marker and answers "committed".
+    cutter.mode.store(CUT_AFTER_COMMIT, Ordering::SeqCst);
+    lane.send(Batch { id: 2, now: 2_000, requests: vec![post(2, "ann", "two")], prune_before: None }).unwrap();
+    let (answers, events) = committed(&received);
+    assert!(answers[0].1.contains("seq: 2"), "{answers:?}");
+    assert_eq!(events, ["c:1#2"]);
+    assert_eq!(cutter.mode.load(Ordering::SeqCst), 0, "the cut happened");
+    let count = |sql: &str| shared().psql(&url, sql).1;
+    assert_eq!(count("SELECT count(*) FROM messages"), "2");
+    assert_eq!(count("SELECT count(*) FROM batches WHERE node = 'node-m' AND batch = 2"), "1");
+
+    // The connection was cut instead of the COMMIT: no marker, so the lane answers
+    // "not stored", and nothing of the batch is.
+    cutter.mode.store(CUT_INSTEAD_OF_COMMIT, Ordering::SeqCst);
+    lane.send(Batch { id: 3, now: 3_000, requests: vec![post(3, "ann", "three")], prune_before: None }).unwrap();
+    match received.recv_timeout(Duration::from_secs(20)).expect("an answer from the lane") {
+        Committed::No { tickets, .. } => assert_eq!(tickets, [3]),
+        Committed::Yes { answers, .. } => panic!("a batch that never committed was answered as stored: {answers:?}"),
+    }
+    assert_eq!(cutter.mode.load(Ordering::SeqCst), 0, "the cut happened");
+    assert_eq!(count("SELECT count(*) FROM messages"), "2");
+    assert_eq!(count("SELECT count(*) FROM batches WHERE batch = 3"), "0");
+    // The next batch takes the seq the failed one never stored.
+    lane.send(Batch { id: 4, now: 4_000, requests: vec![post(4, "ann", "four")], prune_before: None }).unwrap();
+    let (answers, _) = committed(&received);
+    assert!(answers[0].1.contains("seq: 3"), "{answers:?}");
 }
 
 #[test]

@@ -56,7 +56,7 @@ impl Writer {
     /// Starts the lane for `node` on the database at `url`; answers go to `answers`,
     /// each followed by `wake()`.
     pub fn start(url: String, node: String, answers: Sender<Committed>, wake: Box<dyn Fn() + Send>) -> Writer {
-        let mut lane = Lane { url, node, store: None };
+        let mut lane = Lane { url, node, store: None, pid: None };
         Writer(super::lane::Lane::start("pg-writer", answers, wake, move |batch| lane.commit(batch)))
     }
 
@@ -141,6 +141,8 @@ struct Lane {
     url: String,
     node: String,
     store: Option<PgStore>,
+    /// The PostgreSQL session (backend process) of `store`'s connection.
+    pid: Option<i32>,
 }
 
 impl Lane {
@@ -156,7 +158,9 @@ impl Lane {
             loop {
                 match pg::connect(&self.url) {
                     Ok(client) => {
-                        self.store = Some(PgStore::new(client));
+                        let mut store = PgStore::new(client);
+                        self.pid = store.query_one("SELECT pg_backend_pid()", &[]).ok().map(|row| row.get(0));
+                        self.store = Some(store);
                         break;
                     }
                     Err(e) if tries >= 5 => return Err(StoreError::Unavailable(e)),
@@ -257,12 +261,29 @@ impl Lane {
     }
 
     /// Whether a batch whose `COMMIT` failed is stored: its marker says so.
+    ///
+    /// On a connection that was lost, the old session may still be committing (or about
+    /// to read the `COMMIT` it was sent): it is ended, and gone, before the marker is
+    /// looked up, so that the answer cannot change after it is given.
     fn resolve(&mut self, batch: i64) -> StoreResult<bool> {
+        let lost = self.store.as_ref().is_none_or(PgStore::is_closed);
+        let old = if lost { self.pid.take() } else { None };
         self.store = self.store.take().filter(|s| !s.is_closed());
         let node = self.node.clone();
         let store = self.connected()?;
         let _ = store.rollback();
-        let row = store.client().query_opt("SELECT 1 FROM batches WHERE node = $1 AND batch = $2", &[&node, &batch])?;
+        if let Some(old) = old {
+            store.query("SELECT pg_terminate_backend($1)", &[&old])?;
+            let gone_by = std::time::Instant::now() + Duration::from_secs(10);
+            while store.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&old])?.get::<_, i64>(0) > 0
+            {
+                if std::time::Instant::now() > gone_by {
+                    return Err(StoreError::Unavailable(format!("session {old} of the lost connection does not end")));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let row = store.query_opt("SELECT 1 FROM batches WHERE node = $1 AND batch = $2", &[&node, &batch])?;
         Ok(row.is_some())
     }
 }
