@@ -299,6 +299,11 @@ fn postgresql_restarted_under_load_loses_nothing_acknowledged_and_service_resume
     eventually("/healthz says 200 again", || {
         a.api("GET", "/healthz", None).0 == 200 && b.api("GET", "/healthz", None).0 == 200
     });
+    // The first read on a lane whose connection PostgreSQL cut runs again on a new one.
+    for node in [&a, &b] {
+        let (status, body) = node.api("GET", "/api/conversations/consultation/none", None);
+        assert_eq!(status, 404, "{body}");
+    }
     let (mut seen, mut refused) = (Vec::new(), Vec::new());
     for (i, handle) in clients.into_iter().enumerate() {
         let (got, sent, errors) = handle.join().unwrap();

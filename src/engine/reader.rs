@@ -75,14 +75,12 @@ impl Reader {
             // A connection found cut by the job (PostgreSQL restarted while the lane was
             // idle) is made again and the job run once more: a read has no effect to undo.
             let done = lane.run(&job);
-            match (&done, lane.store.as_ref().is_some_and(PgStore::is_closed)) {
-                (Some(done), true) if done.failed() => {
-                    log::warn!("PostgreSQL reader: the connection was lost; connecting again");
-                    lane.store = None;
-                    lane.run(&job).unwrap_or_else(|| lane.answer(job))
-                }
-                _ => done.unwrap_or_else(|| lane.answer(job)),
+            if done.failed() && lane.store.as_ref().is_some_and(PgStore::is_closed) {
+                log::warn!("PostgreSQL reader: the connection was lost; connecting again");
+                lane.store = None;
+                return lane.run(&job);
             }
+            done
         }))
     }
 
@@ -136,21 +134,13 @@ impl Lane {
         opened
     }
 
-    /// A job that can be run again (all but a request, which it owns): its answer.
-    fn run(&mut self, job: &Job) -> Option<Done> {
-        Some(match job {
+    /// A job's answer (a job can be run again: a read has nothing to undo).
+    fn run(&mut self, job: &Job) -> Done {
+        match job {
             Job::Open { conn, load, now } => Done::Opened(*conn, self.open(load.clone(), *now)),
+            Job::Read { ticket, request, now } => Done::Answered(*ticket, self.read(request.clone(), *now)),
             Job::Changed { since } => Done::Changed(self.changed(*since)),
             Job::Fill { stream, after } => Done::Filled(stream.clone(), self.fill(stream, *after)),
-            Job::Read { .. } => return None,
-        })
-    }
-
-    /// A job's answer, run once.
-    fn answer(&mut self, job: Job) -> Done {
-        match job {
-            Job::Read { ticket, request, now } => Done::Answered(ticket, self.read(request, now)),
-            job => self.run(&job).expect("runs again"),
         }
     }
 
