@@ -386,10 +386,21 @@ fn a_session_whose_missed_events_were_pruned_before_its_node_read_them_is_told_t
     let (status, body) =
         a.api("POST", "/api/notifications", Some(&json!({"user_id": 7, "title": "t", "message": "m"})));
     assert_eq!(status, 201, "{body}");
+    // The client reads all along (a close it does not answer within 2 s becomes a reset).
+    let closed = std::thread::spawn(move || app.expect_close());
+    let pruned_at = Instant::now();
     eventually("node a prunes the event", || {
         shared().psql(&url, "SELECT count(*) FROM events WHERE stream = 'u:7'").1 == "0"
     });
-    assert_eq!(app.expect_close(), Some(1012), "the session cannot be sent what it missed");
+    let code = closed.join().expect("the session is closed, not sent the notification");
+    let log = b.log_text();
+    let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).rev().take(20).collect();
+    assert_eq!(
+        code,
+        Some(1012),
+        "the session cannot be sent what it missed (waited {:?} for the pruning); node b's log ends:\n{tail:#?}",
+        pruned_at.elapsed()
+    );
     // Reconnecting gives the fresh snapshot, the notification included.
     let mut again = b.connect_as("/ws/notifications/", json!(7), "ann");
     assert_eq!(again.recv_type("notification")["data"]["title"], "t");
