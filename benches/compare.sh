@@ -251,6 +251,9 @@ launch_server() {
       if [ "$name" = postgres ]; then
         # SWITCHBOARD_DB is not used then; each node has its own all the same.
         pg=(SWITCHBOARD_DATABASE_URL="$SERVER_DB")
+        # With a Redis (yours, e.g. `redis-server --port 6390 --save ''`), the nodes
+        # use it as their bus: SWITCHBOARD_BENCH_REDIS_URL=redis://127.0.0.1:6390.
+        [ -n "${SWITCHBOARD_BENCH_REDIS_URL:-}" ] && pg+=(SWITCHBOARD_REDIS_URL="$SWITCHBOARD_BENCH_REDIS_URL")
         local sqlite="$SERVER_DIR/unused${2:+-$2}.db"
       else
         SERVER_DB="$SERVER_DIR/sb.db"

@@ -48,9 +48,14 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
     let path = request.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     if request.method == "GET" && path == "/healthz" {
-        return Some(match ctx.engine.health() {
-            Ok(()) => json_response(200, &json!({"status": "ok"})),
-            Err(store) => json_response(503, &json!({"status": "error", "store": store})),
+        // A bus that is down is degraded service (delivery across nodes polls), not an
+        // outage.
+        let bus = ctx.bus.as_ref().map(|bus| if bus.is_up() { "ok" } else { "degraded" });
+        return Some(match (ctx.engine.health(), bus) {
+            (Ok(()), None) => json_response(200, &json!({"status": "ok"})),
+            (Ok(()), Some(bus)) => json_response(200, &json!({"status": "ok", "bus": bus})),
+            (Err(store), None) => json_response(503, &json!({"status": "error", "store": store})),
+            (Err(store), Some(bus)) => json_response(503, &json!({"status": "error", "store": store, "bus": bus})),
         });
     }
     if let Err(e) = authorize(ctx, request) {

@@ -430,6 +430,19 @@ impl App {
         self.ctx.engine.after_turn();
     }
 
+    /// What the Redis bus brought: its events are delivered (in order, once, through
+    /// the sequencer; a gap is filled from the store), and the engine hears whether the
+    /// bus works (polling is the bus while it does not).
+    pub fn on_bus(&mut self, heard: crate::bus::Heard, up: bool) {
+        self.ctx.metrics.bus_events += heard.events.len() as u64;
+        self.ctx.engine.set_bus(up);
+        if !heard.events.is_empty() {
+            self.ctx.heard(heard.events);
+            self.deliver();
+            self.ctx.follow_streams();
+        }
+    }
+
     /// Looks for what other nodes stored, when it is time (a PostgreSQL node; see
     /// `Ctx::follow_streams`).
     pub fn poll(&mut self) {

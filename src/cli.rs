@@ -260,6 +260,7 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32
     let options = crate::engine::postgres::Options {
         poll_interval: config.poll_interval,
         max_pending_writes: config.max_pending_writes,
+        redis: config.redis.clone(),
     };
     let engine = crate::engine::postgres::PgEngine::start(url, node, wake, options);
     Ok((Engine::Postgres(Box::new(engine)), secrets))

@@ -157,6 +157,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "a postgres:// URL: keep everything in PostgreSQL instead of the SQLite file, shared by several nodes (presence, per-user caps and rate limits stay per node)",
     },
     Setting {
+        flag: "redis-url",
+        env: "SWITCHBOARD_REDIS_URL",
+        default: None,
+        help: "with PostgreSQL: a redis://[:password@]host[:port] URL; nodes publish what they store there and hear each other at once (polling stays the fallback)",
+    },
+    Setting {
         flag: "poll-interval-ms",
         env: "SWITCHBOARD_POLL_INTERVAL_MS",
         default: Some("250"),
@@ -260,6 +266,8 @@ pub struct Config {
     pub history_limit: usize,
     /// How long `events` rows are kept for recovery with `?since=`.
     pub event_retention: std::time::Duration,
+    /// With PostgreSQL: the Redis bus.
+    pub redis: Option<RedisUrl>,
     /// With PostgreSQL: how often the node polls for other nodes' writes.
     pub poll_interval: Duration,
     /// With PostgreSQL: writes waiting for their commit at most (backpressure).
@@ -273,6 +281,37 @@ pub struct Config {
 /// A setting that could not be used, named so that the operator can fix it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
+
+/// Where the Redis bus is: `redis://[:password@]host[:port][/db]` (the db does not
+/// matter to Pub/Sub).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    /// `host:port`.
+    pub addr: String,
+    pub password: Option<String>,
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Option<RedisUrl> {
+        let rest = url.strip_prefix("redis://")?;
+        let hostport = rest.split('/').next()?;
+        let (password, hostport) = match hostport.rsplit_once('@') {
+            Some((user_info, hostport)) => {
+                let password = user_info.split_once(':').map_or(user_info, |(_, p)| p);
+                (Some(password.to_string()).filter(|p| !p.is_empty()), hostport)
+            }
+            None => (None, hostport),
+        };
+        if hostport.is_empty() {
+            return None;
+        }
+        let addr = match hostport.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => hostport.to_string(),
+            _ => format!("{hostport}:6379"),
+        };
+        Some(RedisUrl { addr, password })
+    }
+}
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -457,6 +496,18 @@ impl RawSettings {
             },
             history_limit: self.parsed("history-limit", "a whole number")?,
             event_retention: std::time::Duration::from_secs(self.positive("event-retention-secs")?),
+            redis: match self.optional("redis-url") {
+                None => None,
+                Some(_) if self.optional("database-url").is_none() => {
+                    return Err(ConfigError(
+                        "SWITCHBOARD_REDIS_URL (--redis-url) needs SWITCHBOARD_DATABASE_URL: the bus joins nodes that share a PostgreSQL database".into(),
+                    ));
+                }
+                Some(url) => Some(
+                    RedisUrl::parse(&url)
+                        .ok_or_else(|| invalid("redis-url", "(not shown)", "a redis://[:password@]host[:port] URL"))?,
+                ),
+            },
             poll_interval: Duration::from_millis(self.positive("poll-interval-ms")?),
             max_pending_writes: self.positive("max-pending-writes")? as usize,
             chat_protocol,
@@ -489,6 +540,19 @@ pub fn settings_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redis_url_gives_its_address_and_password() {
+        let url = |s: &str| RedisUrl::parse(s);
+        assert_eq!(url("redis://127.0.0.1:7000"), Some(RedisUrl { addr: "127.0.0.1:7000".into(), password: None }));
+        assert_eq!(url("redis://cache/2"), Some(RedisUrl { addr: "cache:6379".into(), password: None }));
+        assert_eq!(
+            url("redis://:s3cret@cache:7000/0"),
+            Some(RedisUrl { addr: "cache:7000".into(), password: Some("s3cret".into()) })
+        );
+        assert_eq!(url("rediss://x"), None);
+        assert_eq!(url("redis://"), None);
+    }
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

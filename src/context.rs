@@ -205,6 +205,9 @@ pub struct Ctx {
     /// Users whose own stream this node follows for them (an engine of several nodes;
     /// see `follow_user`).
     following_users: HashSet<UserId>,
+    /// The Redis bus's subscription, on a node that has one (`bus.rs`; the server owns
+    /// its socket).
+    pub bus: Option<crate::bus::Subscriber>,
     /// Where opens and requests go, and the store behind them (`engine.rs`).
     pub engine: Engine,
     next_ticket: Ticket,
@@ -238,6 +241,7 @@ impl Ctx {
             ahead: Vec::new(),
             delivering: None,
             following_users: HashSet::new(),
+            bus: None,
             engine,
             next_ticket: 0,
             waiting: HashMap::new(),
@@ -333,6 +337,11 @@ impl Ctx {
         for (_, early) in self.sequencer.join(stream.clone(), position) {
             self.in_order.push(early);
         }
+        if delivered.is_none()
+            && let Some(bus) = &mut self.bus
+        {
+            bus.want(&stream);
+        }
         let Some(missed) = self.engine.catch_up(&stream, position) else {
             // What it missed between its snapshot and now is no longer kept: it starts
             // again from a fresh snapshot.
@@ -349,7 +358,7 @@ impl Ctx {
     /// A session left its stream (it closed).
     pub fn leave_stream(&mut self, session: &Session) {
         if let Some(stream) = session.stream() {
-            self.sequencer.leave(&stream);
+            self.leave(&stream);
         }
         if !self.ahead.is_empty() {
             self.ahead.retain(|(conn, _, _)| *conn != session.conn);
@@ -440,16 +449,38 @@ impl Ctx {
     pub fn follow_user(&mut self, user: &UserId, position: Seq) {
         if self.following_users.insert(user.clone()) {
             let stream = StreamId::User(user.clone());
-            let at = self.sequencer.position(&stream).map_or(position, |delivered| delivered.min(position));
-            self.in_order.extend(self.sequencer.join(stream, at).into_iter().map(|(_, event)| event));
+            let followed = self.sequencer.position(&stream);
+            let at = followed.map_or(position, |delivered| delivered.min(position));
+            self.in_order.extend(self.sequencer.join(stream.clone(), at).into_iter().map(|(_, event)| event));
+            if followed.is_none()
+                && let Some(bus) = &mut self.bus
+            {
+                bus.want(&stream);
+            }
         }
     }
 
     /// The user's last session here closed.
     pub fn unfollow_user(&mut self, user: &UserId) {
         if self.following_users.remove(user) {
-            self.sequencer.leave(&StreamId::User(user.clone()));
+            self.leave(&StreamId::User(user.clone()));
         }
+    }
+
+    /// One listener less; with the last, the stream is no longer heard on the bus.
+    fn leave(&mut self, stream: &StreamId) {
+        self.sequencer.leave(stream);
+        if self.sequencer.position(stream).is_none()
+            && let Some(bus) = &mut self.bus
+        {
+            bus.drop_stream(stream);
+        }
+    }
+
+    /// Events heard on the bus (they go through the sequencer like any other).
+    pub fn heard(&mut self, events: Vec<Event>) {
+        self.engine.remember(&events);
+        self.events.extend(events);
     }
 
     /// Closes the sessions that listen to a stream whose events they missed with 1012,

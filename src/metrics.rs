@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Turns in which clients' frames were left unread, and server API writes refused
     /// with 503, because too many writes waited for their commit.
     pub backpressure_turns: u64,
+    /// The Redis bus: connections made after the first, and events heard on it.
+    pub bus_reconnects: u64,
+    pub bus_events: u64,
     pub writes_refused: u64,
 }
 
@@ -105,6 +108,12 @@ impl Metrics {
             "Reads of stream events stored by another node or seen out of order (PostgreSQL).",
             self.stream_fills,
         );
+        counter(
+            "bus_reconnects_total",
+            "Connections to the Redis bus made again after one was lost.",
+            self.bus_reconnects,
+        );
+        counter("bus_events_total", "Events heard on the Redis bus.", self.bus_events);
         counter(
             "backpressure_turns_total",
             "Loop turns that left clients' frames unread because too many writes waited for their commit.",

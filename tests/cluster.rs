@@ -406,3 +406,114 @@ fn a_session_whose_missed_events_were_pruned_before_its_node_read_them_is_told_t
     assert_eq!(again.recv_type("notification")["data"]["title"], "t");
     assert_eq!(again.recv_type("unread_count")["count"], 1);
 }
+
+// ---- The Redis bus.
+
+use util::redis::Redis;
+
+/// Two nodes on one fresh database and the Redis at `redis`, polling every `poll_ms`
+/// while the bus is down.
+fn two_nodes_with_bus(redis: &Redis, poll_ms: &str) -> (Server, Server) {
+    let url = shared().database();
+    let redis_url = redis.url();
+    let settings = [
+        ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_REDIS_URL", redis_url.as_str()),
+        ("SWITCHBOARD_POLL_INTERVAL_MS", poll_ms),
+    ];
+    let (a, b) = (Server::start(&settings), Server::start(&settings));
+    for node in [&a, &b] {
+        eventually("the node's bus is up", || node.api("GET", "/healthz", None).1["bus"] == "ok");
+    }
+    (a, b)
+}
+
+fn node_metric(node: &Server, name: &str) -> f64 {
+    let (_, body) = node.api("GET", "/metrics", None);
+    metric(body.as_str().unwrap(), name)
+}
+
+/// Both in room `lobby`, one per node, once node b has subscribed to it.
+fn pair_in_lobby(a: &Server, b: &Server, redis: &Redis) -> (Client, Client) {
+    let mut ann = a.connect_as("/ws/rooms/lobby/", json!(1), "ann");
+    ann.recv_type("room_users_list");
+    let mut bo = b.connect_as("/ws/rooms/lobby/", json!(2), "bo");
+    bo.recv_type("room_users_list");
+    eventually("both nodes subscribed to the room", || {
+        let (_, channels) = redis.cli(&["PUBSUB", "NUMSUB", "sb:s:c:1"]);
+        channels.lines().nth(1) == Some("2")
+    });
+    (ann, bo)
+}
+
+#[test]
+fn with_redis_the_bus_carries_events_across_nodes_and_polls_only_check() {
+    let redis = Redis::start();
+    // Polling every minute: what arrives in the test's time came by the bus.
+    let (a, b) = two_nodes_with_bus(&redis, "60000");
+    let (mut ann, mut bo) = pair_in_lobby(&a, &b, &redis);
+    for i in 0..20 {
+        ann.send_json(json!({"message": format!("m{i}")}));
+    }
+    let got: Vec<(String, i64)> = (0..20).map(|_| said(&mut bo)).collect();
+    assert_eq!(got, (0..20).map(|i| (format!("m{i}"), i + 1)).collect::<Vec<_>>());
+    assert!(node_metric(&b, "switchboard_bus_events_total") >= 20.0);
+    assert_eq!(node_metric(&b, "switchboard_stream_fills_total"), 0.0, "nothing had to be read from the store");
+    // And the other way.
+    for _ in 0..20 {
+        said(&mut ann);
+    }
+    bo.send_json(json!({"message": "back"}));
+    assert_eq!(said(&mut ann), ("back".to_string(), 21));
+}
+
+#[test]
+fn a_redis_url_without_a_database_url_or_a_bad_one_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let out = util::switchboard_command(&[], env, dir.path()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string())
+    };
+    let (code, line) = run(&[("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379")]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("SWITCHBOARD_REDIS_URL") && line.contains("SWITCHBOARD_DATABASE_URL"), "{line}");
+    let url = shared().database();
+    let (code, line) = run(&[("SWITCHBOARD_DATABASE_URL", &url), ("SWITCHBOARD_REDIS_URL", "http://x")]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("SWITCHBOARD_REDIS_URL"), "{line}");
+}
+
+#[test]
+fn redis_killed_and_started_again_costs_latency_not_messages() {
+    let mut redis = Redis::start();
+    let (a, b) = two_nodes_with_bus(&redis, "100");
+    let (mut ann, mut bo) = pair_in_lobby(&a, &b, &redis);
+    let send = |from: &mut Client, range: std::ops::Range<i64>| {
+        for i in range {
+            from.send_json(json!({"message": format!("m{i}")}));
+        }
+    };
+    send(&mut ann, 0..10);
+    redis.kill();
+    // Node a may not know yet; it publishes into the void, and node b polls.
+    send(&mut ann, 10..20);
+    for node in [&a, &b] {
+        eventually("the bus is reported degraded, still 200", || {
+            let (status, body) = node.api("GET", "/healthz", None);
+            status == 200 && body["bus"] == "degraded"
+        });
+    }
+    send(&mut ann, 20..30);
+    redis.start_again();
+    for node in [&a, &b] {
+        eventually("the bus is up again", || node.api("GET", "/healthz", None).1["bus"] == "ok");
+    }
+    eventually("node b subscribed again", || {
+        redis.cli(&["PUBSUB", "NUMSUB", "sb:s:c:1"]).1.lines().nth(1) == Some("2")
+    });
+    send(&mut ann, 30..40);
+    let got: Vec<(String, i64)> = (0..40).map(|_| said(&mut bo)).collect();
+    assert_eq!(got, (0..40).map(|i| (format!("m{i}"), i + 1)).collect::<Vec<_>>(), "every message once, in order");
+    assert!(node_metric(&b, "switchboard_bus_reconnects_total") >= 1.0);
+    assert!(node_metric(&b, "switchboard_stream_fills_total") >= 1.0, "polling carried the messages meanwhile");
+}

@@ -305,6 +305,7 @@ fn writer(url: &str, node: &str) -> (Writer, Receiver<Committed>, Arc<AtomicUsiz
     let lane = Writer::start(
         url.to_string(),
         node.to_string(),
+        None,
         answers,
         Box::new(move || {
             wake.fetch_add(1, Ordering::SeqCst);

@@ -299,6 +299,20 @@ impl Engine {
         }
     }
 
+    /// The Redis bus came up or went down (a PostgreSQL node with one).
+    pub fn set_bus(&mut self, up: bool) {
+        if let Engine::Postgres(pg) = self {
+            pg.set_bus(up);
+        }
+    }
+
+    /// Events heard on the bus, kept for sessions that join behind them.
+    pub fn remember(&mut self, events: &[Event]) {
+        if let Engine::Postgres(pg) = self {
+            pg.remember(events);
+        }
+    }
+
     /// Looks for streams other nodes changed, when it is time (a PostgreSQL node).
     pub fn poll(&mut self, now: Micros) {
         if let Engine::Postgres(pg) = self {

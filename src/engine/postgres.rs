@@ -55,7 +55,13 @@ pub struct Options {
     /// says it is saturated (`saturated`): the loop stops reading clients' frames and
     /// the server API answers 503 until the writer catches up.
     pub max_pending_writes: usize,
+    /// The Redis bus, if any: the writer publishes there.
+    pub redis: Option<crate::config::RedisUrl>,
 }
+
+/// How often a node with a working bus checks streams' positions anyway (a message the
+/// bus lost, a node that died between its commit and its publish).
+const POSITION_CHECK: Duration = Duration::from_secs(2);
 
 /// A stream's recently committed events, and the newest seq no longer kept.
 #[derive(Default)]
@@ -98,6 +104,8 @@ pub struct PgEngine {
     recent_bytes: usize,
     wake: Wake,
     options: Options,
+    /// The bus is up: polls are position checks, every `POSITION_CHECK`.
+    bus_up: bool,
     /// When the next poll is due, and whether one is out.
     next_poll: Instant,
     polling: bool,
@@ -125,7 +133,13 @@ impl PgEngine {
         let (committed_to, committed) = channel();
         let (read_to, read) = channel();
         PgEngine {
-            writer: Writer::start(url.to_string(), node, committed_to, waker(wake.clone())),
+            writer: Writer::start(
+                url.to_string(),
+                node,
+                options.redis.clone().map(|redis| crate::bus::Publisher::new(redis, crate::bus::PREFIX)),
+                committed_to,
+                waker(wake.clone()),
+            ),
             reader: Reader::start(url.to_string(), read_to.clone(), waker(wake.clone())),
             poller: Reader::start(url.to_string(), read_to, waker(wake.clone())),
             committed,
@@ -147,6 +161,7 @@ impl PgEngine {
             recent_order: VecDeque::new(),
             recent_bytes: 0,
             wake,
+            bus_up: false,
             next_poll: Instant::now() + options.poll_interval,
             options,
             polling: false,
@@ -317,11 +332,22 @@ impl PgEngine {
         if self.polling || at < self.next_poll {
             return;
         }
-        self.next_poll = at + self.options.poll_interval;
+        self.next_poll = at + if self.bus_up { POSITION_CHECK } else { self.options.poll_interval };
         match self.poller.send(Job::Changed { since: now - POLL_WINDOW }) {
             Ok(()) => self.polling = true,
             Err(e) => self.health = Err(e),
         }
+    }
+
+    /// The bus came up (a position check is due at once: what was published while it
+    /// was down was not heard) or went down (polling is the bus again).
+    pub fn set_bus(&mut self, up: bool) {
+        if up && !self.bus_up {
+            self.next_poll = Instant::now();
+        } else if !up && self.bus_up {
+            self.next_poll = self.next_poll.min(Instant::now() + self.options.poll_interval);
+        }
+        self.bus_up = up;
     }
 
     /// Streams changed lately with their last seq, and streams whose missing events are
@@ -372,7 +398,9 @@ impl PgEngine {
         }
     }
 
-    fn remember(&mut self, events: &[Event]) {
+    /// Keeps events this node delivers (its own, filled, or heard on the bus) for the
+    /// sessions that join behind them (`catch_up`).
+    pub fn remember(&mut self, events: &[Event]) {
         let now = Instant::now();
         for event in events {
             let weight = weight(event);

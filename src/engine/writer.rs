@@ -55,8 +55,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 impl Writer {
     /// Starts the lane for `node` on the database at `url`; answers go to `answers`,
     /// each followed by `wake()`.
-    pub fn start(url: String, node: String, answers: Sender<Committed>, wake: Box<dyn Fn() + Send>) -> Writer {
-        let mut lane = Lane { url, node, store: None, pid: None };
+    /// With a `publisher`, what each batch committed is published on the Redis bus
+    /// before the lane answers (so that this node hears of it no later than others).
+    pub fn start(
+        url: String,
+        node: String,
+        publisher: Option<crate::bus::Publisher>,
+        answers: Sender<Committed>,
+        wake: Box<dyn Fn() + Send>,
+    ) -> Writer {
+        let mut lane = Lane { url, node, store: None, pid: None, publisher };
         Writer(super::lane::Lane::start("pg-writer", answers, wake, move |batch| lane.commit(batch)))
     }
 
@@ -143,6 +151,7 @@ struct Lane {
     store: Option<PgStore>,
     /// The PostgreSQL session (backend process) of `store`'s connection.
     pid: Option<i32>,
+    publisher: Option<crate::bus::Publisher>,
 }
 
 impl Lane {
@@ -236,15 +245,25 @@ impl Lane {
         };
         let commit = self.store.as_mut().expect("connected").commit();
         match commit {
-            Ok(()) => Committed::Yes { batch: batch.id, answers, events, stored },
+            Ok(()) => {
+                self.publish(&events);
+                Committed::Yes { batch: batch.id, answers, events, stored }
+            }
             Err(e) => match self.resolve(batch.id) {
                 Ok(true) => {
                     log::warn!("PostgreSQL writer lane: batch {} committed though COMMIT failed ({e})", batch.id);
+                    self.publish(&events);
                     Committed::Yes { batch: batch.id, answers, events, stored }
                 }
                 Ok(false) => failed(e.to_string()),
                 Err(lookup) => failed(format!("{e}; and its outcome could not be read: {lookup}")),
             },
+        }
+    }
+
+    fn publish(&mut self, events: &[Event]) {
+        if let Some(publisher) = &mut self.publisher {
+            publisher.publish(events);
         }
     }
 

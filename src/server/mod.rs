@@ -11,6 +11,7 @@
 //!
 //! It does not know JSON, SQL or any seed document: sessions belong to the app.
 
+mod bus;
 mod conn;
 mod wire;
 
@@ -92,6 +93,8 @@ pub struct Server {
     /// When the last sweep ran, to notice a stall of the whole loop.
     last_sweep: Instant,
     shutdown_deadline: Option<Instant>,
+    /// The Redis bus's connection, on a node that has one (`bus.rs`).
+    bus: Option<bus::Link>,
 }
 
 impl Server {
@@ -122,6 +125,10 @@ impl Server {
             .max_write_buffer_size(limits.outbound_buffer_bytes)
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
+        let link = app.config().redis.clone().map(|redis| {
+            app.ctx.bus = Some(crate::bus::Subscriber::new(crate::bus::PREFIX, redis.password.clone()));
+            bus::Link::new(redis.addr)
+        });
         let server = Server {
             poll,
             ws_listener: Some(ws_listener),
@@ -138,6 +145,7 @@ impl Server {
             next_sweep: Instant::now() + SWEEP_INTERVAL,
             last_sweep: Instant::now(),
             shutdown_deadline: None,
+            bus: link,
         };
         Ok((server, bound))
     }
@@ -186,6 +194,7 @@ impl Server {
                     API_LISTENER => self.accept(Listener::Api),
                     SIGNALS => self.on_signal(),
                     WAKER => {}
+                    bus::BUS => self.on_bus(),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key, Some(event.is_read_closed() || event.is_error()));
@@ -675,6 +684,10 @@ impl Server {
         for key in std::mem::take(&mut self.gone) {
             self.conns.try_remove(key);
         }
+        // Subscriptions the turn asked for.
+        if let (Some(link), Some(subscriber)) = (self.bus.as_mut(), self.app.ctx.bus.as_mut()) {
+            link.flush(self.poll.registry(), subscriber, Instant::now());
+        }
         self.app.after_turn();
     }
 
@@ -745,9 +758,23 @@ impl Server {
     }
 
     /// Deadlines: handshakes, pings, idle timeouts, unfinished close handshakes.
+    /// The bus's socket is ready: what it heard is delivered.
+    fn on_bus(&mut self) {
+        let ctx = &mut self.app.ctx;
+        let (Some(link), Some(subscriber)) = (self.bus.as_mut(), ctx.bus.as_mut()) else { return };
+        let heard = link.ready(self.poll.registry(), subscriber, &mut ctx.metrics);
+        let up = subscriber.is_up();
+        self.app.on_bus(heard.unwrap_or_default(), up);
+    }
+
     fn sweep(&mut self) {
         let now = Instant::now();
         self.next_sweep = now + SWEEP_INTERVAL;
+        if let (Some(link), Some(subscriber)) = (self.bus.as_mut(), self.app.ctx.bus.as_mut()) {
+            link.tick(self.poll.registry(), subscriber, now);
+            let up = subscriber.is_up();
+            self.app.ctx.engine.set_bus(up);
+        }
         // Idleness is time the loop could have heard the client in. After a stall (the
         // process stopped, a paused VM) every quiet client would otherwise be past its
         // deadline at once and closed unpinged, and all reconnect together.

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod redis;
 #[allow(unused_imports)]
 mod shape;
 #[allow(unused_imports)]

@@ -1,0 +1,76 @@
+//! A throwaway Redis for the tests: Debian's `redis-server` (`.ci/test` installs it when
+//! missing) on a free loopback port, without persistence, which a test may kill and
+//! start again on the same port. A watchdog shell stops it once the test process is
+//! gone, however that process ended.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port =
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+        let mut redis = Redis { port, child: None };
+        redis.start_again();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on its port, empty, and waits until it answers.
+    pub fn start_again(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install -y redis-server; .ci/test does)");
+        let watchdog = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill -9 {} 2>/dev/null",
+            std::process::id(),
+            child.id()
+        );
+        let _ = Command::new("sh").arg("-c").arg(format!("({watchdog}) </dev/null >/dev/null 2>&1 &")).status();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).0 && self.cli(&["PING"]).1 == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    /// Kills it at once (its data is gone: it keeps none).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis-cli` against it: whether it succeeded, and its output.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        match Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output() {
+            Ok(out) => (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string()),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
