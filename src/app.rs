@@ -441,6 +441,7 @@ impl App {
             self.deliver();
             self.ctx.follow_streams();
         }
+        self.ctx.check_streams(heard.subscribed);
     }
 
     /// Looks for what other nodes stored, when it is time (a PostgreSQL node; see

@@ -124,6 +124,8 @@ pub struct Subscriber {
     prefix: String,
     password: Option<String>,
     wanted: HashSet<StreamId>,
+    /// Streams subscribed while up, not confirmed yet.
+    confirming: HashSet<StreamId>,
     /// Bytes to write; emptied by the server as the socket takes them.
     pub out: Vec<u8>,
     inbuf: Vec<u8>,
@@ -139,6 +141,9 @@ pub struct Heard {
     pub events: Vec<Event>,
     /// The subscription started working (after a connect): a position check is due.
     pub came_up: bool,
+    /// Streams subscribed while up, now confirmed: what was published on them before
+    /// is to be read from the store (their sessions' snapshots were read before).
+    pub subscribed: Vec<StreamId>,
 }
 
 impl Subscriber {
@@ -147,6 +152,7 @@ impl Subscriber {
             prefix: prefix.to_string(),
             password,
             wanted: HashSet::new(),
+            confirming: HashSet::new(),
             out: Vec::new(),
             inbuf: Vec::new(),
             up: false,
@@ -163,11 +169,13 @@ impl Subscriber {
         if self.wanted.insert(stream.clone()) && self.up {
             let channel = channel(&self.prefix, stream);
             self.out.extend(encode(&[b"SUBSCRIBE", channel.as_bytes()]));
+            self.confirming.insert(stream.clone());
         }
     }
 
     /// A stream no longer followed here.
     pub fn drop_stream(&mut self, stream: &StreamId) {
+        self.confirming.remove(stream);
         if self.wanted.remove(stream) && self.up {
             let channel = channel(&self.prefix, stream);
             self.out.extend(encode(&[b"UNSUBSCRIBE", channel.as_bytes()]));
@@ -180,6 +188,7 @@ impl Subscriber {
     pub fn connected(&mut self, now: Instant) {
         self.out.clear();
         self.inbuf.clear();
+        self.confirming.clear();
         self.up = false;
         self.heard = now;
         if let Some(password) = &self.password {
@@ -198,6 +207,7 @@ impl Subscriber {
     /// The connection is gone.
     pub fn disconnected(&mut self) {
         self.up = false;
+        self.confirming.clear();
         self.out.clear();
         self.inbuf.clear();
     }
@@ -233,6 +243,17 @@ impl Subscriber {
                     [Frame::Bulk(Some(kind)), ..] if kind == b"subscribe" && !self.up => {
                         self.up = true;
                         heard.came_up = true;
+                    }
+                    [Frame::Bulk(Some(kind)), Frame::Bulk(Some(channel)), ..] if kind == b"subscribe" => {
+                        let stream = std::str::from_utf8(channel)
+                            .ok()
+                            .and_then(|c| c.strip_prefix(self.prefix.as_str())?.strip_prefix(":s:"))
+                            .and_then(StreamId::from_key);
+                        if let Some(stream) = stream
+                            && self.confirming.remove(&stream)
+                        {
+                            heard.subscribed.push(stream);
+                        }
                     }
                     _ => {}
                 },
@@ -385,6 +406,18 @@ mod tests {
         bus.drop_stream(&room);
         let out = String::from_utf8(std::mem::take(&mut bus.out)).unwrap();
         assert!(out.contains("sb:s:u:u") && out.contains("UNSUBSCRIBE"), "{out}");
+        // A stream subscribed while up is reported once confirmed (its events before
+        // then are read from the store); those of a (re)connect are not.
+        let confirm = |c: &StreamId| {
+            [
+                b"*3\r\n$9\r\nsubscribe\r\n".as_slice(),
+                format!("${}\r\n{}\r\n:2\r\n", channel("sb", c).len(), channel("sb", c)).as_bytes(),
+            ]
+            .concat()
+        };
+        let heard = bus.receive(&confirm(&user), Instant::now()).unwrap();
+        assert_eq!(heard.subscribed, vec![user.clone()]);
+        assert!(bus.receive(&confirm(&user), Instant::now()).unwrap().subscribed.is_empty(), "once");
         assert!(bus.receive(b"-ERR wrong\r\n", Instant::now()).is_err());
     }
 }

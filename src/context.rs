@@ -496,6 +496,18 @@ impl Ctx {
         }
     }
 
+    /// Streams whose subscription on the bus was just confirmed: what other nodes
+    /// published on them before that (after their sessions' snapshots were read) is read
+    /// from the store now, rather than at the next position check.
+    pub fn check_streams(&mut self, streams: Vec<StreamId>) {
+        for stream in streams {
+            // A position check, not counted as a fill: it usually finds nothing.
+            if let Some(delivered) = self.sequencer.position(&stream) {
+                self.engine.fill(stream, delivered);
+            }
+        }
+    }
+
     /// Events the sequencer let through outside `sequence`, to deliver first.
     pub fn take_in_order(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.in_order)
