@@ -110,10 +110,15 @@ pub fn payload(event: &Event) -> String {
     serde_json::to_string(&Published { seq: event.seq, body: &event.body }).expect("events are plain JSON values")
 }
 
+/// The stream of a channel, if it is one of ours.
+fn stream_of(prefix: &str, channel: &[u8]) -> Option<StreamId> {
+    let channel = std::str::from_utf8(channel).ok()?;
+    StreamId::from_key(channel.strip_prefix(prefix)?.strip_prefix(":s:")?)
+}
+
 /// An event as read from a channel, if it is one of ours.
 pub fn event_of(prefix: &str, channel: &[u8], payload: &[u8]) -> Option<Event> {
-    let channel = std::str::from_utf8(channel).ok()?;
-    let stream = StreamId::from_key(channel.strip_prefix(prefix)?.strip_prefix(":s:")?)?;
+    let stream = stream_of(prefix, channel)?;
     let published: Published<EventBody> = serde_json::from_slice(payload).ok()?;
     Some(Event { stream, seq: published.seq, body: published.body, except: None })
 }
@@ -245,11 +250,7 @@ impl Subscriber {
                         heard.came_up = true;
                     }
                     [Frame::Bulk(Some(kind)), Frame::Bulk(Some(channel)), ..] if kind == b"subscribe" => {
-                        let stream = std::str::from_utf8(channel)
-                            .ok()
-                            .and_then(|c| c.strip_prefix(self.prefix.as_str())?.strip_prefix(":s:"))
-                            .and_then(StreamId::from_key);
-                        if let Some(stream) = stream
+                        if let Some(stream) = stream_of(&self.prefix, channel)
                             && self.confirming.remove(&stream)
                         {
                             heard.subscribed.push(stream);

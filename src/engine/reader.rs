@@ -125,13 +125,11 @@ impl Lane {
             let id = store.get_or_create_conversation(ConversationKind::Room, name, now)?;
             load.target = Target::Room { name: name.clone(), known: Some(id) };
         }
-        store.client().batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").map_err(StoreError::from)?;
-        let opened = open(store, &load, now).and_then(|mut opened| {
-            opened.user_position = Some(store.last_seq(&crate::model::StreamId::User(load.user.clone()))?);
+        in_snapshot(store, |store| {
+            let mut opened = open(store, &load, now)?;
+            opened.user_position = Some(store.last_seq(&StreamId::User(load.user.clone()))?);
             Ok(opened)
-        });
-        let _ = store.commit();
-        opened
+        })
     }
 
     /// A job's answer (a job can be run again: a read has nothing to undo).
@@ -151,9 +149,7 @@ impl Lane {
 
     /// In one snapshot, so that the events and the conversation that renders them agree.
     fn fill(&mut self, stream: &StreamId, after: Seq) -> StoreResult<Filled> {
-        let store = self.connected()?;
-        store.client().batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-        let filled = (|| {
+        in_snapshot(self.connected()?, |store| {
             let conversation = match stream {
                 StreamId::Conversation(id) => Some(store.existing_conversation(*id)?),
                 StreamId::User(_) => None,
@@ -163,9 +159,7 @@ impl Lane {
                 Since::Ahead { .. } => Filled::Events(Vec::new()),
                 Since::Gone { last } => Filled::Gone { last },
             })
-        })();
-        let _ = store.commit();
-        filled
+        })
     }
 
     fn read(&mut self, request: Request, now: Micros) -> Answer {
@@ -176,4 +170,15 @@ impl Lane {
         debug_assert!(events.is_empty(), "a read records nothing");
         answer
     }
+}
+
+/// `read` in one `REPEATABLE READ` transaction: everything it reads agrees.
+fn in_snapshot<T, E: From<StoreError>>(
+    store: &mut PgStore,
+    read: impl FnOnce(&mut PgStore) -> Result<T, E>,
+) -> Result<T, E> {
+    store.client().batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").map_err(StoreError::from)?;
+    let done = read(store);
+    let _ = store.commit();
+    done
 }

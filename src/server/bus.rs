@@ -46,7 +46,6 @@ impl Link {
     }
 
     /// From the sweep: connect when it is time, ping, and give up on a silent link.
-    /// Returns whether a connection was started.
     pub fn tick(&mut self, registry: &Registry, bus: &mut Subscriber, now: Instant) {
         if self.stream.is_none() {
             if now >= self.retry_at {
@@ -95,8 +94,8 @@ impl Link {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// Readiness of the socket: returns what was heard, and whether the link is down
-    /// now (`None`: nothing changed).
+    /// Readiness of the socket: what was heard (`None` while there is no link or it is
+    /// still connecting). The subscriber says whether it is up.
     pub fn ready(
         &mut self,
         registry: &Registry,
