@@ -698,3 +698,51 @@ fn the_rate_limit_of_stored_messages_holds_over_two_nodes() {
     assert!((60..=63).contains(&count), "{count} of 100 stored with a limit of 60/min over two nodes");
     assert_eq!(refused, 100 - count, "every message not stored was refused with an error frame");
 }
+
+#[test]
+fn through_sentinel_nodes_find_the_master_and_follow_a_failover() {
+    let first = Redis::start();
+    let second = Redis::replica_of(first.port);
+    let dir = tempfile::tempdir().unwrap();
+    let sentinel = Redis::sentinel(first.port, "main", dir.path());
+    let master_port = || -> Option<String> {
+        sentinel.cli(&["SENTINEL", "get-master-addr-by-name", "main"]).1.lines().nth(1).map(str::to_string)
+    };
+    eventually("the Sentinel knows the replica", || {
+        sentinel.cli(&["SENTINEL", "replicas", "main"]).1.contains(&second.port.to_string())
+    });
+    let url = shared().database();
+    let redis_url = format!("redis+sentinel://127.0.0.1:{}/main", sentinel.port);
+    // Polling every minute: what crosses in the test's time comes by the bus.
+    let settings = [
+        ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_REDIS_URL", redis_url.as_str()),
+        ("SWITCHBOARD_POLL_INTERVAL_MS", "60000"),
+    ];
+    let (a, b) = (Server::start(&settings), Server::start(&settings));
+    for node in [&a, &b] {
+        eventually("the node's bus is up", || node.api("GET", "/healthz", None).1["bus"] == "ok");
+    }
+    let mut watcher = b.connect_as("/ws/presence/", json!(9), "watcher");
+    watcher.recv_type("user_online");
+    let mut ann = a.connect_as("/ws/presence/", json!(1), "ann");
+    ann.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "1", "presence through the master the Sentinel named");
+    // The failover: the replica becomes the master; both nodes follow it.
+    let (ok, answer) = sentinel.cli(&["SENTINEL", "FAILOVER", "main"]);
+    assert!(ok && answer == "OK", "{answer}");
+    eventually("the Sentinel names the replica", || master_port() == Some(second.port.to_string()));
+    eventually("both nodes' presence is on the new master", || second.cli(&["HLEN", "sb:{t:online}:count"]).1 == "2");
+    let mut bo = a.connect_as("/ws/presence/", json!(2), "bo");
+    bo.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "2", "presence after the failover");
+    let (mut cy, mut dee) =
+        (a.connect_as("/ws/rooms/after/", json!(3), "cy"), b.connect_as("/ws/rooms/after/", json!(4), "dee"));
+    cy.recv_type("room_users_list");
+    dee.recv_type("room_users_list");
+    eventually("both nodes subscribed on the new master", || {
+        second.cli(&["PUBSUB", "NUMSUB", "sb:s:c:1"]).1.lines().nth(1) == Some("2")
+    });
+    cy.send_json(json!({"message": "after the failover"}));
+    assert_eq!(said(&mut dee), ("after the failover".to_string(), 1), "by the bus on the new master");
+}

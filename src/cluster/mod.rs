@@ -206,7 +206,7 @@ mod tests {
 
     fn cluster() -> Cluster {
         // A lane that never reaches Redis (nothing listens on port 1).
-        let url = RedisUrl { addr: "127.0.0.1:1".into(), password: None };
+        let url = RedisUrl::direct("127.0.0.1:1", None);
         Cluster::start(url, "test", Duration::from_secs(10), Box::new(|| {}))
     }
 

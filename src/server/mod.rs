@@ -131,7 +131,7 @@ impl Server {
                 subscriber.want_topic(&topic);
             }
             app.ctx.bus = Some(subscriber);
-            bus::Link::new(redis.addr)
+            bus::Link::new(redis)
         });
         let server = Server {
             poll,
