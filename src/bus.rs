@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventBody};
 use crate::model::{Seq, StreamId, UserId};
 
-/// The prefix of every channel and key switchboard uses in Redis.
+/// The prefix of every channel and key switchboard uses in Redis, unless
+/// `SWITCHBOARD_REDIS_PREFIX` says otherwise.
 pub const PREFIX: &str = "sb";
 
 /// A RESP2 value (what Redis answers and pushes).
@@ -456,8 +457,8 @@ pub struct Publisher {
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Publisher {
-    pub fn new(url: crate::config::RedisUrl, prefix: &str) -> Publisher {
-        Publisher { url, prefix: prefix.to_string(), conn: None, retry_at: None }
+    pub fn new(url: crate::config::RedisUrl) -> Publisher {
+        Publisher { prefix: url.prefix.clone(), url, conn: None, retry_at: None }
     }
 
     /// Publishes each event on its stream's channel, in order, in one round trip.

@@ -163,6 +163,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "with PostgreSQL: a redis://[:password@]host[:port] or redis+sentinel://[:password@]host:port[,host:port]/master URL; nodes hear each other's events at once (polling stays the fallback), and presence, per-user caps and rate limits hold over all nodes",
     },
     Setting {
+        flag: "redis-prefix",
+        env: "SWITCHBOARD_REDIS_PREFIX",
+        default: Some("sb"),
+        help: "with Redis: what this cluster's keys and channels start with (several clusters may share one Redis)",
+    },
+    Setting {
         flag: "node-lease-ms",
         env: "SWITCHBOARD_NODE_LEASE_MS",
         default: Some("10000"),
@@ -303,6 +309,9 @@ pub struct RedisUrl {
     /// With Sentinel: the master's `host:port` as last named, shared by every clone (the
     /// loop's subscription connects there; the lanes ask the Sentinels themselves).
     pub master: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// What every key and channel of this cluster starts with (`SWITCHBOARD_REDIS_PREFIX`),
+    /// so that several clusters can share one Redis.
+    pub prefix: String,
 }
 
 /// The Sentinels to ask, and the name of the master they watch.
@@ -314,7 +323,8 @@ pub struct Sentinel {
 
 impl PartialEq for RedisUrl {
     fn eq(&self, other: &RedisUrl) -> bool {
-        (&self.addr, &self.password, &self.sentinel) == (&other.addr, &other.password, &other.sentinel)
+        (&self.addr, &self.password, &self.sentinel, &self.prefix)
+            == (&other.addr, &other.password, &other.sentinel, &other.prefix)
     }
 }
 
@@ -328,6 +338,7 @@ impl RedisUrl {
             password: password.map(str::to_string),
             sentinel: None,
             master: Default::default(),
+            prefix: crate::bus::PREFIX.to_string(),
         }
     }
 
@@ -563,10 +574,21 @@ impl RawSettings {
                         "SWITCHBOARD_REDIS_URL (--redis-url) needs SWITCHBOARD_DATABASE_URL: the bus joins nodes that share a PostgreSQL database".into(),
                     ));
                 }
-                Some(url) => Some(
-                    RedisUrl::parse(&url)
-                        .ok_or_else(|| invalid("redis-url", "(not shown)", "a redis://[:password@]host[:port] or redis+sentinel://[:password@]host:port[,host:port]/master URL"))?,
-                ),
+                Some(url) => {
+                    let mut url = RedisUrl::parse(&url).ok_or_else(|| {
+                        invalid(
+                            "redis-url",
+                            "(not shown)",
+                            "a redis://[:password@]host[:port] or redis+sentinel://[:password@]host:port[,host:port]/master URL",
+                        )
+                    })?;
+                    url.prefix = self.optional("redis-prefix").unwrap_or_else(|| crate::bus::PREFIX.into());
+                    let fits = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+                    if url.prefix.is_empty() || url.prefix.len() > 32 || !url.prefix.chars().all(fits) {
+                        return Err(invalid("redis-prefix", &url.prefix, "1-32 letters, digits, -, _, . or :"));
+                    }
+                    Some(url)
+                }
             },
             node_lease: Duration::from_millis(self.positive("node-lease-ms")?.max(300)),
             poll_interval: Duration::from_millis(self.positive("poll-interval-ms")?),

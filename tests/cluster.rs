@@ -481,6 +481,13 @@ fn a_redis_url_without_a_database_url_or_a_bad_one_stops_the_start_with_one_line
     let (code, line) = run(&[("SWITCHBOARD_DATABASE_URL", &url), ("SWITCHBOARD_REDIS_URL", "http://x")]);
     assert_eq!(code, Some(2), "{line}");
     assert!(line.contains("SWITCHBOARD_REDIS_URL"), "{line}");
+    let (code, line) = run(&[
+        ("SWITCHBOARD_DATABASE_URL", &url),
+        ("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:1"),
+        ("SWITCHBOARD_REDIS_PREFIX", "a b"),
+    ]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("SWITCHBOARD_REDIS_PREFIX"), "{line}");
 }
 
 #[test]
@@ -745,4 +752,26 @@ fn through_sentinel_nodes_find_the_master_and_follow_a_failover() {
     });
     cy.send_json(json!({"message": "after the failover"}));
     assert_eq!(said(&mut dee), ("after the failover".to_string(), 1), "by the bus on the new master");
+}
+
+#[test]
+fn a_node_stopped_cleanly_takes_its_users_out_at_once_and_prefixes_keep_clusters_apart() {
+    let redis = Redis::start();
+    // A ten-second lease: what the watcher hears within a second is the clean stop.
+    let mut nodes = nodes_with_redis(&redis, 2, &[("SWITCHBOARD_REDIS_PREFIX", "east")]);
+    let mut watcher = nodes[1].connect_as("/ws/presence/", json!(9), "watcher");
+    watcher.recv_type("user_online");
+    let mut ann = nodes[0].connect_as("/ws/presence/", json!(1), "ann");
+    ann.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "1");
+    // Another cluster on the same Redis, under the default prefix, sees none of it.
+    let other = nodes_with_redis(&redis, 1, &[]);
+    assert_eq!(online(&other[0]), vec![]);
+    assert_eq!(redis.cli(&["EXISTS", "sb:{t:online}:count"]).1, "0");
+    let stopped = std::time::Instant::now();
+    assert!(nodes[0].stop().success());
+    assert_eq!(watcher.recv_type("user_offline")["user_id"], "1");
+    assert!(stopped.elapsed() < Duration::from_secs(5), "not the lease: {:?}", stopped.elapsed());
+    assert_eq!(redis.cli(&["ZCARD", "east:nodes"]).1, "1", "the stopped node left");
+    drop(ann);
 }

@@ -162,15 +162,9 @@ pub struct PresenceLane {
 }
 
 impl PresenceLane {
-    pub fn start(
-        url: RedisUrl,
-        prefix: &str,
-        lease: Duration,
-        said: Sender<Said>,
-        wake: Box<dyn Fn() + Send>,
-    ) -> PresenceLane {
+    pub fn start(url: RedisUrl, lease: Duration, said: Sender<Said>, wake: Box<dyn Fn() + Send>) -> PresenceLane {
         let (jobs, inbox) = std::sync::mpsc::channel();
-        let mut lane = Lane::new(url, prefix, lease);
+        let mut lane = Lane::new(url, lease);
         let thread = std::thread::Builder::new()
             .name("presence".into())
             .spawn(move || lane.run(inbox, said, wake))
@@ -227,11 +221,11 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(url: RedisUrl, prefix: &str, lease: Duration) -> Lane {
+    fn new(url: RedisUrl, lease: Duration) -> Lane {
         let now = Instant::now();
         Lane {
+            prefix: url.prefix.clone(),
             url,
-            prefix: prefix.to_string(),
             lease,
             node: node_id(),
             conn: None,

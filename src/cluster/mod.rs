@@ -64,9 +64,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn start(url: RedisUrl, prefix: &str, lease: Duration, wake: Box<dyn Fn() + Send>) -> Cluster {
+    pub fn start(url: RedisUrl, lease: Duration, wake: Box<dyn Fn() + Send>) -> Cluster {
         let (tell, said) = std::sync::mpsc::channel();
-        let lane = PresenceLane::start(url, prefix, lease, tell, wake);
+        let lane = PresenceLane::start(url, lease, tell, wake);
         let mut cluster = Cluster { lane, said, mirrors: HashMap::new(), up: false };
         cluster.mirror(ONLINE);
         cluster
@@ -207,7 +207,7 @@ mod tests {
     fn cluster() -> Cluster {
         // A lane that never reaches Redis (nothing listens on port 1).
         let url = RedisUrl::direct("127.0.0.1:1", None);
-        Cluster::start(url, "test", Duration::from_secs(10), Box::new(|| {}))
+        Cluster::start(url, Duration::from_secs(10), Box::new(|| {}))
     }
 
     #[test]
