@@ -566,6 +566,9 @@ impl App {
     pub fn sweep(&mut self) {
         let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
         self.ctx.engine.sweep(before, self.ctx.now);
+        if let Some(cluster) = &mut self.ctx.cluster {
+            cluster.settle(Instant::now());
+        }
         let capacity = f64::from(self.ctx.config.limits.rate_limit_per_minute);
         let per_second = capacity / 60.0;
         let now = Instant::now();
