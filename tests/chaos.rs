@@ -1570,12 +1570,19 @@ fn soak() {
     let victim = cycles % NODES;
     let pid = cluster.server(victim).pid().to_string();
     let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    // A load balancer's health check takes it out of rotation meanwhile (and the probe
+    // of presence below does not wait on its API).
+    let addr = cluster.shared.node(victim);
     signal("-STOP");
     let stopped_at = Instant::now();
-    std::thread::sleep(Duration::from_millis(2 * LEASE_MS));
+    cluster.shared.set_node(victim, None);
+    std::thread::sleep(Duration::from_millis(2 * LEASE_MS - 200));
     let while_stopped = cluster.presence_diff(&[]);
+    let wait = (stopped_at + Duration::from_millis(2 * LEASE_MS)).saturating_duration_since(Instant::now());
+    std::thread::sleep(wait);
     signal("-CONT");
     let continued_at = Instant::now();
+    cluster.shared.set_node(victim, addr);
     let after_cont = cluster.converge(continued_at, CONVERGE, &no_watchers, |_| {});
     eprintln!(
         "n{} stopped for {:.1} s: presence while stopped {:?}; after SIGCONT {:?}",
