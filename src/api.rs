@@ -158,7 +158,7 @@ fn online(ctx: &Ctx) -> Value {
     let users: Vec<Value> = ctx
         .online_users()
         .into_iter()
-        .map(|(id, user)| json!({"user_id": id.to_json(), "name": &*user.name, "connections": user.conns.len()}))
+        .map(|(id, name, connections)| json!({"user_id": id.to_json(), "name": &*name, "connections": connections}))
         .collect();
     json!({ "users": users })
 }
@@ -282,6 +282,7 @@ fn failure(failed: Failed) -> HttpError {
             HttpError::new(404, failed.to_string())
         }
         Failed::Exists { .. } => HttpError::new(409, failed.to_string()),
+        Failed::RateLimited => HttpError::new(429, failed.to_string()),
         Failed::Empty | Failed::Refused(_) => HttpError::new(422, failed.to_string()),
         Failed::Store(e) => {
             log::error!("server API: {e}");
@@ -544,13 +545,14 @@ fn disconnect_user(ctx: &mut Ctx, user: &str) -> Routed {
     // This node's sessions close whatever the store does (a logout must work while it
     // fails); the event on the user's stream is what tells any other listener, in order.
     let conns = ctx.user_conns(&user).to_vec();
+    let connections = ctx.connections_of(&user).max(conns.len());
     for conn in &conns {
         ctx.logout_conn(*conn);
     }
-    let logout = Write::Logout { user, closed_here: conns.len() };
+    let logout = Write::Logout { user, connections };
     Ok(Step::Ask(request::Request::Write(logout), |_, answer| match answer? {
-        Done::LoggedOut { user, closed_here } => {
-            Ok((200, json!({"user_id": user.to_json(), "disconnected": closed_here})))
+        Done::LoggedOut { user, connections } => {
+            Ok((200, json!({"user_id": user.to_json(), "disconnected": connections})))
         }
         other => Err(failure(other.unexpected("logout"))),
     }))

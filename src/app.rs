@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::auth::{self, Verifier};
+use crate::cluster::Said;
 use crate::config::Config;
 use crate::context::{Ctx, ErrorRenderer, OnlineUser, Out, Refusal, Session, Then, close_code};
 use crate::endpoints;
@@ -150,23 +151,77 @@ impl App {
         }
         let mut session =
             Session { conn, identity, endpoint, topics: Vec::with_capacity(1), conversation: None, opening: None };
+        // With Redis, the user's cap over all nodes decides too: the session waits for
+        // that (and for its engine's answer, asked meanwhile) before it opens.
+        let admitting = self.ctx.cluster.is_some();
+        if admitting {
+            session.opening_mut().admitting = true;
+            *self.opening.entry(session.identity.user_id.clone()).or_default() += 1;
+            self.tell_online(&session.identity, Some(conn));
+        }
         // Storage as data: what the session needs is read by the engine, inline for the
         // local engine; an engine that answers later leaves the session opening.
-        let opened = match endpoints::load(&self.ctx, &mut session, since)? {
+        let load = match endpoints::load(&self.ctx, &mut session, since) {
+            Ok(load) => load,
+            Err(refusal) => {
+                if admitting {
+                    self.opened_or_refused(&session.identity.user_id);
+                    self.tell_online(&session.identity, None);
+                }
+                return Err(refusal);
+            }
+        };
+        let opened = match load {
             None => None,
             Some(load) => match self.ctx.engine.open(conn, load, self.ctx.now) {
                 Some(answer) => Some(answer),
                 None => {
                     session.opening_mut();
-                    *self.opening.entry(session.identity.user_id.clone()).or_default() += 1;
+                    if !admitting {
+                        *self.opening.entry(session.identity.user_id.clone()).or_default() += 1;
+                    }
                     return Ok(session);
                 }
             },
         };
+        if admitting {
+            session.opening_mut().held = Some(opened);
+            return Ok(session);
+        }
         endpoints::opened(&mut self.ctx, &mut session, opened)?;
         session.opening = None;
         self.register(&session, user_conns);
         Ok(session)
+    }
+
+    /// With Redis: tells the presence lane how many connections this node holds of a
+    /// user (open, and opening: they count toward the cap); with `admit`, that one is
+    /// opening and hears whether the cap over all nodes admits it (`admitted`).
+    fn tell_online(&self, identity: &Identity, admit: Option<ConnId>) {
+        let Some(cluster) = &self.ctx.cluster else { return };
+        let user = &identity.user_id;
+        let open = self.ctx.online.get(user).map_or(0, |u| u.conns.len());
+        let count = open + self.opening.get(user).copied().unwrap_or(0);
+        let cap = self.ctx.config.limits.max_connections_per_user as u32;
+        cluster.set(crate::cluster::ONLINE, user, &identity.name, count as u32, admit.map(|conn| (conn, cap)));
+    }
+
+    /// With Redis: whether an opening session's user is within their cap over all
+    /// nodes. It opens (once its engine's answer is there too), or closes with 1013.
+    pub fn admitted(&mut self, session: &mut Session, ok: bool) {
+        let Some(opening) = session.opening.as_mut().filter(|o| o.admitting) else { return };
+        opening.admitting = false;
+        if !ok {
+            opening.refused = true;
+            self.opened_or_refused(&session.identity.user_id);
+            self.tell_online(&session.identity, None);
+            self.ctx.metrics.connections_refused += 1;
+            let reason = "too many connections for this user";
+            return self.ctx.close_conn(session.conn, close_code::TRY_AGAIN_LATER, reason);
+        }
+        if let Some(held) = opening.held.take() {
+            self.complete_open(session, held);
+        }
     }
 
     /// A session waiting for its engine's answer got it: it no longer counts as opening.
@@ -204,14 +259,20 @@ impl App {
     }
 
     /// An opening session's answer: it opens (or is closed with its refusal), then handles
-    /// the frames its client sent meanwhile, in order.
+    /// the frames its client sent meanwhile, in order. One still waiting for its
+    /// admission keeps the answer until then.
     pub fn finish_open(&mut self, session: &mut Session, answer: Result<Opened, OpenError>) {
-        if session.opening.is_none() {
-            return;
+        match session.opening.as_mut() {
+            None => {}
+            Some(opening) if opening.admitting => opening.held = Some(Some(answer)),
+            Some(_) => self.complete_open(session, Some(answer)),
         }
+    }
+
+    fn complete_open(&mut self, session: &mut Session, answer: Option<Result<Opened, OpenError>>) {
         self.opened_or_refused(&session.identity.user_id);
-        let user_position = answer.as_ref().ok().and_then(|opened| opened.user_position);
-        match endpoints::opened(&mut self.ctx, session, Some(answer)) {
+        let user_position = answer.as_ref().and_then(|a| a.as_ref().ok()).and_then(|opened| opened.user_position);
+        match endpoints::opened(&mut self.ctx, session, answer) {
             Ok(()) => {
                 let early = session.opening.take().map(|o| o.early).unwrap_or_default();
                 let user_conns = self.ctx.online.get(&session.identity.user_id).map_or(0, |u| u.conns.len());
@@ -227,6 +288,7 @@ impl App {
             Err(refusal) => {
                 // It stays opening: it never opened, and closes now.
                 session.opening_mut().refused = true;
+                self.tell_online(&session.identity, None);
                 self.ctx.close_conn(session.conn, refusal.code, &refusal.reason);
             }
         }
@@ -249,14 +311,17 @@ impl App {
         self.ctx.metrics.frames_in += 1;
         self.ctx.metrics.bytes_in += text.len() as u64;
         if !self.take_rate_token(&session.identity.user_id) {
-            self.ctx.metrics.rate_limited += 1;
-            let limit = self.ctx.config.limits.rate_limit_per_minute;
-            let message = format!("Rate limit exceeded: at most {limit} messages per minute; message dropped.");
-            self.ctx.send(session.conn, endpoints::error_frame(&session.endpoint, &message));
-            return;
+            return endpoints::rate_limited(&mut self.ctx, session);
         }
         let writes = self.ctx.engine.writes_this_turn();
+        let limited = self.ctx.rate_limited_asks;
         endpoints::on_text(&mut self.ctx, session, text);
+        if self.ctx.rate_limited_asks != limited && self.ctx.cluster.as_ref().is_some_and(|c| c.up) {
+            // A message to store: the limit over all nodes decides (the writer lane asks
+            // Redis, design/cluster.md §5.8); this node's bucket counts what stores
+            // nothing (typing), and everything while Redis is away.
+            self.give_rate_token(&session.identity.user_id);
+        }
         self.deliver();
         self.answer_inline(Some(session));
         if self.ctx.engine.writes_this_turn() != writes {
@@ -279,6 +344,7 @@ impl App {
             // (not refused by it), it counted toward the cap until now.
             if !opening.refused {
                 self.opened_or_refused(&session.identity.user_id);
+                self.tell_online(&session.identity, None);
             }
             return;
         }
@@ -295,6 +361,7 @@ impl App {
                 endpoints::presence::user_offline(&mut self.ctx, user);
             }
         }
+        self.tell_online(&session.identity, None);
         self.ctx.metrics.connection_closed(session.endpoint.name());
     }
 
@@ -436,12 +503,56 @@ impl App {
     pub fn on_bus(&mut self, heard: crate::bus::Heard, up: bool) {
         self.ctx.metrics.bus_events += heard.events.len() as u64;
         self.ctx.engine.set_bus(up);
+        if let Some(cluster) = &mut self.ctx.cluster {
+            if heard.came_up {
+                // What was published while the subscription was down was not heard.
+                cluster.reload_all();
+            }
+            let changed: Vec<_> =
+                heard.presence.into_iter().filter_map(|e| Some(e.topic.clone()).zip(cluster.heard(e))).collect();
+            for (topic, user) in changed {
+                endpoints::presence::refresh(&mut self.ctx, &topic, &user, None);
+            }
+        }
         if !heard.events.is_empty() {
             self.ctx.heard(heard.events);
             self.deliver();
             self.ctx.follow_streams();
         }
         self.ctx.check_streams(heard.subscribed);
+    }
+
+    /// With Redis: what the presence lane said since the last turn. Mirrors load and
+    /// their differences are told; the admissions of opening sessions are returned, for
+    /// the server to hand each to its session (`admitted`).
+    pub fn presence_said(&mut self) -> Vec<(ConnId, bool)> {
+        let Some(cluster) = &mut self.ctx.cluster else { return Vec::new() };
+        let mut admissions = Vec::new();
+        let mut changed = Vec::new();
+        for said in cluster.said() {
+            match said {
+                Said::Admitted { conn, ok } => admissions.push((conn, ok)),
+                Said::Loaded { topic, ver, users } => {
+                    changed.extend(cluster.loaded(&topic, ver, users).into_iter().map(|u| (topic.clone(), u)));
+                }
+                Said::Versions(versions) => cluster.versions(versions),
+                Said::Up(up) => {
+                    cluster.up = up;
+                    if up {
+                        cluster.reload_all();
+                    }
+                }
+                Said::Rebuilt => {
+                    self.ctx.metrics.presence_rebuilds += 1;
+                    cluster.reload_all();
+                }
+                Said::Reaped(nodes) => self.ctx.metrics.reaped_nodes += u64::from(nodes),
+            }
+        }
+        for (topic, user) in changed {
+            endpoints::presence::refresh(&mut self.ctx, &topic, &user, None);
+        }
+        admissions
     }
 
     /// Looks for what other nodes stored, when it is time (a PostgreSQL node; see
@@ -459,6 +570,13 @@ impl App {
         let per_second = capacity / 60.0;
         let now = Instant::now();
         self.buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < capacity);
+    }
+
+    fn give_rate_token(&mut self, user: &UserId) {
+        let capacity = f64::from(self.ctx.config.limits.rate_limit_per_minute);
+        if let Some(bucket) = self.buckets.get_mut(user) {
+            bucket.tokens = (bucket.tokens + 1.0).min(capacity);
+        }
     }
 
     fn take_rate_token(&mut self, user: &UserId) -> bool {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventBody};
-use crate::model::{Seq, StreamId};
+use crate::model::{Seq, StreamId, UserId};
 
 /// The prefix of every channel and key switchboard uses in Redis.
 pub const PREFIX: &str = "sb";
@@ -123,12 +123,44 @@ pub fn event_of(prefix: &str, channel: &[u8], payload: &[u8]) -> Option<Event> {
     Some(Event { stream, seq: published.seq, body: published.body, except: None })
 }
 
+/// A key of a presence topic (`online`, `room:<id>`; design/cluster.md §5.8): the hash
+/// tag keeps a topic's keys together.
+pub fn topic_key(prefix: &str, topic: &str, what: &str) -> String {
+    format!("{prefix}:{{t:{topic}}}:{what}")
+}
+
+/// The topic of a presence event channel, if it is one of ours.
+fn topic_of<'a>(prefix: &str, channel: &'a [u8]) -> Option<&'a str> {
+    let channel = std::str::from_utf8(channel).ok()?;
+    channel.strip_prefix(prefix)?.strip_prefix(":{t:")?.strip_suffix("}:ev")
+}
+
+/// A change of one user's connection count in a presence topic, cluster-wide, as the
+/// presence scripts publish it: `[ver, kind, user, name, total]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    pub topic: String,
+    /// The topic's version after the change (one more than before it).
+    pub ver: i64,
+    pub user: UserId,
+    pub name: String,
+    /// The user's connections in the topic over all nodes; 0 is a leave.
+    pub total: u32,
+}
+
+fn presence_event(topic: &str, payload: &[u8]) -> Option<PresenceEvent> {
+    let (ver, _kind, user, name, total): (i64, String, String, String, i64) = serde_json::from_slice(payload).ok()?;
+    Some(PresenceEvent { topic: topic.to_string(), ver, user: UserId::new(&user), name, total: total.max(0) as u32 })
+}
+
 /// The subscription's side of the bus, in the loop: which streams are wanted, what is
 /// to be written to Redis, and what was read from it.
 pub struct Subscriber {
     prefix: String,
     password: Option<String>,
     wanted: HashSet<StreamId>,
+    /// Presence topics followed here (their event channels).
+    topics: HashSet<String>,
     /// Streams subscribed while up, not confirmed yet.
     confirming: HashSet<StreamId>,
     /// Bytes to write; emptied by the server as the socket takes them.
@@ -149,6 +181,8 @@ pub struct Heard {
     /// Streams subscribed while up, now confirmed: what was published on them before
     /// is to be read from the store (their sessions' snapshots were read before).
     pub subscribed: Vec<StreamId>,
+    /// Presence changes, in the order Redis pushed them.
+    pub presence: Vec<PresenceEvent>,
 }
 
 impl Subscriber {
@@ -157,6 +191,7 @@ impl Subscriber {
             prefix: prefix.to_string(),
             password,
             wanted: HashSet::new(),
+            topics: HashSet::new(),
             confirming: HashSet::new(),
             out: Vec::new(),
             inbuf: Vec::new(),
@@ -187,6 +222,20 @@ impl Subscriber {
         }
     }
 
+    /// A presence topic followed here from now on.
+    pub fn want_topic(&mut self, topic: &str) {
+        if self.topics.insert(topic.to_string()) && self.up {
+            self.out.extend(encode(&[b"SUBSCRIBE", topic_key(&self.prefix, topic, "ev").as_bytes()]));
+        }
+    }
+
+    /// A presence topic no longer followed here.
+    pub fn drop_topic(&mut self, topic: &str) {
+        if self.topics.remove(topic) && self.up {
+            self.out.extend(encode(&[b"UNSUBSCRIBE", topic_key(&self.prefix, topic, "ev").as_bytes()]));
+        }
+    }
+
     /// A new connection: authenticate, then subscribe to everything wanted (in commands
     /// of up to 512 channels) and a channel of our own, so that a confirmation comes
     /// back even when nothing is wanted yet.
@@ -202,6 +251,7 @@ impl Subscriber {
         let own = format!("{}:node", self.prefix);
         let mut channels: Vec<String> = vec![own];
         channels.extend(self.wanted.iter().map(|s| channel(&self.prefix, s)));
+        channels.extend(self.topics.iter().map(|t| topic_key(&self.prefix, t, "ev")));
         for chunk in channels.chunks(512) {
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
             args.extend(chunk.iter().map(|c| c.as_bytes()));
@@ -237,6 +287,13 @@ impl Subscriber {
                     [Frame::Bulk(Some(kind)), Frame::Bulk(Some(channel)), Frame::Bulk(Some(payload))]
                         if kind == b"message" =>
                     {
+                        if let Some(topic) = topic_of(&self.prefix, channel) {
+                            match presence_event(topic, payload) {
+                                Some(event) => heard.presence.push(event),
+                                None => log::warn!("bus: a presence message not understood on topic {topic}"),
+                            }
+                            continue;
+                        }
                         match event_of(&self.prefix, channel, payload) {
                             Some(event) => heard.events.push(event),
                             None => log::warn!(
@@ -267,13 +324,98 @@ impl Subscriber {
     }
 }
 
-/// The writer lane's side: publishes what a batch committed, on a blocking connection
-/// with short timeouts. A failure costs latency only (the position checks find what was
-/// not heard): the connection is dropped and tried again a second later.
+/// A blocking connection to Redis, for a helper thread (the writer lane publishes and
+/// asks the rate limit; the presence lane runs its scripts): commands go in one write
+/// and their answers are read in order, with short timeouts.
+pub struct Conn {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn connect(url: &crate::config::RedisUrl, timeout: std::time::Duration) -> Result<Conn, String> {
+        use std::net::ToSocketAddrs;
+        let addr = url.addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn { stream, buf: Vec::new() };
+        if let Some(password) = &url.password {
+            match conn.call(&[b"AUTH", password.as_bytes()])? {
+                Frame::Simple(_) => {}
+                other => return Err(format!("AUTH refused: {other:?}")),
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Sends the commands (each `encode`d) at once and reads their answers, in order. An
+    /// error answer is an answer; a broken connection is an error.
+    pub fn pipeline(&mut self, commands: &[Vec<u8>]) -> Result<Vec<Frame>, String> {
+        use std::io::{Read, Write};
+        self.stream.write_all(&commands.concat()).map_err(|e| e.to_string())?;
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut chunk = [0u8; 8192];
+        while answers.len() < commands.len() {
+            let mut used = 0;
+            while answers.len() < commands.len()
+                && let Some((frame, n)) = decode(&self.buf[used..])?
+            {
+                used += n;
+                answers.push(frame);
+            }
+            self.buf.drain(..used);
+            if answers.len() == commands.len() {
+                break;
+            }
+            let n = self.stream.read(&mut chunk).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("Redis closed the connection".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(answers)
+    }
+
+    /// One command and its answer; an error answer is an error.
+    pub fn call(&mut self, args: &[&[u8]]) -> Result<Frame, String> {
+        match self.pipeline(&[encode(args)])?.pop() {
+            Some(Frame::Error(e)) => Err(format!("Redis said: {e}")),
+            Some(frame) => Ok(frame),
+            None => Err("no answer".into()),
+        }
+    }
+}
+
+/// GCRA, the per-user rate limit of stored messages across nodes (design/cluster.md
+/// §5.8): how many of `n` messages a user may send now, with the per-minute limit as
+/// both rate and burst. The key holds the theoretical arrival time and expires once the
+/// bucket would be full again.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval = 60000 / rate
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local room = math.floor((now + rate * interval - tat) / interval + 1e-9)
+local k = math.max(0, math.min(n, room))
+if k > 0 then
+  tat = tat + k * interval
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+end
+return k
+"#;
+
+/// The writer lane's side: publishes what a batch committed, and asks the rate limit of
+/// a batch's messages, on a blocking connection with short timeouts. A failure costs
+/// latency only (the position checks find what was not heard; the rate limit falls back
+/// to each node's own): the connection is dropped and tried again a second later.
 pub struct Publisher {
     url: crate::config::RedisUrl,
     prefix: String,
-    conn: Option<std::net::TcpStream>,
+    conn: Option<Conn>,
     retry_at: Option<Instant>,
 }
 
@@ -289,79 +431,73 @@ impl Publisher {
         if events.is_empty() {
             return;
         }
-        if let Err(e) = self.try_publish(events) {
-            if self.retry_at.is_none() || self.conn.is_some() {
-                log::warn!("bus: cannot publish to Redis ({e}); other nodes hear of it by polling");
-            }
-            self.conn = None;
-            self.retry_at = Some(Instant::now() + std::time::Duration::from_secs(1));
-        }
+        let commands: Vec<Vec<u8>> = events
+            .iter()
+            .map(|event| {
+                encode(&[b"PUBLISH", channel(&self.prefix, &event.stream).as_bytes(), payload(event).as_bytes()])
+            })
+            .collect();
+        let _ = self.run(&commands, "publish");
     }
 
-    fn try_publish(&mut self, events: &[Event]) -> Result<(), String> {
-        use std::io::{Read, Write};
+    /// How many of each user's `n` messages fit the per-minute `rate` now, in one round
+    /// trip; `None` if Redis cannot say (then the loop's own buckets were the limit).
+    pub fn admit(&mut self, users: &[(&UserId, u32)], rate: u32) -> Option<Vec<u32>> {
+        let commands: Vec<Vec<u8>> = users
+            .iter()
+            .map(|(user, n)| {
+                let key = format!("{}:rl:{{{}}}", self.prefix, user.as_str());
+                encode(&[
+                    b"EVAL",
+                    GCRA.as_bytes(),
+                    b"1",
+                    key.as_bytes(),
+                    rate.to_string().as_bytes(),
+                    n.to_string().as_bytes(),
+                ])
+            })
+            .collect();
+        let answers = self.run(&commands, "ask the rate limit")?;
+        answers.into_iter().map(|a| if let Frame::Integer(k) = a { Some(k.max(0) as u32) } else { None }).collect()
+    }
+
+    fn run(&mut self, commands: &[Vec<u8>], what: &str) -> Option<Vec<Frame>> {
         if self.conn.is_none() {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {
-                return Ok(());
+                return None;
             }
-            self.conn = Some(self.connect()?);
+            match Conn::connect(&self.url, PUBLISH_TIMEOUT) {
+                Ok(conn) => self.conn = Some(conn),
+                Err(e) => return self.failed(what, e),
+            }
             self.retry_at = None;
         }
         let conn = self.conn.as_mut().expect("connected");
-        let mut out = Vec::new();
-        for event in events {
-            out.extend(encode(&[
-                b"PUBLISH",
-                channel(&self.prefix, &event.stream).as_bytes(),
-                payload(event).as_bytes(),
-            ]));
-        }
-        conn.write_all(&out).map_err(|e| e.to_string())?;
-        // One answer (the number of subscribers) per event.
-        let (mut buf, mut answered, mut chunk) = (Vec::new(), 0, [0u8; 4096]);
-        while answered < events.len() {
-            let n = conn.read(&mut chunk).map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("Redis closed the connection".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let mut used = 0;
-            while let Some((frame, len)) = decode(&buf[used..])? {
-                used += len;
-                answered += 1;
-                if let Frame::Error(e) = frame {
-                    return Err(format!("Redis said: {e}"));
+        match conn.pipeline(commands) {
+            Ok(answers) => match answers.iter().find_map(|a| if let Frame::Error(e) = a { Some(e) } else { None }) {
+                Some(e) => {
+                    log::warn!("bus: Redis refused to {what}: {e}");
+                    None
                 }
-            }
-            buf.drain(..used);
+                None => Some(answers),
+            },
+            Err(e) => self.failed(what, e),
         }
-        Ok(())
     }
 
-    fn connect(&self) -> Result<std::net::TcpStream, String> {
-        use std::io::Write;
-        use std::net::ToSocketAddrs;
-        let addr = self.url.addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
-        let mut conn = std::net::TcpStream::connect_timeout(&addr, PUBLISH_TIMEOUT).map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(PUBLISH_TIMEOUT)).map_err(|e| e.to_string())?;
-        conn.set_write_timeout(Some(PUBLISH_TIMEOUT)).map_err(|e| e.to_string())?;
-        let _ = conn.set_nodelay(true);
-        if let Some(password) = &self.url.password {
-            conn.write_all(&encode(&[b"AUTH", password.as_bytes()])).map_err(|e| e.to_string())?;
-            let mut reply = [0u8; 256];
-            let n = std::io::Read::read(&mut conn, &mut reply).map_err(|e| e.to_string())?;
-            if !reply[..n].starts_with(b"+OK") {
-                return Err(format!("AUTH refused: {}", String::from_utf8_lossy(&reply[..n]).trim()));
-            }
+    fn failed(&mut self, what: &str, e: String) -> Option<Vec<Frame>> {
+        if self.retry_at.is_none() || self.conn.is_some() {
+            log::warn!("bus: cannot {what} on Redis ({e}); other nodes hear of it by polling");
         }
-        Ok(conn)
+        self.conn = None;
+        self.retry_at = Some(Instant::now() + std::time::Duration::from_secs(1));
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::UserId;
 
     #[test]
     fn values_decode_whole_or_wait_for_more() {

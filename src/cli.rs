@@ -261,6 +261,7 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32
         poll_interval: config.poll_interval,
         max_pending_writes: config.max_pending_writes,
         redis: config.redis.clone(),
+        rate_limit_per_minute: config.limits.rate_limit_per_minute,
     };
     let engine = crate::engine::postgres::PgEngine::start(url, node, wake, options);
     Ok((Engine::Postgres(Box::new(engine)), secrets))

@@ -154,13 +154,19 @@ pub const SETTINGS: &[Setting] = &[
         flag: "database-url",
         env: "SWITCHBOARD_DATABASE_URL",
         default: None,
-        help: "a postgres:// URL: keep everything in PostgreSQL instead of the SQLite file, shared by several nodes (presence, per-user caps and rate limits stay per node)",
+        help: "a postgres:// URL: keep everything in PostgreSQL instead of the SQLite file, shared by several nodes (without Redis, presence, per-user caps and rate limits are per node)",
     },
     Setting {
         flag: "redis-url",
         env: "SWITCHBOARD_REDIS_URL",
         default: None,
-        help: "with PostgreSQL: a redis://[:password@]host[:port] URL; nodes publish what they store there and hear each other at once (polling stays the fallback)",
+        help: "with PostgreSQL: a redis://[:password@]host[:port] URL; nodes hear each other's events at once (polling stays the fallback), and presence, per-user caps and rate limits hold over all nodes",
+    },
+    Setting {
+        flag: "node-lease-ms",
+        env: "SWITCHBOARD_NODE_LEASE_MS",
+        default: Some("10000"),
+        help: "with Redis: a node that stops renewing its lease for this long (killed, stalled, cut off from Redis) is taken out of presence by the others",
     },
     Setting {
         flag: "poll-interval-ms",
@@ -268,6 +274,8 @@ pub struct Config {
     pub event_retention: std::time::Duration,
     /// With PostgreSQL: the Redis bus.
     pub redis: Option<RedisUrl>,
+    /// With Redis: how long a node's presence lasts without renewal.
+    pub node_lease: Duration,
     /// With PostgreSQL: how often the node polls for other nodes' writes.
     pub poll_interval: Duration,
     /// With PostgreSQL: writes waiting for their commit at most (backpressure).
@@ -508,6 +516,7 @@ impl RawSettings {
                         .ok_or_else(|| invalid("redis-url", "(not shown)", "a redis://[:password@]host[:port] URL"))?,
                 ),
             },
+            node_lease: Duration::from_millis(self.positive("node-lease-ms")?.max(300)),
             poll_interval: Duration::from_millis(self.positive("poll-interval-ms")?),
             max_pending_writes: self.positive("max-pending-writes")? as usize,
             chat_protocol,

@@ -129,6 +129,10 @@ pub struct Opening {
     pub kept_position: Option<Seq>,
     /// Its answer refused it: it closes without ever opening.
     pub refused: bool,
+    /// With Redis: waiting to hear whether its user's cap over all nodes admits it; the
+    /// engine's answer (if any was needed) is held until then.
+    pub admitting: bool,
+    pub held: Option<Option<Result<crate::engine::Opened, crate::engine::OpenError>>>,
 }
 
 /// One open WebSocket session: who, on which endpoint, subscribed to what.
@@ -208,6 +212,10 @@ pub struct Ctx {
     /// The Redis bus's subscription, on a node that has one (`bus.rs`; the server owns
     /// its socket).
     pub bus: Option<crate::bus::Subscriber>,
+    /// Presence, caps and rate limits across nodes, on a node with Redis (`cluster`).
+    pub cluster: Option<crate::cluster::Cluster>,
+    /// Requests asked that the rate limit of stored messages counts (`Request::rate_user`).
+    pub rate_limited_asks: u64,
     /// Where opens and requests go, and the store behind them (`engine.rs`).
     pub engine: Engine,
     next_ticket: Ticket,
@@ -228,6 +236,12 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(config: Config, api_key: String, engine: Engine) -> Ctx {
+        let cluster = match (&config.redis, engine.waker()) {
+            (Some(url), Some(wake)) => {
+                Some(crate::cluster::Cluster::start(url.clone(), crate::bus::PREFIX, config.node_lease, wake))
+            }
+            _ => None,
+        };
         Ctx {
             config,
             api_key,
@@ -242,6 +256,8 @@ impl Ctx {
             delivering: None,
             following_users: HashSet::new(),
             bus: None,
+            cluster,
+            rate_limited_asks: 0,
             engine,
             next_ticket: 0,
             waiting: HashMap::new(),
@@ -266,6 +282,9 @@ impl Ctx {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let write = matches!(request, Request::Write(_));
+        if request.rate_user().is_some() {
+            self.rate_limited_asks += 1;
+        }
         let atomic = write && matches!(then, Then::Api { .. });
         let (engine, turn) = self.engine_and_turn();
         match engine.ask(turn, ticket, request, atomic) {
@@ -420,6 +439,10 @@ impl Ctx {
                 && last > delivered
             {
                 self.metrics.stream_fills += 1;
+                if self.bus.as_ref().is_some_and(|bus| bus.is_up()) {
+                    // A position check found what the bus did not bring (lost, or late).
+                    self.metrics.position_repairs += 1;
+                }
                 self.engine.fill(stream, delivered);
             }
         }
@@ -567,11 +590,52 @@ impl Ctx {
         self.online.get(user).map(|u| u.conns.as_slice()).unwrap_or(&[])
     }
 
-    /// Users online now, ordered by id.
-    pub fn online_users(&self) -> Vec<(&UserId, &OnlineUser)> {
-        let mut users: Vec<_> = self.online.iter().collect();
-        users.sort_by(|a, b| a.0.cmp(b.0));
+    /// Users online now, ordered by id, with their names and connection counts: on a
+    /// node with Redis, on every node.
+    pub fn online_users(&self) -> Vec<(UserId, std::sync::Arc<str>, usize)> {
+        let here = |user: &UserId| self.online.get(user).map_or(0, |u| u.conns.len());
+        let mut users: Vec<_> = match self.cluster.as_ref().and_then(|c| c.get(crate::cluster::ONLINE)) {
+            Some(mirror) => mirror
+                .shown
+                .iter()
+                .map(|(user, name)| {
+                    let remote = mirror.remote.get(user).map_or(0, |(_, count)| *count as usize);
+                    (user.clone(), name.clone(), remote.max(here(user)))
+                })
+                .collect(),
+            None => self.online.iter().map(|(user, u)| (user.clone(), u.name.clone(), u.conns.len())).collect(),
+        };
+        users.sort_by(|a, b| a.0.cmp(&b.0));
         users
+    }
+
+    /// A user's connections on every node (on a node with Redis), else on this one.
+    pub fn connections_of(&self, user: &UserId) -> usize {
+        let here = self.online.get(user).map_or(0, |u| u.conns.len());
+        let mirror = self.cluster.as_ref().and_then(|c| c.get(crate::cluster::ONLINE));
+        let remote = mirror.and_then(|m| m.remote.get(user)).map_or(0, |(_, count)| *count as usize);
+        here.max(remote)
+    }
+
+    /// With Redis: follows a presence topic here (its mirror loads, its channel is
+    /// subscribed).
+    pub fn mirror_topic(&mut self, topic: &str) {
+        if let Some(cluster) = &mut self.cluster
+            && cluster.mirror(topic)
+            && let Some(bus) = &mut self.bus
+        {
+            bus.want_topic(topic);
+        }
+    }
+
+    /// With Redis: stops following a presence topic here.
+    pub fn unmirror_topic(&mut self, topic: &str) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.unmirror(topic);
+            if let Some(bus) = &mut self.bus {
+                bus.drop_topic(topic);
+            }
+        }
     }
 
     /// Queues a frame to every connection of one user in a topic.

@@ -181,6 +181,11 @@ impl Hub {
         self.topics.get(topic).and_then(|m| m.users.get(user)).map(|(_, conns)| conns.as_slice()).unwrap_or(&[])
     }
 
+    /// A user's display name in a topic, if they are connected to it.
+    pub fn user_name(&self, topic: &Topic, user: &UserId) -> Option<Arc<str>> {
+        self.topics.get(topic).and_then(|m| m.users.get(user)).map(|(name, _)| name.clone())
+    }
+
     /// The users connected to a topic, ordered by id, with their display names.
     pub fn users(&self, topic: &Topic) -> Vec<(&UserId, &str)> {
         let Some(members) = self.topics.get(topic) else { return Vec::new() };

@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod endpoints;

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub bus_reconnects: u64,
     pub bus_events: u64,
     pub writes_refused: u64,
+    /// With Redis: stream fills that a position check found were needed (the bus lost
+    /// the event), other nodes' presence taken out when their lease ran out, and
+    /// presence told Redis again after it lost its data or this node's lease.
+    pub position_repairs: u64,
+    pub reaped_nodes: u64,
+    pub presence_rebuilds: u64,
 }
 
 pub const COMMIT_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 64, 256, 1024];
@@ -114,6 +120,21 @@ impl Metrics {
             self.bus_reconnects,
         );
         counter("bus_events_total", "Events heard on the Redis bus.", self.bus_events);
+        counter(
+            "position_repairs_total",
+            "Streams a position check found behind while the Redis bus was up (an event the bus lost).",
+            self.position_repairs,
+        );
+        counter(
+            "reaped_nodes_total",
+            "Other nodes taken out of presence after their lease ran out.",
+            self.reaped_nodes,
+        );
+        counter(
+            "presence_rebuilds_total",
+            "Times this node told Redis its presence again (Redis lost its data, or this node its lease).",
+            self.presence_rebuilds,
+        );
         counter(
             "backpressure_turns_total",
             "Loop turns that left clients' frames unread because too many writes waited for their commit.",

@@ -115,17 +115,29 @@ pub enum Write {
     /// A banking message, or a reply in a thread.
     PostBankingMessage(Box<NewBankingMessage>),
     /// The backend logs a user out: recorded on their stream, every session of theirs
-    /// closes. `closed_here`, the sessions the asking node closed at once, comes back
+    /// closes. `connections`, how many the user had (on every node, with Redis), comes back
     /// in the answer.
     Logout {
         user: UserId,
-        closed_here: usize,
+        connections: usize,
     },
     /// A user opened a first session: they are known, with their latest display name.
     SeeUser {
         user: UserId,
         name: String,
     },
+}
+
+impl Request {
+    /// The user whose stored message this is, for the rate limit across nodes: a
+    /// client's chat message, direct message or agent reply.
+    pub fn rate_user(&self) -> Option<&UserId> {
+        match self {
+            Request::Write(Write::Post { sender, .. } | Write::SendDirect { sender, .. }) => Some(&sender.user_id),
+            Request::Write(Write::PostAgentMessage { agent, .. }) => Some(&agent.user_id),
+            _ => None,
+        }
+    }
 }
 
 /// A customer as an external platform names them.
@@ -229,7 +241,7 @@ pub enum Done {
     BankingMessage(BankingMessage),
     LoggedOut {
         user: UserId,
-        closed_here: usize,
+        connections: usize,
     },
 }
 
@@ -253,6 +265,8 @@ pub enum Failed {
     },
     /// A domain rule refused it, in words for the caller.
     Refused(&'static str),
+    /// Past the sender's rate limit over all nodes: not stored.
+    RateLimited,
     Store(StoreError),
 }
 
@@ -265,6 +279,7 @@ impl std::fmt::Display for Failed {
             Failed::NoConversation { kind, key } => write!(f, "no {} conversation with id {key:?}", kind.as_sql()),
             Failed::Exists { kind, key } => write!(f, "a {} conversation with id {key:?} exists", kind.as_sql()),
             Failed::Refused(why) => f.write_str(why),
+            Failed::RateLimited => f.write_str("rate limit exceeded"),
             Failed::Store(e) => write!(f, "{e}"),
         }
     }

@@ -1,8 +1,8 @@
 //! Several nodes on one PostgreSQL (design/cluster.md §5.5, the polling path): real
 //! binaries, real sockets, the throwaway PostgreSQL of `util::pg`. Clients of one
 //! conversation or user on different nodes see every stored event once, in order,
-//! whichever node stored it; presence (room joins and leaves, who is online) stays per
-//! node until the Redis bus.
+//! whichever node stored it. With Redis too: the bus, and presence, the per-user cap
+//! and the rate limit over all nodes.
 
 mod util;
 
@@ -516,4 +516,185 @@ fn redis_killed_and_started_again_costs_latency_not_messages() {
     assert_eq!(got, (0..40).map(|i| (format!("m{i}"), i + 1)).collect::<Vec<_>>(), "every message once, in order");
     assert!(node_metric(&b, "switchboard_bus_reconnects_total") >= 1.0);
     assert!(node_metric(&b, "switchboard_stream_fills_total") >= 1.0, "polling carried the messages meanwhile");
+}
+
+// ---- Presence, caps and rate limits across nodes (design/cluster.md §5.8).
+
+/// Nodes on one fresh database and the Redis at `redis`, with `extra` settings.
+fn nodes_with_redis(redis: &Redis, count: usize, extra: &[(&str, &str)]) -> Vec<Server> {
+    let url = shared().database();
+    let redis_url = redis.url();
+    let mut settings = vec![("SWITCHBOARD_DATABASE_URL", url.as_str()), ("SWITCHBOARD_REDIS_URL", redis_url.as_str())];
+    settings.extend_from_slice(extra);
+    let nodes: Vec<Server> = (0..count).map(|_| Server::start(&settings)).collect();
+    for node in &nodes {
+        eventually("the node's bus is up", || node.api("GET", "/healthz", None).1["bus"] == "ok");
+    }
+    nodes
+}
+
+/// The ids `GET /api/online` lists on a node, with their connection counts.
+fn online(node: &Server) -> Vec<(String, i64)> {
+    let (_, body) = node.api("GET", "/api/online", None);
+    body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["user_id"].to_string().trim_matches('"').to_string(), u["connections"].as_i64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn who_is_online_and_in_a_room_is_the_same_on_every_node() {
+    let redis = Redis::start();
+    let nodes = nodes_with_redis(&redis, 2, &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut watcher = b.connect_as("/ws/presence/", json!(9), "watcher");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "9");
+    // ann's first tab on node a: node b's watcher hears of her once; a second tab on
+    // node b changes nothing but her count.
+    let mut ann = a.connect_as("/ws/rooms/lobby/", json!(1), "ann");
+    ann.recv_type("room_users_list");
+    let online_frame = watcher.recv_type("user_online");
+    assert_eq!((online_frame["user_id"].as_str(), online_frame["user_name"].as_str()), (Some("1"), Some("ann")));
+    let mut ann2 = b.connect_as("/ws/notifications/", json!(1), "ann");
+    ann2.recv_type("unread_count");
+    eventually("both nodes count ann's two connections", || {
+        online(a).contains(&("1".into(), 2)) && online(b).contains(&("1".into(), 2))
+    });
+    watcher.expect_silence(Duration::from_millis(300));
+    // The room: bo on node b is told ann is there (in the list, or joined once the
+    // room's presence loaded), and ann is told bo joined.
+    let mut bo = b.connect_as("/ws/rooms/lobby/", json!(2), "bo");
+    let list = bo.recv_type("room_users_list");
+    let listed = list["users"].as_array().unwrap().iter().any(|u| u["id"] == "1");
+    if !listed {
+        let join = bo.recv_type("user_join");
+        assert_eq!(join["user_id"], "1");
+    }
+    let join = ann.recv_type("user_join");
+    assert_eq!((join["user_id"].as_str(), join["username"].as_str()), (Some("2"), Some("bo")));
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "2");
+    // Leaving: bo's last socket in the room closes, ann hears it once.
+    bo.close();
+    let leave = ann.recv_type("user_leave");
+    assert_eq!(leave["user_id"], "2");
+    assert_eq!(watcher.recv_type("user_offline")["user_id"], "2");
+    // ann's tabs close one by one: offline only after the last, once.
+    ann.close();
+    watcher.expect_silence(Duration::from_millis(300));
+    ann2.close();
+    let offline = watcher.recv_type("user_offline");
+    assert_eq!(offline["user_id"], "1");
+    for node in [a, b] {
+        eventually("ann is offline everywhere", || !online(node).iter().any(|(id, _)| id == "1"));
+    }
+}
+
+#[test]
+fn the_per_user_cap_counts_connections_on_every_node() {
+    let redis = Redis::start();
+    let nodes = nodes_with_redis(&redis, 2, &[("SWITCHBOARD_MAX_CONNECTIONS_PER_USER", "3")]);
+    let mut open = Vec::new();
+    for node in [&nodes[0], &nodes[0], &nodes[1]] {
+        let mut client = node.connect_as("/ws/notifications/", json!(5), "cap");
+        client.recv_type("unread_count");
+        open.push(client);
+    }
+    let mut fourth = nodes[1].connect_as("/ws/notifications/", json!(5), "cap");
+    assert_eq!(fourth.expect_close(), Some(1013), "the 4th connection over two nodes");
+    // One closes: a new one fits again, on either node.
+    open.pop().unwrap().close();
+    eventually("a place is free again", || online(&nodes[1]).contains(&("5".into(), 2)));
+    let mut again = nodes[1].connect_as("/ws/notifications/", json!(5), "cap");
+    again.recv_type("unread_count");
+}
+
+#[test]
+fn a_killed_nodes_users_go_offline_after_its_lease_and_a_stopped_one_comes_back() {
+    let redis = Redis::start();
+    let mut nodes = nodes_with_redis(&redis, 2, &[("SWITCHBOARD_NODE_LEASE_MS", "1000")]);
+    let mut watcher = nodes[1].connect_as("/ws/presence/", json!(9), "watcher");
+    watcher.recv_type("user_online");
+    let mut ann = nodes[0].connect_as("/ws/presence/", json!(1), "ann");
+    ann.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "1");
+    // SIGSTOP for twice the lease: node b reaps it; after SIGCONT it registers again and
+    // ann is online again.
+    let pid = nodes[0].pid().to_string();
+    std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert_eq!(watcher.recv_type("user_offline")["user_id"], "1", "reaped after the lease");
+    std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "1", "told again by the node that came back");
+    // kill -9: offline within the lease and a second.
+    let killed = std::time::Instant::now();
+    nodes[0].kill();
+    assert_eq!(watcher.recv_type("user_offline")["user_id"], "1");
+    let took = killed.elapsed();
+    assert!(took < Duration::from_millis(2500), "offline after {took:?}");
+    assert!(node_metric(&nodes[1], "switchboard_reaped_nodes_total") >= 1.0);
+    eventually("node b lists only its own", || online(&nodes[1]) == vec![("9".to_string(), 1)]);
+    drop(ann);
+    nodes.truncate(1);
+}
+
+#[test]
+fn redis_restarted_empty_presence_is_told_again_without_a_storm() {
+    let mut redis = Redis::start();
+    let nodes = nodes_with_redis(&redis, 2, &[]);
+    let mut watcher = nodes[1].connect_as("/ws/presence/", json!(9), "watcher");
+    watcher.recv_type("user_online");
+    let mut ann = nodes[0].connect_as("/ws/presence/", json!(1), "ann");
+    ann.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "1");
+    redis.kill();
+    redis.start_again();
+    for node in &nodes {
+        eventually("presence told again", || node_metric(node, "switchboard_presence_rebuilds_total") >= 1.0);
+    }
+    for node in &nodes {
+        eventually("both users listed again", || online(node).len() == 2);
+    }
+    // Nobody was connected or gone meanwhile: nothing to tell the watcher.
+    watcher.expect_silence(Duration::from_millis(500));
+    ann.close();
+    assert_eq!(watcher.recv_type("user_offline")["user_id"], "1");
+}
+
+#[test]
+fn the_rate_limit_of_stored_messages_holds_over_two_nodes() {
+    let redis = Redis::start();
+    let nodes = nodes_with_redis(&redis, 2, &[("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", "60")]);
+    let (mut one, mut two) = (
+        nodes[0].connect_as("/ws/rooms/limits/", json!(4), "fast"),
+        nodes[1].connect_as("/ws/rooms/limits/", json!(4), "fast"),
+    );
+    one.recv_type("room_users_list");
+    two.recv_type("room_users_list");
+    // 50 from each node at once, from a full bucket of 60: about 60 are stored (one
+    // more per second of the test), not 100.
+    for i in 0..50 {
+        one.send_json(json!({"message": format!("one-{i}")}));
+        two.send_json(json!({"message": format!("two-{i}")}));
+    }
+    // Each socket hears, for each of its 50, the message stored or an error frame.
+    let mut refused = 0;
+    for (client, mine) in [(&mut one, "one-"), (&mut two, "two-")] {
+        let mut outcomes = 0;
+        while outcomes < 50 {
+            let frame = client.recv();
+            if frame.get("error").is_some() {
+                assert!(frame["error"].as_str().unwrap().starts_with("Rate limit exceeded"), "{frame}");
+                refused += 1;
+                outcomes += 1;
+            } else if frame["type"] == "chat_message" && frame["message"].as_str().unwrap().starts_with(mine) {
+                outcomes += 1;
+            }
+        }
+    }
+    let url = nodes[0].env.iter().find(|(k, _)| k == "SWITCHBOARD_DATABASE_URL").unwrap().1.clone();
+    let (_, count) = shared().psql(&url, "SELECT count(*) FROM messages");
+    let count: i64 = count.parse().unwrap();
+    assert!((60..=63).contains(&count), "{count} of 100 stored with a limit of 60/min over two nodes");
+    assert_eq!(refused, 100 - count, "every message not stored was refused with an error frame");
 }

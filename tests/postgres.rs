@@ -190,7 +190,7 @@ fn script() -> Vec<Request> {
             members: vec![ann.user_id.clone()],
         }),
         w(Write::SetMembers { kind: ConversationKind::Support, key: text("none"), members: vec![] }),
-        w(Write::Logout { user: bo.user_id.clone(), closed_here: 1 }),
+        w(Write::Logout { user: bo.user_id.clone(), connections: 1 }),
         Request::Read(Read::UserKnown(bo.user_id.clone())),
         Request::Read(Read::UserKnown(UserId::new("nobody"))),
         Request::Read(Read::ConversationList(ann.user_id.clone())),
@@ -306,6 +306,7 @@ fn writer(url: &str, node: &str) -> (Writer, Receiver<Committed>, Arc<AtomicUsiz
         url.to_string(),
         node.to_string(),
         None,
+        60,
         answers,
         Box::new(move || {
             wake.fetch_add(1, Ordering::SeqCst);

@@ -322,6 +322,7 @@ pub fn join(ctx: &mut Ctx, session: &Session, stream: StreamId, position: Seq) -
 pub fn posted(ctx: &mut Ctx, session: &Session, answer: Answer) {
     let words = match answer {
         Ok(_) => return,
+        Err(Failed::RateLimited) => return rate_limited(ctx, session),
         Err(Failed::Empty) => "Message is empty.",
         Err(Failed::UnknownUser) => "User not found.",
         Err(e) => {
@@ -330,6 +331,14 @@ pub fn posted(ctx: &mut Ctx, session: &Session, answer: Answer) {
         }
     };
     ctx.send(session.conn, error_frame(&session.endpoint, words));
+}
+
+/// A client's message past its user's rate limit: dropped, and the client told so.
+pub fn rate_limited(ctx: &mut Ctx, session: &Session) {
+    ctx.metrics.rate_limited += 1;
+    let limit = ctx.config.limits.rate_limit_per_minute;
+    let message = format!("Rate limit exceeded: at most {limit} messages per minute; message dropped.");
+    ctx.send(session.conn, error_frame(&session.endpoint, &message));
 }
 
 pub fn error_frame(endpoint: &Endpoint, message: &str) -> Frame {

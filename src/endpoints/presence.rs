@@ -7,6 +7,9 @@
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use crate::cluster::{ONLINE, room_of};
 use crate::context::{Ctx, Refusal, Session, to_frame};
 use crate::hub::{ConnId, Topic};
 use crate::model::{Identity, UserId};
@@ -30,9 +33,9 @@ pub fn open(ctx: &mut Ctx, session: &mut Session) -> Result<(), Refusal> {
     let me = &session.identity;
     let mut frames = Vec::new();
     let mut listed_me = false;
-    for (id, user) in ctx.online_users() {
-        listed_me |= *id == me.user_id;
-        frames.push(online_frame(id.as_str(), &user.name));
+    for (id, name, _) in ctx.online_users() {
+        listed_me |= id == me.user_id;
+        frames.push(online_frame(id.as_str(), &name));
     }
     if !listed_me {
         frames.push(online_frame(me.user_id.as_str(), &me.name));
@@ -49,12 +52,18 @@ fn online_frame(user_id: &str, user_name: &str) -> crate::context::Frame {
 
 /// A user's first session opened; `except` is that session (it has its own snapshot).
 pub fn user_online(ctx: &mut Ctx, identity: &Identity, except: Option<ConnId>) {
+    if ctx.cluster.is_some() {
+        return refresh(ctx, ONLINE, &identity.user_id, except);
+    }
     let frame = online_frame(identity.user_id.as_str(), &identity.name);
     ctx.publish(&Topic::Presence, frame, except, false);
 }
 
 /// A user's last session closed.
 pub fn user_offline(ctx: &mut Ctx, user: &UserId) {
+    if ctx.cluster.is_some() {
+        return refresh(ctx, ONLINE, user, None);
+    }
     let frame = to_frame(&UserOffline { r#type: "user_offline", user_id: user.as_str() });
     ctx.publish(&Topic::Presence, frame, None, false);
 }
@@ -63,4 +72,54 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
     for topic in &session.topics {
         ctx.hub.unsubscribe(topic, session.conn, &session.identity.user_id);
     }
+}
+
+/// With Redis (`cluster`): a user's place in what this node's clients see of a presence
+/// topic may have changed (a session here, a change on another node, a reload). The
+/// view is the users with sessions here plus those Redis counts on any node; a
+/// difference from what was shown is told, once: `user_online`/`user_offline` for
+/// `online`, `user_join`/`user_leave` for a room. `except` has its own snapshot.
+pub fn refresh(ctx: &mut Ctx, topic: &str, user: &UserId, except: Option<ConnId>) {
+    let here: Option<Arc<str>> = match room_of(topic) {
+        None => ctx.online.get(user).map(|u| u.name.clone()),
+        Some(room) => ctx.hub.user_name(&Topic::Conversation(room), user),
+    };
+    let Some(cluster) = ctx.cluster.as_mut() else { return };
+    let up = cluster.up;
+    let Some(mirror) = cluster.get_mut(topic) else { return };
+    if here.is_none() && !up {
+        // Redis cannot say whether another node has them: a user gone from here is
+        // shown gone, and shown again if Redis says so when it is back.
+        mirror.remote.remove(user);
+    }
+    let now = here.or_else(|| mirror.remote.get(user).map(|(name, _)| name.clone()));
+    let told = match (now, mirror.shown.contains_key(user)) {
+        (Some(name), false) => {
+            mirror.shown.insert(user.clone(), name.clone());
+            Some((true, name))
+        }
+        (None, true) => mirror.shown.remove(user).map(|name| (false, name)),
+        _ => None,
+    };
+    let Some((joined, name)) = told else { return };
+    match (room_of(topic), joined) {
+        (None, true) => {
+            let frame = online_frame(user.as_str(), &name);
+            ctx.publish(&Topic::Presence, frame, except, false);
+        }
+        (None, false) => {
+            let frame = to_frame(&UserOffline { r#type: "user_offline", user_id: user.as_str() });
+            ctx.publish(&Topic::Presence, frame, None, false);
+        }
+        (Some(room), true) => super::rooms::user_event(ctx, room, "user_join", user, &name, except),
+        (Some(room), false) => super::rooms::user_event(ctx, room, "user_leave", user, &name, None),
+    }
+}
+
+/// With Redis: the users this node's clients see in a topic, ordered by id.
+pub fn shown(ctx: &Ctx, topic: &str) -> Option<Vec<(UserId, Arc<str>)>> {
+    let mirror = ctx.cluster.as_ref()?.get(topic)?;
+    let mut users: Vec<_> = mirror.shown.iter().map(|(u, n)| (u.clone(), n.clone())).collect();
+    users.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(users)
 }

@@ -140,6 +140,21 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
     let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());
     session.conversation = Some(conversation);
+    if ctx.cluster.is_some() {
+        // Who is in the room on every node (`cluster`): this node's share is told to
+        // Redis, and the room's presence followed here.
+        let presence = crate::cluster::room_topic(conversation);
+        ctx.mirror_topic(&presence);
+        if first && let Some(cluster) = &ctx.cluster {
+            cluster.set(&presence, &session.identity.user_id, &session.identity.name, 1, None);
+        }
+        super::presence::refresh(ctx, &presence, &session.identity.user_id, Some(session.conn));
+        let users = super::presence::shown(ctx, &presence).unwrap_or_default();
+        let users = users.iter().map(|(id, name)| RoomUser { id: id.as_str(), username: name }).collect();
+        ctx.send(session.conn, to_frame(&RoomUsersList { r#type: "room_users_list", users }));
+        ctx.send_all(session.conn, history);
+        return Ok(());
+    }
 
     let users = to_frame(&RoomUsersList {
         r#type: "room_users_list",
@@ -153,14 +168,29 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
     ctx.send(session.conn, users);
     ctx.send_all(session.conn, history);
     if first {
-        let join = to_frame(&UserEvent {
-            r#type: "user_join",
-            user_id: session.identity.user_id.as_str(),
-            username: &session.identity.name,
-        });
-        ctx.publish(&topic, join, Some(session.conn), false);
+        user_event(
+            ctx,
+            conversation,
+            "user_join",
+            &session.identity.user_id,
+            &session.identity.name,
+            Some(session.conn),
+        );
     }
     Ok(())
+}
+
+/// `user_join` or `user_leave` to the room's sessions here (but `except`).
+pub fn user_event(
+    ctx: &mut Ctx,
+    conversation: i64,
+    kind: &'static str,
+    user: &crate::model::UserId,
+    name: &str,
+    except: Option<crate::hub::ConnId>,
+) {
+    let frame = to_frame(&UserEvent { r#type: kind, user_id: user.as_str(), username: name });
+    ctx.publish(&Topic::Conversation(conversation), frame, except, false);
 }
 
 pub fn on_text(ctx: &mut Ctx, session: &mut Session, text: &str) {
@@ -188,14 +218,22 @@ pub fn deliver_message(ctx: &mut Ctx, message: &StoredMessage) {
 
 pub fn close(ctx: &mut Ctx, session: &Session) {
     ctx.leave_stream(session);
+    let user = &session.identity.user_id;
     for topic in &session.topics {
-        if ctx.hub.unsubscribe(topic, session.conn, &session.identity.user_id) {
-            let leave = to_frame(&UserEvent {
-                r#type: "user_leave",
-                user_id: session.identity.user_id.as_str(),
-                username: &session.identity.name,
-            });
-            ctx.publish(topic, leave, None, false);
+        let last = ctx.hub.unsubscribe(topic, session.conn, user);
+        let Topic::Conversation(conversation) = topic else { continue };
+        if ctx.cluster.is_some() {
+            let presence = crate::cluster::room_topic(*conversation);
+            if last && let Some(cluster) = &ctx.cluster {
+                cluster.set(&presence, user, &session.identity.name, 0, None);
+            }
+            if ctx.hub.conns(topic).is_empty() {
+                ctx.unmirror_topic(&presence);
+            } else {
+                super::presence::refresh(ctx, &presence, user, None);
+            }
+        } else if last {
+            user_event(ctx, *conversation, "user_leave", user, &session.identity.name, None);
         }
         if ctx.hub.conns(topic).is_empty()
             && let Endpoint::Rooms { room } = &session.endpoint

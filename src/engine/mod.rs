@@ -181,6 +181,14 @@ impl Engine {
         }
     }
 
+    /// What a helper thread calls to wake the loop, on an engine that has one.
+    pub fn waker(&self) -> Option<Box<dyn Fn() + Send>> {
+        match self {
+            Engine::Postgres(pg) => Some(pg.waker()),
+            _ => None,
+        }
+    }
+
     /// The loop's waker, for an engine whose lanes answer from other threads.
     pub fn set_waker(&mut self, waker: mio::Waker) {
         if let Engine::Postgres(pg) = self {

@@ -55,8 +55,10 @@ pub struct Options {
     /// says it is saturated (`saturated`): the loop stops reading clients' frames and
     /// the server API answers 503 until the writer catches up.
     pub max_pending_writes: usize,
-    /// The Redis bus, if any: the writer publishes there.
+    /// The Redis bus, if any: the writer publishes there, and asks the rate limit.
     pub redis: Option<crate::config::RedisUrl>,
+    /// The per-user rate limit of stored messages, per minute.
+    pub rate_limit_per_minute: u32,
 }
 
 /// How often a node with a working bus checks streams' positions anyway (a message the
@@ -118,18 +120,20 @@ pub struct PgEngine {
     filled: Vec<Event>,
 }
 
+/// What a helper thread calls to wake the loop.
+fn waker(wake: Wake) -> Box<dyn Fn() + Send> {
+    Box::new(move || {
+        if let Some(waker) = wake.get()
+            && let Err(e) = waker.wake()
+        {
+            log::error!("cannot wake the loop: {e}");
+        }
+    })
+}
+
 impl PgEngine {
     /// Starts the lanes on the database at `url` for this node.
     pub fn start(url: &str, node: String, wake: Wake, options: Options) -> PgEngine {
-        let waker = |wake: Wake| -> Box<dyn Fn() + Send> {
-            Box::new(move || {
-                if let Some(waker) = wake.get()
-                    && let Err(e) = waker.wake()
-                {
-                    log::error!("cannot wake the loop: {e}");
-                }
-            })
-        };
         let (committed_to, committed) = channel();
         let (read_to, read) = channel();
         PgEngine {
@@ -137,6 +141,7 @@ impl PgEngine {
                 url.to_string(),
                 node,
                 options.redis.clone().map(|redis| crate::bus::Publisher::new(redis, crate::bus::PREFIX)),
+                options.rate_limit_per_minute,
                 committed_to,
                 waker(wake.clone()),
             ),
@@ -170,6 +175,11 @@ impl PgEngine {
             filling: HashMap::new(),
             filled: Vec::new(),
         }
+    }
+
+    /// What another helper thread (the presence lane) calls to wake the loop.
+    pub fn waker(&self) -> Box<dyn Fn() + Send> {
+        waker(self.wake.clone())
     }
 
     /// The loop's waker, once the server has made it.

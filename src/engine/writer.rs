@@ -23,6 +23,8 @@ use crate::store::pg::{self, PgStore};
 use crate::store::{StoreError, StoreResult};
 use crate::tx::Tx;
 
+type Requests = Vec<(Ticket, Request)>;
+
 /// The write requests of one or more turns, in the order they were asked.
 pub struct Batch {
     /// This node's batch number, unique for the node's lifetime (its marker's key).
@@ -61,10 +63,11 @@ impl Writer {
         url: String,
         node: String,
         publisher: Option<crate::bus::Publisher>,
+        rate_limit_per_minute: u32,
         answers: Sender<Committed>,
         wake: Box<dyn Fn() + Send>,
     ) -> Writer {
-        let mut lane = Lane { url, node, store: None, pid: None, publisher };
+        let mut lane = Lane { url, node, store: None, pid: None, publisher, rate: rate_limit_per_minute };
         Writer(super::lane::Lane::start("pg-writer", answers, wake, move |batch| lane.commit(batch)))
     }
 
@@ -152,9 +155,52 @@ struct Lane {
     /// The PostgreSQL session (backend process) of `store`'s connection.
     pid: Option<i32>,
     publisher: Option<crate::bus::Publisher>,
+    /// The per-user rate limit of stored messages, per minute (asked of Redis).
+    rate: u32,
 }
 
 impl Lane {
+    /// With Redis: the rate limit over all nodes (design/cluster.md §5.8), asked once
+    /// per user per batch with that user's count of messages. The messages past it
+    /// leave the batch, answered `RateLimited`, nothing stored. If Redis cannot say,
+    /// every message stays (each node's own bucket limited them in the loop).
+    fn limit(&mut self, requests: Requests) -> (Requests, Vec<(Ticket, Answer)>) {
+        let Some(publisher) = &mut self.publisher else { return (requests, Vec::new()) };
+        let mut users: Vec<(&crate::model::UserId, u32)> = Vec::new();
+        for user in requests.iter().filter_map(|(_, request)| request.rate_user()) {
+            match users.iter_mut().find(|(u, _)| *u == user) {
+                Some((_, n)) => *n += 1,
+                None => users.push((user, 1)),
+            }
+        }
+        if users.is_empty() {
+            return (requests, Vec::new());
+        }
+        let Some(allowed) = publisher.admit(&users, self.rate) else { return (requests, Vec::new()) };
+        let mut left: Vec<(crate::model::UserId, u32)> =
+            users.iter().zip(allowed).map(|((user, _), k)| ((*user).clone(), k)).collect();
+        let mut refused = Vec::new();
+        let mut kept = Vec::with_capacity(requests.len());
+        for (ticket, request) in requests {
+            let fits = match request.rate_user() {
+                None => true,
+                Some(user) => match left.iter_mut().find(|(u, _)| u == user) {
+                    Some((_, k)) if *k > 0 => {
+                        *k -= 1;
+                        true
+                    }
+                    _ => false,
+                },
+            };
+            if fits {
+                kept.push((ticket, request));
+            } else {
+                refused.push((ticket, Err(Failed::RateLimited)));
+            }
+        }
+        (kept, refused)
+    }
+
     /// A connection, made again if it was lost (a few tries with backoff, then the
     /// batch fails: the loop answers its requests with errors and tries later batches).
     fn connected(&mut self) -> StoreResult<&mut PgStore> {
@@ -185,8 +231,10 @@ impl Lane {
         Ok(self.store.as_mut().expect("connected"))
     }
 
-    fn commit(&mut self, batch: Batch) -> Committed {
+    fn commit(&mut self, mut batch: Batch) -> Committed {
         let tickets: Vec<Ticket> = batch.requests.iter().map(|(ticket, _)| *ticket).collect();
+        let (requests, refused) = self.limit(std::mem::take(&mut batch.requests));
+        batch.requests = requests;
         let failed = |error: String| Committed::No { batch: batch.id, tickets: tickets.clone(), error };
         let (mut events, mut stored) = (Vec::new(), 0u64);
         let node = self.node.clone();
@@ -199,7 +247,8 @@ impl Lane {
             Err(e) => return failed(e.to_string()),
             Ok(store) => {
                 let ran = (|| -> StoreResult<Vec<(Ticket, Answer)>> {
-                    let mut answers = Vec::with_capacity(batch.requests.len());
+                    let mut answers = Vec::with_capacity(batch.requests.len() + refused.len());
+                    answers.extend(refused);
                     let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored };
                     let mut requests = batch.requests.into_iter().peekable();
                     while let Some((ticket, request)) = requests.next() {

@@ -89,9 +89,9 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
             tx.store.upsert_user(&user, &name, tx.now)?;
             Done::Stored
         }
-        Write::Logout { user, closed_here } => {
+        Write::Logout { user, connections } => {
             tx.record(&StreamId::User(user.clone()), EventBody::Logout, None)?;
-            Done::LoggedOut { user, closed_here }
+            Done::LoggedOut { user, connections }
         }
     })
 }

@@ -126,7 +126,11 @@ impl Server {
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
         let link = app.config().redis.clone().map(|redis| {
-            app.ctx.bus = Some(crate::bus::Subscriber::new(crate::bus::PREFIX, redis.password.clone()));
+            let mut subscriber = crate::bus::Subscriber::new(crate::bus::PREFIX, redis.password.clone());
+            for topic in app.ctx.cluster.as_ref().map(|c| c.topics()).unwrap_or_default() {
+                subscriber.want_topic(&topic);
+            }
+            app.ctx.bus = Some(subscriber);
             bus::Link::new(redis.addr)
         });
         let server = Server {
@@ -235,6 +239,11 @@ impl Server {
 
     /// Sessions whose engine answered since the last turn open now (see `engine.rs`).
     fn finish_opens(&mut self) {
+        for (id, ok) in self.app.presence_said() {
+            if let Some(session) = session_mut(&mut self.conns, id) {
+                self.app.admitted(session, ok);
+            }
+        }
         for (id, answer) in self.app.ready_opens() {
             if let Some(session) = session_mut(&mut self.conns, id) {
                 self.app.finish_open(session, answer);

@@ -1,0 +1,239 @@
+//! Presence across nodes (design/cluster.md §5.8), the loop's side: what this node's
+//! clients are shown of who is online and who is in a room, when users connect to other
+//! nodes too. A node with Redis holds, per presence topic it follows (`online`, a
+//! room's `room:<id>`), a *mirror*: the users Redis counts connected on any node,
+//! loaded once and kept by the changes the presence scripts publish (`bus.rs`), and
+//! reloaded whenever one may have been missed (a version skipped, a reconnect, Redis
+//! lost its data).
+//!
+//! What a node's clients are shown of a topic is its *view*: the users with sessions
+//! here, plus the mirror's. Every change (a session here, a change heard, a reload) is
+//! a difference between the view and what was shown (`Mirror::shown`); only a
+//! difference is told, so a user is joined or left once per node whatever the tabs,
+//! the nodes and the duplicate announcements after a Redis restart.
+//!
+//! The presence lane (`lane.rs`) keeps this node's share in Redis; the caps and the
+//! rate limit of stored messages are decided there too (see `Job::Set`, and the writer
+//! lane's `bus::Publisher::admit`).
+
+pub mod lane;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use crate::bus::PresenceEvent;
+use crate::config::RedisUrl;
+use crate::hub::ConnId;
+use crate::model::UserId;
+pub use lane::Said;
+use lane::{Job, PresenceLane};
+
+/// The topic of everyone online (presence, `/api/online`, the per-user cap).
+pub const ONLINE: &str = "online";
+
+/// A room's presence topic (its users list, `user_join`, `user_leave`).
+pub fn room_topic(conversation: i64) -> String {
+    format!("room:{conversation}")
+}
+
+/// The room of a room's presence topic.
+pub fn room_of(topic: &str) -> Option<i64> {
+    topic.strip_prefix("room:")?.parse().ok()
+}
+
+/// One presence topic as this node knows it.
+#[derive(Default)]
+pub struct Mirror {
+    /// Users connected to the topic on any node, as Redis counts them: name and count.
+    pub remote: HashMap<UserId, (Arc<str>, u32)>,
+    ver: i64,
+    /// A load is under way: changes heard meanwhile wait for it.
+    loading: Option<Vec<PresenceEvent>>,
+    /// What this node's clients were shown: the topic's users with their names.
+    pub shown: HashMap<UserId, Arc<str>>,
+}
+
+pub struct Cluster {
+    lane: PresenceLane,
+    said: Receiver<Said>,
+    mirrors: HashMap<String, Mirror>,
+    /// The presence lane reaches Redis: the mirrors are current.
+    pub up: bool,
+}
+
+impl Cluster {
+    pub fn start(url: RedisUrl, prefix: &str, lease: Duration, wake: Box<dyn Fn() + Send>) -> Cluster {
+        let (tell, said) = std::sync::mpsc::channel();
+        let lane = PresenceLane::start(url, prefix, lease, tell, wake);
+        let mut cluster = Cluster { lane, said, mirrors: HashMap::new(), up: false };
+        cluster.mirror(ONLINE);
+        cluster
+    }
+
+    /// This node now holds `count` connections of `user` in `topic`. With `admit`, the
+    /// count is an increase that the user's cap may refuse, and that connection hears
+    /// the decision (`Said::Admitted`).
+    pub fn set(&self, topic: &str, user: &UserId, name: &Arc<str>, count: u32, admit: Option<(ConnId, u32)>) {
+        let (conn, cap) = admit.map_or((None, 0), |(conn, cap)| (Some(conn), cap));
+        let job = Job::Set { topic: topic.to_string(), user: user.clone(), name: name.clone(), count, cap, conn };
+        self.lane.send(job);
+    }
+
+    /// Follows a topic (its mirror loads); whether it is new here (then its channel is
+    /// to be subscribed).
+    pub fn mirror(&mut self, topic: &str) -> bool {
+        if self.mirrors.contains_key(topic) {
+            return false;
+        }
+        self.mirrors.insert(topic.to_string(), Mirror { loading: Some(Vec::new()), ..Mirror::default() });
+        self.lane.send(Job::Load(topic.to_string()));
+        true
+    }
+
+    /// Stops following a topic.
+    pub fn unmirror(&mut self, topic: &str) {
+        if self.mirrors.remove(topic).is_some() {
+            self.lane.send(Job::Unload(topic.to_string()));
+        }
+    }
+
+    pub fn get(&self, topic: &str) -> Option<&Mirror> {
+        self.mirrors.get(topic)
+    }
+
+    pub fn get_mut(&mut self, topic: &str) -> Option<&mut Mirror> {
+        self.mirrors.get_mut(topic)
+    }
+
+    /// The topics followed here.
+    pub fn topics(&self) -> Vec<String> {
+        self.mirrors.keys().cloned().collect()
+    }
+
+    /// What the presence lane said since the last call.
+    pub fn said(&self) -> Vec<Said> {
+        self.said.try_iter().collect()
+    }
+
+    /// Loads a mirror again (changes heard meanwhile wait for it).
+    pub fn reload(&mut self, topic: &str) {
+        if let Some(mirror) = self.mirrors.get_mut(topic)
+            && mirror.loading.is_none()
+        {
+            mirror.loading = Some(Vec::new());
+            self.lane.send(Job::Load(topic.to_string()));
+        }
+    }
+
+    /// Loads every mirror again, loads under way included (one asked while Redis was
+    /// away is never answered): after a reconnect of the lane or of the subscription.
+    pub fn reload_all(&mut self) {
+        for (topic, mirror) in &mut self.mirrors {
+            mirror.loading = Some(mirror.loading.take().unwrap_or_default());
+            self.lane.send(Job::Load(topic.clone()));
+        }
+    }
+
+    /// A change heard on the bus; the user whose view may have changed. A version
+    /// skipped means a change was missed: the mirror reloads.
+    pub fn heard(&mut self, event: PresenceEvent) -> Option<UserId> {
+        let mirror = self.mirrors.get_mut(&event.topic)?;
+        if let Some(waiting) = &mut mirror.loading {
+            waiting.push(event);
+            return None;
+        }
+        if event.ver <= mirror.ver {
+            return None;
+        }
+        let skipped = event.ver > mirror.ver + 1;
+        let topic = event.topic.clone();
+        let user = mirror.apply(event);
+        if skipped {
+            self.reload(&topic);
+        }
+        Some(user)
+    }
+
+    /// A mirror's load came: the users whose view may have changed.
+    pub fn loaded(&mut self, topic: &str, ver: i64, users: Vec<(UserId, Arc<str>, u32)>) -> Vec<UserId> {
+        let Some(mirror) = self.mirrors.get_mut(topic) else { return Vec::new() };
+        let waiting = mirror.loading.take().unwrap_or_default();
+        let mut changed: Vec<UserId> = mirror.remote.keys().cloned().collect();
+        mirror.remote = users.into_iter().map(|(user, name, count)| (user, (name, count))).collect();
+        mirror.ver = ver;
+        changed.extend(mirror.remote.keys().cloned());
+        for event in waiting {
+            if event.ver > mirror.ver {
+                changed.push(mirror.apply(event));
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        changed
+    }
+
+    /// The versions Redis holds now: a mirror behind them missed a change.
+    pub fn versions(&mut self, versions: Vec<(String, i64)>) {
+        for (topic, ver) in versions {
+            if self.mirrors.get(&topic).is_some_and(|m| m.loading.is_none() && m.ver != ver) {
+                self.reload(&topic);
+            }
+        }
+    }
+}
+
+impl Mirror {
+    fn apply(&mut self, event: PresenceEvent) -> UserId {
+        self.ver = event.ver;
+        if event.total > 0 {
+            self.remote.insert(event.user.clone(), (Arc::from(event.name.as_str()), event.total));
+        } else {
+            self.remote.remove(&event.user);
+        }
+        event.user
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ver: i64, user: &str, total: u32) -> PresenceEvent {
+        PresenceEvent { topic: ONLINE.into(), ver, user: UserId::new(user), name: user.into(), total }
+    }
+
+    fn cluster() -> Cluster {
+        // A lane that never reaches Redis (nothing listens on port 1).
+        let url = RedisUrl { addr: "127.0.0.1:1".into(), password: None };
+        Cluster::start(url, "test", Duration::from_secs(10), Box::new(|| {}))
+    }
+
+    #[test]
+    fn a_mirror_applies_changes_in_order_and_reloads_when_one_was_missed() {
+        let mut c = cluster();
+        // Heard while loading: applied after the load, if newer than it.
+        assert_eq!(c.heard(event(5, "ann", 1)), None);
+        assert_eq!(c.heard(event(6, "bo", 1)), None);
+        let changed = c.loaded(ONLINE, 5, vec![(UserId::new("ann"), "ann".into(), 1)]);
+        assert_eq!(changed, vec![UserId::new("ann"), UserId::new("bo")]);
+        let mirror = c.get(ONLINE).unwrap();
+        assert_eq!(mirror.remote.len(), 2);
+        assert_eq!(mirror.ver, 6);
+        // Old and repeated changes change nothing.
+        assert_eq!(c.heard(event(6, "bo", 0)), None);
+        assert_eq!(c.heard(event(7, "bo", 0)), Some(UserId::new("bo")));
+        assert!(!c.get(ONLINE).unwrap().remote.contains_key(&UserId::new("bo")));
+        // A skipped version: applied, and the mirror loads again.
+        assert_eq!(c.heard(event(9, "cy", 2)), Some(UserId::new("cy")));
+        assert!(c.get(ONLINE).unwrap().loading.is_some());
+        let changed = c.loaded(ONLINE, 9, vec![(UserId::new("cy"), "cy".into(), 2)]);
+        assert_eq!(changed, vec![UserId::new("ann"), UserId::new("cy")]);
+        // A version check that disagrees reloads; one that agrees does not.
+        c.versions(vec![(ONLINE.into(), 9)]);
+        assert!(c.get(ONLINE).unwrap().loading.is_none());
+        c.versions(vec![(ONLINE.into(), 12)]);
+        assert!(c.get(ONLINE).unwrap().loading.is_some());
+    }
+}
