@@ -254,6 +254,8 @@ struct Watch {
     online: BTreeSet<String>,
     offline_events: HashMap<String, u32>,
     online_events: HashMap<String, u32>,
+    /// When each user's `user_offline` frames came.
+    offline_at: HashMap<String, Vec<Instant>>,
     open: bool,
 }
 
@@ -411,6 +413,7 @@ fn run_client(
                         *w.online_events.entry(user).or_default() += 1;
                     } else {
                         w.online.remove(&user);
+                        w.offline_at.entry(user.clone()).or_default().push(Instant::now());
                         *w.offline_events.entry(user).or_default() += 1;
                     }
                     None
@@ -1299,7 +1302,15 @@ fn three_nodes_under_faults_lose_nothing_and_converge() {
         failures.push(format!("after the Redis restart: {e}"));
     }
     let gone: Vec<String> = ghosts.iter().chain([&901]).map(|u| u.to_string()).collect();
-    for Watch { user, node, offline_events: offline, open, .. } in &final_watches {
+    let when = |at: Option<&Vec<Instant>>| -> String {
+        let times: Vec<String> = at
+            .into_iter()
+            .flatten()
+            .map(|i| format!("t={:.1}", i.checked_duration_since(t0).map_or(-1.0, |d| d.as_secs_f64())))
+            .collect();
+        format!("at {}", times.join(", "))
+    };
+    for Watch { user, node, offline_events: offline, open, offline_at, .. } in &final_watches {
         if !open {
             continue;
         }
@@ -1309,8 +1320,9 @@ fn three_nodes_under_faults_lose_nothing_and_converge() {
                 let n = offline.get(ghost).copied().unwrap_or(0);
                 if n != 1 {
                     failures.push(format!(
-                        "watcher u{user} on n{}: {n} user_offline for u{ghost} (only on n2, gone), want 1",
-                        node + 1
+                        "watcher u{user} on n{}: {n} user_offline for u{ghost} (only on n2, gone), want 1 {}",
+                        node + 1,
+                        when(offline_at.get(ghost))
                     ));
                 }
             }
@@ -1319,8 +1331,9 @@ fn three_nodes_under_faults_lose_nothing_and_converge() {
             let log = logs.iter().find(|l| l.spec.user == *continuous);
             if log.is_some_and(|l| !l.cut()) && offline.contains_key(&continuous.to_string()) {
                 failures.push(format!(
-                    "watcher u{user} on n{}: user_offline for u{continuous}, connected throughout",
-                    node + 1
+                    "watcher u{user} on n{}: user_offline for u{continuous}, connected throughout, {}",
+                    node + 1,
+                    when(offline_at.get(&continuous.to_string()))
                 ));
             }
         }
