@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventBody};
 use crate::model::{Seq, StreamId, UserId};
 
-/// The prefix of every channel and key switchboard uses in Redis.
+/// The prefix of every channel and key switchboard uses in Redis, unless
+/// `SWITCHBOARD_REDIS_PREFIX` says otherwise.
 pub const PREFIX: &str = "sb";
 
 /// A RESP2 value (what Redis answers and pushes).
@@ -330,17 +331,41 @@ impl Subscriber {
 pub struct Conn {
     stream: std::net::TcpStream,
     buf: Vec<u8>,
+    /// Where it is connected (`host:port`).
+    pub addr: String,
+}
+
+/// Where Redis is now: the URL's address or, with Sentinel, the master the first
+/// Sentinel that answers names (remembered in the URL for the loop's subscription).
+pub fn resolve(url: &crate::config::RedisUrl, timeout: std::time::Duration) -> Result<String, String> {
+    let Some(sentinel) = &url.sentinel else { return Ok(url.addr.clone()) };
+    let mut errors = Vec::new();
+    for addr in &sentinel.addrs {
+        let asked = Conn::open(addr, timeout)
+            .and_then(|mut conn| conn.call(&[b"SENTINEL", b"get-master-addr-by-name", sentinel.master.as_bytes()]));
+        match asked {
+            Ok(Frame::Array(Some(items))) => {
+                if let [Frame::Bulk(Some(host)), Frame::Bulk(Some(port))] = items.as_slice() {
+                    let master = format!("{}:{}", String::from_utf8_lossy(host), String::from_utf8_lossy(port));
+                    if let Ok(mut known) = url.master.lock() {
+                        *known = Some(master.clone());
+                    }
+                    return Ok(master);
+                }
+                errors.push(format!("{addr}: {items:?}"));
+            }
+            Ok(other) => errors.push(format!("{addr} does not know master {:?}: {other:?}", sentinel.master)),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(format!("no Sentinel names the master: {}", errors.join("; ")))
 }
 
 impl Conn {
+    /// Connects to Redis (with Sentinel, to the master they name now) and authenticates.
     pub fn connect(url: &crate::config::RedisUrl, timeout: std::time::Duration) -> Result<Conn, String> {
-        use std::net::ToSocketAddrs;
-        let addr = url.addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
-        let stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let mut conn = Conn { stream, buf: Vec::new() };
+        let addr = resolve(url, timeout)?;
+        let mut conn = Conn::open(&addr, timeout)?;
         if let Some(password) = &url.password {
             match conn.call(&[b"AUTH", password.as_bytes()])? {
                 Frame::Simple(_) => {}
@@ -348,6 +373,16 @@ impl Conn {
             }
         }
         Ok(conn)
+    }
+
+    fn open(addr: &str, timeout: std::time::Duration) -> Result<Conn, String> {
+        use std::net::ToSocketAddrs;
+        let socket = addr.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
+        let stream = std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn { stream, buf: Vec::new(), addr: addr.to_string() })
     }
 
     /// Sends the commands (each `encode`d) at once and reads their answers, in order. An
@@ -422,8 +457,8 @@ pub struct Publisher {
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Publisher {
-    pub fn new(url: crate::config::RedisUrl, prefix: &str) -> Publisher {
-        Publisher { url, prefix: prefix.to_string(), conn: None, retry_at: None }
+    pub fn new(url: crate::config::RedisUrl) -> Publisher {
+        Publisher { prefix: url.prefix.clone(), url, conn: None, retry_at: None }
     }
 
     /// Publishes each event on its stream's channel, in order, in one round trip.
@@ -462,6 +497,12 @@ impl Publisher {
     }
 
     fn run(&mut self, commands: &[Vec<u8>], what: &str) -> Option<Vec<Frame>> {
+        if let Some(conn) = &self.conn
+            && self.url.current().is_some_and(|master| master != conn.addr)
+        {
+            // The Sentinels named another master (the presence lane asked them).
+            self.conn = None;
+        }
         if self.conn.is_none() {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {
                 return None;

@@ -160,7 +160,13 @@ pub const SETTINGS: &[Setting] = &[
         flag: "redis-url",
         env: "SWITCHBOARD_REDIS_URL",
         default: None,
-        help: "with PostgreSQL: a redis://[:password@]host[:port] URL; nodes hear each other's events at once (polling stays the fallback), and presence, per-user caps and rate limits hold over all nodes",
+        help: "with PostgreSQL: a redis://[:password@]host[:port] or redis+sentinel://[:password@]host:port[,host:port]/master URL; nodes hear each other's events at once (polling stays the fallback), and presence, per-user caps and rate limits hold over all nodes",
+    },
+    Setting {
+        flag: "redis-prefix",
+        env: "SWITCHBOARD_REDIS_PREFIX",
+        default: Some("sb"),
+        help: "with Redis: what this cluster's keys and channels start with (several clusters may share one Redis)",
     },
     Setting {
         flag: "node-lease-ms",
@@ -290,34 +296,91 @@ pub struct Config {
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
-/// Where the Redis bus is: `redis://[:password@]host[:port][/db]` (the db does not
-/// matter to Pub/Sub).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Redis is: `redis://[:password@]host[:port][/db]` (the db does not matter to
+/// Pub/Sub, nor to the presence keys), or `redis+sentinel://[:password@]host:port
+/// [,host:port…]/master`, the master that those Sentinels name (asked again at each
+/// connect; the password is the master's).
+#[derive(Debug, Clone)]
 pub struct RedisUrl {
-    /// `host:port`.
+    /// `host:port` (without Sentinel).
     pub addr: String,
     pub password: Option<String>,
+    pub sentinel: Option<Sentinel>,
+    /// With Sentinel: the master's `host:port` as last named, shared by every clone (the
+    /// loop's subscription connects there; the lanes ask the Sentinels themselves).
+    pub master: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// What every key and channel of this cluster starts with (`SWITCHBOARD_REDIS_PREFIX`),
+    /// so that several clusters can share one Redis.
+    pub prefix: String,
 }
 
+/// The Sentinels to ask, and the name of the master they watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    pub addrs: Vec<String>,
+    pub master: String,
+}
+
+impl PartialEq for RedisUrl {
+    fn eq(&self, other: &RedisUrl) -> bool {
+        (&self.addr, &self.password, &self.sentinel, &self.prefix)
+            == (&other.addr, &other.password, &other.sentinel, &other.prefix)
+    }
+}
+
+impl Eq for RedisUrl {}
+
 impl RedisUrl {
-    pub fn parse(url: &str) -> Option<RedisUrl> {
-        let rest = url.strip_prefix("redis://")?;
-        let hostport = rest.split('/').next()?;
-        let (password, hostport) = match hostport.rsplit_once('@') {
-            Some((user_info, hostport)) => {
-                let password = user_info.split_once(':').map_or(user_info, |(_, p)| p);
-                (Some(password.to_string()).filter(|p| !p.is_empty()), hostport)
-            }
-            None => (None, hostport),
-        };
-        if hostport.is_empty() {
-            return None;
+    /// A Redis at `addr`, without Sentinel.
+    pub fn direct(addr: &str, password: Option<&str>) -> RedisUrl {
+        RedisUrl {
+            addr: addr.to_string(),
+            password: password.map(str::to_string),
+            sentinel: None,
+            master: Default::default(),
+            prefix: crate::bus::PREFIX.to_string(),
         }
-        let addr = match hostport.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => hostport.to_string(),
-            _ => format!("{hostport}:6379"),
+    }
+
+    pub fn parse(url: &str) -> Option<RedisUrl> {
+        let (sentinel, rest) = match url.strip_prefix("redis+sentinel://") {
+            Some(rest) => (true, rest),
+            None => (false, url.strip_prefix("redis://")?),
         };
-        Some(RedisUrl { addr, password })
+        let (hostports, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (password, hostports) = match hostports.rsplit_once('@') {
+            Some((user_info, hostports)) => {
+                let password = user_info.split_once(':').map_or(user_info, |(_, p)| p);
+                (Some(password).filter(|p| !p.is_empty()), hostports)
+            }
+            None => (None, hostports),
+        };
+        let with_port = |hostport: &str, default: u16| -> Option<String> {
+            if hostport.is_empty() {
+                return None;
+            }
+            Some(match hostport.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => hostport.to_string(),
+                _ => format!("{hostport}:{default}"),
+            })
+        };
+        if !sentinel {
+            return Some(RedisUrl::direct(&with_port(hostports, 6379)?, password));
+        }
+        let addrs: Option<Vec<String>> = hostports.split(',').map(|h| with_port(h, 26379)).collect();
+        let master = path.split('/').next().filter(|m| !m.is_empty())?;
+        Some(RedisUrl {
+            sentinel: Some(Sentinel { addrs: addrs?, master: master.to_string() }),
+            ..RedisUrl::direct("", password)
+        })
+    }
+
+    /// Where to connect now: the address, or the master last named by the Sentinels.
+    pub fn current(&self) -> Option<String> {
+        match &self.sentinel {
+            None => Some(self.addr.clone()),
+            Some(_) => self.master.lock().ok().and_then(|m| m.clone()),
+        }
     }
 }
 
@@ -511,10 +574,21 @@ impl RawSettings {
                         "SWITCHBOARD_REDIS_URL (--redis-url) needs SWITCHBOARD_DATABASE_URL: the bus joins nodes that share a PostgreSQL database".into(),
                     ));
                 }
-                Some(url) => Some(
-                    RedisUrl::parse(&url)
-                        .ok_or_else(|| invalid("redis-url", "(not shown)", "a redis://[:password@]host[:port] URL"))?,
-                ),
+                Some(url) => {
+                    let mut url = RedisUrl::parse(&url).ok_or_else(|| {
+                        invalid(
+                            "redis-url",
+                            "(not shown)",
+                            "a redis://[:password@]host[:port] or redis+sentinel://[:password@]host:port[,host:port]/master URL",
+                        )
+                    })?;
+                    url.prefix = self.optional("redis-prefix").unwrap_or_else(|| crate::bus::PREFIX.into());
+                    let fits = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+                    if url.prefix.is_empty() || url.prefix.len() > 32 || !url.prefix.chars().all(fits) {
+                        return Err(invalid("redis-prefix", &url.prefix, "1-32 letters, digits, -, _, . or :"));
+                    }
+                    Some(url)
+                }
             },
             node_lease: Duration::from_millis(self.positive("node-lease-ms")?.max(300)),
             poll_interval: Duration::from_millis(self.positive("poll-interval-ms")?),
@@ -553,14 +627,17 @@ mod tests {
     #[test]
     fn a_redis_url_gives_its_address_and_password() {
         let url = |s: &str| RedisUrl::parse(s);
-        assert_eq!(url("redis://127.0.0.1:7000"), Some(RedisUrl { addr: "127.0.0.1:7000".into(), password: None }));
-        assert_eq!(url("redis://cache/2"), Some(RedisUrl { addr: "cache:6379".into(), password: None }));
-        assert_eq!(
-            url("redis://:s3cret@cache:7000/0"),
-            Some(RedisUrl { addr: "cache:7000".into(), password: Some("s3cret".into()) })
-        );
+        assert_eq!(url("redis://127.0.0.1:7000"), Some(RedisUrl::direct("127.0.0.1:7000", None)));
+        assert_eq!(url("redis://cache/2"), Some(RedisUrl::direct("cache:6379", None)));
+        assert_eq!(url("redis://:s3cret@cache:7000/0"), Some(RedisUrl::direct("cache:7000", Some("s3cret"))));
         assert_eq!(url("rediss://x"), None);
         assert_eq!(url("redis://"), None);
+        let sentinel = url("redis+sentinel://:pw@s1:5000,s2/main").unwrap();
+        assert_eq!(sentinel.password.as_deref(), Some("pw"));
+        let expected = Sentinel { addrs: vec!["s1:5000".into(), "s2:26379".into()], master: "main".into() };
+        assert_eq!(sentinel.sentinel, Some(expected));
+        assert_eq!(sentinel.current(), None, "known once a Sentinel named it");
+        assert_eq!(url("redis+sentinel://s1:5000"), None, "the master's name is required");
     }
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {

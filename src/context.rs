@@ -237,9 +237,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(config: Config, api_key: String, engine: Engine) -> Ctx {
         let cluster = match (&config.redis, engine.waker()) {
-            (Some(url), Some(wake)) => {
-                Some(crate::cluster::Cluster::start(url.clone(), crate::bus::PREFIX, config.node_lease, wake))
-            }
+            (Some(url), Some(wake)) => Some(crate::cluster::Cluster::start(url.clone(), config.node_lease, wake)),
             _ => None,
         };
         Ctx {

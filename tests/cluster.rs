@@ -481,6 +481,13 @@ fn a_redis_url_without_a_database_url_or_a_bad_one_stops_the_start_with_one_line
     let (code, line) = run(&[("SWITCHBOARD_DATABASE_URL", &url), ("SWITCHBOARD_REDIS_URL", "http://x")]);
     assert_eq!(code, Some(2), "{line}");
     assert!(line.contains("SWITCHBOARD_REDIS_URL"), "{line}");
+    let (code, line) = run(&[
+        ("SWITCHBOARD_DATABASE_URL", &url),
+        ("SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:1"),
+        ("SWITCHBOARD_REDIS_PREFIX", "a b"),
+    ]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("SWITCHBOARD_REDIS_PREFIX"), "{line}");
 }
 
 #[test]
@@ -697,4 +704,74 @@ fn the_rate_limit_of_stored_messages_holds_over_two_nodes() {
     let count: i64 = count.parse().unwrap();
     assert!((60..=63).contains(&count), "{count} of 100 stored with a limit of 60/min over two nodes");
     assert_eq!(refused, 100 - count, "every message not stored was refused with an error frame");
+}
+
+#[test]
+fn through_sentinel_nodes_find_the_master_and_follow_a_failover() {
+    let first = Redis::start();
+    let second = Redis::replica_of(first.port);
+    let dir = tempfile::tempdir().unwrap();
+    let sentinel = Redis::sentinel(first.port, "main", dir.path());
+    let master_port = || -> Option<String> {
+        sentinel.cli(&["SENTINEL", "get-master-addr-by-name", "main"]).1.lines().nth(1).map(str::to_string)
+    };
+    eventually("the Sentinel knows the replica", || {
+        sentinel.cli(&["SENTINEL", "replicas", "main"]).1.contains(&second.port.to_string())
+    });
+    let url = shared().database();
+    let redis_url = format!("redis+sentinel://127.0.0.1:{}/main", sentinel.port);
+    // Polling every minute: what crosses in the test's time comes by the bus.
+    let settings = [
+        ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_REDIS_URL", redis_url.as_str()),
+        ("SWITCHBOARD_POLL_INTERVAL_MS", "60000"),
+    ];
+    let (a, b) = (Server::start(&settings), Server::start(&settings));
+    for node in [&a, &b] {
+        eventually("the node's bus is up", || node.api("GET", "/healthz", None).1["bus"] == "ok");
+    }
+    let mut watcher = b.connect_as("/ws/presence/", json!(9), "watcher");
+    watcher.recv_type("user_online");
+    let mut ann = a.connect_as("/ws/presence/", json!(1), "ann");
+    ann.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "1", "presence through the master the Sentinel named");
+    // The failover: the replica becomes the master; both nodes follow it.
+    let (ok, answer) = sentinel.cli(&["SENTINEL", "FAILOVER", "main"]);
+    assert!(ok && answer == "OK", "{answer}");
+    eventually("the Sentinel names the replica", || master_port() == Some(second.port.to_string()));
+    eventually("both nodes' presence is on the new master", || second.cli(&["HLEN", "sb:{t:online}:count"]).1 == "2");
+    let mut bo = a.connect_as("/ws/presence/", json!(2), "bo");
+    bo.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "2", "presence after the failover");
+    let (mut cy, mut dee) =
+        (a.connect_as("/ws/rooms/after/", json!(3), "cy"), b.connect_as("/ws/rooms/after/", json!(4), "dee"));
+    cy.recv_type("room_users_list");
+    dee.recv_type("room_users_list");
+    eventually("both nodes subscribed on the new master", || {
+        second.cli(&["PUBSUB", "NUMSUB", "sb:s:c:1"]).1.lines().nth(1) == Some("2")
+    });
+    cy.send_json(json!({"message": "after the failover"}));
+    assert_eq!(said(&mut dee), ("after the failover".to_string(), 1), "by the bus on the new master");
+}
+
+#[test]
+fn a_node_stopped_cleanly_takes_its_users_out_at_once_and_prefixes_keep_clusters_apart() {
+    let redis = Redis::start();
+    // A ten-second lease: what the watcher hears within a second is the clean stop.
+    let mut nodes = nodes_with_redis(&redis, 2, &[("SWITCHBOARD_REDIS_PREFIX", "east")]);
+    let mut watcher = nodes[1].connect_as("/ws/presence/", json!(9), "watcher");
+    watcher.recv_type("user_online");
+    let mut ann = nodes[0].connect_as("/ws/presence/", json!(1), "ann");
+    ann.recv_type("user_online");
+    assert_eq!(watcher.recv_type("user_online")["user_id"], "1");
+    // Another cluster on the same Redis, under the default prefix, sees none of it.
+    let other = nodes_with_redis(&redis, 1, &[]);
+    assert_eq!(online(&other[0]), vec![]);
+    assert_eq!(redis.cli(&["EXISTS", "sb:{t:online}:count"]).1, "0");
+    let stopped = std::time::Instant::now();
+    assert!(nodes[0].stop().success());
+    assert_eq!(watcher.recv_type("user_offline")["user_id"], "1");
+    assert!(stopped.elapsed() < Duration::from_secs(5), "not the lease: {:?}", stopped.elapsed());
+    assert_eq!(redis.cli(&["ZCARD", "east:nodes"]).1, "1", "the stopped node left");
+    drop(ann);
 }

@@ -162,15 +162,9 @@ pub struct PresenceLane {
 }
 
 impl PresenceLane {
-    pub fn start(
-        url: RedisUrl,
-        prefix: &str,
-        lease: Duration,
-        said: Sender<Said>,
-        wake: Box<dyn Fn() + Send>,
-    ) -> PresenceLane {
+    pub fn start(url: RedisUrl, lease: Duration, said: Sender<Said>, wake: Box<dyn Fn() + Send>) -> PresenceLane {
         let (jobs, inbox) = std::sync::mpsc::channel();
-        let mut lane = Lane::new(url, prefix, lease);
+        let mut lane = Lane::new(url, lease);
         let thread = std::thread::Builder::new()
             .name("presence".into())
             .spawn(move || lane.run(inbox, said, wake))
@@ -227,11 +221,11 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(url: RedisUrl, prefix: &str, lease: Duration) -> Lane {
+    fn new(url: RedisUrl, lease: Duration) -> Lane {
         let now = Instant::now();
         Lane {
+            prefix: url.prefix.clone(),
             url,
-            prefix: prefix.to_string(),
             lease,
             node: node_id(),
             conn: None,
@@ -303,7 +297,7 @@ impl Lane {
             log::warn!("presence: lost Redis ({e}); presence is this node's own until it is back");
             out.push(Said::Up(false));
         }
-        self.retry_at = Instant::now() + RETRY;
+        self.retry_at = self.retry_at.max(Instant::now()).min(Instant::now() + RETRY);
     }
 
     fn key(&self, topic: &str, what: &str) -> String {
@@ -416,6 +410,14 @@ impl Lane {
     }
 
     fn renew(&mut self, out: &mut Vec<Said>) -> Result<(), String> {
+        if self.url.sentinel.is_some() {
+            // A failover: the master is elsewhere now (and this one a replica).
+            let master = crate::bus::resolve(&self.url, TIMEOUT)?;
+            if self.conn.as_ref().is_some_and(|c| c.addr != master) {
+                self.retry_at = Instant::now();
+                return Err(format!("the Sentinels name a new master, {master}"));
+            }
+        }
         if !self.lease_call(false)? {
             self.register(out)?;
         }
@@ -517,6 +519,7 @@ impl Lane {
                     told = true;
                     let mut answers = answers.into_iter();
                     let mut lease_gone = false;
+                    let mut broken = None;
                     for ((key, count, _, conn, before), answer) in sets.iter().zip(answers.by_ref()) {
                         let status = match &answer {
                             Frame::Array(Some(items)) => items.first().map(integer).unwrap_or(-2),
@@ -536,13 +539,17 @@ impl Lane {
                                 self.dirty.remove(key);
                             }
                             -1 => lease_gone = true,
-                            _ => log::warn!("presence: Redis answered {answer:?}"),
+                            _ => {
+                                // READONLY (a master demoted by a failover), NOSCRIPT: a
+                                // new connection sorts it out, and the entry stays dirty.
+                                log::warn!("presence: Redis answered {answer:?}");
+                                broken = Some(format!("Redis answered {answer:?}"));
+                            }
                         }
                         if let Some(conn) = conn {
                             out.push(Said::Admitted { conn: *conn, ok: status != 0 });
                         }
                     }
-                    let mut broken = None;
                     for (topic, answer) in loads.iter().zip(answers) {
                         match loaded(topic, answer) {
                             Ok(said) => out.push(said),

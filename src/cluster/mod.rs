@@ -53,6 +53,8 @@ pub struct Mirror {
     loading: Option<Vec<PresenceEvent>>,
     /// What this node's clients were shown: the topic's users with their names.
     pub shown: HashMap<UserId, Arc<str>>,
+    /// The version Redis held at the last check (see `Cluster::versions`).
+    checked: Option<i64>,
 }
 
 pub struct Cluster {
@@ -64,9 +66,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn start(url: RedisUrl, prefix: &str, lease: Duration, wake: Box<dyn Fn() + Send>) -> Cluster {
+    pub fn start(url: RedisUrl, lease: Duration, wake: Box<dyn Fn() + Send>) -> Cluster {
         let (tell, said) = std::sync::mpsc::channel();
-        let lane = PresenceLane::start(url, prefix, lease, tell, wake);
+        let lane = PresenceLane::start(url, lease, tell, wake);
         let mut cluster = Cluster { lane, said, mirrors: HashMap::new(), up: false };
         cluster.mirror(ONLINE);
         cluster
@@ -174,10 +176,17 @@ impl Cluster {
         changed
     }
 
-    /// The versions Redis holds now: a mirror behind them missed a change.
+    /// The versions Redis holds now. A mirror still behind the version of the check
+    /// before missed a change (one only on its way when Redis was asked is not missed:
+    /// under steady changes a mirror is always a little behind), and one ahead of Redis
+    /// follows a Redis that started again: they reload.
     pub fn versions(&mut self, versions: Vec<(String, i64)>) {
         for (topic, ver) in versions {
-            if self.mirrors.get(&topic).is_some_and(|m| m.loading.is_none() && m.ver != ver) {
+            let Some(mirror) = self.mirrors.get_mut(&topic) else { continue };
+            let missed = mirror.ver > ver || mirror.checked.is_some_and(|before| mirror.ver < before);
+            mirror.checked = Some(ver);
+            if missed && mirror.loading.is_none() {
+                mirror.checked = None;
                 self.reload(&topic);
             }
         }
@@ -206,8 +215,8 @@ mod tests {
 
     fn cluster() -> Cluster {
         // A lane that never reaches Redis (nothing listens on port 1).
-        let url = RedisUrl { addr: "127.0.0.1:1".into(), password: None };
-        Cluster::start(url, "test", Duration::from_secs(10), Box::new(|| {}))
+        let url = RedisUrl::direct("127.0.0.1:1", None);
+        Cluster::start(url, Duration::from_secs(10), Box::new(|| {}))
     }
 
     #[test]
@@ -230,10 +239,17 @@ mod tests {
         assert!(c.get(ONLINE).unwrap().loading.is_some());
         let changed = c.loaded(ONLINE, 9, vec![(UserId::new("cy"), "cy".into(), 2)]);
         assert_eq!(changed, vec![UserId::new("ann"), UserId::new("cy")]);
-        // A version check that disagrees reloads; one that agrees does not.
-        c.versions(vec![(ONLINE.into(), 9)]);
+        // A version check: a change on its way is not missed; one still missing at the
+        // next check is, and so is a Redis behind the mirror (it started again).
+        c.versions(vec![(ONLINE.into(), 10)]);
         assert!(c.get(ONLINE).unwrap().loading.is_none());
+        assert_eq!(c.heard(event(10, "dee", 1)), Some(UserId::new("dee")));
         c.versions(vec![(ONLINE.into(), 12)]);
-        assert!(c.get(ONLINE).unwrap().loading.is_some());
+        assert!(c.get(ONLINE).unwrap().loading.is_none(), "10 arrived; 11 and 12 may be on their way");
+        c.versions(vec![(ONLINE.into(), 12)]);
+        assert!(c.get(ONLINE).unwrap().loading.is_some(), "12 did not come");
+        c.loaded(ONLINE, 12, Vec::new());
+        c.versions(vec![(ONLINE.into(), 3)]);
+        assert!(c.get(ONLINE).unwrap().loading.is_some(), "Redis is behind");
     }
 }

@@ -140,7 +140,7 @@ impl PgEngine {
             writer: Writer::start(
                 url.to_string(),
                 node,
-                options.redis.clone().map(|redis| crate::bus::Publisher::new(redis, crate::bus::PREFIX)),
+                options.redis.clone().map(crate::bus::Publisher::new),
                 options.rate_limit_per_minute,
                 committed_to,
                 waker(wake.clone()),

@@ -20,6 +20,8 @@ const SILENCE: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Link {
+    url: crate::config::RedisUrl,
+    /// Where the connection goes (or went): with Sentinel, the master named then.
     addr: String,
     stream: Option<TcpStream>,
     /// The connection is established (a non-blocking connect finished).
@@ -32,10 +34,11 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(addr: String) -> Link {
+    pub fn new(url: crate::config::RedisUrl) -> Link {
         let now = Instant::now();
         Link {
-            addr,
+            url,
+            addr: String::new(),
             stream: None,
             connected: false,
             retry_at: now,
@@ -61,10 +64,22 @@ impl Link {
         if now.duration_since(bus.heard) >= SILENCE {
             log::warn!("bus: Redis said nothing for {} s; connecting again", SILENCE.as_secs());
             self.down(registry, bus, now);
+        } else if self.url.current().is_some_and(|master| master != self.addr) {
+            log::warn!(
+                "bus: the Sentinels name a new master, {}; connecting there",
+                self.url.current().unwrap_or_default()
+            );
+            self.down(registry, bus, now);
+            self.retry_at = now;
         }
     }
 
     fn connect(&mut self, registry: &Registry, now: Instant) {
+        let Some(current) = self.url.current() else {
+            // With Sentinel: the presence lane asks them, and says where the master is.
+            return self.later(now);
+        };
+        self.addr = current;
         let addr: Option<SocketAddr> =
             std::net::ToSocketAddrs::to_socket_addrs(&self.addr).ok().and_then(|mut a| a.next());
         let Some(addr) = addr else {

@@ -126,12 +126,12 @@ impl Server {
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
         let link = app.config().redis.clone().map(|redis| {
-            let mut subscriber = crate::bus::Subscriber::new(crate::bus::PREFIX, redis.password.clone());
+            let mut subscriber = crate::bus::Subscriber::new(&redis.prefix, redis.password.clone());
             for topic in app.ctx.cluster.as_ref().map(|c| c.topics()).unwrap_or_default() {
                 subscriber.want_topic(&topic);
             }
             app.ctx.bus = Some(subscriber);
-            bus::Link::new(redis.addr)
+            bus::Link::new(redis)
         });
         let server = Server {
             poll,

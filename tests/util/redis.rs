@@ -10,15 +10,43 @@ use std::time::{Duration, Instant};
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// More arguments for `redis-server` (a replica's `--replicaof`, a Sentinel's).
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let port =
-            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
-        let mut redis = Redis { port, child: None };
+        Redis::start_with(Vec::new())
+    }
+
+    fn start_with(args: Vec<String>) -> Redis {
+        let mut redis = Redis { port: free_port(), child: None, args };
         redis.start_again();
         redis
+    }
+
+    /// A replica of the Redis on `master`.
+    pub fn replica_of(master: u16) -> Redis {
+        Redis::start_with(vec!["--replicaof".into(), "127.0.0.1".into(), master.to_string()])
+    }
+
+    /// A Sentinel watching the master on port `master` as `name`, with a quorum of one,
+    /// that calls it down after a second. Its configuration file lives in `dir`.
+    pub fn sentinel(master: u16, name: &str, dir: &std::path::Path) -> Redis {
+        let port = free_port();
+        let conf = dir.join(format!("sentinel-{port}.conf"));
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\nsentinel monitor {name} 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n"
+        );
+        std::fs::write(&conf, text).expect("write the Sentinel's configuration");
+        let mut sentinel = Redis { port, child: None, args: vec![conf.display().to_string(), "--sentinel".into()] };
+        sentinel.start_again();
+        sentinel
     }
 
     pub fn url(&self) -> String {
@@ -37,9 +65,17 @@ impl Redis {
             let _ = old.kill();
             let _ = old.wait();
         }
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "no", "--loglevel", "warning"])
+        let sentinel = self.args.iter().any(|a| a == "--sentinel");
+        let mut command = Command::new("redis-server");
+        if sentinel {
+            command.args(&self.args).args(["--loglevel", "warning"]);
+        } else {
+            command
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--protected-mode", "no", "--loglevel", "warning"])
+                .args(&self.args);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
