@@ -36,6 +36,17 @@ scenarios:
          both to --url). With two switchboard nodes on one PostgreSQL database this is
          cross-node delivery; the latency then includes the other node's polling.
          --pid is then one of the two servers (CPU per delivery is that server's).
+         A comma-separated list of URLs splits the subscribers over them (contiguous
+         groups, as even as can be); each group's latency is reported, and over the
+         groups on another server than --url's as remote_latency_*.
+         [--cpu NAME=PID,...] [--cpu-tree NAME=PID,...]: those processes' CPU while
+         publishing (--cpu-tree: with the process's children, live and reaped: a
+         PostgreSQL postmaster), their sum per delivery and per message.
+         [--fault-at S --fault-cmd CMD [--fault-window 3] [--degraded-ms 20]]: runs
+         `sh -c CMD` S seconds after the first send; latency (the remote groups', if
+         any) by send time before it, in the window after it and later, and how long
+         after it a --timeline-ms bucket's p99 was still above --degraded-ms.
+         [--timeline-ms 250]: latency per bucket of send time (with a fault: always).
   chat   --pairs K --rate R --seconds S
          K pairs, each in its own room; each user sends, waits for its echo, sends again
          (paced to R messages/s in total, 0 = closed loop flat out). Messages/s,
