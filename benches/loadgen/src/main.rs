@@ -394,7 +394,7 @@ fn main() -> ExitCode {
 }
 
 /// Busy time of all CPUs (everything but idle and iowait) from /proc/stat, in µs.
-fn machine_busy_us() -> Option<u64> {
+pub fn machine_busy_us() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     let total: u64 = fields.iter().take(8).sum();
@@ -404,7 +404,7 @@ fn machine_busy_us() -> Option<u64> {
     Some((total - idle) * 1_000_000 / hz)
 }
 
-fn own_cpu_us() -> u64 {
+pub fn own_cpu_us() -> u64 {
     // SAFETY: getrusage fills a zeroed local struct.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };

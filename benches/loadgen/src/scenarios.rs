@@ -431,7 +431,7 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     let rss_sub = ctx.rss();
     rep.opt("rss_subscribed_kib", rss_sub);
     let cpu0 = ctx.cpu_us();
-    let set0 = cpuset.as_ref().map(|c| c.sample());
+    let set0 = cpuset.as_ref().map(|c| (c.sample(), crate::machine_busy_us(), crate::own_cpu_us(), Instant::now()));
     let mut send_ns = vec![0u64; m as usize];
     let mut latencies: Vec<u64> = Vec::with_capacity(expected.min(50_000_000) as usize);
     // Per group: (send time, latency) of each delivery, for its own figures and the windows.
@@ -541,7 +541,7 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
         }
     };
     let cpu = ctx.cpu_us().zip(cpu0).map(|(b, a)| b - a);
-    let set1 = cpuset.as_ref().map(|c| c.sample());
+    let set1 = cpuset.as_ref().map(|c| (c.sample(), crate::machine_busy_us(), crate::own_cpu_us(), Instant::now()));
     let pub_secs = (last_delivery.saturating_sub(first_send.unwrap_or(t_pub))) as f64 / 1e9;
     let per_sec = if pub_secs > 0.0 { deliveries as f64 / pub_secs } else { 0.0 };
     let (p50, p99, max) = percentiles_ms(&mut latencies);
@@ -563,8 +563,17 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     rep.opt("cpu_publish_us", cpu);
     rep.opt("cpu_us_per_delivery", cpu_per);
     rep.opt("rss_after_kib", ctx.rss());
-    if let (Some(s0), Some(s1)) = (set0, set1) {
-        cpu_set_figures(rep, &s0, &s1, deliveries, seq);
+    if let (Some((s0, busy0, own0, w0)), Some((s1, busy1, own1, w1))) = (set0, set1) {
+        let all = cpu_set_figures(rep, &s0, &s1, deliveries, seq);
+        // Everything else on the machine while publishing: not these processes, not the
+        // load generator.
+        let other = busy1
+            .zip(busy0)
+            .zip(all)
+            .map(|((b1, b0), all)| b1.saturating_sub(b0) as f64 - all as f64 - own1.saturating_sub(own0) as f64);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall_us = w1.duration_since(w0).as_secs_f64() * 1e6;
+        rep.opt("other_cpu_pct_publish", other.map(|o| round3((o.max(0.0) / (wall_us * cpus) * 100.0).min(100.0))));
     }
     let first = first_send.unwrap_or(t_pub);
     group_figures(rep, &groups, &mut by_group);
@@ -759,15 +768,15 @@ fn group_figures(rep: &mut Report, groups: &[Group], by_group: &mut [Vec<(u64, u
     }
 }
 
-/// `--cpu`/`--cpu-tree`: each named process's CPU while publishing, their sum, and the
-/// sum per delivery and per message sent.
+/// `--cpu`/`--cpu-tree`: each named process's CPU while publishing, their sum (returned;
+/// `None` when one is gone), and the sum per delivery and per message sent.
 fn cpu_set_figures(
     rep: &mut Report,
     s0: &[(String, Option<u64>)],
     s1: &[(String, Option<u64>)],
     deliveries: u64,
     sent: u64,
-) {
+) -> Option<u64> {
     let mut by = serde_json::Map::new();
     let mut total = Some(0u64);
     for ((name, a), (_, b)) in s0.iter().zip(s1) {
@@ -781,6 +790,7 @@ fn cpu_set_figures(
     rep.opt("all_cpu_publish_us", total);
     rep.opt("all_cpu_us_per_delivery", total.filter(|_| deliveries > 0).map(|t| round3(t as f64 / deliveries as f64)));
     rep.opt("all_cpu_us_per_message", total.filter(|_| sent > 0).map(|t| round3(t as f64 / sent as f64)));
+    total
 }
 
 // ------------------------------------------------------------------------------- chat
