@@ -48,6 +48,8 @@ scenarios:
          after it a --timeline-ms bucket's p99 was still above --degraded-ms (or twice
          the p99 before the fault, if higher).
          [--timeline-ms 250]: latency per bucket of send time (with a fault: always).
+         [--warmup-seconds W]: latency of the sends in the first W s (a fresh room) and
+         after, apart (warmup_*, steady_*; remote and local with other nodes).
   chat   --pairs K --rate R --seconds S
          K pairs, each in its own room; each user sends, waits for its echo, sends again
          (paced to R messages/s in total, 0 = closed loop flat out). Messages/s,

@@ -350,6 +350,8 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     let fault = Fault::parse(a)?;
     let timeline_ns: u64 = (a.num("timeline-ms", 250.0f64)? * 1e6) as u64;
     let want_timeline = fault.is_some() || a.str("timeline-ms").is_some();
+    // The first seconds of a fresh room, reported apart from the steady state.
+    let warmup = (a.num("warmup-seconds", 0.0f64)?.max(0.0) * 1e9) as u64;
     let cpuset = crate::procstat::CpuSet::parse(a.str("cpu"), a.str("cpu-tree"))?;
     ctx.budget(n + 1)?;
     let room = format!("fanout-{}", ctx.tag);
@@ -580,10 +582,20 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     // The windows and the timeline: of the subscribers on other nodes than the sender's
     // when there are any (cross-node delivery), else of all.
     let mut picked: Vec<(u64, u64)> = Vec::new();
+    let mut local: Vec<(u64, u64)> = Vec::new();
     let any_remote = groups.iter().any(|g| g.remote);
     for (g, samples) in by_group.iter().enumerate() {
-        if groups[g].remote || !any_remote {
-            picked.extend(samples.iter().map(|&(s, l)| (s.saturating_sub(first), l)));
+        let to = if groups[g].remote || !any_remote { &mut picked } else { &mut local };
+        to.extend(samples.iter().map(|&(s, l)| (s.saturating_sub(first), l)));
+    }
+    if warmup > 0 {
+        rep.set("warmup_seconds", round3(warmup as f64 / 1e9));
+        let what = if any_remote { "remote" } else { "all" };
+        window_figures(rep, &format!("warmup_{what}"), &picked, 0, warmup);
+        window_figures(rep, &format!("steady_{what}"), &picked, warmup, u64::MAX);
+        if any_remote && !local.is_empty() {
+            window_figures(rep, "warmup_local", &local, 0, warmup);
+            window_figures(rep, "steady_local", &local, warmup, u64::MAX);
         }
     }
     if let Some(f) = &fault {
@@ -594,7 +606,7 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
         }
         match fault_ns {
             None => rep.errors.push(format!("the fault was not started (--fault-at {} s is past the last send)", f.at)),
-            Some(at) => fault_figures(rep, f, at - first, timeline_ns, &mut picked),
+            Some(at) => fault_figures(rep, f, at - first, warmup, timeline_ns, &mut picked),
         }
     }
     if want_timeline {
@@ -619,8 +631,8 @@ struct Group {
 }
 
 /// `--fault-at S --fault-cmd CMD [--fault-window W] [--degraded-ms D]`: `sh -c CMD` once
-/// S seconds after the first send; latency by send time before it (up to 0.5 s before),
-/// from then until W seconds after it, and later.
+/// S seconds after the first send; latency by send time before it (after the warm-up, up
+/// to 0.5 s before), from then until W seconds after it, and later.
 struct Fault {
     at: f64,
     cmd: String,
@@ -684,15 +696,16 @@ fn window_figures(rep: &mut Report, prefix: &str, samples: &[(u64, u64)], from: 
 /// See `fault_figures`: 0.5 s, in ns.
 const BEFORE_FAULT_MARGIN: u64 = 500_000_000;
 
-fn fault_figures(rep: &mut Report, f: &Fault, at: u64, bucket: u64, samples: &mut [(u64, u64)]) {
+fn fault_figures(rep: &mut Report, f: &Fault, at: u64, warmup: u64, bucket: u64, samples: &mut [(u64, u64)]) {
     rep.set("fault_at_s", round3(at as f64 / 1e9));
     rep.set("fault_cmd", f.cmd.as_str());
     rep.set("fault_window_s", f.window);
     let w = (f.window * 1e9) as u64;
     // Messages sent just before the fault may be in flight when it strikes: the window
-    // after it starts BEFORE_FAULT_MARGIN earlier, "before" is the steady state.
+    // after it starts BEFORE_FAULT_MARGIN earlier, "before" is the steady state (after
+    // --warmup-seconds).
     let from = at.saturating_sub(BEFORE_FAULT_MARGIN);
-    let before_p99 = window_figures(rep, "before_fault", samples, 0, from);
+    let before_p99 = window_figures(rep, "before_fault", samples, warmup.min(from), from);
     window_figures(rep, "after_fault", samples, from, at + w);
     window_figures(rep, "later", samples, at + w, u64::MAX);
     // Degraded: from the fault to the end of the last timeline bucket (sends in it) at
