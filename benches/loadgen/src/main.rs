@@ -45,8 +45,8 @@ scenarios:
          [--fault-at S --fault-cmd CMD [--fault-window 3] [--degraded-ms 20]]: runs
          `sh -c CMD` S seconds after the first send; latency (the remote groups', if
          any) by send time before it, in the window after it and later, and how long
-         after it a --timeline-ms bucket's p99 was still above --degraded-ms (or twice
-         the p99 before the fault, if higher).
+         after it until a second of --timeline-ms buckets all had their p99 under
+         --degraded-ms (or twice the p99 before the fault, if higher).
          [--timeline-ms 250]: latency per bucket of send time (with a fault: always).
          [--warmup-seconds W]: latency of the sends in the first W s (a fresh room) and
          after, apart (warmup_*, steady_*; remote and local with other nodes).

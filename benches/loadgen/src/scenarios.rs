@@ -708,28 +708,43 @@ fn fault_figures(rep: &mut Report, f: &Fault, at: u64, warmup: u64, bucket: u64,
     let before_p99 = window_figures(rep, "before_fault", samples, warmup.min(from), from);
     window_figures(rep, "after_fault", samples, from, at + w);
     window_figures(rep, "later", samples, at + w, u64::MAX);
-    // Degraded: from the fault to the end of the last timeline bucket (sends in it) at
-    // or after the fault whose p99 is above --degraded-ms or twice the p99 before the
-    // fault, whichever is higher (on a busy machine the steady state's p99 is above the
-    // fixed bound already).
+    // Degraded: from the fault until the start of the first second (CALM_BUCKETS timeline
+    // buckets in a row, by send time) whose every bucket has its p99 under --degraded-ms
+    // or twice the p99 before the fault, whichever is higher (on a busy machine the
+    // steady state's p99 is above the fixed bound already); one noisy bucket later on
+    // does not count. Without such a second: until the end, and "recovered": false.
     let threshold = f.degraded_ms.max(2.0 * before_p99.unwrap_or(0.0));
     let bucket = bucket.max(1);
     samples.sort_unstable_by_key(|s| s.0);
-    let mut degraded_end = None;
+    let calm_needed = (1_000_000_000 / bucket).max(1);
+    let (mut calm_from, mut calm, mut recovered_at, mut last_end) = (None, 0u64, None, at);
     for chunk in samples.chunk_by(|a, b| a.0 / bucket == b.0 / bucket) {
-        let end = (chunk[0].0 / bucket + 1) * bucket;
-        if end <= at {
+        let start = chunk[0].0 / bucket * bucket;
+        last_end = start + bucket;
+        if last_end <= at {
             continue;
         }
         let mut lat: Vec<u64> = chunk.iter().map(|s| s.1).collect();
         if percentiles_ms(&mut lat).1.is_some_and(|p99| p99 > threshold) {
-            degraded_end = Some(end);
+            (calm_from, calm) = (None, 0);
+        } else {
+            calm_from.get_or_insert(start);
+            calm += 1;
+            if calm >= calm_needed {
+                recovered_at = calm_from;
+                break;
+            }
         }
     }
-    let secs = degraded_end.map_or(0.0, |e| (e - at) as f64 / 1e9);
+    let secs = recovered_at.unwrap_or(last_end).saturating_sub(at) as f64 / 1e9;
     rep.set("degraded_ms", round3(threshold));
     rep.set("degraded_seconds", round3(secs));
-    println!("fanout: p99 above {} ms for {secs:.3} s after the fault (timeline buckets)", round3(threshold));
+    rep.set("recovered", recovered_at.is_some());
+    println!(
+        "fanout: p99 above {} ms for {secs:.3} s after the fault (timeline buckets){}",
+        round3(threshold),
+        if recovered_at.is_some() { "" } else { ", to the end: not recovered" }
+    );
 }
 
 /// `[[bucket start s, deliveries, p50, p99, max], ...]` by send offset.
