@@ -1033,7 +1033,7 @@ for case in cases:
             ("later_latency_p50_ms", "later: p50 (ms)"), ("later_latency_p99_ms", "later: p99 (ms)"),
             ("later_latency_max_ms", "later: max (ms)"),
             ("after_over_before_p99", "after p99 ÷ before p99"),
-            ("degraded_seconds", f"p99 of a {fmt(r0.get('timeline_ms'))} ms bucket above max(20 ms, 2 × before p99) until (s after the fault)"),
+            ("degraded_seconds", f"degraded: until a whole second of {fmt(r0.get('timeline_ms'))} ms buckets had p99 under max(20 ms, 2 × before p99) (s after the fault)"),
             ("degraded_ms", "… that bound (ms)"),
             ("deliveries_per_sec", "deliveries/s"),
             ("other_cpu_pct_publish", "other processes' CPU while publishing (% of the machine)")])
