@@ -49,7 +49,7 @@ scenarios:
          --degraded-ms (or twice the p99 before the fault, if higher).
          [--timeline-ms 250]: latency per bucket of send time (with a fault: always).
          [--warmup-seconds W]: latency of the sends in the first W s (a fresh room) and
-         after, apart (warmup_*, steady_*; remote and local with other nodes).
+         after, apart (warmup_all_*, steady_all_*; with other nodes also _remote_, _local_).
   chat   --pairs K --rate R --seconds S
          K pairs, each in its own room; each user sends, waits for its echo, sends again
          (paced to R messages/s in total, 0 = closed loop flat out). Messages/s,

@@ -590,13 +590,17 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     }
     if warmup > 0 {
         rep.set("warmup_seconds", round3(warmup as f64 / 1e9));
-        let what = if any_remote { "remote" } else { "all" };
-        window_figures(rep, &format!("warmup_{what}"), &picked, 0, warmup);
-        window_figures(rep, &format!("steady_{what}"), &picked, warmup, u64::MAX);
-        if any_remote && !local.is_empty() {
-            window_figures(rep, "warmup_local", &local, 0, warmup);
-            window_figures(rep, "steady_local", &local, warmup, u64::MAX);
+        if any_remote {
+            window_figures(rep, "warmup_remote", &picked, 0, warmup);
+            window_figures(rep, "steady_remote", &picked, warmup, u64::MAX);
+            if !local.is_empty() {
+                window_figures(rep, "warmup_local", &local, 0, warmup);
+                window_figures(rep, "steady_local", &local, warmup, u64::MAX);
+            }
         }
+        let all: Vec<(u64, u64)> = picked.iter().chain(&local).copied().collect();
+        window_figures(rep, "warmup_all", &all, 0, warmup);
+        window_figures(rep, "steady_all", &all, warmup, u64::MAX);
     }
     if let Some(f) = &fault {
         let status = finish_fault(&mut fault_child);
