@@ -511,7 +511,7 @@ impl App {
             let changed: Vec<_> =
                 heard.presence.into_iter().filter_map(|e| Some(e.topic.clone()).zip(cluster.heard(e))).collect();
             for (topic, user) in changed {
-                endpoints::presence::refresh(&mut self.ctx, &topic, &user, None);
+                endpoints::refresh_presence(&mut self.ctx, &topic, &user);
             }
         }
         if !heard.events.is_empty() {
@@ -550,7 +550,7 @@ impl App {
             }
         }
         for (topic, user) in changed {
-            endpoints::presence::refresh(&mut self.ctx, &topic, &user, None);
+            endpoints::refresh_presence(&mut self.ctx, &topic, &user);
         }
         admissions
     }

@@ -16,10 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventBody};
 use crate::model::{Seq, StreamId, UserId};
 
-/// The prefix of every channel and key switchboard uses in Redis, unless
-/// `SWITCHBOARD_REDIS_PREFIX` says otherwise.
-pub const PREFIX: &str = "sb";
-
 /// A RESP2 value (what Redis answers and pushes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {

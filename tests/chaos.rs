@@ -678,6 +678,20 @@ fn set_diff(expected: &BTreeSet<String>, got: &BTreeSet<String>) -> String {
     format!("missing [{}] extra [{}] (expected {} users)", show(&missing), show(&extra), expected.len())
 }
 
+/// A `/ws/notifications/` socket per user, spread over the nodes, reconnecting.
+fn notified_specs(users: &[i64]) -> Vec<Spec> {
+    let spec = |(i, user): (usize, &i64)| Spec {
+        kind: Kind::Notifications,
+        user: *user,
+        path: "/ws/notifications/".into(),
+        home: i % NODES,
+        reconnect: true,
+        sends: None,
+        role: "notified user".into(),
+    };
+    users.iter().enumerate().map(spec).collect()
+}
+
 /// PostgreSQL's own account of the deadlocks it broke (its log, in the throwaway server's
 /// directory), to tell the developers which statements were involved.
 fn print_pg_deadlocks() {
@@ -1068,17 +1082,7 @@ fn three_nodes_under_faults_lose_nothing_and_converge() {
     let mut specs = room_specs(rooms, Duration::from_millis(75));
     let notified: Vec<i64> = (0..env_usize("SWITCHBOARD_CHAOS_NOTIFIED", 9) as i64).map(|i| 2000 + i).collect();
     let pairs = env_usize("SWITCHBOARD_CHAOS_DIRECT_PAIRS", NODES);
-    for (i, user) in notified.iter().enumerate() {
-        specs.push(Spec {
-            kind: Kind::Notifications,
-            user: *user,
-            path: "/ws/notifications/".into(),
-            home: i % NODES,
-            reconnect: true,
-            sends: None,
-            role: "notified user".into(),
-        });
-    }
+    specs.extend(notified_specs(&notified));
     // Direct-chat pairs across nodes: (n1, n2), (n2, n3), (n3, n1).
     for p in 0..pairs {
         let (a, b) = (3000 + 2 * p as i64, 3001 + 2 * p as i64);
@@ -1549,17 +1553,7 @@ fn soak() {
     let shared = cluster.shared.clone();
     let mut specs = room_specs(rooms, Duration::from_millis(100));
     let notified: Vec<i64> = (0..3).map(|i| 2000 + i).collect();
-    for (i, user) in notified.iter().enumerate() {
-        specs.push(Spec {
-            kind: Kind::Notifications,
-            user: *user,
-            path: "/ws/notifications/".into(),
-            home: i % NODES,
-            reconnect: true,
-            sends: None,
-            role: "notified user".into(),
-        });
-    }
+    specs.extend(notified_specs(&notified));
     let running: Vec<Running> = specs.into_iter().map(|s| spawn_client(s, &shared)).collect();
     let backend = spawn_backend(&shared, notified, Duration::from_millis(200));
     let no_watchers = Mutex::new(Vec::new());
