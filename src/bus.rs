@@ -384,21 +384,32 @@ impl Conn {
     /// Sends the commands (each `encode`d) at once and reads their answers, in order. An
     /// error answer is an answer; a broken connection is an error.
     pub fn pipeline(&mut self, commands: &[Vec<u8>]) -> Result<Vec<Frame>, String> {
-        use std::io::{Read, Write};
-        self.stream.write_all(&commands.concat()).map_err(|e| e.to_string())?;
-        let mut answers = Vec::with_capacity(commands.len());
+        self.send(commands)?;
+        self.receive(commands.len())
+    }
+
+    /// Sends commands without waiting for their answers (`receive` reads them).
+    pub fn send(&mut self, commands: &[Vec<u8>]) -> Result<(), String> {
+        use std::io::Write;
+        self.stream.write_all(&commands.concat()).map_err(|e| e.to_string())
+    }
+
+    /// The next `count` answers.
+    pub fn receive(&mut self, count: usize) -> Result<Vec<Frame>, String> {
+        use std::io::Read;
+        let mut answers = Vec::with_capacity(count);
         let mut chunk = [0u8; 8192];
-        while answers.len() < commands.len() {
+        loop {
             let mut used = 0;
-            while answers.len() < commands.len()
+            while answers.len() < count
                 && let Some((frame, n)) = decode(&self.buf[used..])?
             {
                 used += n;
                 answers.push(frame);
             }
             self.buf.drain(..used);
-            if answers.len() == commands.len() {
-                break;
+            if answers.len() == count {
+                return Ok(answers);
             }
             let n = self.stream.read(&mut chunk).map_err(|e| e.to_string())?;
             if n == 0 {
@@ -406,7 +417,6 @@ impl Conn {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
-        Ok(answers)
     }
 
     /// One command and its answer; an error answer is an error.
@@ -445,6 +455,13 @@ end
 return fits
 "#;
 
+/// A rate-limit question sent, its answers not read yet.
+#[must_use = "its answers must be read, or the connection is out of step"]
+pub struct Asked {
+    answers: usize,
+    users: usize,
+}
+
 /// The writer lane's side: publishes what a batch committed, and asks the rate limit of
 /// a batch's messages, on a blocking connection with short timeouts. A failure costs
 /// latency only (the position checks find what was not heard; the rate limit falls back
@@ -479,9 +496,10 @@ impl Publisher {
         let _ = self.run(&commands, "publish");
     }
 
-    /// How many of each user's `n` messages fit the per-minute `rate` now, in one round
-    /// trip; `None` if Redis cannot say (then the loop's own buckets were the limit).
-    pub fn admit(&mut self, users: &[(&UserId, u32)], rate: u32) -> Option<Vec<u32>> {
+    /// Asks how many of each user's `n` messages fit the per-minute `rate` now, without
+    /// waiting for the answer (the writer lane begins its transaction meanwhile): `admitted`
+    /// reads it. `None` if Redis cannot be asked.
+    pub fn ask_admit(&mut self, users: &[(&UserId, u32)], rate: u32) -> Option<Asked> {
         let keys: Vec<String> =
             users.iter().map(|(user, _)| format!("{}:rl:{{{}}}", self.prefix, user.as_str())).collect();
         let mut argv: Vec<String> = vec![rate.to_string()];
@@ -493,28 +511,49 @@ impl Publisher {
             args.extend(argv.iter().map(|a| a.as_bytes()));
             encode(&args)
         };
+        self.connect("ask the rate limit")?;
         // The script is sent whole once per connection, then named by its SHA-1.
-        let answers = match self.gcra.clone() {
-            Some(sha) if self.conn.is_some() => self.run(&[command(b"EVALSHA", sha.as_bytes())], "ask the rate limit"),
-            _ => {
-                let load = encode(&[b"SCRIPT", b"LOAD", GCRA.as_bytes()]);
-                let mut answers = self.run(&[load, command(b"EVAL", GCRA.as_bytes())], "ask the rate limit")?;
-                if let Some(Frame::Bulk(Some(sha))) = answers.first() {
-                    self.gcra = Some(String::from_utf8_lossy(sha).into_owned());
-                }
-                answers.drain(..1);
-                Some(answers)
-            }
+        let commands = match &self.gcra {
+            Some(sha) => vec![command(b"EVALSHA", sha.as_bytes())],
+            None => vec![encode(&[b"SCRIPT", b"LOAD", GCRA.as_bytes()]), command(b"EVAL", GCRA.as_bytes())],
         };
-        match answers?.pop()? {
-            Frame::Array(Some(fits)) if fits.len() == users.len() => {
+        let sent = self.conn.as_mut().expect("connected").send(&commands);
+        match sent {
+            Ok(()) => Some(Asked { answers: commands.len(), users: users.len() }),
+            Err(e) => self.failed("ask the rate limit", e),
+        }
+    }
+
+    /// The answer to `ask_admit`: each user's count that fits, or `None` if Redis could
+    /// not say (then the loop's own buckets were the limit).
+    pub fn admitted(&mut self, asked: Asked) -> Option<Vec<u32>> {
+        let conn = self.conn.as_mut()?;
+        let mut answers = match conn.receive(asked.answers) {
+            Ok(answers) => answers,
+            Err(e) => return self.failed("ask the rate limit", e),
+        };
+        if asked.answers == 2
+            && let Frame::Bulk(Some(sha)) = answers.remove(0)
+        {
+            self.gcra = Some(String::from_utf8_lossy(&sha).into_owned());
+        }
+        match answers.pop()? {
+            Frame::Array(Some(fits)) if fits.len() == asked.users => {
                 fits.into_iter().map(|k| if let Frame::Integer(k) = k { Some(k.max(0) as u32) } else { None }).collect()
+            }
+            Frame::Error(e) => {
+                // NOSCRIPT after a restart of Redis behind the same connection: sent
+                // whole next time.
+                log::warn!("bus: Redis refused to ask the rate limit: {e}");
+                self.gcra = None;
+                None
             }
             _ => None,
         }
     }
 
-    fn run(&mut self, commands: &[Vec<u8>], what: &str) -> Option<Vec<Frame>> {
+    /// A connection, made if there is none and it is time to try.
+    fn connect(&mut self, what: &str) -> Option<()> {
         if let Some(conn) = &self.conn
             && self.url.current().is_some_and(|master| master != conn.addr)
         {
@@ -530,10 +569,18 @@ impl Publisher {
                     self.conn = Some(conn);
                     self.gcra = None;
                 }
-                Err(e) => return self.failed(what, e),
+                Err(e) => {
+                    self.failed::<()>(what, e);
+                    return None;
+                }
             }
             self.retry_at = None;
         }
+        Some(())
+    }
+
+    fn run(&mut self, commands: &[Vec<u8>], what: &str) -> Option<Vec<Frame>> {
+        self.connect(what)?;
         let conn = self.conn.as_mut().expect("connected");
         match conn.pipeline(commands) {
             Ok(answers) => match answers.iter().find_map(|a| if let Frame::Error(e) = a { Some(e) } else { None }) {
@@ -547,7 +594,7 @@ impl Publisher {
         }
     }
 
-    fn failed(&mut self, what: &str, e: String) -> Option<Vec<Frame>> {
+    fn failed<T>(&mut self, what: &str, e: String) -> Option<T> {
         if self.retry_at.is_none() || self.conn.is_some() {
             log::warn!("bus: cannot {what} on Redis ({e}); other nodes hear of it by polling");
         }

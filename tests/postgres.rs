@@ -362,9 +362,9 @@ fn the_writer_lane_commits_a_batch_whole_and_answers_after_the_commit() {
     assert_eq!(events, ["c:1#3"]);
 
     // A batch can carry the pruning of old events (and markers), nothing else.
-    let notify = |ticket| {
+    let notify = |ticket, user: &str| {
         let new = NewNotification {
-            user: UserId::new("7"),
+            user: UserId::new(user),
             category: text("c"),
             title: text("t"),
             message: text("m"),
@@ -372,7 +372,19 @@ fn the_writer_lane_commits_a_batch_whole_and_answers_after_the_commit() {
         };
         (ticket, Request::Write(Write::Notify(Box::new(new))))
     };
-    lane.send(Batch { id: 3, now: 3_000, requests: vec![notify(6), notify(7)], prune_before: None }).unwrap();
+    // The batch's streams are locked by key when it begins; a key is quoted whatever
+    // the user id holds.
+    let odd = ["7", "o'neil", "back\\slash", "x'); DROP TABLE events; --"];
+    let requests = odd.iter().enumerate().map(|(i, user)| notify(6 + i as u64, user)).collect();
+    lane.send(Batch { id: 3, now: 3_000, requests, prune_before: None }).unwrap();
+    let (answers, _) = committed(&received);
+    assert!(answers.iter().all(|(_, a)| a.starts_with("Ok")), "{answers:?}");
+    assert_eq!(server.psql(&url, "SELECT count(*) FROM events"), (true, text("4")));
+    lane.send(Batch { id: 5, now: 4_000, requests: vec![notify(10, "o'neil"), notify(11, "7")], prune_before: None })
+        .unwrap();
+    committed(&received);
+    assert_eq!(server.psql(&url, "SELECT last_seq FROM streams WHERE id = 'u:o''neil'"), (true, text("2")));
+    lane.send(Batch { id: 6, now: 4_500, requests: vec![], prune_before: Some(3_500) }).unwrap();
     committed(&received);
     assert_eq!(server.psql(&url, "SELECT count(*) FROM events"), (true, text("2")));
     lane.send(Batch { id: 4, now: 9_000, requests: vec![], prune_before: Some(5_000) }).unwrap();

@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::{Ticket, run};
 use crate::event::Event;
 use crate::features::chat;
-use crate::model::Micros;
+use crate::model::{Micros, UserId};
 use crate::request::{Answer, Done, Failed, Request, Write};
 use crate::store::pg::{self, PgStore};
 use crate::store::{StoreError, StoreResult};
@@ -160,13 +160,12 @@ struct Lane {
 }
 
 impl Lane {
-    /// With Redis: the rate limit over all nodes (design/cluster.md §5.8), asked once
-    /// per user per batch with that user's count of messages. The messages past it
-    /// leave the batch, answered `RateLimited`, nothing stored. If Redis cannot say,
-    /// every message stays (each node's own bucket limited them in the loop).
-    fn limit(&mut self, requests: Requests) -> (Requests, Vec<(Ticket, Answer)>) {
-        let Some(publisher) = &mut self.publisher else { return (requests, Vec::new()) };
-        let mut users: Vec<(&crate::model::UserId, u32)> = Vec::new();
+    /// With Redis: the users whose messages the rate limit over all nodes counts
+    /// (design/cluster.md §5.8), with their numbers of messages, asked once per batch;
+    /// the answer is read by `limit` (the transaction begins meanwhile).
+    fn ask_limit(&mut self, requests: &Requests) -> Option<(Vec<(UserId, u32)>, crate::bus::Asked)> {
+        let publisher = self.publisher.as_mut()?;
+        let mut users: Vec<(&UserId, u32)> = Vec::new();
         for user in requests.iter().filter_map(|(_, request)| request.rate_user()) {
             match users.iter_mut().find(|(u, _)| *u == user) {
                 Some((_, n)) => *n += 1,
@@ -174,11 +173,25 @@ impl Lane {
             }
         }
         if users.is_empty() {
-            return (requests, Vec::new());
+            return None;
         }
-        let Some(allowed) = publisher.admit(&users, self.rate) else { return (requests, Vec::new()) };
-        let mut left: Vec<(crate::model::UserId, u32)> =
-            users.iter().zip(allowed).map(|((user, _), k)| ((*user).clone(), k)).collect();
+        let asked = publisher.ask_admit(&users, self.rate)?;
+        Some((users.into_iter().map(|(user, n)| (user.clone(), n)).collect(), asked))
+    }
+
+    /// The messages past their user's limit leave the batch, answered `RateLimited`,
+    /// nothing stored. If Redis could not say, every message stays (each node's own
+    /// bucket limited them in the loop).
+    fn limit(
+        &mut self,
+        asked: Option<(Vec<(UserId, u32)>, crate::bus::Asked)>,
+        requests: Requests,
+    ) -> (Requests, Vec<(Ticket, Answer)>) {
+        let Some((users, asked)) = asked else { return (requests, Vec::new()) };
+        let Some(allowed) = self.publisher.as_mut().and_then(|p| p.admitted(asked)) else {
+            return (requests, Vec::new());
+        };
+        let mut left: Vec<(UserId, u32)> = users.into_iter().zip(allowed).map(|((user, _), k)| (user, k)).collect();
         let mut refused = Vec::new();
         let mut kept = Vec::with_capacity(requests.len());
         for (ticket, request) in requests {
@@ -199,6 +212,17 @@ impl Lane {
             }
         }
         (kept, refused)
+    }
+
+    /// The streams the batch's requests name, in one order (their keys'): locked when
+    /// the batch begins, so that another node's batch with some of the same streams
+    /// waits for this one, or this one for it, never both for each other (a deadlock,
+    /// which PostgreSQL breaks only after a second).
+    fn streams_to_lock(requests: &Requests) -> Vec<String> {
+        let mut streams: Vec<String> = requests.iter().flat_map(|(_, r)| r.streams()).map(|s| s.key()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        streams
     }
 
     /// A connection, made again if it was lost (a few tries with backoff, then the
@@ -233,30 +257,26 @@ impl Lane {
 
     fn commit(&mut self, mut batch: Batch) -> Committed {
         let tickets: Vec<Ticket> = batch.requests.iter().map(|(ticket, _)| *ticket).collect();
-        let (requests, refused) = self.limit(std::mem::take(&mut batch.requests));
+        // Redis answers the rate limit while PostgreSQL begins the batch. A connection
+        // that was cut while idle is found out by its first statement: then it is made
+        // again, before any request ran.
+        let asked = self.ask_limit(&batch.requests);
+        let begun = self.begin(&Lane::streams_to_lock(&batch.requests));
+        let (requests, refused) = self.limit(asked, std::mem::take(&mut batch.requests));
         batch.requests = requests;
         let failed = |error: String| Committed::No { batch: batch.id, tickets: tickets.clone(), error };
         let (mut events, mut stored) = (Vec::new(), 0u64);
         let node = self.node.clone();
-        // A connection that was cut while idle is found out by its first statement:
-        // then it is made again, before any request ran.
-        if let Err(e) = self.begin() {
+        if let Err(e) = begun {
+            if let Some(store) = self.store.as_mut() {
+                let _ = store.rollback();
+            }
             return failed(e.to_string());
         }
         let answers = match self.connected() {
             Err(e) => return failed(e.to_string()),
             Ok(store) => {
                 let ran = (|| -> StoreResult<Vec<(Ticket, Answer)>> {
-                    // The batch's streams, locked in one order (their keys'): another
-                    // node's batch with some of the same streams waits for this one, or
-                    // this one for it, never both for each other.
-                    let mut streams: Vec<String> =
-                        batch.requests.iter().flat_map(|(_, r)| r.streams()).map(|s| s.key()).collect();
-                    streams.sort_unstable();
-                    streams.dedup();
-                    if streams.len() > 1 {
-                        store.query("SELECT 1 FROM streams WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&streams])?;
-                    }
                     let mut answers = Vec::with_capacity(batch.requests.len() + refused.len());
                     answers.extend(refused);
                     let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored };
@@ -327,12 +347,12 @@ impl Lane {
     }
 
     /// Opens the batch's transaction, on a new connection if the one kept was cut.
-    fn begin(&mut self) -> StoreResult<()> {
-        match self.connected()?.begin() {
+    fn begin(&mut self, streams: &[String]) -> StoreResult<()> {
+        match self.connected()?.begin_locking(streams) {
             Err(e) if self.store.as_ref().is_some_and(PgStore::is_closed) => {
                 log::warn!("PostgreSQL writer lane: the connection was lost ({e}); connecting again");
                 self.store = None;
-                self.connected()?.begin()
+                self.connected()?.begin_locking(streams)
             }
             begun => begun,
         }

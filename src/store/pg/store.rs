@@ -111,6 +111,24 @@ impl PgStore {
         Ok(self.client.batch_execute("BEGIN")?)
     }
 
+    /// Begins a transaction and locks the `streams` rows of `streams` in key order, in
+    /// one round trip (a simple query: the keys are quoted here, with
+    /// `standard_conforming_strings` on for the transaction).
+    pub fn begin_locking(&mut self, streams: &[String]) -> StoreResult<()> {
+        self.unit_kept = false;
+        let keys: Vec<String> =
+            streams.iter().filter(|k| !k.contains('\0')).map(|k| format!("'{}'", k.replace('\'', "''"))).collect();
+        if keys.len() < 2 {
+            return Ok(self.client.batch_execute("BEGIN")?);
+        }
+        let sql = format!(
+            "BEGIN; SET LOCAL standard_conforming_strings = on;
+             SELECT 1 FROM streams WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            keys.join(",")
+        );
+        Ok(self.client.batch_execute(&sql)?)
+    }
+
     pub fn commit(&mut self) -> StoreResult<()> {
         self.unit_kept = false;
         Ok(self.client.batch_execute("COMMIT")?)
