@@ -237,7 +237,8 @@ fn transcript(store: &mut dyn Storage) -> Vec<String> {
     let mut lines = Vec::new();
     let (mut events, mut stored) = (Vec::<Event>::new(), 0u64);
     for (i, request) in script().into_iter().enumerate() {
-        let mut tx = Tx { store: &mut *store, now: 1_000 + i as i64, events: &mut events, stored: &mut stored };
+        let mut tx =
+            Tx { store: &mut *store, now: 1_000 + i as i64, events: &mut events, stored: &mut stored, hooks: None };
         let answer = engine::run(&mut tx, request, true);
         lines.push(format!("{i}: {answer:?}"));
         for event in events.drain(..) {
