@@ -334,6 +334,8 @@ fn kill_9_mid_delivery_loses_nothing() {
         return;
     }
     let receiver = Receiver::start(HOOK_SECRET);
+    // A slow receiver, so that the kill comes while it has part of the events.
+    receiver.set_mode(Mode::Slow(40));
     let server =
         start(&receiver, &[("SWITCHBOARD_WEBHOOK_EVENTS", "message.created"), ("SWITCHBOARD_WEBHOOK_BATCH_MAX", "7")]);
     let total = 400;

@@ -14,6 +14,8 @@ use serde_json::Value;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Ok,
+    /// Answers 204 after this many milliseconds (a slow receiver).
+    Slow(u64),
     Fail,
     Hang,
 }
@@ -171,7 +173,10 @@ fn connection(stream: TcpStream, up: &AtomicBool, mode: &Mutex<Mode>, state: &Mu
         }
         let current = *mode.lock().unwrap();
         match current {
-            Mode::Ok => {
+            Mode::Ok | Mode::Slow(_) => {
+                if let Mode::Slow(ms) = current {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
                 let parsed: Value = serde_json::from_slice(&body).expect("a JSON body");
                 let events = parsed["events"].as_array().expect("an events array").clone();
                 state.lock().unwrap().requests.push(Delivered { signature, body, events });
