@@ -29,11 +29,14 @@ usage: benches/compare.sh [options]
                      that name and every case whose name starts with it and a dash:
                      idle, floor, fanout, fanout-1000, chat, chat-50-paced, soak, storm, cross, ...
                      (Django's fanout-10000 and storm need fanout-1000-paced / idle in the same run;
-                     cross, delivery between two PostgreSQL nodes, runs for "postgres" only)
+                     cross, delivery between two PostgreSQL nodes, runs for "postgres" only;
+                     so does cluster: three nodes with Redis, cluster-1000, cluster-5000,
+                     cluster-fault-pubsub, cluster-fault-restart, cluster-fanout-3 and -1)
   --no-build         use the binaries already built
 Env: SWITCHBOARD_BIN (default: the static binary that .ci/build-static builds; with
 --no-build, ${CARGO_TARGET_DIR:-<repo>/target}/release/switchboard), also for "postgres".
-"postgres" needs Debian's PostgreSQL server (benches/pg-server.sh installs it when missing) and psql.
+"postgres" needs Debian's PostgreSQL server (benches/pg-server.sh installs it when missing) and psql;
+the cluster cases also redis-server and redis-cli (apt-get install redis-server when missing).
 EOF
 }
 
@@ -66,7 +69,7 @@ for s in $SERVERS; do
 done
 ONLY="${ONLY//,/ }"
 for w in $ONLY; do
-  case "${w%%-*}" in idle | floor | fanout | chat | soak | storm | cross) ;; *) echo "compare.sh: --only: no case $w" >&2; exit 2 ;; esac
+  case "${w%%-*}" in idle | floor | fanout | chat | soak | storm | cross | cluster) ;; *) echo "compare.sh: --only: no case $w" >&2; exit 2 ;; esac
 done
 [[ " $ONLY " == *" soak"* ]] && SOAK=1
 # want CASE: is CASE selected (all are without --only)?
@@ -145,6 +148,9 @@ SERVER_DB=""
 SERVER_DIR=""
 NODE_B_PID="" # the cross case's second node (on $NODE_B_PORT), besides $SERVER_PID
 NODE_B_PORT=""
+EXTRA_PIDS=() # the cluster cases' nodes 2 and 3 (on EXTRA_PORTS), besides $SERVER_PID
+EXTRA_PORTS=()
+CASE_REDIS_URL="" # the cluster cases' Redis, given to every "postgres" node started meanwhile
 PORT=$((20000 + RANDOM % 10000)) # below the ephemeral range (32768-60999)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -252,8 +258,10 @@ launch_server() {
         # SWITCHBOARD_DB is not used then; each node has its own all the same.
         pg=(SWITCHBOARD_DATABASE_URL="$SERVER_DB")
         # With a Redis (yours, e.g. `redis-server --port 6390 --save ''`), the nodes
-        # use it as their bus: SWITCHBOARD_BENCH_REDIS_URL=redis://127.0.0.1:6390.
-        [ -n "${SWITCHBOARD_BENCH_REDIS_URL:-}" ] && pg+=(SWITCHBOARD_REDIS_URL="$SWITCHBOARD_BENCH_REDIS_URL")
+        # use it as their bus: SWITCHBOARD_BENCH_REDIS_URL=redis://127.0.0.1:6390. The
+        # cluster cases start their own ($CASE_REDIS_URL).
+        local redis="${CASE_REDIS_URL:-${SWITCHBOARD_BENCH_REDIS_URL:-}}"
+        [ -n "$redis" ] && pg+=(SWITCHBOARD_REDIS_URL="$redis")
         local sqlite="$SERVER_DIR/unused${2:+-$2}.db"
       else
         SERVER_DB="$SERVER_DIR/sb.db"
@@ -305,6 +313,20 @@ start_node_b() {
   return "$rc"
 }
 
+# start_extra_node N: the cluster cases' node N (2, 3), like start_node_b: on the
+# database of the "postgres" server just started, on a port of its own, pinned like the
+# first; its PID and port appended to EXTRA_PIDS and EXTRA_PORTS.
+start_extra_node() {
+  local a_pid="$SERVER_PID" a_port="$PORT" rc=0
+  next_port
+  launch_server postgres "node-$1" || rc=$?
+  EXTRA_PIDS+=("$SERVER_PID") # empty when it exited; still running when it did not listen
+  EXTRA_PORTS+=("$PORT")
+  SERVER_PID="$a_pid"
+  PORT="$a_port"
+  return "$rc"
+}
+
 # kill_pid PID: SIGTERM to a server we started (what `systemctl stop` and a deploy send),
 # SIGKILL after 10 s.
 kill_pid() {
@@ -328,6 +350,12 @@ kill_server() {
     kill_pid "$NODE_B_PID"
     NODE_B_PID=""
   fi
+  local p
+  for p in "${EXTRA_PIDS[@]}"; do
+    [ -z "$p" ] || kill_pid "$p"
+  done
+  EXTRA_PIDS=()
+  EXTRA_PORTS=()
 }
 
 # restart_server NAME: the deploy: stop the server, start it again on the same port and
@@ -352,8 +380,57 @@ stop_server() {
   fi
 }
 
+# A throwaway Redis for one cluster case: loopback, a fresh port, no persistence (Redis is
+# not trusted with data), daemonized with a pidfile in its directory, so that the
+# restart fault (run by the load generator) can start it again the same way and the
+# script still knows the PID to stop. Not pinned, like PostgreSQL.
+REDIS_DIR=""
+REDIS_PORT=""
+REDIS_ARGS=()
+
+start_redis() {
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    [ "$(id -u)" = 0 ] || { echo "  the cluster cases need redis-server and redis-cli" >&2; return 1; }
+    log "installing Debian's redis-server"
+    (export DEBIAN_FRONTEND=noninteractive; timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq redis-server) >/dev/null \
+      || { echo "  apt-get install redis-server failed" >&2; return 1; }
+  fi
+  REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sb-compare-redis.XXXXXX")"
+  next_port
+  REDIS_PORT="$PORT"
+  REDIS_ARGS=(redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes
+    --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log")
+  "${REDIS_ARGS[@]}" || return 1
+  local i
+  for i in $(seq 50); do
+    [ -s "$REDIS_DIR/redis.pid" ] && redis-cli -p "$REDIS_PORT" PING 2>/dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  echo "  redis-server did not answer on 127.0.0.1:$REDIS_PORT within 5 s" >&2
+  return 1
+}
+
+# redis_pid: the running redis-server's PID (its pidfile; it changes with a restart).
+redis_pid() {
+  local p
+  p="$(cat "$REDIS_DIR/redis.pid" 2>/dev/null || true)"
+  [ -n "$p" ] && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = redis-server ] && echo "$p" || true
+}
+
+stop_redis() {
+  [ -n "$REDIS_DIR" ] || return 0
+  local p
+  p="$(redis_pid)"
+  [ -z "$p" ] || kill_pid "$p"
+  cp "$REDIS_DIR/redis.log" "$OUTDIR/redis-$CASE-$RUN.log" 2>/dev/null || true
+  rm -rf "$REDIS_DIR"
+  REDIS_DIR=""
+  CASE_REDIS_URL=""
+}
+
 cleanup() {
   stop_server
+  stop_redis
   stop_pg
 }
 trap cleanup EXIT
@@ -505,6 +582,87 @@ run_cross() {
   summary "$server" "$out"
 }
 
+# run_cluster KIND ARG: three switchboard nodes (cluster-fanout-1: one) on one fresh
+# PostgreSQL database with a fresh Redis as their bus, nodes pinned to CPU 0 like every
+# server, Redis and PostgreSQL not pinned. One sender, on node 1 (--url, --pid).
+#   cross RATE:       12 subscribers, 4 on each of nodes 2, 3 and 1; RATE messages/s for
+#                     CLUSTER_SECS; the latency of nodes 2 and 3 (cross-node) and of node 1,
+#                     of all sends and apart for the first 0.5 s (a fresh room) and after
+#   fault pubsub|restart: the same at 1,000/s for FAULT_SECS; 2 s after the first send the
+#                     load generator runs `redis-cli CLIENT KILL TYPE pubsub` (every node's
+#                     subscription cut) or `SHUTDOWN NOSAVE`, 1 s, redis-server again;
+#                     latency before (after the first 0.5 s), in the 3 s after (from 0.5 s
+#                     before) and later
+#   fanout NODES:     CFAN_N subscribers in one room, spread over the NODES nodes (nodes 2, 3,
+#                     1), CFAN_MSGS messages at CFAN_RATE/s; latency also apart for the first
+#                     0.5 s (a fresh room: 25 of the 500 messages, more than 1 %)
+# CPU while publishing (the load generator samples /proc): every node, redis-server (not
+# in the fault cases: it is restarted) and PostgreSQL's postmaster with its backends.
+run_cluster() {
+  local kind="$1" arg="$2" server=postgres nodes=3
+  local out="$OUTDIR/$CASE-$server-$RUN.txt"
+  [ "$kind" = fanout ] && nodes="$arg"
+  if ! start_redis; then
+    record "{\"scenario\":\"fanout\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"redis-server did not start\"]}"
+    stop_redis
+    return
+  fi
+  CASE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  local started=1 i
+  start_server "$server" || started=0
+  for i in $(seq 2 "$nodes"); do
+    [ "$started" = 1 ] && { start_extra_node "$i" || started=0; }
+  done
+  if [ "$started" = 0 ]; then
+    record "{\"scenario\":\"fanout\",\"server\":\"$server\",\"ok\":false,\"errors\":[\"a node did not start\"]}"
+    stop_server
+    stop_redis
+    return
+  fi
+  # Nodes 2 and 3 first: the sender's node 1 gets the last (smallest) share.
+  local urls="" cpu="node1=$SERVER_PID" pm
+  for i in "${!EXTRA_PORTS[@]}"; do
+    urls+="ws://127.0.0.1:${EXTRA_PORTS[$i]},"
+    cpu+=",node$((i + 2))=${EXTRA_PIDS[$i]}"
+  done
+  urls+="ws://127.0.0.1:$PORT"
+  [ "$kind" = fault ] || cpu+=",redis=$(redis_pid)"
+  pm="$(head -n 1 "$PG_DIR/data/postmaster.pid")"
+  local args=(fanout --cpu "$cpu" --cpu-tree "postgres=$pm")
+  case "$kind" in
+    cross)
+      args+=(--subscribers 12 --rate "$arg" --messages $((arg * CLUSTER_SECS)) --window $((arg / 5 > 64 ? arg / 5 : 64))
+        --subscriber-url "$urls" --warmup-seconds 0.5)
+      ;;
+    fault)
+      local cmd
+      if [ "$arg" = pubsub ]; then
+        cmd="redis-cli -p $REDIS_PORT CLIENT KILL TYPE pubsub"
+      else
+        printf -v cmd '%q ' "${REDIS_ARGS[@]}"
+        cmd="redis-cli -p $REDIS_PORT SHUTDOWN NOSAVE >/dev/null 2>&1; sleep 1; $cmd"
+      fi
+      args+=(--subscribers 12 --rate 1000 --messages $((1000 * FAULT_SECS)) --window 200 --subscriber-url "$urls"
+        --fault-at 2 --fault-cmd "$cmd" --fault-window 3 --warmup-seconds 0.5)
+      ;;
+    fanout)
+      args+=(--subscribers "$CFAN_N" --rate "$CFAN_RATE" --messages "$CFAN_MSGS" --warmup-seconds 0.5)
+      [ "$nodes" = 1 ] || args+=(--subscriber-url "$urls")
+      ;;
+  esac
+  drive "$server" 300 "$out" "${args[@]}"
+  local gone=()
+  for i in "${!EXTRA_PIDS[@]}"; do
+    kill -0 "${EXTRA_PIDS[$i]}" 2>/dev/null || gone+=(error "node $((i + 2)) is gone")
+  done
+  [ -n "$(redis_pid)" ] || gone+=(error "redis-server is gone")
+  JSON="$(with_fields "$JSON" nodes "$nodes" "${gone[@]}")"
+  record "$JSON"
+  stop_server
+  stop_redis
+  summary "$server" "$out"
+}
+
 # Did SERVER's CASE succeed in this run? With "kept-up": and did its paced fanout keep up
 # (deliveries/s at least 90 % of the target)?
 run_ok() { # SERVER CASE [kept-up]
@@ -555,6 +713,8 @@ if [ "$QUICK" = 1 ]; then
   SOAK_N=500; SOAK_SECS=30
   STORM_N=1000; STORM_ROOMS=10; STORM_HISTORY=20
   CROSS_SECS=2
+  CLUSTER_SECS=2; FAULT_SECS=6
+  CFAN_N=300; CFAN_MSGS=100
   MODE="quick"
 else
   IDLE_N=19000
@@ -564,19 +724,22 @@ else
   SOAK_N=5000; SOAK_SECS=120
   STORM_N=10000; STORM_ROOMS=100; STORM_HISTORY=50
   CROSS_SECS=10
+  CLUSTER_SECS=10; FAULT_SECS=10
+  CFAN_N=1000; CFAN_MSGS=500
   MODE="full"
 fi
 # Paced fanout: 50,000 deliveries/s in total, i.e. 50000/N messages/s.
 FAN_S_RATE=$(python3 -c "print(50000/$FAN_S)")
 FAN_L_RATE=$(python3 -c "print(50000/$FAN_L)")
+CFAN_RATE=50 # cluster-fanout: 50 messages/s to 1,000 subscribers, 50,000 deliveries/s
 
 log "$MODE comparison, $RUNS run(s) of each scenario per server: $SERVERS; $PINNING${ONLY:+; only: $ONLY}"
 log "raw results: $RAW"
 if [[ " $SERVERS " == *" postgres "* ]]; then
   start_pg
   command -v psql >/dev/null || die "the postgres server needs psql (apt-get install postgresql-client)"
-elif [[ " $ONLY " == *" cross"* ]]; then
-  log "warning: the cross case runs for the postgres server only (--servers \"... postgres\")"
+elif [[ " $ONLY " == *" cross"* || " $ONLY " == *" cluster"* ]]; then
+  log "warning: the cross and cluster cases run for the postgres server only (--servers \"... postgres\")"
 fi
 for RUN in $(seq "$RUNS"); do
   # Servers take turns going first: a server that follows another on the same machine
@@ -660,6 +823,31 @@ for RUN in $(seq "$RUNS"); do
     log "run $RUN: $CASE (node A: one sender, $((rate * CROSS_SECS)) messages at $rate/s; node B: 10 subscribers; one PostgreSQL database, node B polls every 250 ms)"
     run_cross "$rate" $((rate * CROSS_SECS))
   done
+
+  # Three nodes with a Redis bus ("postgres" only): cross-node latency, the same during
+  # Redis faults, and one room's fanout over three nodes against one (alternating which
+  # goes first, as the servers do).
+  [[ " $SERVERS " == *" postgres "* ]] || continue
+  for rate in 1000 5000; do
+    CASE="cluster-$rate"
+    want "$CASE" || continue
+    log "run $RUN: $CASE (three nodes, Redis bus; one sender on node 1, $((rate * CLUSTER_SECS)) messages at $rate/s; 12 subscribers, 4 on each node)"
+    run_cluster cross "$rate"
+  done
+  for fault in pubsub restart; do
+    CASE="cluster-fault-$fault"
+    want "$CASE" || continue
+    log "run $RUN: $CASE (as cluster-1000 for $FAULT_SECS s; at 2 s: $([ "$fault" = pubsub ] && echo 'CLIENT KILL TYPE pubsub' || echo 'Redis SHUTDOWN NOSAVE, 1 s, started again'))"
+    run_cluster fault "$fault"
+  done
+  order="3 1"
+  [ $((RUN % 2)) = 0 ] && order="1 3"
+  for nodes in $order; do
+    CASE="cluster-fanout-$nodes"
+    want "$CASE" || continue
+    log "run $RUN: $CASE ($CFAN_N subscribers in one room on $nodes node(s), $CFAN_MSGS messages at $CFAN_RATE/s; Redis bus)"
+    run_cluster fanout "$nodes"
+  done
 done
 
 [ -s "$RAW" ] || die "no case ran (--only $ONLY matched none)"
@@ -735,7 +923,10 @@ for r in rows:
     if r["case"] not in cases:
         cases.append(r["case"])
 
-others = [r["other_cpu_pct"] for r in rows if isinstance(r.get("other_cpu_pct"), (int, float))]
+# The cluster cases' other_cpu_pct counts their other nodes, Redis and PostgreSQL as
+# "other": their own share, apart from those, is other_cpu_pct_publish.
+others = [r.get("other_cpu_pct_publish", r.get("other_cpu_pct")) for r in rows]
+others = [o for o in others if isinstance(o, (int, float))]
 load_note = (f" Other processes used {min(others):.0f}–{max(others):.0f} % of the machine's CPU during the runs"
              + (" — expect noise." if max(others) > 10 else ".")) if others else ""
 pg_note = (" \"postgres\" is switchboard on PostgreSQL (on this machine, fsync and synchronous_commit on, "
@@ -752,9 +943,141 @@ def median_of(case, server, key):
             and isinstance(r.get(key), (int, float))]
     return statistics.median(vals) if vals else None
 
+# The cluster cases (three nodes with a Redis bus): figures derived from each JSON line.
+for r in rows:
+    if not str(r.get("case", "")).startswith("cluster-"):
+        continue
+    for g in r.get("groups") or []:
+        if not g.get("remote"):
+            for q in ("p50", "p99", "max"):
+                r[f"local_latency_{q}_ms"] = g.get(f"latency_{q}_ms")
+    if isinstance(r.get("remote_latency_p99_ms"), (int, float)) and r.get("local_latency_p99_ms"):
+        r["remote_over_local_p99"] = r["remote_latency_p99_ms"] / r["local_latency_p99_ms"]
+    if isinstance(r.get("steady_remote_latency_p99_ms"), (int, float)) and r.get("steady_local_latency_p99_ms"):
+        r["steady_remote_over_local_p99"] = r["steady_remote_latency_p99_ms"] / r["steady_local_latency_p99_ms"]
+    if isinstance(r.get("after_fault_latency_p99_ms"), (int, float)) and r.get("before_fault_latency_p99_ms"):
+        r["after_over_before_p99"] = r["after_fault_latency_p99_ms"] / r["before_fault_latency_p99_ms"]
+    by, sent, dl = r.get("cpu_publish_us_by") or {}, r.get("messages_sent") or 0, r.get("deliveries") or 0
+    nodes = [v for k, v in by.items() if k.startswith("node")]
+    if nodes and all(isinstance(v, int) for v in nodes):
+        by = dict(by, nodes=sum(nodes))
+    for k, v in by.items():
+        if isinstance(v, int) and sent:
+            r[f"cpu_{k}_us_per_message"] = v / sent
+        if isinstance(v, int) and dl:
+            r[f"cpu_{k}_us_per_delivery"] = v / dl
+
+def med_rows(rs, key):
+    vals = [r[key] for r in rs if r.get("ok") and isinstance(r.get(key), (int, float))]
+    return statistics.median(vals) if vals else None
+
+def spread(rs, key):
+    vals = [r[key] for r in rs if r.get("ok") and isinstance(r.get(key), (int, float))]
+    return ", ".join(fmt(v) for v in vals) if vals else "n/a"
+
+def cluster_rows(rs, figures):
+    lines = ["| figure | median | the runs |", "|---|---|---|",
+             f"| successful runs | {sum(1 for r in rs if r.get('ok'))}/{len(rs)} | |"]
+    for key, label in figures:
+        lines.append(f"| {label} | {fmt(med_rows(rs, key))} | {spread(rs, key)} |")
+    return lines
+
+CLUSTER_CPU = [("all_cpu_us_per_message", "CPU per message, all processes (µs) ↓")] + [
+    (f"cpu_{k}_us_per_message", f"… {label} (µs)") for k, label in
+    (("node1", "node 1 (sender's)"), ("node2", "node 2"), ("node3", "node 3"), ("redis", "redis-server"),
+     ("postgres", "PostgreSQL (postmaster and backends)"))]
+done_fanout = False
 for case in cases:
     rs = [r for r in rows if r["case"] == case]
     scen = rs[0].get("scenario", "?")
+    if case.startswith("cluster-fanout-"):
+        if done_fanout:
+            continue
+        done_fanout = True
+        r3 = [r for r in rows if r["case"] == "cluster-fanout-3"]
+        r1 = [r for r in rows if r["case"] == "cluster-fanout-1"]
+        r0 = next((r for r in r3 + r1 if "rate" in r), {})
+        out += [f"## cluster-fanout: one room, {r0.get('subscribers', '?')} subscribers spread over three nodes "
+                f"(cluster-fanout-3) or on one (cluster-fanout-1), one sender on node 1 at {fmt(r0.get('rate'))} "
+                "messages/s; PostgreSQL and a Redis bus in both", "",
+                "| figure | three nodes | one node | three ÷ one |", "|---|---|---|---|",
+                f"| successful runs | {sum(1 for r in r3 if r.get('ok'))}/{len(r3)} | "
+                f"{sum(1 for r in r1 if r.get('ok'))}/{len(r1)} | |"]
+        for key, label in [("deliveries_per_sec", "deliveries/s ↑"), ("latency_p50_ms", "latency p50 (ms) ↓"),
+                           ("latency_p99_ms", "latency p99 (ms) ↓"), ("latency_max_ms", "latency max (ms) ↓"),
+                           ("steady_all_latency_p99_ms", "latency p99 after the first 0.5 s (ms) ↓"),
+                           ("steady_all_latency_max_ms", "latency max after the first 0.5 s (ms) ↓"),
+                           ("warmup_all_latency_p99_ms", "latency p99 in the first 0.5 s (ms)"),
+                           ("all_cpu_us_per_delivery", "CPU per delivery, all processes (µs) ↓"),
+                           ("cpu_nodes_us_per_delivery", "… the switchboard nodes (µs)"),
+                           ("cpu_redis_us_per_delivery", "… redis-server (µs)"),
+                           ("cpu_postgres_us_per_delivery", "… PostgreSQL (µs)"),
+                           ("other_cpu_pct_publish", "other processes' CPU while publishing (% of the machine)")]:
+            a, b = med_rows(r3, key), med_rows(r1, key)
+            ratio = "n/a" if a is None or b is None or b == 0 else f"{a / b:.3g}×"
+            out.append(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
+        out.append("")
+        for r in r3 + r1:
+            if not r.get("ok"):
+                notes.append(f"- {r['case']}, run {r.get('run')}: {(r.get('errors') or ['failed'])[0][:300]}")
+        continue
+    if case.startswith("cluster-fault-"):
+        r0 = next((r for r in rs if "fault_cmd" in r), {})
+        what = "every node's Redis subscription cut (`CLIENT KILL TYPE pubsub`)" if case.endswith("pubsub") \
+            else "Redis stopped (`SHUTDOWN NOSAVE`) and started again 1 s later"
+        out += [f"## {case}: three nodes at {fmt(r0.get('rate'))} messages/s as in cluster-1000; "
+                f"{fmt(r0.get('fault_at_s'))} s after the first send, {what}; cross-node latency (nodes 2 and 3) "
+                f"by send time: before (from 0.5 s after the first send until 0.5 s before the fault), after (0.5 s before to "
+                f"{fmt(r0.get('fault_window_s'))} s after), later", ""]
+        out += cluster_rows(rs, [
+            ("before_fault_latency_p50_ms", "before: p50 (ms)"), ("before_fault_latency_p99_ms", "before: p99 (ms)"),
+            ("before_fault_latency_max_ms", "before: max (ms)"),
+            ("after_fault_latency_p50_ms", "after: p50 (ms)"), ("after_fault_latency_p99_ms", "after: p99 (ms)"),
+            ("after_fault_latency_max_ms", "after: max (ms)"),
+            ("later_latency_p50_ms", "later: p50 (ms)"), ("later_latency_p99_ms", "later: p99 (ms)"),
+            ("later_latency_max_ms", "later: max (ms)"),
+            ("after_over_before_p99", "after p99 ÷ before p99"),
+            ("degraded_seconds", f"degraded: until a whole second of {fmt(r0.get('timeline_ms'))} ms buckets had p99 under max(20 ms, 2 × before p99) (s after the fault)"),
+            ("degraded_ms", "… that bound (ms)"),
+            ("deliveries_per_sec", "deliveries/s"),
+            ("other_cpu_pct_publish", "other processes' CPU while publishing (% of the machine)")])
+        out.append("")
+        for r in rs:
+            if not r.get("ok"):
+                notes.append(f"- {case}, run {r.get('run')}: {(r.get('errors') or ['failed'])[0][:300]}")
+        continue
+    if case.startswith("cluster-"):
+        r0 = next((r for r in rs if "rate" in r), {})
+        out += [f"## {case}: three nodes on one PostgreSQL database with a Redis bus, one sender on node 1 at "
+                f"{fmt(r0.get('rate'))} messages/s, {r0.get('subscribers', '?')} subscribers split over nodes 2, 3 and 1", ""]
+        out += cluster_rows(rs, [
+            ("deliveries_per_sec", "deliveries/s ↑"),
+            ("steady_remote_latency_p50_ms", "cross-node (nodes 2 and 3) latency p50, after the first 0.5 s (ms) ↓"),
+            ("steady_remote_latency_p99_ms", "cross-node latency p99, after the first 0.5 s (ms) ↓"),
+            ("steady_remote_latency_max_ms", "cross-node latency max, after the first 0.5 s (ms) ↓"),
+            ("steady_local_latency_p50_ms", "node 1 (the sender's) latency p50, after the first 0.5 s (ms)"),
+            ("steady_local_latency_p99_ms", "node 1 latency p99, after the first 0.5 s (ms)"),
+            ("steady_remote_over_local_p99", "cross-node p99 ÷ node 1 p99, after the first 0.5 s"),
+            ("remote_latency_p99_ms", "cross-node latency p99, all sends (ms) ↓"),
+            ("remote_latency_max_ms", "cross-node latency max, all sends (ms) ↓"),
+            ("warmup_remote_latency_p99_ms", "cross-node latency p99, the first 0.5 s (ms)"),
+            ("warmup_local_latency_p99_ms", "node 1 latency p99, the first 0.5 s (ms)")] + CLUSTER_CPU + [
+            ("other_cpu_pct_publish", "other processes' CPU while publishing (% of the machine)")])
+        if r0.get("rate") == 5000:
+            goal = []
+            for key, what in (("remote_latency_p99_ms", "all sends"), ("steady_remote_latency_p99_ms", "after the first 0.5 s")):
+                p99s = [r[key] for r in rs if r.get("ok") and isinstance(r.get(key), (int, float))]
+                if p99s:
+                    m = statistics.median(p99s)
+                    goal.append(f"{what}: {'met' if m < 15 else 'not met'} (median {fmt(m)} ms; under 15 ms in "
+                                f"{sum(1 for v in p99s if v < 15)} of {len(p99s)} runs)")
+            if goal:
+                out += ["", "Goal, cross-node p99 < 15 ms at 5,000 messages/s: " + "; ".join(goal) + "."]
+        out.append("")
+        for r in rs:
+            if not r.get("ok"):
+                notes.append(f"- {case}, run {r.get('run')}: {(r.get('errors') or ['failed'])[0][:300]}")
+        continue
     if scen == "floor":
         fan = case.replace("floor-", "fanout-", 1)
         socks = median_of(case, "floor", "sockets")

@@ -521,7 +521,7 @@ impl App {
             let changed: Vec<_> =
                 heard.presence.into_iter().filter_map(|e| Some(e.topic.clone()).zip(cluster.heard(e))).collect();
             for (topic, user) in changed {
-                endpoints::presence::refresh(&mut self.ctx, &topic, &user, None);
+                endpoints::refresh_presence(&mut self.ctx, &topic, &user);
             }
         }
         if !heard.events.is_empty() {
@@ -560,7 +560,7 @@ impl App {
             }
         }
         for (topic, user) in changed {
-            endpoints::presence::refresh(&mut self.ctx, &topic, &user, None);
+            endpoints::refresh_presence(&mut self.ctx, &topic, &user);
         }
         admissions
     }
@@ -578,6 +578,9 @@ impl App {
         self.ctx.engine.sweep(before, self.ctx.now);
         if let Some(webhooks) = &self.ctx.webhooks {
             self.ctx.engine.sweep_hooks(&webhooks.hooks, webhooks.delivery.delivered(), self.ctx.now);
+        }
+        if let Some(cluster) = &mut self.ctx.cluster {
+            cluster.settle(Instant::now());
         }
         let capacity = f64::from(self.ctx.config.limits.rate_limit_per_minute);
         let per_second = capacity / 60.0;

@@ -16,10 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventBody};
 use crate::model::{Seq, StreamId, UserId};
 
-/// The prefix of every channel and key switchboard uses in Redis, unless
-/// `SWITCHBOARD_REDIS_PREFIX` says otherwise.
-pub const PREFIX: &str = "sb";
-
 /// A RESP2 value (what Redis answers and pushes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -424,23 +420,29 @@ impl Conn {
 }
 
 /// GCRA, the per-user rate limit of stored messages across nodes (design/cluster.md
-/// §5.8): how many of `n` messages a user may send now, with the per-minute limit as
-/// both rate and burst. The key holds the theoretical arrival time and expires once the
-/// bucket would be full again.
+/// §5.8): how many of each user's `n` messages they may send now, with the per-minute
+/// limit as both rate and burst, all users of a batch in one call. A key holds its
+/// user's theoretical arrival time and expires once the bucket would be full again.
+/// KEYS: the users' keys; ARGV: the rate, then each user's n. Returns each user's count.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate = tonumber(ARGV[1])
 local interval = 60000 / rate
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local room = math.floor((now + rate * interval - tat) / interval + 1e-9)
-local k = math.max(0, math.min(n, room))
-if k > 0 then
-  tat = tat + k * interval
-  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+local fits = {}
+for i, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[i + 1])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local room = math.floor((now + rate * interval - tat) / interval + 1e-9)
+  local k = math.max(0, math.min(n, room))
+  if k > 0 then
+    tat = tat + k * interval
+    redis.call('SET', key, tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+  end
+  fits[i] = k
 end
-return k
+return fits
 "#;
 
 /// The writer lane's side: publishes what a batch committed, and asks the rate limit of
@@ -452,13 +454,15 @@ pub struct Publisher {
     prefix: String,
     conn: Option<Conn>,
     retry_at: Option<Instant>,
+    /// The GCRA script's SHA-1, once loaded on this connection.
+    gcra: Option<String>,
 }
 
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Publisher {
     pub fn new(url: crate::config::RedisUrl) -> Publisher {
-        Publisher { prefix: url.prefix.clone(), url, conn: None, retry_at: None }
+        Publisher { prefix: url.prefix.clone(), url, conn: None, retry_at: None, gcra: None }
     }
 
     /// Publishes each event on its stream's channel, in order, in one round trip.
@@ -478,22 +482,36 @@ impl Publisher {
     /// How many of each user's `n` messages fit the per-minute `rate` now, in one round
     /// trip; `None` if Redis cannot say (then the loop's own buckets were the limit).
     pub fn admit(&mut self, users: &[(&UserId, u32)], rate: u32) -> Option<Vec<u32>> {
-        let commands: Vec<Vec<u8>> = users
-            .iter()
-            .map(|(user, n)| {
-                let key = format!("{}:rl:{{{}}}", self.prefix, user.as_str());
-                encode(&[
-                    b"EVAL",
-                    GCRA.as_bytes(),
-                    b"1",
-                    key.as_bytes(),
-                    rate.to_string().as_bytes(),
-                    n.to_string().as_bytes(),
-                ])
-            })
-            .collect();
-        let answers = self.run(&commands, "ask the rate limit")?;
-        answers.into_iter().map(|a| if let Frame::Integer(k) = a { Some(k.max(0) as u32) } else { None }).collect()
+        let keys: Vec<String> =
+            users.iter().map(|(user, _)| format!("{}:rl:{{{}}}", self.prefix, user.as_str())).collect();
+        let mut argv: Vec<String> = vec![rate.to_string()];
+        argv.extend(users.iter().map(|(_, n)| n.to_string()));
+        let count = keys.len().to_string();
+        let command = |eval: &[u8], script: &[u8]| {
+            let mut args: Vec<&[u8]> = vec![eval, script, count.as_bytes()];
+            args.extend(keys.iter().map(|k| k.as_bytes()));
+            args.extend(argv.iter().map(|a| a.as_bytes()));
+            encode(&args)
+        };
+        // The script is sent whole once per connection, then named by its SHA-1.
+        let answers = match self.gcra.clone() {
+            Some(sha) if self.conn.is_some() => self.run(&[command(b"EVALSHA", sha.as_bytes())], "ask the rate limit"),
+            _ => {
+                let load = encode(&[b"SCRIPT", b"LOAD", GCRA.as_bytes()]);
+                let mut answers = self.run(&[load, command(b"EVAL", GCRA.as_bytes())], "ask the rate limit")?;
+                if let Some(Frame::Bulk(Some(sha))) = answers.first() {
+                    self.gcra = Some(String::from_utf8_lossy(sha).into_owned());
+                }
+                answers.drain(..1);
+                Some(answers)
+            }
+        };
+        match answers?.pop()? {
+            Frame::Array(Some(fits)) if fits.len() == users.len() => {
+                fits.into_iter().map(|k| if let Frame::Integer(k) = k { Some(k.max(0) as u32) } else { None }).collect()
+            }
+            _ => None,
+        }
     }
 
     fn run(&mut self, commands: &[Vec<u8>], what: &str) -> Option<Vec<Frame>> {
@@ -508,7 +526,10 @@ impl Publisher {
                 return None;
             }
             match Conn::connect(&self.url, PUBLISH_TIMEOUT) {
-                Ok(conn) => self.conn = Some(conn),
+                Ok(conn) => {
+                    self.conn = Some(conn);
+                    self.gcra = None;
+                }
                 Err(e) => return self.failed(what, e),
             }
             self.retry_at = None;

@@ -361,6 +361,10 @@ pub struct WebhookConfig {
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
+/// What switchboard's keys and channels in Redis start with, unless
+/// `SWITCHBOARD_REDIS_PREFIX` says otherwise.
+pub const REDIS_PREFIX: &str = "sb";
+
 /// Where Redis is: `redis://[:password@]host[:port][/db]` (the db does not matter to
 /// Pub/Sub, nor to the presence keys), or `redis+sentinel://[:password@]host:port
 /// [,host:port…]/master`, the master that those Sentinels name (asked again at each
@@ -403,7 +407,7 @@ impl RedisUrl {
             password: password.map(str::to_string),
             sentinel: None,
             master: Default::default(),
-            prefix: crate::bus::PREFIX.to_string(),
+            prefix: REDIS_PREFIX.to_string(),
         }
     }
 
@@ -689,7 +693,7 @@ impl RawSettings {
                             "a redis://[:password@]host[:port] or redis+sentinel://[:password@]host:port[,host:port]/master URL",
                         )
                     })?;
-                    url.prefix = self.optional("redis-prefix").unwrap_or_else(|| crate::bus::PREFIX.into());
+                    url.prefix = self.optional("redis-prefix").unwrap_or_else(|| REDIS_PREFIX.into());
                     let fits = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
                     if url.prefix.is_empty() || url.prefix.len() > 32 || !url.prefix.chars().all(fits) {
                         return Err(invalid("redis-prefix", &url.prefix, "1-32 letters, digits, -, _, . or :"));

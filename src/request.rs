@@ -10,7 +10,7 @@
 //! ran; frames reporting it still wait for the turn's commit.
 
 use crate::hub::ConnId;
-use crate::model::{Identity, Micros, Seq, UserId};
+use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::store::{
     BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert, Notification,
     StoreError, StoredMessage,
@@ -129,6 +129,29 @@ pub enum Write {
 }
 
 impl Request {
+    /// The streams this request will record on, as far as they are known without
+    /// reading anything (a conversation by id, a user): the writer lane on PostgreSQL
+    /// locks a batch's streams in one order before running it, so that two nodes'
+    /// batches never wait for each other's streams crosswise (a deadlock).
+    pub fn streams(&self) -> Vec<StreamId> {
+        let Request::Write(write) = self else { return Vec::new() };
+        let user = |user: &UserId| vec![StreamId::User(user.clone())];
+        match write {
+            Write::Post { conversation, .. }
+            | Write::PostAgentMessage { conversation, .. }
+            | Write::ReadOne { conversation, .. }
+            | Write::ReadAll { conversation, .. } => vec![StreamId::Conversation(*conversation)],
+            Write::SendDirect { recipient, .. } => user(recipient),
+            Write::ReadDirect { sender, .. } => user(sender),
+            Write::ReadNotification { user: who, .. }
+            | Write::ReadBankingMessage { user: who, .. }
+            | Write::RaiseFraudAlert { user: who, .. }
+            | Write::Logout { user: who, .. } => user(who),
+            Write::Notify(new) => user(&new.user),
+            _ => Vec::new(),
+        }
+    }
+
     /// The user whose stored message this is, for the rate limit across nodes: a
     /// client's chat message, direct message or agent reply.
     pub fn rate_user(&self) -> Option<&UserId> {

@@ -51,7 +51,7 @@ pub enum Said {
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_secs(1);
-const REAP_EVERY: Duration = Duration::from_secs(1);
+const REAP_EVERY: Duration = Duration::from_millis(500);
 
 /// `set_count`: this node's count of a user in a topic becomes `ARGV[2]`; the total over
 /// all nodes changes by the difference, and a change is published with the topic's next

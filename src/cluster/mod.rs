@@ -55,7 +55,14 @@ pub struct Mirror {
     pub shown: HashMap<UserId, Arc<str>>,
     /// The version Redis held at the last check (see `Cluster::versions`).
     checked: Option<i64>,
+    /// Loaded since a reconnect, while other nodes may still be telling Redis their
+    /// sessions again: a load adds users, and takes nobody away (see `Cluster::settle`).
+    additive: bool,
 }
+
+/// How long after a reconnect loads only add users: other nodes tell a Redis that lost
+/// its data their sessions again within about a second of its return.
+const SETTLE: Duration = Duration::from_secs(3);
 
 pub struct Cluster {
     lane: PresenceLane,
@@ -63,13 +70,15 @@ pub struct Cluster {
     mirrors: HashMap<String, Mirror>,
     /// The presence lane reaches Redis: the mirrors are current.
     pub up: bool,
+    /// When the mirrors loaded since a reconnect load again, whole (`settle`).
+    settle_at: Option<std::time::Instant>,
 }
 
 impl Cluster {
     pub fn start(url: RedisUrl, lease: Duration, wake: Box<dyn Fn() + Send>) -> Cluster {
         let (tell, said) = std::sync::mpsc::channel();
         let lane = PresenceLane::start(url, lease, tell, wake);
-        let mut cluster = Cluster { lane, said, mirrors: HashMap::new(), up: false };
+        let mut cluster = Cluster { lane, said, mirrors: HashMap::new(), up: false, settle_at: None };
         cluster.mirror(ONLINE);
         cluster
     }
@@ -131,10 +140,27 @@ impl Cluster {
 
     /// Loads every mirror again, loads under way included (one asked while Redis was
     /// away is never answered): after a reconnect of the lane or of the subscription.
+    /// Redis may have lost its data and not be told every node's sessions again yet, so
+    /// these loads only add users for a while; then every mirror loads again, whole
+    /// (`settle`). Nobody still connected is shown gone in between.
     pub fn reload_all(&mut self) {
+        self.settle_at = Some(std::time::Instant::now() + SETTLE);
         for (topic, mirror) in &mut self.mirrors {
             mirror.loading = Some(mirror.loading.take().unwrap_or_default());
+            mirror.additive = true;
             self.lane.send(Job::Load(topic.clone()));
+        }
+    }
+
+    /// From the sweep: once a reconnect has settled, the mirrors load whole again.
+    pub fn settle(&mut self, now: std::time::Instant) {
+        if self.settle_at.is_some_and(|at| now >= at) {
+            self.settle_at = None;
+            for (topic, mirror) in &mut self.mirrors {
+                mirror.additive = false;
+                mirror.loading = Some(mirror.loading.take().unwrap_or_default());
+                self.lane.send(Job::Load(topic.clone()));
+            }
         }
     }
 
@@ -163,7 +189,12 @@ impl Cluster {
         let Some(mirror) = self.mirrors.get_mut(topic) else { return Vec::new() };
         let waiting = mirror.loading.take().unwrap_or_default();
         let mut changed: Vec<UserId> = mirror.remote.keys().cloned().collect();
-        mirror.remote = users.into_iter().map(|(user, name, count)| (user, (name, count))).collect();
+        let users = users.into_iter().map(|(user, name, count)| (user, (name, count)));
+        if mirror.additive {
+            mirror.remote.extend(users);
+        } else {
+            mirror.remote = users.collect();
+        }
         mirror.ver = ver;
         changed.extend(mirror.remote.keys().cloned());
         for event in waiting {
@@ -251,5 +282,24 @@ mod tests {
         c.loaded(ONLINE, 12, Vec::new());
         c.versions(vec![(ONLINE.into(), 3)]);
         assert!(c.get(ONLINE).unwrap().loading.is_some(), "Redis is behind");
+    }
+
+    #[test]
+    fn after_a_reconnect_loads_add_users_until_the_reconnect_settled() {
+        let mut c = cluster();
+        let user = |id: &str| (UserId::new(id), Arc::from(id), 1);
+        c.loaded(ONLINE, 3, vec![user("ann"), user("bo")]);
+        // Redis came back empty: ann's node told it again, bo's not yet.
+        c.reload_all();
+        c.loaded(ONLINE, 1, vec![user("ann")]);
+        assert_eq!(c.get(ONLINE).unwrap().remote.len(), 2, "bo is not taken away yet");
+        // A leave heard is a leave.
+        assert_eq!(c.heard(event(2, "ann", 0)), Some(UserId::new("ann")));
+        c.settle(std::time::Instant::now());
+        assert!(c.get(ONLINE).unwrap().loading.is_none(), "not settled yet");
+        c.settle(std::time::Instant::now() + SETTLE);
+        assert!(c.get(ONLINE).unwrap().loading.is_some());
+        c.loaded(ONLINE, 2, Vec::new());
+        assert!(c.get(ONLINE).unwrap().remote.is_empty(), "bo never came back");
     }
 }

@@ -333,6 +333,15 @@ pub fn posted(ctx: &mut Ctx, session: &Session, answer: Answer) {
     ctx.send(session.conn, error_frame(&session.endpoint, words));
 }
 
+/// With Redis: a presence topic's view may have changed for `user` (a change heard from
+/// another node, a reload): the endpoint that shows the topic tells its clients.
+pub fn refresh_presence(ctx: &mut Ctx, topic: &str, user: &crate::model::UserId) {
+    match crate::cluster::room_of(topic) {
+        Some(room) => rooms::refresh(ctx, room, user, None),
+        None => presence::refresh(ctx, user, None),
+    }
+}
+
 /// A client's message past its user's rate limit: dropped, and the client told so.
 pub fn rate_limited(ctx: &mut Ctx, session: &Session) {
     ctx.metrics.rate_limited += 1;

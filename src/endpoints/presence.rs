@@ -53,7 +53,7 @@ fn online_frame(user_id: &str, user_name: &str) -> crate::context::Frame {
 /// A user's first session opened; `except` is that session (it has its own snapshot).
 pub fn user_online(ctx: &mut Ctx, identity: &Identity, except: Option<ConnId>) {
     if ctx.cluster.is_some() {
-        return refresh(ctx, ONLINE, &identity.user_id, except);
+        return refresh(ctx, &identity.user_id, except);
     }
     let frame = online_frame(identity.user_id.as_str(), &identity.name);
     ctx.publish(&Topic::Presence, frame, except, false);
@@ -62,7 +62,7 @@ pub fn user_online(ctx: &mut Ctx, identity: &Identity, except: Option<ConnId>) {
 /// A user's last session closed.
 pub fn user_offline(ctx: &mut Ctx, user: &UserId) {
     if ctx.cluster.is_some() {
-        return refresh(ctx, ONLINE, user, None);
+        return refresh(ctx, user, None);
     }
     let frame = to_frame(&UserOffline { r#type: "user_offline", user_id: user.as_str() });
     ctx.publish(&Topic::Presence, frame, None, false);
@@ -77,42 +77,45 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
 /// With Redis (`cluster`): a user's place in what this node's clients see of a presence
 /// topic may have changed (a session here, a change on another node, a reload). The
 /// view is the users with sessions here plus those Redis counts on any node; a
-/// difference from what was shown is told, once: `user_online`/`user_offline` for
-/// `online`, `user_join`/`user_leave` for a room. `except` has its own snapshot.
-pub fn refresh(ctx: &mut Ctx, topic: &str, user: &UserId, except: Option<ConnId>) {
+/// difference from what was shown is returned, once, and from then on shown: whether
+/// the user joined (else left), with their name. The endpoint tells its clients
+/// (`user_online`/`user_offline` here, `user_join`/`user_leave` in `rooms`).
+pub fn view_change(ctx: &mut Ctx, topic: &str, user: &UserId) -> Option<(bool, Arc<str>)> {
     let here: Option<Arc<str>> = match room_of(topic) {
         None => ctx.online.get(user).map(|u| u.name.clone()),
         Some(room) => ctx.hub.user_name(&Topic::Conversation(room), user),
     };
-    let Some(cluster) = ctx.cluster.as_mut() else { return };
+    let cluster = ctx.cluster.as_mut()?;
     let up = cluster.up;
-    let Some(mirror) = cluster.get_mut(topic) else { return };
+    let mirror = cluster.get_mut(topic)?;
     if here.is_none() && !up {
         // Redis cannot say whether another node has them: a user gone from here is
         // shown gone, and shown again if Redis says so when it is back.
         mirror.remote.remove(user);
     }
     let now = here.or_else(|| mirror.remote.get(user).map(|(name, _)| name.clone()));
-    let told = match (now, mirror.shown.contains_key(user)) {
+    match (now, mirror.shown.contains_key(user)) {
         (Some(name), false) => {
             mirror.shown.insert(user.clone(), name.clone());
             Some((true, name))
         }
         (None, true) => mirror.shown.remove(user).map(|name| (false, name)),
         _ => None,
-    };
-    let Some((joined, name)) = told else { return };
-    match (room_of(topic), joined) {
-        (None, true) => {
+    }
+}
+
+/// With Redis: who is online may have changed for `user` (see `view_change`).
+pub fn refresh(ctx: &mut Ctx, user: &UserId, except: Option<ConnId>) {
+    match view_change(ctx, ONLINE, user) {
+        Some((true, name)) => {
             let frame = online_frame(user.as_str(), &name);
             ctx.publish(&Topic::Presence, frame, except, false);
         }
-        (None, false) => {
+        Some((false, _)) => {
             let frame = to_frame(&UserOffline { r#type: "user_offline", user_id: user.as_str() });
             ctx.publish(&Topic::Presence, frame, None, false);
         }
-        (Some(room), true) => super::rooms::user_event(ctx, room, "user_join", user, &name, except),
-        (Some(room), false) => super::rooms::user_event(ctx, room, "user_leave", user, &name, None),
+        None => {}
     }
 }
 

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, close_code, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
-use crate::hub::Topic;
-use crate::model::{HookType, Seq, StreamId, format_timestamp};
+use crate::hub::{ConnId, Topic};
+use crate::model::{HookType, Seq, StreamId, UserId, format_timestamp};
 use crate::request::{Request, Write};
 use crate::route::Endpoint;
 use crate::store::{ConversationKind, StoredMessage};
@@ -153,7 +153,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
         if first && let Some(cluster) = &ctx.cluster {
             cluster.set(&presence, &session.identity.user_id, &session.identity.name, 1, None);
         }
-        super::presence::refresh(ctx, &presence, &session.identity.user_id, Some(session.conn));
+        refresh(ctx, conversation, &session.identity.user_id, Some(session.conn));
         let users = super::presence::shown(ctx, &presence).unwrap_or_default();
         let users = users.iter().map(|(id, name)| RoomUser { id: id.as_str(), username: name }).collect();
         ctx.send(session.conn, to_frame(&RoomUsersList { r#type: "room_users_list", users }));
@@ -185,14 +185,25 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
     Ok(())
 }
 
+/// With Redis: whether `user` is in the room may have changed, as this node's clients
+/// see it (`presence::view_change`); they are told.
+pub fn refresh(ctx: &mut Ctx, conversation: i64, user: &UserId, except: Option<ConnId>) {
+    let topic = crate::cluster::room_topic(conversation);
+    match super::presence::view_change(ctx, &topic, user) {
+        Some((true, name)) => user_event(ctx, conversation, "user_join", user, &name, except),
+        Some((false, name)) => user_event(ctx, conversation, "user_leave", user, &name, None),
+        None => {}
+    }
+}
+
 /// `user_join` or `user_leave` to the room's sessions here (but `except`).
 pub fn user_event(
     ctx: &mut Ctx,
     conversation: i64,
     kind: &'static str,
-    user: &crate::model::UserId,
+    user: &UserId,
     name: &str,
-    except: Option<crate::hub::ConnId>,
+    except: Option<ConnId>,
 ) {
     let frame = to_frame(&UserEvent { r#type: kind, user_id: user.as_str(), username: name });
     ctx.publish(&Topic::Conversation(conversation), frame, except, false);
@@ -239,7 +250,7 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
             if ctx.hub.conns(topic).is_empty() {
                 ctx.unmirror_topic(&presence);
             } else {
-                super::presence::refresh(ctx, &presence, user, None);
+                refresh(ctx, *conversation, user, None);
             }
         } else if last {
             user_event(ctx, *conversation, "user_leave", user, &session.identity.name, None);

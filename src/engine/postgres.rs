@@ -61,6 +61,9 @@ pub struct Options {
     pub rate_limit_per_minute: u32,
 }
 
+/// How long after the bus came (back) up polling goes on at its own pace.
+const BUS_SETTLE: Duration = Duration::from_secs(3);
+
 /// How often a node with a working bus checks streams' positions anyway (a message the
 /// bus lost, a node that died between its commit and its publish).
 const POSITION_CHECK: Duration = Duration::from_secs(2);
@@ -106,8 +109,10 @@ pub struct PgEngine {
     recent_bytes: usize,
     wake: Wake,
     options: Options,
-    /// The bus is up: polls are position checks, every `POSITION_CHECK`.
+    /// The bus is up: polls are position checks, every `POSITION_CHECK`, once it has
+    /// been up for `BUS_SETTLE`.
     bus_up: bool,
+    bus_up_since: Option<Instant>,
     /// When the next poll is due, and whether one is out.
     next_poll: Instant,
     polling: bool,
@@ -167,6 +172,7 @@ impl PgEngine {
             recent_bytes: 0,
             wake,
             bus_up: false,
+            bus_up_since: None,
             next_poll: Instant::now() + options.poll_interval,
             options,
             polling: false,
@@ -342,7 +348,10 @@ impl PgEngine {
         if self.polling || at < self.next_poll {
             return;
         }
-        self.next_poll = at + if self.bus_up { POSITION_CHECK } else { self.options.poll_interval };
+        // Just after the bus came back, other nodes' publishers may not have reconnected
+        // yet (they try again a second later): polling stays the bus for a moment.
+        let settled = self.bus_up_since.is_some_and(|since| at.duration_since(since) >= BUS_SETTLE);
+        self.next_poll = at + if settled { POSITION_CHECK } else { self.options.poll_interval };
         match self.poller.send(Job::Changed { since: now - POLL_WINDOW }) {
             Ok(()) => self.polling = true,
             Err(e) => self.health = Err(e),
@@ -354,8 +363,10 @@ impl PgEngine {
     pub fn set_bus(&mut self, up: bool) {
         if up && !self.bus_up {
             self.next_poll = Instant::now();
+            self.bus_up_since = Some(Instant::now());
         } else if !up && self.bus_up {
             self.next_poll = self.next_poll.min(Instant::now() + self.options.poll_interval);
+            self.bus_up_since = None;
         }
         self.bus_up = up;
     }

@@ -247,6 +247,16 @@ impl Lane {
             Err(e) => return failed(e.to_string()),
             Ok(store) => {
                 let ran = (|| -> StoreResult<Vec<(Ticket, Answer)>> {
+                    // The batch's streams, locked in one order (their keys'): another
+                    // node's batch with some of the same streams waits for this one, or
+                    // this one for it, never both for each other.
+                    let mut streams: Vec<String> =
+                        batch.requests.iter().flat_map(|(_, r)| r.streams()).map(|s| s.key()).collect();
+                    streams.sort_unstable();
+                    streams.dedup();
+                    if streams.len() > 1 {
+                        store.query("SELECT 1 FROM streams WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&streams])?;
+                    }
                     let mut answers = Vec::with_capacity(batch.requests.len() + refused.len());
                     answers.extend(refused);
                     let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored, hooks: None };

@@ -53,8 +53,18 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts it (again) on its port, empty, and waits until it answers.
+    /// Starts it (again) on its port, empty, and waits until it answers. A previous
+    /// process that was told to go (`redis-cli SHUTDOWN NOSAVE`) is waited for first, so
+    /// that the port is free; one still running after 5 s is killed.
     pub fn start_again(&mut self) {
+        if let Some(mut old) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while old.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = old.kill();
+            let _ = old.wait();
+        }
         let sentinel = self.args.iter().any(|a| a == "--sentinel");
         let mut command = Command::new("redis-server");
         if sentinel {

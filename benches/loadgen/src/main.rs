@@ -36,6 +36,20 @@ scenarios:
          both to --url). With two switchboard nodes on one PostgreSQL database this is
          cross-node delivery; the latency then includes the other node's polling.
          --pid is then one of the two servers (CPU per delivery is that server's).
+         A comma-separated list of URLs splits the subscribers over them (contiguous
+         groups, as even as can be); each group's latency is reported, and over the
+         groups on another server than --url's as remote_latency_*.
+         [--cpu NAME=PID,...] [--cpu-tree NAME=PID,...]: those processes' CPU while
+         publishing (--cpu-tree: with the process's children, live and reaped: a
+         PostgreSQL postmaster), their sum per delivery and per message.
+         [--fault-at S --fault-cmd CMD [--fault-window 3] [--degraded-ms 20]]: runs
+         `sh -c CMD` S seconds after the first send; latency (the remote groups', if
+         any) by send time before it, in the window after it and later, and how long
+         after it until a second of --timeline-ms buckets all had their p99 under
+         --degraded-ms (or twice the p99 before the fault, if higher).
+         [--timeline-ms 250]: latency per bucket of send time (with a fault: always).
+         [--warmup-seconds W]: latency of the sends in the first W s (a fresh room) and
+         after, apart (warmup_all_*, steady_all_*; with other nodes also _remote_, _local_).
   chat   --pairs K --rate R --seconds S
          K pairs, each in its own room; each user sends, waits for its echo, sends again
          (paced to R messages/s in total, 0 = closed loop flat out). Messages/s,
@@ -383,7 +397,7 @@ fn main() -> ExitCode {
 }
 
 /// Busy time of all CPUs (everything but idle and iowait) from /proc/stat, in µs.
-fn machine_busy_us() -> Option<u64> {
+pub fn machine_busy_us() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     let total: u64 = fields.iter().take(8).sum();
@@ -393,7 +407,7 @@ fn machine_busy_us() -> Option<u64> {
     Some((total - idle) * 1_000_000 / hz)
 }
 
-fn own_cpu_us() -> u64 {
+pub fn own_cpu_us() -> u64 {
     // SAFETY: getrusage fills a zeroed local struct.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };

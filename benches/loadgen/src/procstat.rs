@@ -75,3 +75,71 @@ pub fn listen_overflows() -> Option<u64> {
     }
     None
 }
+
+/// utime + stime of a process, and with `reaped` its waited-for children's too (cutime +
+/// cstime), in clock ticks; `None` when it is gone.
+fn ticks(pid: u32, reaped: bool) -> Option<(u64, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    let mut t = n(11)? + n(12)?;
+    if reaped {
+        t += n(13)? + n(14)?;
+    }
+    Some((t, n(1)? as u32))
+}
+
+/// Named processes whose CPU time is summed over a window: plain ones (`--cpu
+/// NAME=PID,...`: that process, all its threads) and trees (`--cpu-tree NAME=PID,...`:
+/// the process, its live children and what its reaped children used; PostgreSQL's
+/// postmaster and its backends).
+pub struct CpuSet {
+    procs: Vec<(String, u32, bool)>,
+    ticks_per_sec: f64,
+}
+
+impl CpuSet {
+    /// From `NAME=PID,NAME=PID` lists; `None` when both are empty.
+    pub fn parse(plain: Option<&str>, trees: Option<&str>) -> Result<Option<CpuSet>, String> {
+        let mut procs = Vec::new();
+        for (list, tree, option) in [(plain, false, "--cpu"), (trees, true, "--cpu-tree")] {
+            for item in list.unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+                let (name, pid) =
+                    item.split_once('=').ok_or_else(|| format!("usage: {option}: {item:?} is not NAME=PID"))?;
+                let pid: u32 = pid.parse().map_err(|_| format!("usage: {option}: {pid:?} is not a PID"))?;
+                procs.push((name.to_string(), pid, tree));
+            }
+        }
+        if procs.is_empty() {
+            return Ok(None);
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Ok(Some(CpuSet { procs, ticks_per_sec: if hz > 0 { hz as f64 } else { 100.0 } }))
+    }
+
+    /// Each process's CPU so far in µs (`None`: gone), in the order given.
+    pub fn sample(&self) -> Vec<(String, Option<u64>)> {
+        let children: Vec<(u32, u64)> = if self.procs.iter().any(|p| p.2) {
+            fs::read_dir("/proc")
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                        .filter_map(|pid| ticks(pid, false).map(|(t, ppid)| (ppid, t)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.procs
+            .iter()
+            .map(|(name, pid, tree)| {
+                let own = ticks(*pid, *tree).map(|(t, _)| t);
+                let kids: u64 =
+                    if *tree { children.iter().filter(|(pp, _)| pp == pid).map(|(_, t)| t).sum() } else { 0 };
+                (name.clone(), own.map(|t| ((t + kids) as f64 * 1e6 / self.ticks_per_sec) as u64))
+            })
+            .collect()
+    }
+}

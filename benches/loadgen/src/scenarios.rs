@@ -329,12 +329,30 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     let rate: f64 = a.required("rate")?;
     let m: u64 = a.required("messages")?;
     let window: u64 = a.num("window", 64u64)?.max(1);
-    // The subscribers' server when it is not --url's: another node on the same database.
+    // The subscribers' servers when they are not --url's: other nodes on the same
+    // database, the subscribers split over them in turn (contiguous groups).
     let sub_url = a.str("subscriber-url");
-    let sub_at = match sub_url {
-        Some(url) => Some(crate::ws::parse_ws_url(url, "--subscriber-url").map_err(|e| format!("usage: {e}"))?),
-        None => None,
-    };
+    let (url_addr, url_host, url_base) =
+        crate::ws::parse_ws_url(a.str("url").unwrap_or_default(), "--url").map_err(|e| format!("usage: {e}"))?;
+    let mut groups: Vec<Group> = Vec::new();
+    for url in sub_url.unwrap_or_default().split(',').filter(|u| !u.is_empty()) {
+        let (addr, host, base) = crate::ws::parse_ws_url(url, "--subscriber-url").map_err(|e| format!("usage: {e}"))?;
+        groups.push(Group { url: url.to_string(), addr, host, base, remote: addr != url_addr, size: 0 });
+    }
+    if groups.is_empty() {
+        let url = a.str("url").unwrap_or_default().to_string();
+        groups.push(Group { url, addr: url_addr, host: url_host, base: url_base, remote: false, size: 0 });
+    }
+    let k = groups.len();
+    for (g, group) in groups.iter_mut().enumerate() {
+        group.size = n / k + usize::from(g < n % k);
+    }
+    let fault = Fault::parse(a)?;
+    let timeline_ns: u64 = (a.num("timeline-ms", 250.0f64)? * 1e6) as u64;
+    let want_timeline = fault.is_some() || a.str("timeline-ms").is_some();
+    // The first seconds of a fresh room, reported apart from the steady state.
+    let warmup = (a.num("warmup-seconds", 0.0f64)?.max(0.0) * 1e9) as u64;
+    let cpuset = crate::procstat::CpuSet::parse(a.str("cpu"), a.str("cpu-tree"))?;
     ctx.budget(n + 1)?;
     let room = format!("fanout-{}", ctx.tag);
     rep.set("subscribers", n);
@@ -351,18 +369,22 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
         "fanout: {n} subscribers (user 1) in room {room}, then {m} messages at {} by user 2",
         if rate > 0.0 { format!("{rate} messages/s") } else { format!("full speed (window {window})") }
     );
-    if let Some(url) = sub_url {
-        println!("fanout: the subscribers on {url}, the sender on {}", a.str("url").unwrap_or_default());
+    if sub_url.is_some() {
+        let split: Vec<String> = groups.iter().map(|g| format!("{} on {}", g.size, g.url)).collect();
+        println!("fanout: the subscribers: {}; the sender on {}", split.join(", "), a.str("url").unwrap_or_default());
     }
 
     // Subscribers: all the same user, so no join per subscriber and a one-entry user list.
     let t_sub = Instant::now();
     let overflows0 = crate::procstat::listen_overflows();
-    let (sub_path, at) = match &sub_at {
-        Some((addr, host, base)) => (ctx.path_on(base, &room, 1), Some((*addr, host.as_str()))),
-        None => (ctx.path(&room, 1), None),
-    };
-    let sub_ids = open_all(ctx, "subscriber", n, |_, _| sub_path.clone(), None, at)?;
+    let mut sub_ids = Vec::with_capacity(n);
+    let mut group_of = Vec::with_capacity(n);
+    for (g, group) in groups.iter().enumerate() {
+        let path = ctx.path_on(&group.base, &room, 1);
+        let ids = open_all(ctx, "subscriber", group.size, |_, _| path.clone(), None, Some((group.addr, &group.host)))?;
+        group_of.extend(std::iter::repeat_n(g, ids.len()));
+        sub_ids.extend(ids);
+    }
     let sub_secs = t_sub.elapsed().as_secs_f64();
     rep.opt("listen_overflows", crate::procstat::listen_overflows().zip(overflows0).map(|(b, a)| b.saturating_sub(a)));
     rep.set("subscribe_seconds", round3(sub_secs));
@@ -411,8 +433,13 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     let rss_sub = ctx.rss();
     rep.opt("rss_subscribed_kib", rss_sub);
     let cpu0 = ctx.cpu_us();
+    let set0 = cpuset.as_ref().map(|c| (c.sample(), crate::machine_busy_us(), crate::own_cpu_us(), Instant::now()));
     let mut send_ns = vec![0u64; m as usize];
     let mut latencies: Vec<u64> = Vec::with_capacity(expected.min(50_000_000) as usize);
+    // Per group: (send time, latency) of each delivery, for its own figures and the windows.
+    let mut by_group: Vec<Vec<(u64, u64)>> = vec![Vec::new(); k];
+    let mut fault_child: Option<std::process::Child> = None;
+    let mut fault_ns: Option<u64> = None;
     let (mut seq, mut echoed, mut deliveries) = (0u64, 0u64, 0u64);
     let t_pub = ctx.net.now_ns();
     let mut first_send = None;
@@ -432,6 +459,18 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
             let _ = write!(text, r#"{{"message": "{seq} {ns}"}}"#);
             ctx.net.send_text(sender, &text);
             seq += 1;
+        }
+        if let (Some(f), Some(first), None) = (&fault, first_send, fault_ns) {
+            let ns = ctx.net.now_ns();
+            if ns >= first + (f.at * 1e9) as u64 {
+                fault_ns = Some(ns);
+                println!("fanout: the fault at {:.3} s: {}", (ns - first) as f64 / 1e9, f.cmd);
+                match std::process::Command::new("sh").arg("-c").arg(&f.cmd).stdin(std::process::Stdio::null()).spawn()
+                {
+                    Ok(c) => fault_child = Some(c),
+                    Err(e) => break 'run Err(format!("--fault-cmd: cannot start sh: {e}")),
+                }
+            }
         }
         if deliveries == expected && echoed == m {
             break 'run Ok(());
@@ -478,6 +517,7 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
                                 }
                                 next_seq[who] += 1;
                                 latencies.push(t.saturating_sub(ns));
+                                by_group[group_of[who]].push((ns, t.saturating_sub(ns)));
                                 deliveries += 1;
                                 last_delivery = last_delivery.max(*t);
                             }
@@ -503,6 +543,7 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
         }
     };
     let cpu = ctx.cpu_us().zip(cpu0).map(|(b, a)| b - a);
+    let set1 = cpuset.as_ref().map(|c| (c.sample(), crate::machine_busy_us(), crate::own_cpu_us(), Instant::now()));
     let pub_secs = (last_delivery.saturating_sub(first_send.unwrap_or(t_pub))) as f64 / 1e9;
     let per_sec = if pub_secs > 0.0 { deliveries as f64 / pub_secs } else { 0.0 };
     let (p50, p99, max) = percentiles_ms(&mut latencies);
@@ -524,10 +565,267 @@ pub fn fanout(ctx: &mut Ctx, a: &Args, rep: &mut Report) -> Result<(), String> {
     rep.opt("cpu_publish_us", cpu);
     rep.opt("cpu_us_per_delivery", cpu_per);
     rep.opt("rss_after_kib", ctx.rss());
+    if let (Some((s0, busy0, own0, w0)), Some((s1, busy1, own1, w1))) = (set0, set1) {
+        let all = cpu_set_figures(rep, &s0, &s1, deliveries, seq);
+        // Everything else on the machine while publishing: not these processes, not the
+        // load generator.
+        let other = busy1
+            .zip(busy0)
+            .zip(all)
+            .map(|((b1, b0), all)| b1.saturating_sub(b0) as f64 - all as f64 - own1.saturating_sub(own0) as f64);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall_us = w1.duration_since(w0).as_secs_f64() * 1e6;
+        rep.opt("other_cpu_pct_publish", other.map(|o| round3((o.max(0.0) / (wall_us * cpus) * 100.0).min(100.0))));
+    }
+    let first = first_send.unwrap_or(t_pub);
+    group_figures(rep, &groups, &mut by_group);
+    // The windows and the timeline: of the subscribers on other nodes than the sender's
+    // when there are any (cross-node delivery), else of all.
+    let mut picked: Vec<(u64, u64)> = Vec::new();
+    let mut local: Vec<(u64, u64)> = Vec::new();
+    let any_remote = groups.iter().any(|g| g.remote);
+    for (g, samples) in by_group.iter().enumerate() {
+        let to = if groups[g].remote || !any_remote { &mut picked } else { &mut local };
+        to.extend(samples.iter().map(|&(s, l)| (s.saturating_sub(first), l)));
+    }
+    if warmup > 0 {
+        rep.set("warmup_seconds", round3(warmup as f64 / 1e9));
+        if any_remote {
+            window_figures(rep, "warmup_remote", &picked, 0, warmup);
+            window_figures(rep, "steady_remote", &picked, warmup, u64::MAX);
+            if !local.is_empty() {
+                window_figures(rep, "warmup_local", &local, 0, warmup);
+                window_figures(rep, "steady_local", &local, warmup, u64::MAX);
+            }
+        }
+        let all: Vec<(u64, u64)> = picked.iter().chain(&local).copied().collect();
+        window_figures(rep, "warmup_all", &all, 0, warmup);
+        window_figures(rep, "steady_all", &all, warmup, u64::MAX);
+    }
+    if let Some(f) = &fault {
+        let status = finish_fault(&mut fault_child);
+        rep.opt("fault_cmd_status", status.clone());
+        if let Some(e) = status.filter(|s| s != "exit 0") {
+            println!("fanout: the fault command ended with {e}");
+        }
+        match fault_ns {
+            None => rep.errors.push(format!("the fault was not started (--fault-at {} s is past the last send)", f.at)),
+            Some(at) => fault_figures(rep, f, at - first, warmup, timeline_ns, &mut picked),
+        }
+    }
+    if want_timeline {
+        rep.set("latency_timeline", timeline(&mut picked, timeline_ns));
+        rep.set("timeline_ms", round3(timeline_ns as f64 / 1e6));
+    }
     result?;
     let mut all = sub_ids;
     all.push(sender);
     close_all(ctx, all, Duration::from_secs(10))
+}
+
+/// The subscribers on one server (`--subscriber-url`'s list, or `--url`).
+struct Group {
+    url: String,
+    addr: SocketAddr,
+    host: String,
+    base: String,
+    /// Another server than the sender's (`--url`): cross-node delivery.
+    remote: bool,
+    size: usize,
+}
+
+/// `--fault-at S --fault-cmd CMD [--fault-window W] [--degraded-ms D]`: `sh -c CMD` once
+/// S seconds after the first send; latency by send time before it (after the warm-up, up
+/// to 0.5 s before), from then until W seconds after it, and later.
+struct Fault {
+    at: f64,
+    cmd: String,
+    window: f64,
+    degraded_ms: f64,
+}
+
+impl Fault {
+    fn parse(a: &Args) -> Result<Option<Fault>, String> {
+        let cmd = a.str("fault-cmd");
+        let at = a.str("fault-at");
+        let window: f64 = a.num("fault-window", 3.0)?;
+        let degraded_ms: f64 = a.num("degraded-ms", 20.0)?;
+        match (at, cmd) {
+            (None, None) => Ok(None),
+            (Some(_), Some(cmd)) => {
+                Ok(Some(Fault { at: a.required("fault-at")?, cmd: cmd.to_string(), window, degraded_ms }))
+            }
+            _ => Err("usage: --fault-at and --fault-cmd go together".into()),
+        }
+    }
+}
+
+/// Waits (up to 60 s) for the fault command; its status as text.
+fn finish_fault(child: &mut Option<std::process::Child>) -> Option<String> {
+    let c = child.as_mut()?;
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match c.try_wait() {
+            Ok(Some(st)) => return Some(st.code().map_or_else(|| format!("{st}"), |c| format!("exit {c}"))),
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Some("killed after 60 s".into());
+            }
+            Err(e) => return Some(format!("wait: {e}")),
+        }
+    }
+}
+
+/// p50/p99/max and count of the latencies of `samples` (send offset, latency) whose send
+/// offset is in `[from, to)`, as `{prefix}_latency_p50_ms`, ... and `{prefix}_deliveries`.
+fn window_figures(rep: &mut Report, prefix: &str, samples: &[(u64, u64)], from: u64, to: u64) -> Option<f64> {
+    let mut lat: Vec<u64> = samples.iter().filter(|(s, _)| *s >= from && *s < to).map(|(_, l)| *l).collect();
+    rep.set(&format!("{prefix}_deliveries"), lat.len());
+    let (p50, p99, max) = percentiles_ms(&mut lat);
+    rep.opt(&format!("{prefix}_latency_p50_ms"), p50);
+    rep.opt(&format!("{prefix}_latency_p99_ms"), p99);
+    rep.opt(&format!("{prefix}_latency_max_ms"), max);
+    println!(
+        "fanout: {prefix:>12}: {} deliveries, latency p50 {} ms, p99 {} ms, max {} ms",
+        lat.len(),
+        fmt_opt(p50),
+        fmt_opt(p99),
+        fmt_opt(max)
+    );
+    p99
+}
+
+/// See `fault_figures`: 0.5 s, in ns.
+const BEFORE_FAULT_MARGIN: u64 = 500_000_000;
+
+fn fault_figures(rep: &mut Report, f: &Fault, at: u64, warmup: u64, bucket: u64, samples: &mut [(u64, u64)]) {
+    rep.set("fault_at_s", round3(at as f64 / 1e9));
+    rep.set("fault_cmd", f.cmd.as_str());
+    rep.set("fault_window_s", f.window);
+    let w = (f.window * 1e9) as u64;
+    // Messages sent just before the fault may be in flight when it strikes: the window
+    // after it starts BEFORE_FAULT_MARGIN earlier, "before" is the steady state (after
+    // --warmup-seconds).
+    let from = at.saturating_sub(BEFORE_FAULT_MARGIN);
+    let before_p99 = window_figures(rep, "before_fault", samples, warmup.min(from), from);
+    window_figures(rep, "after_fault", samples, from, at + w);
+    window_figures(rep, "later", samples, at + w, u64::MAX);
+    // Degraded: from the fault until the start of the first second (CALM_BUCKETS timeline
+    // buckets in a row, by send time) whose every bucket has its p99 under --degraded-ms
+    // or twice the p99 before the fault, whichever is higher (on a busy machine the
+    // steady state's p99 is above the fixed bound already); one noisy bucket later on
+    // does not count. Without such a second: until the end, and "recovered": false.
+    let threshold = f.degraded_ms.max(2.0 * before_p99.unwrap_or(0.0));
+    let bucket = bucket.max(1);
+    samples.sort_unstable_by_key(|s| s.0);
+    let calm_needed = (1_000_000_000 / bucket).max(1);
+    let (mut calm_from, mut calm, mut recovered_at, mut last_end) = (None, 0u64, None, at);
+    for chunk in samples.chunk_by(|a, b| a.0 / bucket == b.0 / bucket) {
+        let start = chunk[0].0 / bucket * bucket;
+        last_end = start + bucket;
+        if last_end <= at {
+            continue;
+        }
+        let mut lat: Vec<u64> = chunk.iter().map(|s| s.1).collect();
+        if percentiles_ms(&mut lat).1.is_some_and(|p99| p99 > threshold) {
+            (calm_from, calm) = (None, 0);
+        } else {
+            calm_from.get_or_insert(start);
+            calm += 1;
+            if calm >= calm_needed {
+                recovered_at = calm_from;
+                break;
+            }
+        }
+    }
+    let secs = recovered_at.unwrap_or(last_end).saturating_sub(at) as f64 / 1e9;
+    rep.set("degraded_ms", round3(threshold));
+    rep.set("degraded_seconds", round3(secs));
+    rep.set("recovered", recovered_at.is_some());
+    println!(
+        "fanout: p99 above {} ms for {secs:.3} s after the fault (timeline buckets){}",
+        round3(threshold),
+        if recovered_at.is_some() { "" } else { ", to the end: not recovered" }
+    );
+}
+
+/// `[[bucket start s, deliveries, p50, p99, max], ...]` by send offset.
+fn timeline(samples: &mut [(u64, u64)], bucket: u64) -> Value {
+    let bucket = bucket.max(1);
+    samples.sort_unstable_by_key(|s| s.0);
+    let rows: Vec<Value> = samples
+        .chunk_by(|a, b| a.0 / bucket == b.0 / bucket)
+        .map(|chunk| {
+            let mut lat: Vec<u64> = chunk.iter().map(|s| s.1).collect();
+            let (p50, p99, max) = percentiles_ms(&mut lat);
+            json!([round3((chunk[0].0 / bucket * bucket) as f64 / 1e9), chunk.len(), p50, p99, max])
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+/// Per group: its server, size, deliveries and latency; with a group on another server
+/// than the sender's, the same over all such groups as `remote_*`.
+fn group_figures(rep: &mut Report, groups: &[Group], by_group: &mut [Vec<(u64, u64)>]) {
+    let mut rows = Vec::new();
+    let mut remote: Vec<u64> = Vec::new();
+    for (g, samples) in by_group.iter().enumerate() {
+        let mut lat: Vec<u64> = samples.iter().map(|s| s.1).collect();
+        if groups[g].remote {
+            remote.extend(&lat);
+        }
+        let (p50, p99, max) = percentiles_ms(&mut lat);
+        rows.push(json!({
+            "url": groups[g].url, "remote": groups[g].remote, "subscribers": groups[g].size,
+            "deliveries": lat.len(), "latency_p50_ms": p50, "latency_p99_ms": p99, "latency_max_ms": max,
+        }));
+        if groups.len() > 1 {
+            println!(
+                "fanout: {} subscribers on {}{}: latency p50 {} ms, p99 {} ms, max {} ms",
+                groups[g].size,
+                groups[g].url,
+                if groups[g].remote { "" } else { " (the sender's)" },
+                fmt_opt(p50),
+                fmt_opt(p99),
+                fmt_opt(max)
+            );
+        }
+    }
+    rep.set("groups", Value::Array(rows));
+    if groups.iter().any(|g| g.remote) {
+        rep.set("remote_deliveries", remote.len());
+        let (p50, p99, max) = percentiles_ms(&mut remote);
+        rep.opt("remote_latency_p50_ms", p50);
+        rep.opt("remote_latency_p99_ms", p99);
+        rep.opt("remote_latency_max_ms", max);
+    }
+}
+
+/// `--cpu`/`--cpu-tree`: each named process's CPU while publishing, their sum (returned;
+/// `None` when one is gone), and the sum per delivery and per message sent.
+fn cpu_set_figures(
+    rep: &mut Report,
+    s0: &[(String, Option<u64>)],
+    s1: &[(String, Option<u64>)],
+    deliveries: u64,
+    sent: u64,
+) -> Option<u64> {
+    let mut by = serde_json::Map::new();
+    let mut total = Some(0u64);
+    for ((name, a), (_, b)) in s0.iter().zip(s1) {
+        let d = a.zip(*b).map(|(a, b)| b.saturating_sub(a));
+        total = total.zip(d).map(|(t, d)| t + d);
+        by.insert(name.clone(), d.map_or(Value::Null, Into::into));
+    }
+    let parts: Vec<String> = by.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("fanout: CPU while publishing (µs): {}; all {}", parts.join(", "), fmt_opt(total));
+    rep.set("cpu_publish_us_by", Value::Object(by));
+    rep.opt("all_cpu_publish_us", total);
+    rep.opt("all_cpu_us_per_delivery", total.filter(|_| deliveries > 0).map(|t| round3(t as f64 / deliveries as f64)));
+    rep.opt("all_cpu_us_per_message", total.filter(|_| sent > 0).map(|t| round3(t as f64 / sent as f64)));
+    total
 }
 
 // ------------------------------------------------------------------------------- chat
