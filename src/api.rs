@@ -30,6 +30,9 @@ use crate::request::{
 };
 use crate::store::{Conversation, ConversationKind};
 
+/// A webhook receiver failing for this long is mentioned by `/healthz`.
+const WEBHOOK_FAILING_REPORTED: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -51,12 +54,24 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
         // A bus that is down is degraded service (delivery across nodes polls), not an
         // outage.
         let bus = ctx.bus.as_ref().map(|bus| if bus.is_up() { "ok" } else { "degraded" });
-        return Some(match (ctx.engine.health(), bus) {
-            (Ok(()), None) => json_response(200, &json!({"status": "ok"})),
-            (Ok(()), Some(bus)) => json_response(200, &json!({"status": "ok", "bus": bus})),
-            (Err(store), None) => json_response(503, &json!({"status": "error", "store": store})),
-            (Err(store), Some(bus)) => json_response(503, &json!({"status": "error", "store": store, "bus": bus})),
-        });
+        let mut body = match (ctx.engine.health(), bus) {
+            (Ok(()), None) => json!({"status": "ok"}),
+            (Ok(()), Some(bus)) => json!({"status": "ok", "bus": bus}),
+            (Err(store), None) => json!({"status": "error", "store": store}),
+            (Err(store), Some(bus)) => json!({"status": "error", "store": store, "bus": bus}),
+        };
+        // A failing webhook receiver is the backend's outage, not this server's: it is
+        // said, and the status stays (events wait in the outbox).
+        if let Some(webhooks) = &ctx.webhooks {
+            body["webhook"] = match webhooks.delivery.stats.failing_for() {
+                Some(failing) if failing >= WEBHOOK_FAILING_REPORTED => {
+                    json!(format!("the receiver has been failing for {} s", failing.as_secs()))
+                }
+                _ => json!("ok"),
+            };
+        }
+        let status = if body["status"] == "ok" { 200 } else { 503 };
+        return Some(json_response(status, &body));
     }
     if let Err(e) = authorize(ctx, request) {
         return Some(e.to_response());

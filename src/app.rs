@@ -20,7 +20,7 @@ use crate::engine::{OpenError, Opened};
 use crate::http::{self, HttpError, Request};
 use crate::hub::ConnId;
 use crate::metrics::Metrics;
-use crate::model::{Identity, Seq, UserId, now_micros};
+use crate::model::{HookType, Identity, Seq, StreamId, UserId, now_micros};
 use crate::request::Answer;
 use crate::route::{Endpoint, route};
 
@@ -247,6 +247,9 @@ impl App {
         user.conns.push(conn);
         if user_conns == 0 {
             endpoints::presence::user_online(&mut self.ctx, &session.identity, Some(conn));
+            let (user, name) = (&identity.user_id, &identity.name);
+            let data = crate::webhook::presence(user, Some(name));
+            self.ctx.hook(HookType::UserOnline, &StreamId::User(user.clone()), data, Some((user, true)));
         }
         self.ctx.metrics.connection_opened(session.endpoint.name());
     }
@@ -359,6 +362,8 @@ impl App {
                 self.ctx.online.remove(user);
                 self.ctx.unfollow_user(user);
                 endpoints::presence::user_offline(&mut self.ctx, user);
+                let data = crate::webhook::presence(user, None);
+                self.ctx.hook(HookType::UserOffline, &StreamId::User(user.clone()), data, Some((user, false)));
             }
         }
         self.tell_online(&session.identity, None);
@@ -488,6 +493,11 @@ impl App {
         }
         // Cleared, not replaced: a busy loop keeps the same buffer from turn to turn.
         self.writers.clear();
+        if self.ctx.engine.hooks_committed()
+            && let Some(webhooks) = &self.ctx.webhooks
+        {
+            webhooks.delivery.nudge();
+        }
         outbox
     }
 
@@ -566,6 +576,9 @@ impl App {
     pub fn sweep(&mut self) {
         let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
         self.ctx.engine.sweep(before, self.ctx.now);
+        if let Some(webhooks) = &self.ctx.webhooks {
+            self.ctx.engine.sweep_hooks(&webhooks.hooks, webhooks.delivery.delivered(), self.ctx.now);
+        }
         if let Some(cluster) = &mut self.ctx.cluster {
             cluster.settle(Instant::now());
         }

@@ -14,6 +14,7 @@ use crate::store::Store;
 
 const JWT_SECRET_SETTING: &str = "jwt_secret";
 const API_KEY_SETTING: &str = "api_key";
+const WEBHOOK_SECRET_SETTING: &str = "webhook_secret";
 /// Lifetime of the token printed at start-up for trying things out.
 const HINT_TOKEN_TTL_SECS: u64 = 3600;
 const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
@@ -77,6 +78,9 @@ struct Secrets {
     api_key: String,
     jwt_secret_generated: bool,
     api_key_generated: bool,
+    /// With webhooks: the key that signs them, and whether it was generated on this run
+    /// (it is printed once, then only kept).
+    webhook_secret: Option<(String, bool)>,
 }
 
 fn random_hex(bytes: usize) -> std::io::Result<String> {
@@ -145,7 +149,15 @@ fn secrets(store: &mut dyn Settings, config: &Config) -> Result<Secrets, String>
         (String::new(), false)
     };
     let (api_key, api_key_generated) = kept_or_generated(store, &config.api_key, API_KEY_SETTING)?;
-    Ok(Secrets { jwt_secret, api_key, jwt_secret_generated, api_key_generated })
+    let webhook_secret = match &config.webhook {
+        None => None,
+        Some(webhook) => {
+            let kept_before = webhook.secret.is_none() && store.get(WEBHOOK_SECRET_SETTING)?.is_some();
+            let (secret, kept) = kept_or_generated(store, &webhook.secret, WEBHOOK_SECRET_SETTING)?;
+            Some((secret, kept && !kept_before))
+        }
+    };
+    Ok(Secrets { jwt_secret, api_key, jwt_secret_generated, api_key_generated, webhook_secret })
 }
 
 fn serve(config: Config) -> i32 {
@@ -158,9 +170,15 @@ fn serve(config: Config) -> i32 {
             Err(e) => return fail(2, &e),
         },
     };
-    let (engine, secrets, kept_in) = match &config.database_url {
+    let (engine, secrets, kept_in, webhooks) = match &config.database_url {
+        Some(_) if config.webhook.is_some() => {
+            return fail(
+                2,
+                "SWITCHBOARD_WEBHOOK_URL works with the SQLite store only so far (not with SWITCHBOARD_DATABASE_URL)",
+            );
+        }
         Some(url) => match postgres_engine(url, &config) {
-            Ok((engine, secrets)) => (engine, secrets, "PostgreSQL".to_string()),
+            Ok((engine, secrets)) => (engine, secrets, "PostgreSQL".to_string(), None),
             Err((code, message)) => return fail(code, &message),
         },
         None => {
@@ -181,14 +199,24 @@ fn serve(config: Config) -> i32 {
             } else {
                 Engine::Local(store)
             };
-            (engine, secrets, config.db_path.display().to_string())
+            let mut engine = engine;
+            let webhooks = match (&config.webhook, &secrets.webhook_secret) {
+                (Some(webhook), Some((secret, _))) => match start_webhooks(&mut engine, webhook, secret, &config) {
+                    Ok(webhooks) => Some(webhooks),
+                    Err(e) => return fail(1, &e),
+                },
+                _ => None,
+            };
+            (engine, secrets, config.db_path.display().to_string(), webhooks)
         }
     };
     let verifier = match public_key_verifier.map_or_else(|| Verifier::new(&config.jwt, &secrets.jwt_secret), Ok) {
         Ok(verifier) => verifier,
         Err(e) => return fail(2, &e),
     };
-    let app = App::new(config, verifier, secrets.api_key.clone(), engine);
+    let mut app = App::new(config, verifier, secrets.api_key.clone(), engine);
+    app.ctx.metrics.webhooks = webhooks.as_ref().map(|w| std::sync::Arc::clone(&w.delivery.stats));
+    app.ctx.webhooks = webhooks;
     let (server, bound) = match Server::bind(app) {
         Ok(bound) => bound,
         Err(e) => return fail(1, &e.to_string()),
@@ -211,10 +239,33 @@ fn serve(config: Config) -> i32 {
     if secrets.api_key_generated {
         println!("server API: curl -H 'Authorization: Bearer {}' http://{}/api/online", secrets.api_key, bound.api);
     }
+    if let Some((secret, true)) = &secrets.webhook_secret {
+        println!("webhook secret generated and kept in {kept_in} (it signs every webhook request): {secret}");
+    }
     match server.run() {
         Ok(()) => 0,
         Err(e) => fail(1, &format!("event loop failed: {e}")),
     }
+}
+
+/// Webhooks on the SQLite store: users left online by a crash are reported offline,
+/// then the delivery thread starts from the stored cursor.
+fn start_webhooks(
+    engine: &mut Engine,
+    webhook: &crate::config::WebhookConfig,
+    secret: &str,
+    config: &Config,
+) -> Result<crate::webhook::Webhooks, String> {
+    if config.db_path.to_str().is_some_and(|p| p == ":memory:" || p.starts_with("file::memory:")) {
+        return Err("SWITCHBOARD_WEBHOOK_URL needs a database file (the delivery thread reads it)".into());
+    }
+    let hooks = crate::webhook::Hooks::of(webhook);
+    match engine.recover_hooks(&hooks) {
+        Ok(0) => {}
+        Ok(n) => log::info!("webhooks: {n} users left online by the last run are reported offline"),
+        Err(e) => return Err(format!("cannot report the users left online as offline: {e}")),
+    }
+    crate::webhook::Webhooks::start(webhook, secret.to_string(), &config.db_path)
 }
 
 /// Tries to reach PostgreSQL for this long at start-up before giving up (exit 1).

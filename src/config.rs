@@ -193,6 +193,54 @@ pub const SETTINGS: &[Setting] = &[
         help: "how long events other than messages are kept for clients that reconnect with ?since= (the records themselves are kept)",
     },
     Setting {
+        flag: "webhook-url",
+        env: "SWITCHBOARD_WEBHOOK_URL",
+        default: None,
+        help: "an http:// or https:// URL of the backend that hears, signed and at least once, who came online or went offline, what was stored and read, and what stays unread (docs/webhooks.md); unset: no webhooks",
+    },
+    Setting {
+        flag: "webhook-secret",
+        env: "SWITCHBOARD_WEBHOOK_SECRET",
+        default: None,
+        help: "the HMAC-SHA256 key that signs every webhook request (generated and kept in the database when unset)",
+    },
+    Setting {
+        flag: "webhook-events",
+        env: "SWITCHBOARD_WEBHOOK_EVENTS",
+        default: None,
+        help: "comma-separated webhook event types to send (unset: all): user.online, user.offline, message.created, message.read, notification.read, member.joined, member.left, message.unread, notification.unread",
+    },
+    Setting {
+        flag: "webhook-unread-after-secs",
+        env: "SWITCHBOARD_WEBHOOK_UNREAD_AFTER_SECS",
+        default: None,
+        help: "send message.unread and notification.unread for a direct, consultation or support message or a notification still unread this long after it was stored (unset: never)",
+    },
+    Setting {
+        flag: "webhook-max-age-secs",
+        env: "SWITCHBOARD_WEBHOOK_MAX_AGE_SECS",
+        default: Some("86400"),
+        help: "how long undelivered webhook events are retried before they are counted as dropped",
+    },
+    Setting {
+        flag: "webhook-timeout-ms",
+        env: "SWITCHBOARD_WEBHOOK_TIMEOUT_MS",
+        default: Some("10000"),
+        help: "how long one webhook request may take (connect, send, answer) before it counts as failed",
+    },
+    Setting {
+        flag: "webhook-retry-max-ms",
+        env: "SWITCHBOARD_WEBHOOK_RETRY_MAX_MS",
+        default: Some("60000"),
+        help: "the longest wait between two tries of a failing webhook request (the wait doubles from 250 ms, with jitter)",
+    },
+    Setting {
+        flag: "webhook-batch-max",
+        env: "SWITCHBOARD_WEBHOOK_BATCH_MAX",
+        default: Some("500"),
+        help: "webhook events per request at most (and 1 MiB of them)",
+    },
+    Setting {
         flag: "chat-protocol",
         env: "SWITCHBOARD_CHAT_PROTOCOL",
         default: Some("rooms"),
@@ -286,10 +334,27 @@ pub struct Config {
     pub poll_interval: Duration,
     /// With PostgreSQL: writes waiting for their commit at most (backpressure).
     pub max_pending_writes: usize,
+    /// Webhooks to the backend, when a URL is set.
+    pub webhook: Option<WebhookConfig>,
     pub chat_protocol: ChatProtocol,
     /// Empty means any origin is accepted.
     pub allowed_origins: Vec<String>,
     pub log_level: log::LevelFilter,
+}
+
+/// `SWITCHBOARD_WEBHOOK_*`: where webhooks go and what they carry (docs/webhooks.md).
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// `None` means "use the one kept in the database".
+    pub secret: Option<String>,
+    /// `HookType::bit`s of the types sent.
+    pub types: u16,
+    pub unread_after: Option<Duration>,
+    pub max_age: Duration,
+    pub timeout: Duration,
+    pub retry_max: Duration,
+    pub batch_max: usize,
 }
 
 /// A setting that could not be used, named so that the operator can fix it.
@@ -467,6 +532,47 @@ impl RawSettings {
         Ok(value)
     }
 
+    fn webhook(&self) -> Result<Option<WebhookConfig>, ConfigError> {
+        let Some(url) = self.optional("webhook-url") else { return Ok(None) };
+        let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+            return Err(invalid("webhook-url", "(not shown)", "an http:// or https:// URL"));
+        }
+        let secret = self.optional("webhook-secret");
+        if secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError(
+                "invalid SWITCHBOARD_WEBHOOK_SECRET (--webhook-secret): use at least 16 characters".into(),
+            ));
+        }
+        let types = match self.optional("webhook-events") {
+            None => crate::model::HookType::ALL.iter().fold(0, |bits, t| bits | t.bit()),
+            Some(list) => {
+                let mut bits = 0;
+                for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let kind = crate::model::HookType::parse(name).ok_or_else(|| {
+                        invalid("webhook-events", name, "types such as user.online,message.created (see --help)")
+                    })?;
+                    bits |= kind.bit();
+                }
+                bits
+            }
+        };
+        let unread_after = match self.optional("webhook-unread-after-secs") {
+            None => None,
+            Some(_) => Some(Duration::from_secs(self.positive("webhook-unread-after-secs")?)),
+        };
+        Ok(Some(WebhookConfig {
+            url,
+            secret,
+            types,
+            unread_after,
+            max_age: Duration::from_secs(self.positive("webhook-max-age-secs")?),
+            timeout: Duration::from_millis(self.positive("webhook-timeout-ms")?),
+            retry_max: Duration::from_millis(self.positive("webhook-retry-max-ms")?.max(250)),
+            batch_max: self.positive("webhook-batch-max")? as usize,
+        }))
+    }
+
     /// Types and checks every value.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let algorithm = match self.get("jwt-algorithm").unwrap_or_default().trim() {
@@ -530,6 +636,7 @@ impl RawSettings {
                 "invalid SWITCHBOARD_OUTBOUND_BUFFER_BYTES (--outbound-buffer-bytes): {outbound_buffer_bytes} must be at least twice SWITCHBOARD_MAX_MESSAGE_BYTES ({max_message_bytes}), so one largest message fits"
             )));
         }
+        let webhook = self.webhook()?;
         let db = self.get("db").unwrap_or_default().trim().to_string();
         if db.is_empty() {
             return Err(invalid("db", "", "a file path"));
@@ -597,6 +704,7 @@ impl RawSettings {
             node_lease: Duration::from_millis(self.positive("node-lease-ms")?.max(300)),
             poll_interval: Duration::from_millis(self.positive("poll-interval-ms")?),
             max_pending_writes: self.positive("max-pending-writes")? as usize,
+            webhook,
             chat_protocol,
             allowed_origins: self
                 .optional("allowed-origins")

@@ -19,7 +19,7 @@ pub use crate::event::{Event, EventBody};
 use crate::http::HttpError;
 use crate::hub::{ConnId, Hub, Topic};
 use crate::metrics::Metrics;
-use crate::model::{Identity, Micros, Seq, StreamId, UserId};
+use crate::model::{HookType, Identity, Micros, Seq, StreamId, UserId};
 use crate::recent::Recent;
 use crate::request::{Answer, Request};
 use crate::route::Endpoint;
@@ -218,6 +218,8 @@ pub struct Ctx {
     pub rate_limited_asks: u64,
     /// Where opens and requests go, and the store behind them (`engine.rs`).
     pub engine: Engine,
+    /// Webhooks to the backend, when configured (`webhook/`).
+    pub webhooks: Option<crate::webhook::Webhooks>,
     next_ticket: Ticket,
     /// Requests asked and not answered yet, by ticket, and whether each is a write.
     waiting: HashMap<Ticket, (Then, bool)>,
@@ -257,6 +259,7 @@ impl Ctx {
             cluster,
             rate_limited_asks: 0,
             engine,
+            webhooks: None,
             next_ticket: 0,
             waiting: HashMap::new(),
             answers: Vec::new(),
@@ -269,8 +272,27 @@ impl Ctx {
 
     /// The engine, and what a request it runs gets of this turn (`engine::Turn`).
     fn engine_and_turn(&mut self) -> (&mut Engine, Turn<'_>) {
-        let turn = Turn { now: self.now, events: &mut self.events, stored: &mut self.metrics.messages_stored };
+        let turn = Turn {
+            now: self.now,
+            events: &mut self.events,
+            stored: &mut self.metrics.messages_stored,
+            hooks: self.webhooks.as_ref().map(|w| &w.hooks),
+        };
         (&mut self.engine, turn)
+    }
+
+    /// With webhooks: stores an event no request records (presence, a room joined or
+    /// left) in the turn's transaction; `online` keeps the set of users reported online.
+    pub fn hook(
+        &mut self,
+        kind: HookType,
+        stream: &StreamId,
+        data: serde_json::Value,
+        online: Option<(&UserId, bool)>,
+    ) {
+        if self.webhooks.as_ref().is_some_and(|w| w.hooks.wants(kind)) {
+            self.engine.hook(kind, stream, &data, online);
+        }
     }
 
     /// Asks the engine for a read or a write; `then` says what to do with the answer,

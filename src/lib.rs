@@ -25,3 +25,4 @@ pub mod sequencer;
 pub mod server;
 pub mod store;
 pub mod tx;
+pub mod webhook;

@@ -1,7 +1,8 @@
 //! Counters and gauges, and their Prometheus text rendering.
 //!
 //! Plain integers bumped on the event-loop thread; nothing here is atomic because
-//! nothing else reads them. Rendering happens when the server API is asked for
+//! nothing else reads them, but for the webhook delivery thread's counts, which that
+//! thread bumps. Rendering happens when the server API is asked for
 //! `/metrics`.
 
 use std::collections::BTreeMap;
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub position_repairs: u64,
     pub reaped_nodes: u64,
     pub presence_rebuilds: u64,
+    /// With webhooks: what the delivery thread counts (atomics: that thread writes them).
+    pub webhooks: Option<std::sync::Arc<crate::webhook::delivery::Stats>>,
 }
 
 pub const COMMIT_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 64, 256, 1024];
@@ -175,6 +178,51 @@ impl Metrics {
         let _ = writeln!(out, "switchboard_commit_batch_size_bucket{{le=\"+Inf\"}} {}", self.commits);
         let _ = writeln!(out, "switchboard_commit_batch_size_sum {}", self.committed_writes);
         let _ = writeln!(out, "switchboard_commit_batch_size_count {}", self.commits);
+        if let Some(stats) = &self.webhooks {
+            render_webhooks(&mut out, stats);
+        }
         out
     }
+}
+
+fn render_webhooks(out: &mut String, stats: &crate::webhook::delivery::Stats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_webhook_events_pending Webhook events committed and not yet acknowledged by the receiver.\n# TYPE switchboard_webhook_events_pending gauge\nswitchboard_webhook_events_pending {}",
+        stats.pending()
+    );
+    for (name, help, value) in [
+        ("webhook_events_delivered_total", "Webhook events the receiver acknowledged (2xx).", &stats.delivered),
+        ("webhook_requests_total", "Webhook requests the receiver acknowledged (one batch each).", &stats.batches),
+        ("webhook_retries_total", "Webhook requests that failed and were tried again.", &stats.retries),
+        (
+            "webhook_events_dropped_total",
+            "Webhook events given up after SWITCHBOARD_WEBHOOK_MAX_AGE_SECS undelivered.",
+            &stats.dropped,
+        ),
+    ] {
+        let value = value.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_{name} {help}\n# TYPE switchboard_{name} counter\nswitchboard_{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_webhook_delivery_seconds From an event's commit to the receiver's acknowledgement.\n# TYPE switchboard_webhook_delivery_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, count) in crate::webhook::delivery::LATENCY_BUCKETS.iter().zip(&stats.latency_buckets) {
+        cumulative += count.load(Relaxed);
+        let _ = writeln!(out, "switchboard_webhook_delivery_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let delivered = stats.delivered.load(Relaxed);
+    let _ = writeln!(out, "switchboard_webhook_delivery_seconds_bucket{{le=\"+Inf\"}} {delivered}");
+    let _ = writeln!(
+        out,
+        "switchboard_webhook_delivery_seconds_sum {}",
+        stats.latency_micros_sum.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "switchboard_webhook_delivery_seconds_count {delivered}");
 }

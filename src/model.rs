@@ -213,3 +213,55 @@ mod tests {
         assert_eq!(StreamId::Conversation(12).key(), "c:12");
     }
 }
+
+/// What the backend hears of through webhooks (docs/webhooks.md): each type's name is
+/// the event's `type`, and what `SWITCHBOARD_WEBHOOK_EVENTS` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookType {
+    UserOnline,
+    UserOffline,
+    MessageCreated,
+    MessageRead,
+    NotificationRead,
+    MemberJoined,
+    MemberLeft,
+    MessageUnread,
+    NotificationUnread,
+}
+
+impl HookType {
+    pub const ALL: [HookType; 9] = [
+        HookType::UserOnline,
+        HookType::UserOffline,
+        HookType::MessageCreated,
+        HookType::MessageRead,
+        HookType::NotificationRead,
+        HookType::MemberJoined,
+        HookType::MemberLeft,
+        HookType::MessageUnread,
+        HookType::NotificationUnread,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HookType::UserOnline => "user.online",
+            HookType::UserOffline => "user.offline",
+            HookType::MessageCreated => "message.created",
+            HookType::MessageRead => "message.read",
+            HookType::NotificationRead => "notification.read",
+            HookType::MemberJoined => "member.joined",
+            HookType::MemberLeft => "member.left",
+            HookType::MessageUnread => "message.unread",
+            HookType::NotificationUnread => "notification.unread",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<HookType> {
+        HookType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Its bit in a set of types (`Hooks::types`).
+    pub fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}

@@ -5,7 +5,7 @@
 
 use crate::event::{Event, EventBody};
 use crate::hub::ConnId;
-use crate::model::{Micros, Seq, StreamId};
+use crate::model::{HookType, Micros, Seq, StreamId};
 use crate::store::{Storage, StoreResult};
 
 pub struct Tx<'a> {
@@ -15,6 +15,9 @@ pub struct Tx<'a> {
     pub events: &'a mut Vec<Event>,
     /// Messages, notifications, alerts stored (the `messages_stored` metric).
     pub stored: &'a mut u64,
+    /// With webhooks: which are written (`webhook::on_event` for every recorded event,
+    /// in the same transaction).
+    pub hooks: Option<&'a crate::webhook::Hooks>,
 }
 
 impl Tx<'_> {
@@ -36,11 +39,15 @@ impl Tx<'_> {
     ) -> StoreResult<R> {
         let seq = self.store.next_seq(stream, self.now)?;
         let now = self.now;
+        let hooks = self.hooks;
         let stored = write(self.store, seq).and_then(|(body, back)| {
             // A conversation's message is its own event: its row has the seq.
             if !matches!((stream, &body), (StreamId::Conversation(_), EventBody::Message { .. })) {
                 let payload = serde_json::to_string(&body).expect("events are plain JSON values");
                 self.store.insert_event(stream, seq, body.kind(), &payload, now)?;
+            }
+            if let Some(hooks) = hooks {
+                crate::webhook::on_event(self.store, hooks, stream, seq, &body, now)?;
             }
             Ok((body, back))
         });
@@ -53,6 +60,17 @@ impl Tx<'_> {
                 self.store.release_seq(stream, seq);
                 Err(e)
             }
+        }
+    }
+
+    /// With webhooks, and `kind` wanted: stores a webhook event that is not a recorded
+    /// event (a notification read), in the same transaction.
+    pub fn hook(&mut self, kind: HookType, stream: &StreamId, data: &serde_json::Value) -> StoreResult<()> {
+        match self.hooks {
+            Some(hooks) if hooks.wants(kind) => {
+                self.store.insert_hook(kind.name(), &stream.key(), None, &data.to_string(), self.now)
+            }
+            _ => Ok(()),
         }
     }
 }

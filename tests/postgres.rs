@@ -11,12 +11,12 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     let server = shared();
     let url = server.database();
     let mut client = pg::connect(&url).expect("connect");
-    assert_eq!(migrations::apply(&mut client).unwrap(), [1, 2, 3, 4]);
+    assert_eq!(migrations::apply(&mut client).unwrap(), [1, 2, 3, 4, 5]);
     assert_eq!(migrations::apply(&mut client).unwrap(), Vec::<i64>::new(), "applied once");
     let (ok, recorded) =
         server.psql(&url, "SELECT string_agg(version || ' ' || name, ',' ORDER BY version) FROM schema_migrations");
     assert!(ok, "{recorded}");
-    assert_eq!(recorded, "1 init,2 conversations,3 notifications,4 streams");
+    assert_eq!(recorded, "1 init,2 conversations,3 notifications,4 streams,5 webhooks");
     // The same versions and names as SQLite's, so either engine's database is at a
     // version both understand.
     let sqlite: Vec<(i64, &str)> = switchboard::store::MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
@@ -29,7 +29,8 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     assert_eq!(
         tables,
         "banking_messages,batches,conversation_members,conversations,customers,events,fraud_alerts,\
-         message_reads,messages,notifications,schema_migrations,settings,streams,users"
+         message_reads,messages,notifications,schema_migrations,settings,streams,users,\
+         webhook_cursor,webhook_events,webhook_online,webhook_timers"
     );
 
     // Statements and idle transactions of switchboard's connections are bounded.
@@ -41,7 +42,7 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     // A database that a newer switchboard migrated is refused, not guessed at.
     assert!(server.psql(&url, "INSERT INTO schema_migrations (version, name) VALUES (99, 'future')").0);
     let refused = migrations::apply(&mut client).unwrap_err();
-    assert!(refused.contains("schema version 99, newer than this switchboard knows (4)"), "{refused}");
+    assert!(refused.contains("schema version 99, newer than this switchboard knows (5)"), "{refused}");
 }
 
 #[test]
@@ -56,7 +57,7 @@ fn nodes_starting_at_once_migrate_a_database_once() {
         .collect();
     let mut applied: Vec<Vec<i64>> = nodes.into_iter().map(|n| n.join().unwrap().expect("migrated")).collect();
     applied.sort();
-    assert_eq!(applied, [vec![], vec![], vec![], vec![1, 2, 3, 4]], "exactly one node migrated");
+    assert_eq!(applied, [vec![], vec![], vec![], vec![1, 2, 3, 4, 5]], "exactly one node migrated");
 }
 
 #[test]
@@ -237,7 +238,8 @@ fn transcript(store: &mut dyn Storage) -> Vec<String> {
     let mut lines = Vec::new();
     let (mut events, mut stored) = (Vec::<Event>::new(), 0u64);
     for (i, request) in script().into_iter().enumerate() {
-        let mut tx = Tx { store: &mut *store, now: 1_000 + i as i64, events: &mut events, stored: &mut stored };
+        let mut tx =
+            Tx { store: &mut *store, now: 1_000 + i as i64, events: &mut events, stored: &mut stored, hooks: None };
         let answer = engine::run(&mut tx, request, true);
         lines.push(format!("{i}: {answer:?}"));
         for event in events.drain(..) {

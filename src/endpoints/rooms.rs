@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::context::{Ctx, Event, EventBody, Frame, Refusal, Session, Then, close_code, to_frame};
 use crate::engine::{OpenLoad, Opened, Replay, Snapshot, Target};
 use crate::hub::{ConnId, Topic};
-use crate::model::{Seq, StreamId, UserId, format_timestamp};
+use crate::model::{HookType, Seq, StreamId, UserId, format_timestamp};
 use crate::request::{Request, Write};
 use crate::route::Endpoint;
 use crate::store::{ConversationKind, StoredMessage};
@@ -140,6 +140,11 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
     let first = ctx.hub.subscribe(topic.clone(), session.conn, &session.identity);
     session.topics.push(topic.clone());
     session.conversation = Some(conversation);
+    if first {
+        let (user, name) = (&session.identity.user_id, &session.identity.name);
+        let data = crate::webhook::room_member(room, user, name);
+        ctx.hook(HookType::MemberJoined, &StreamId::Conversation(conversation), data, None);
+    }
     if ctx.cluster.is_some() {
         // Who is in the room on every node (`cluster`): this node's share is told to
         // Redis, and the room's presence followed here.
@@ -233,6 +238,10 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
     for topic in &session.topics {
         let last = ctx.hub.unsubscribe(topic, session.conn, user);
         let Topic::Conversation(conversation) = topic else { continue };
+        if last && let Endpoint::Rooms { room } = &session.endpoint {
+            let data = crate::webhook::room_member(room, user, &session.identity.name);
+            ctx.hook(HookType::MemberLeft, &StreamId::Conversation(*conversation), data, None);
+        }
         if ctx.cluster.is_some() {
             let presence = crate::cluster::room_topic(*conversation);
             if last && let Some(cluster) = &ctx.cluster {

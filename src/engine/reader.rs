@@ -165,7 +165,7 @@ impl Lane {
     fn read(&mut self, request: Request, now: Micros) -> Answer {
         let store = self.connected()?;
         let (mut events, mut stored) = (Vec::new(), 0u64);
-        let mut tx = Tx { store, now, events: &mut events, stored: &mut stored };
+        let mut tx = Tx { store, now, events: &mut events, stored: &mut stored, hooks: None };
         let answer = crate::features::run(&mut tx, request);
         debug_assert!(events.is_empty(), "a read records nothing");
         answer

@@ -279,7 +279,7 @@ impl Lane {
                 let ran = (|| -> StoreResult<Vec<(Ticket, Answer)>> {
                     let mut answers = Vec::with_capacity(batch.requests.len() + refused.len());
                     answers.extend(refused);
-                    let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored };
+                    let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored, hooks: None };
                     let mut requests = batch.requests.into_iter().peekable();
                     while let Some((ticket, request)) = requests.next() {
                         if is_post(&request) && requests.peek().is_some_and(|(_, next)| is_post(next)) {

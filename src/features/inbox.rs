@@ -28,8 +28,11 @@ pub fn notify(tx: &mut Tx<'_>, new: &NewNotification) -> StoreResult<Notificatio
 /// Marks one of the user's notifications read; returns the user's unread count then
 /// (`NotFound`: no such notification of theirs). The count is state, not an event.
 pub fn read_notification(tx: &mut Tx<'_>, user: &UserId, id: i64) -> Result<i64, Failed> {
-    tx.store.mark_notification_read(user, id, tx.now)?.ok_or(Failed::NotFound)?;
-    Ok(tx.store.unread_notification_count(user)?)
+    let notification = tx.store.mark_notification_read(user, id, tx.now)?.ok_or(Failed::NotFound)?;
+    let unread_count = tx.store.unread_notification_count(user)?;
+    let data = crate::webhook::notification_read(user, notification.id, unread_count);
+    tx.hook(crate::model::HookType::NotificationRead, &StreamId::User(user.clone()), &data)?;
+    Ok(unread_count)
 }
 
 pub fn raise_fraud_alert(tx: &mut Tx<'_>, user: &UserId, message: &str, severity: &str) -> StoreResult<FraudAlert> {

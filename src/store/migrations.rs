@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "conversations", include_str!("../../sql/0002_conversations.sql")),
     (3, "notifications", include_str!("../../sql/0003_notifications.sql")),
     (4, "streams", include_str!("../../sql/0004_streams.sql")),
+    (5, "webhooks", include_str!("../../sql/0005_webhooks.sql")),
 ];
 
 pub fn apply(conn: &Connection) -> Result<(), String> {

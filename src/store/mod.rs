@@ -14,6 +14,7 @@ mod notifications;
 pub mod pg;
 mod storage;
 mod streams;
+mod webhooks;
 
 use std::path::Path;
 
@@ -27,6 +28,7 @@ pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
 pub use storage::Storage;
 pub use streams::{Missed, Since, StoredEvent};
+pub use webhooks::{DueTimer, HookRow, NewTimer, TimerKind, WebhookLog};
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -219,6 +221,10 @@ pub struct Store {
     last_probe: Option<std::time::Instant>,
     /// Each stream's last seq, and what the turn moved (`streams.rs`).
     seqs: streams::Seqs,
+    /// Webhook outbox rows written in the open transaction, and whether a commit since
+    /// the last look stored some (the delivery thread is woken for them).
+    hooks_in_turn: usize,
+    hooks_committed: bool,
 }
 
 impl Drop for Store {
@@ -282,6 +288,8 @@ impl Store {
             lost: None,
             last_probe: None,
             seqs: streams::Seqs::default(),
+            hooks_in_turn: 0,
+            hooks_committed: false,
         })
     }
 
@@ -369,6 +377,7 @@ impl Store {
         }
         self.in_transaction = false;
         let writes = std::mem::take(&mut self.writes_in_transaction);
+        let hooks = std::mem::take(&mut self.hooks_in_turn);
         let result = if std::mem::take(&mut self.turn_failed) || self.conn.is_autocommit() {
             Err(StoreError::Unavailable("a write failed and the turn was rolled back".into()))
         } else {
@@ -385,6 +394,7 @@ impl Store {
         }
         self.streams_committed();
         self.writes_work();
+        self.hooks_committed |= hooks > 0;
         Ok(writes)
     }
 

@@ -53,6 +53,22 @@ pub trait Storage {
     fn upsert_customer(&mut self, new: &NewCustomer<'_>, now: Micros) -> StoreResult<Customer>;
     /// Stores a message.
     fn insert_message(&mut self, message: NewMessage<'_>, now: Micros) -> StoreResult<StoredMessage>;
+    /// Writes a webhook outbox row (`webhook::on_event`); only SQLite's store keeps an
+    /// outbox so far.
+    fn insert_hook(&mut self, kind: &str, stream: &str, seq: Option<Seq>, data: &str, now: Micros) -> StoreResult<()> {
+        let _ = (kind, stream, seq, data, now);
+        Err(StoreError::Unavailable("webhooks are kept by SQLite's store only".into()))
+    }
+    /// Sets a webhook unread timer.
+    fn insert_hook_timer(&mut self, timer: &super::NewTimer<'_>) -> StoreResult<()> {
+        let _ = timer;
+        Err(StoreError::Unavailable("webhooks are kept by SQLite's store only".into()))
+    }
+    /// A member's unread messages in a conversation.
+    fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64> {
+        let _ = (conversation_id, user);
+        Err(StoreError::Unavailable("unread counts of one conversation are read by SQLite's store only".into()))
+    }
     /// Takes `n` seqs of the stream at once and returns the last (the first is `n - 1`
     /// before it). One at a time unless a store does better (PostgreSQL: one statement).
     fn next_seqs(&mut self, stream: &StreamId, n: usize, now: Micros) -> StoreResult<Seq> {
@@ -129,6 +145,18 @@ impl Storage for Store {
 
     fn insert_event(&mut self, stream: &StreamId, seq: Seq, kind: &str, payload: &str, now: Micros) -> StoreResult<()> {
         Store::insert_event(self, stream, seq, kind, payload, now)
+    }
+
+    fn insert_hook(&mut self, kind: &str, stream: &str, seq: Option<Seq>, data: &str, now: Micros) -> StoreResult<()> {
+        Store::insert_hook(self, kind, stream, seq, data, now)
+    }
+
+    fn insert_hook_timer(&mut self, timer: &super::NewTimer<'_>) -> StoreResult<()> {
+        Store::insert_hook_timer(self, timer)
+    }
+
+    fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64> {
+        Store::unread_count(self, conversation_id, user)
     }
 
     fn events_since(&mut self, stream: &StreamId, since: Seq, limit: usize) -> StoreResult<Since> {

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "conversations", include_str!("../../../sql/pg/0002_conversations.sql")),
     (3, "notifications", include_str!("../../../sql/pg/0003_notifications.sql")),
     (4, "streams", include_str!("../../../sql/pg/0004_streams.sql")),
+    (5, "webhooks", include_str!("../../../sql/pg/0005_webhooks.sql")),
 ];
 
 /// The advisory lock key of switchboard's migrations ("sbmigrat").
