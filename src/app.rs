@@ -512,6 +512,7 @@ impl App {
     /// bus works (polling is the bus while it does not).
     pub fn on_bus(&mut self, heard: crate::bus::Heard, up: bool) {
         self.ctx.metrics.bus_events += heard.events.len() as u64;
+        self.ctx.metrics.presence_changes += heard.presence.len() as u64;
         self.ctx.engine.set_bus(up);
         if let Some(cluster) = &mut self.ctx.cluster {
             if heard.came_up {

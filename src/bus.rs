@@ -182,6 +182,17 @@ pub struct Heard {
     pub presence: Vec<PresenceEvent>,
 }
 
+impl Heard {
+    /// What a later read heard, after this.
+    pub fn add(&mut self, more: Heard) {
+        let Heard { events, came_up, subscribed, presence } = more;
+        self.events.extend(events);
+        self.came_up |= came_up;
+        self.subscribed.extend(subscribed);
+        self.presence.extend(presence);
+    }
+}
+
 impl Subscriber {
     pub fn new(prefix: &str, password: Option<String>) -> Subscriber {
         Subscriber {

@@ -47,6 +47,8 @@ pub struct Metrics {
     /// the event), other nodes' presence taken out when their lease ran out, and
     /// presence told Redis again after it lost its data or this node's lease.
     pub position_repairs: u64,
+    /// With Redis: presence changes heard on the bus.
+    pub presence_changes: u64,
     pub reaped_nodes: u64,
     pub presence_rebuilds: u64,
     /// With webhooks: what the delivery thread counts (atomics: that thread writes them).
@@ -128,6 +130,7 @@ impl Metrics {
             "Streams a position check found behind while the Redis bus was up (an event the bus lost).",
             self.position_repairs,
         );
+        counter("presence_changes_total", "Presence changes heard on the Redis bus.", self.presence_changes);
         counter(
             "reaped_nodes_total",
             "Other nodes taken out of presence after their lease ran out.",

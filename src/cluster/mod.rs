@@ -60,8 +60,10 @@ pub struct Mirror {
     additive: bool,
 }
 
-/// How long after a reconnect loads only add users: other nodes tell a Redis that lost
-/// its data their sessions again within about a second of its return.
+/// How long after a reconnect loads only add users, at least: other nodes tell a Redis
+/// that lost its data their sessions again within about a second of its return. The
+/// node lease bounds it (`Cluster::settle_for`): a node that has not told Redis again
+/// within a lease is taken for dead, as the reaper would.
 const SETTLE: Duration = Duration::from_secs(3);
 
 pub struct Cluster {
@@ -70,15 +72,18 @@ pub struct Cluster {
     mirrors: HashMap<String, Mirror>,
     /// The presence lane reaches Redis: the mirrors are current.
     pub up: bool,
-    /// When the mirrors loaded since a reconnect load again, whole (`settle`).
+    /// When the mirrors loaded since a reconnect load again, whole (`settle`), and how
+    /// long after a reconnect that is.
     settle_at: Option<std::time::Instant>,
+    settle_for: Duration,
 }
 
 impl Cluster {
     pub fn start(url: RedisUrl, lease: Duration, wake: Box<dyn Fn() + Send>) -> Cluster {
         let (tell, said) = std::sync::mpsc::channel();
         let lane = PresenceLane::start(url, lease, tell, wake);
-        let mut cluster = Cluster { lane, said, mirrors: HashMap::new(), up: false, settle_at: None };
+        let settle_for = lease.max(SETTLE);
+        let mut cluster = Cluster { lane, said, mirrors: HashMap::new(), up: false, settle_at: None, settle_for };
         cluster.mirror(ONLINE);
         cluster
     }
@@ -144,7 +149,7 @@ impl Cluster {
     /// these loads only add users for a while; then every mirror loads again, whole
     /// (`settle`). Nobody still connected is shown gone in between.
     pub fn reload_all(&mut self) {
-        self.settle_at = Some(std::time::Instant::now() + SETTLE);
+        self.settle_at = Some(std::time::Instant::now() + self.settle_for);
         for (topic, mirror) in &mut self.mirrors {
             mirror.loading = Some(mirror.loading.take().unwrap_or_default());
             mirror.additive = true;
@@ -189,6 +194,7 @@ impl Cluster {
         let Some(mirror) = self.mirrors.get_mut(topic) else { return Vec::new() };
         let waiting = mirror.loading.take().unwrap_or_default();
         let mut changed: Vec<UserId> = mirror.remote.keys().cloned().collect();
+        let loaded: std::collections::HashSet<UserId> = users.iter().map(|(user, _, _)| user.clone()).collect();
         let users = users.into_iter().map(|(user, name, count)| (user, (name, count)));
         if mirror.additive {
             mirror.remote.extend(users);
@@ -200,6 +206,10 @@ impl Cluster {
         for event in waiting {
             if event.ver > mirror.ver {
                 changed.push(mirror.apply(event));
+            } else if mirror.additive && event.total == 0 && !loaded.contains(&event.user) {
+                // A leave heard while loading, which the load agrees with: adding the
+                // loaded users to the old ones must not bring the user back.
+                mirror.remote.remove(&event.user);
             }
         }
         changed.sort_unstable();
@@ -293,11 +303,17 @@ mod tests {
         c.reload_all();
         c.loaded(ONLINE, 1, vec![user("ann")]);
         assert_eq!(c.get(ONLINE).unwrap().remote.len(), 2, "bo is not taken away yet");
-        // A leave heard is a leave.
+        // A leave heard is a leave, also one heard while a load was on its way.
         assert_eq!(c.heard(event(2, "ann", 0)), Some(UserId::new("ann")));
+        c.reload_all();
+        assert_eq!(c.heard(event(3, "cy", 1)), None);
+        assert_eq!(c.heard(event(4, "cy", 0)), None);
+        c.loaded(ONLINE, 4, vec![user("bo")]);
+        assert!(!c.get(ONLINE).unwrap().remote.contains_key(&UserId::new("cy")), "cy left");
+        assert_eq!(c.get(ONLINE).unwrap().remote.len(), 1);
         c.settle(std::time::Instant::now());
         assert!(c.get(ONLINE).unwrap().loading.is_none(), "not settled yet");
-        c.settle(std::time::Instant::now() + SETTLE);
+        c.settle(std::time::Instant::now() + c.settle_for);
         assert!(c.get(ONLINE).unwrap().loading.is_some());
         c.loaded(ONLINE, 2, Vec::new());
         assert!(c.get(ONLINE).unwrap().remote.is_empty(), "bo never came back");

@@ -151,10 +151,7 @@ impl Link {
                     return Some(heard);
                 }
                 Ok(n) => match bus.receive(&chunk[..n], now) {
-                    Ok(more) => {
-                        heard.events.extend(more.events);
-                        heard.came_up |= more.came_up;
-                    }
+                    Ok(more) => heard.add(more),
                     Err(e) => {
                         log::warn!("bus: {e}; connecting again");
                         self.down(registry, bus, now);
