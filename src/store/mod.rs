@@ -178,6 +178,23 @@ pub struct NewMessage<'a> {
 }
 
 impl<'a> NewMessage<'a> {
+    /// The message as stored under `id` at `now` (either store).
+    pub fn stored(&self, id: i64, now: Micros) -> StoredMessage {
+        StoredMessage {
+            id,
+            conversation_id: self.conversation_id,
+            sender_id: self.sender.map(|(id, _)| id.clone()),
+            sender_name: self.sender.map_or("", |(_, name)| name).to_string(),
+            content: self.content.to_string(),
+            message_type: self.message_type.to_string(),
+            created_at: now,
+            customer_id: self.customer_id,
+            is_ai_response: self.is_ai_response,
+            is_answered: self.is_answered,
+            seq: self.seq,
+        }
+    }
+
     /// A plain text message from a user.
     pub fn text(conversation_id: i64, sender: (&'a UserId, &'a str), content: &'a str) -> NewMessage<'a> {
         NewMessage {
@@ -613,19 +630,7 @@ impl Store {
             Some((_, at)) => *at = (*at).max(now),
             None => self.touched.push((message.conversation_id, now)),
         }
-        Ok(StoredMessage {
-            id,
-            conversation_id: message.conversation_id,
-            sender_id: message.sender.map(|(id, _)| id.clone()),
-            sender_name: sender_name.to_string(),
-            content: message.content.to_string(),
-            message_type: message.message_type.to_string(),
-            created_at: now,
-            customer_id: message.customer_id,
-            is_ai_response: message.is_ai_response,
-            is_answered: message.is_answered,
-            seq: message.seq,
-        })
+        Ok(message.stored(id, now))
     }
 
     /// The newest `limit` messages of a conversation, oldest first.

@@ -100,17 +100,7 @@ pub fn on_event(
             }
             let member_only = matches!(kind, ConversationKind::Consultation | ConversationKind::Support);
             if let (true, Some(after)) = (member_only, hooks.timers(HookType::MessageUnread)) {
-                store.insert_hook_timer(&NewTimer {
-                    due: now + after,
-                    kind: TimerKind::Message,
-                    stream: &key,
-                    seq: Some(seq),
-                    ref_id: message.id,
-                    conversation_id: Some(message.conversation_id),
-                    sender: message.sender_id.as_ref(),
-                    user: None,
-                    data: &data.to_string(),
-                })?;
+                store.insert_hook_timer(&message_timer(now + after, &key, seq, message, None, &data.to_string()))?;
             }
         }
         EventBody::DirectMessage { message } => {
@@ -125,17 +115,14 @@ pub fn on_event(
                 store.insert_hook(HookType::MessageCreated.name(), &key, Some(seq), &data.to_string(), now)?;
             }
             if let Some(after) = hooks.timers(HookType::MessageUnread) {
-                store.insert_hook_timer(&NewTimer {
-                    due: now + after,
-                    kind: TimerKind::Message,
-                    stream: &key,
-                    seq: Some(seq),
-                    ref_id: message.id,
-                    conversation_id: Some(message.conversation_id),
-                    sender: message.sender_id.as_ref(),
-                    user: Some(recipient),
-                    data: &data.to_string(),
-                })?;
+                store.insert_hook_timer(&message_timer(
+                    now + after,
+                    &key,
+                    seq,
+                    message,
+                    Some(recipient),
+                    &data.to_string(),
+                ))?;
             }
         }
         EventBody::ReadReceipt { message_id, user_id, .. } => {
@@ -287,4 +274,26 @@ pub fn event_json(row: &crate::store::HookRow) -> Value {
         "created_at": format_timestamp(row.created_at),
         "data": serde_json::from_str::<Value>(&row.data).unwrap_or(Value::Null),
     })
+}
+
+/// The unread timer of a stored message: `message.unread` at `due` unless it is read.
+fn message_timer<'a>(
+    due: Micros,
+    stream: &'a str,
+    seq: Seq,
+    message: &'a StoredMessage,
+    user: Option<&'a UserId>,
+    data: &'a str,
+) -> NewTimer<'a> {
+    NewTimer {
+        due,
+        kind: TimerKind::Message,
+        stream,
+        seq: Some(seq),
+        ref_id: message.id,
+        conversation_id: Some(message.conversation_id),
+        sender: message.sender_id.as_ref(),
+        user,
+        data,
+    }
 }

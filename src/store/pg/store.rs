@@ -304,23 +304,6 @@ fn banking_from_row(row: &Row) -> BankingMessage {
     }
 }
 
-/// A message as stored under `id` at `now`.
-fn inserted(message: &NewMessage<'_>, id: i64, now: Micros) -> StoredMessage {
-    StoredMessage {
-        id,
-        conversation_id: message.conversation_id,
-        sender_id: message.sender.map(|(id, _)| id.clone()),
-        sender_name: message.sender.map_or("", |(_, name)| name).to_string(),
-        content: message.content.to_string(),
-        message_type: message.message_type.to_string(),
-        created_at: now,
-        customer_id: message.customer_id,
-        is_ai_response: message.is_ai_response,
-        is_answered: message.is_answered,
-        seq: message.seq,
-    }
-}
-
 impl Storage for PgStore {
     fn next_seq(&mut self, stream: &StreamId, now: Micros) -> StoreResult<Seq> {
         let row = self.query_one(
@@ -394,7 +377,7 @@ impl Storage for PgStore {
             .iter()
             .map(|m| {
                 let id = ids.get(&(m.conversation_id, m.seq.unwrap_or(0))).copied();
-                Ok(inserted(m, id.ok_or(StoreError::NotFound("a message just inserted"))?, now))
+                Ok(m.stored(id.ok_or(StoreError::NotFound("a message just inserted"))?, now))
             })
             .collect()
     }
@@ -664,7 +647,7 @@ impl Storage for PgStore {
                 &message.seq,
             ],
         )?;
-        Ok(inserted(&message, row.get(0), now))
+        Ok(message.stored(row.get(0), now))
     }
 
     fn message(&mut self, id: i64) -> StoreResult<Option<StoredMessage>> {
