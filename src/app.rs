@@ -20,7 +20,7 @@ use crate::engine::{OpenError, Opened};
 use crate::http::{self, HttpError, Request};
 use crate::hub::ConnId;
 use crate::metrics::Metrics;
-use crate::model::{HookType, Identity, Seq, StreamId, UserId, now_micros};
+use crate::model::{Identity, Seq, UserId, now_micros};
 use crate::request::Answer;
 use crate::route::{Endpoint, route};
 
@@ -247,9 +247,11 @@ impl App {
         user.conns.push(conn);
         if user_conns == 0 {
             endpoints::presence::user_online(&mut self.ctx, &session.identity, Some(conn));
-            let (user, name) = (&identity.user_id, &identity.name);
-            let data = crate::webhook::presence(user, Some(name));
-            self.ctx.hook(HookType::UserOnline, &StreamId::User(user.clone()), data, Some((user, true)));
+            // With Redis, the node that delivers webhooks reports who is online in the
+            // cluster (`presence::refresh`); else each node its own users.
+            if self.ctx.cluster.is_none() {
+                self.ctx.hook(crate::webhook::presence_hook(&identity.user_id, Some(&identity.name), true));
+            }
         }
         self.ctx.metrics.connection_opened(session.endpoint.name());
     }
@@ -362,8 +364,9 @@ impl App {
                 self.ctx.online.remove(user);
                 self.ctx.unfollow_user(user);
                 endpoints::presence::user_offline(&mut self.ctx, user);
-                let data = crate::webhook::presence(user, None);
-                self.ctx.hook(HookType::UserOffline, &StreamId::User(user.clone()), data, Some((user, false)));
+                if self.ctx.cluster.is_none() {
+                    self.ctx.hook(crate::webhook::presence_hook(user, None, false));
+                }
             }
         }
         self.tell_online(&session.identity, None);
@@ -577,9 +580,7 @@ impl App {
     pub fn sweep(&mut self) {
         let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
         self.ctx.engine.sweep(before, self.ctx.now);
-        if let Some(webhooks) = &self.ctx.webhooks {
-            self.ctx.engine.sweep_hooks(&webhooks.hooks, webhooks.delivery.delivered(), self.ctx.now);
-        }
+        self.sweep_hooks();
         if let Some(cluster) = &mut self.ctx.cluster {
             cluster.settle(Instant::now());
         }
@@ -587,6 +588,28 @@ impl App {
         let per_second = capacity / 60.0;
         let now = Instant::now();
         self.buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < capacity);
+    }
+
+    /// With webhooks, from the sweep: the cursor (SQLite), the unread timers, and on a
+    /// cluster's node that has just started delivering, who is reported online set to
+    /// the cluster's view once it is loaded (the node that delivered before may have
+    /// died before it reported the last changes).
+    fn sweep_hooks(&mut self) {
+        let Some(webhooks) = &mut self.ctx.webhooks else { return };
+        let leading = webhooks.delivery.leading();
+        self.ctx.engine.sweep_hooks(&webhooks.hooks, webhooks.delivery.delivered(), leading, self.ctx.now);
+        if !leading {
+            webhooks.reported_online = false;
+            return;
+        }
+        if webhooks.reported_online || !self.ctx.cluster.as_ref().is_some_and(|c| c.settled()) {
+            return;
+        }
+        webhooks.reported_online = true;
+        let online = endpoints::presence::shown(&self.ctx, crate::cluster::ONLINE).unwrap_or_default();
+        let online = online.into_iter().map(|(user, name)| (user, name.to_string())).collect();
+        let Some(webhooks) = &self.ctx.webhooks else { return };
+        self.ctx.engine.hook_write(crate::request::Write::ReportOnline(online), &webhooks.hooks, self.ctx.now);
     }
 
     fn give_rate_token(&mut self, user: &UserId) {

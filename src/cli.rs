@@ -171,14 +171,23 @@ fn serve(config: Config) -> i32 {
         },
     };
     let (engine, secrets, kept_in, webhooks) = match &config.database_url {
-        Some(_) if config.webhook.is_some() => {
-            return fail(
-                2,
-                "SWITCHBOARD_WEBHOOK_URL works with the SQLite store only so far (not with SWITCHBOARD_DATABASE_URL)",
-            );
-        }
         Some(url) => match postgres_engine(url, &config) {
-            Ok((engine, secrets)) => (engine, secrets, "PostgreSQL".to_string(), None),
+            Ok((engine, secrets, node)) => {
+                let webhooks = match (&config.webhook, &secrets.webhook_secret) {
+                    (Some(webhook), Some((secret, _))) => {
+                        // The node that holds the lease on the cursor delivers; who is
+                        // online is reported by it (with Redis) or by each node.
+                        let outbox = crate::store::pg::PgOutbox::new(url, &node, config.node_lease);
+                        let outbox = crate::webhook::delivery::Outbox::Postgres(Box::new(outbox));
+                        match crate::webhook::Webhooks::start(webhook, secret.clone(), outbox, config.node_lease) {
+                            Ok(webhooks) => Some(webhooks),
+                            Err(e) => return fail(1, &e),
+                        }
+                    }
+                    _ => None,
+                };
+                (engine, secrets, "PostgreSQL".to_string(), webhooks)
+            }
             Err((code, message)) => return fail(code, &message),
         },
         None => {
@@ -249,7 +258,8 @@ fn serve(config: Config) -> i32 {
 }
 
 /// Webhooks on the SQLite store: users left online by a crash are reported offline,
-/// then the delivery thread starts from the stored cursor.
+/// then the delivery thread starts from the stored cursor. (On PostgreSQL, `serve`
+/// starts it on the database: the node holding the lease delivers.)
 fn start_webhooks(
     engine: &mut Engine,
     webhook: &crate::config::WebhookConfig,
@@ -259,13 +269,13 @@ fn start_webhooks(
     if config.db_path.to_str().is_some_and(|p| p == ":memory:" || p.starts_with("file::memory:")) {
         return Err("SWITCHBOARD_WEBHOOK_URL needs a database file (the delivery thread reads it)".into());
     }
+    // Users left online by a crash are reported offline.
     let hooks = crate::webhook::Hooks::of(webhook);
-    match engine.recover_hooks(&hooks) {
-        Ok(0) => {}
-        Ok(n) => log::info!("webhooks: {n} users left online by the last run are reported offline"),
-        Err(e) => return Err(format!("cannot report the users left online as offline: {e}")),
-    }
-    crate::webhook::Webhooks::start(webhook, secret.to_string(), &config.db_path)
+    engine.hook_write(crate::request::Write::ReportOnline(Vec::new()), &hooks, crate::model::now_micros());
+    engine.commit().map_err(|e| format!("cannot report the users left online as offline: {e}"))?;
+    let log = crate::store::WebhookLog::open(&config.db_path)?;
+    let outbox = crate::webhook::delivery::Outbox::Sqlite(log);
+    crate::webhook::Webhooks::start(webhook, secret.to_string(), outbox, config.node_lease)
 }
 
 /// Tries to reach PostgreSQL for this long at start-up before giving up (exit 1).
@@ -300,7 +310,7 @@ fn connect_postgres(url: &str, what: &str, timeouts: bool) -> Result<postgres::C
 
 /// The PostgreSQL engine: connected (with a bounded retry), migrated, its settings kept
 /// by the first node, its lanes started. Errors: (exit code, one line naming the setting).
-fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32, String)> {
+fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets, String), (i32, String)> {
     let mut client = connect_postgres(url, "SWITCHBOARD_DATABASE_URL", true)?;
     crate::store::pg::migrations::apply(&mut client).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
     let secrets = secrets(&mut client, config).map_err(|e| (1, format!("SWITCHBOARD_DATABASE_URL: {e}")))?;
@@ -313,9 +323,10 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets), (i32
         max_pending_writes: config.max_pending_writes,
         redis: config.redis.clone(),
         rate_limit_per_minute: config.limits.rate_limit_per_minute,
+        hooks: config.webhook.as_ref().map(crate::webhook::Hooks::of),
     };
-    let engine = crate::engine::postgres::PgEngine::start(url, node, wake, options);
-    Ok((Engine::Postgres(Box::new(engine)), secrets))
+    let engine = crate::engine::postgres::PgEngine::start(url, node.clone(), wake, options);
+    Ok((Engine::Postgres(Box::new(engine)), secrets, node))
 }
 
 /// `switchboard migrate --to URL`: copies the SQLite database into an empty PostgreSQL

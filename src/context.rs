@@ -19,7 +19,7 @@ pub use crate::event::{Event, EventBody};
 use crate::http::HttpError;
 use crate::hub::{ConnId, Hub, Topic};
 use crate::metrics::Metrics;
-use crate::model::{HookType, Identity, Micros, Seq, StreamId, UserId};
+use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::recent::Recent;
 use crate::request::{Answer, Request};
 use crate::route::Endpoint;
@@ -282,16 +282,11 @@ impl Ctx {
     }
 
     /// With webhooks: stores an event no request records (presence, a room joined or
-    /// left) in the turn's transaction; `online` keeps the set of users reported online.
-    pub fn hook(
-        &mut self,
-        kind: HookType,
-        stream: &StreamId,
-        data: serde_json::Value,
-        online: Option<(&UserId, bool)>,
-    ) {
-        if self.webhooks.as_ref().is_some_and(|w| w.hooks.wants(kind)) {
-            self.engine.hook(kind, stream, &data, online);
+    /// left): in the turn's transaction on SQLite, with a later batch on PostgreSQL.
+    pub fn hook(&mut self, hook: crate::webhook::Hook) {
+        let Some(webhooks) = &self.webhooks else { return };
+        if webhooks.hooks.wants(hook.kind) || hook.online.is_some() {
+            self.engine.hook_write(crate::request::Write::Hook(Box::new(hook)), &webhooks.hooks, self.now);
         }
     }
 

@@ -195,6 +195,11 @@ fn render_webhooks(out: &mut String, stats: &crate::webhook::delivery::Stats) {
         "# HELP switchboard_webhook_events_pending Webhook events committed and not yet acknowledged by the receiver.\n# TYPE switchboard_webhook_events_pending gauge\nswitchboard_webhook_events_pending {}",
         stats.pending()
     );
+    let _ = writeln!(
+        out,
+        "# HELP switchboard_webhook_delivering Whether this node delivers webhooks (1; on PostgreSQL the one node holding the lease).\n# TYPE switchboard_webhook_delivering gauge\nswitchboard_webhook_delivering {}",
+        u8::from(stats.leading.load(Relaxed))
+    );
     for (name, help, value) in [
         ("webhook_events_delivered_total", "Webhook events the receiver acknowledged (2xx).", &stats.delivered),
         ("webhook_requests_total", "Webhook requests the receiver acknowledged (one batch each).", &stats.batches),

@@ -126,6 +126,14 @@ pub enum Write {
         user: UserId,
         name: String,
     },
+    /// With webhooks: an event no request records (a user online or offline, a room
+    /// joined or left).
+    Hook(Box<crate::webhook::Hook>),
+    /// With webhooks: the unread timers due now fire (`webhook::fire_timers`).
+    FireHookTimers,
+    /// With webhooks: the users reported online become these, each change reported
+    /// (`webhook::report_online`).
+    ReportOnline(Vec<(UserId, String)>),
 }
 
 impl Request {

@@ -63,6 +63,16 @@ impl Tx<'_> {
         }
     }
 
+    /// Queues an event whose row and seq the caller stored itself (several messages at
+    /// once, `chat::post_many`), with its webhook rows as `record_with` writes them.
+    pub fn recorded(&mut self, stream: StreamId, seq: Seq, body: EventBody) -> StoreResult<()> {
+        if let Some(hooks) = self.hooks {
+            crate::webhook::on_event(self.store, hooks, &stream, seq, &body, self.now)?;
+        }
+        self.events.push(Event { stream, seq, body, except: None });
+        Ok(())
+    }
+
     /// With webhooks, and `kind` wanted: stores a webhook event that is not a recorded
     /// event (a notification read), in the same transaction.
     pub fn hook(&mut self, kind: HookType, stream: &StreamId, data: &serde_json::Value) -> StoreResult<()> {

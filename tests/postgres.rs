@@ -11,18 +11,19 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     let server = shared();
     let url = server.database();
     let mut client = pg::connect(&url).expect("connect");
-    assert_eq!(migrations::apply(&mut client).unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(migrations::apply(&mut client).unwrap(), [1, 2, 3, 4, 5, 6]);
     assert_eq!(migrations::apply(&mut client).unwrap(), Vec::<i64>::new(), "applied once");
     let (ok, recorded) =
         server.psql(&url, "SELECT string_agg(version || ' ' || name, ',' ORDER BY version) FROM schema_migrations");
     assert!(ok, "{recorded}");
-    assert_eq!(recorded, "1 init,2 conversations,3 notifications,4 streams,5 webhooks");
+    assert_eq!(recorded, "1 init,2 conversations,3 notifications,4 streams,5 webhooks,6 webhook_order");
     // The same versions and names as SQLite's, so either engine's database is at a
     // version both understand.
     let sqlite: Vec<(i64, &str)> = switchboard::store::MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
     let postgres: Vec<(i64, &str)> = migrations::MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
     assert_eq!(sqlite, postgres);
-    // Every table of the SQLite schema exists, with the PostgreSQL-only batch markers.
+    // Every table of the SQLite schema exists, with the PostgreSQL-only batch markers
+    // and webhook id counter.
     let (ok, tables) = server
         .psql(&url, "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'");
     assert!(ok, "{tables}");
@@ -30,7 +31,7 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
         tables,
         "banking_messages,batches,conversation_members,conversations,customers,events,fraud_alerts,\
          message_reads,messages,notifications,schema_migrations,settings,streams,users,\
-         webhook_cursor,webhook_events,webhook_online,webhook_timers"
+         webhook_cursor,webhook_events,webhook_next,webhook_online,webhook_timers"
     );
 
     // Statements and idle transactions of switchboard's connections are bounded.
@@ -42,7 +43,7 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     // A database that a newer switchboard migrated is refused, not guessed at.
     assert!(server.psql(&url, "INSERT INTO schema_migrations (version, name) VALUES (99, 'future')").0);
     let refused = migrations::apply(&mut client).unwrap_err();
-    assert!(refused.contains("schema version 99, newer than this switchboard knows (5)"), "{refused}");
+    assert!(refused.contains("schema version 99, newer than this switchboard knows (6)"), "{refused}");
 }
 
 #[test]
@@ -57,7 +58,7 @@ fn nodes_starting_at_once_migrate_a_database_once() {
         .collect();
     let mut applied: Vec<Vec<i64>> = nodes.into_iter().map(|n| n.join().unwrap().expect("migrated")).collect();
     applied.sort();
-    assert_eq!(applied, [vec![], vec![], vec![], vec![1, 2, 3, 4, 5]], "exactly one node migrated");
+    assert_eq!(applied, [vec![], vec![], vec![], vec![1, 2, 3, 4, 5, 6]], "exactly one node migrated");
 }
 
 #[test]
@@ -309,6 +310,7 @@ fn writer(url: &str, node: &str) -> (Writer, Receiver<Committed>, Arc<AtomicUsiz
         node.to_string(),
         None,
         60,
+        None,
         answers,
         Box::new(move || {
             wake.fetch_add(1, Ordering::SeqCst);

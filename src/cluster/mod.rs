@@ -157,6 +157,12 @@ impl Cluster {
         }
     }
 
+    /// Whether the view of who is online is whole: Redis reached, the `online` mirror
+    /// loaded, and no reconnect still settling.
+    pub fn settled(&self) -> bool {
+        self.up && self.settle_at.is_none() && self.mirrors.get(ONLINE).is_some_and(|m| m.loading.is_none())
+    }
+
     /// From the sweep: once a reconnect has settled, the mirrors load whole again.
     pub fn settle(&mut self, now: std::time::Instant) {
         if self.settle_at.is_some_and(|at| now >= at) {

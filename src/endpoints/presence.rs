@@ -104,11 +104,14 @@ pub fn view_change(ctx: &mut Ctx, topic: &str, user: &UserId) -> Option<(bool, A
     }
 }
 
-/// With Redis: who is online may have changed for `user` (see `view_change`).
+/// With Redis: who is online may have changed for `user` (see `view_change`). The
+/// node that delivers webhooks reports it too: that view is the cluster's, so a user is
+/// reported online once whatever their nodes and tabs.
 pub fn refresh(ctx: &mut Ctx, user: &UserId, except: Option<ConnId>) {
-    match view_change(ctx, ONLINE, user) {
+    let change = view_change(ctx, ONLINE, user);
+    match &change {
         Some((true, name)) => {
-            let frame = online_frame(user.as_str(), &name);
+            let frame = online_frame(user.as_str(), name);
             ctx.publish(&Topic::Presence, frame, except, false);
         }
         Some((false, _)) => {
@@ -116,6 +119,11 @@ pub fn refresh(ctx: &mut Ctx, user: &UserId, except: Option<ConnId>) {
             ctx.publish(&Topic::Presence, frame, None, false);
         }
         None => {}
+    }
+    if let Some((online, name)) = change
+        && ctx.webhooks.as_ref().is_some_and(|w| w.delivery.leading())
+    {
+        ctx.hook(crate::webhook::presence_hook(user, online.then_some(&*name), online));
     }
 }
 

@@ -142,8 +142,7 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, room: &str, opened: Opened) 
     session.conversation = Some(conversation);
     if first {
         let (user, name) = (&session.identity.user_id, &session.identity.name);
-        let data = crate::webhook::room_member(room, user, name);
-        ctx.hook(HookType::MemberJoined, &StreamId::Conversation(conversation), data, None);
+        ctx.hook(crate::webhook::room_hook(HookType::MemberJoined, room, conversation, user, name));
     }
     if ctx.cluster.is_some() {
         // Who is in the room on every node (`cluster`): this node's share is told to
@@ -239,8 +238,9 @@ pub fn close(ctx: &mut Ctx, session: &Session) {
         let last = ctx.hub.unsubscribe(topic, session.conn, user);
         let Topic::Conversation(conversation) = topic else { continue };
         if last && let Endpoint::Rooms { room } = &session.endpoint {
-            let data = crate::webhook::room_member(room, user, &session.identity.name);
-            ctx.hook(HookType::MemberLeft, &StreamId::Conversation(*conversation), data, None);
+            let hook =
+                crate::webhook::room_hook(HookType::MemberLeft, room, *conversation, user, &session.identity.name);
+            ctx.hook(hook);
         }
         if ctx.cluster.is_some() {
             let presence = crate::cluster::room_topic(*conversation);

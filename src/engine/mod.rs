@@ -20,8 +20,8 @@ pub mod writer;
 
 use crate::event::{Event, EventBody};
 use crate::hub::ConnId;
-use crate::model::{HookType, Micros, Seq, StreamId, UserId};
-use crate::request::{Answer, Request};
+use crate::model::{Micros, Seq, StreamId, UserId};
+use crate::request::{Answer, Request, Write};
 use crate::store::{
     BankingMessage, Conversation, ConversationKind, ConversationSummary, FraudAlert, Missed, Notification, Since,
     Storage, Store, StoreError, StoredMessage,
@@ -357,77 +357,41 @@ impl Engine {
         }
     }
 
-    /// With webhooks: stores an event that no request records (a user online or
-    /// offline, a room joined or left), in the turn's transaction. `online` keeps the
-    /// set of users reported online (told offline after a crash, `recover_hooks`).
-    pub fn hook(
-        &mut self,
-        kind: HookType,
-        stream: &StreamId,
-        data: &serde_json::Value,
-        online: Option<(&UserId, bool)>,
-    ) {
-        let Some(store) = self.store() else { return };
-        let now = crate::model::now_micros();
-        let stored =
-            store.insert_hook(kind.name(), &stream.key(), None, &data.to_string(), now).and_then(|()| match online {
-                Some((user, online)) => store.set_hook_online(user, online),
-                None => Ok(()),
-            });
-        if let Err(e) = stored {
-            log::warn!("cannot store the webhook event {}: {e}", kind.name());
+    /// With webhooks: a write nobody waits for (`Write::Hook`, `FireHookTimers`,
+    /// `ReportOnline`): in the turn's transaction on SQLite, in a later batch on
+    /// PostgreSQL (asked again until it is stored).
+    pub fn hook_write(&mut self, write: Write, hooks: &crate::webhook::Hooks, now: Micros) {
+        let store = match self {
+            Engine::Postgres(pg) => return pg.background(Request::Write(write), now),
+            Engine::Local(store) | Engine::Deferred(store, _) => store,
+        };
+        let (mut events, mut stored) = (Vec::new(), 0);
+        let mut tx = Tx { store, now, events: &mut events, stored: &mut stored, hooks: Some(hooks) };
+        if let Err(e) = run(&mut tx, Request::Write(write), true) {
+            log::warn!("cannot store webhook events: {e}");
         }
-    }
-
-    /// At start-up, with webhooks: users reported online when the server last stopped
-    /// without telling they went offline (a crash) are reported offline now.
-    pub fn recover_hooks(&mut self, hooks: &crate::webhook::Hooks) -> Result<usize, StoreError> {
-        let Some(store) = self.store() else { return Ok(0) };
-        let users = store.hook_online_users()?;
-        let now = crate::model::now_micros();
-        for user in &users {
-            if hooks.wants(HookType::UserOffline) {
-                let data = crate::webhook::presence(user, None);
-                store.insert_hook(
-                    HookType::UserOffline.name(),
-                    &StreamId::User(user.clone()).key(),
-                    None,
-                    &data.to_string(),
-                    now,
-                )?;
-            }
-            store.set_hook_online(user, false)?;
-        }
-        store.commit()?;
-        Ok(users.len())
     }
 
     /// Whether a commit since the last call stored webhook events (the delivery thread
     /// is woken for them).
     pub fn hooks_committed(&mut self) -> bool {
-        self.store().is_some_and(|store| store.take_hooks_committed())
+        match self {
+            Engine::Postgres(pg) => pg.take_hooks_committed(),
+            Engine::Local(store) | Engine::Deferred(store, _) => store.take_hooks_committed(),
+        }
     }
 
-    /// In the sweep, with webhooks: stores how far the receiver acknowledged (deleting
-    /// what it has), and fires the unread timers that fell due, in the turn's
-    /// transaction.
-    pub fn sweep_hooks(&mut self, hooks: &crate::webhook::Hooks, delivered: i64, now: Micros) {
-        /// Timers looked at per sweep at most (twice a second).
-        const TIMERS_PER_SWEEP: usize = 2000;
-        let Some(store) = self.store() else { return };
-        if let Err(e) = store.advance_hook_cursor(delivered) {
+    /// In the sweep, with webhooks: on SQLite, stores how far the receiver acknowledged
+    /// (deleting what it has; on PostgreSQL the delivering node's thread does). Then the
+    /// unread timers that fell due fire, on the node that delivers.
+    pub fn sweep_hooks(&mut self, hooks: &crate::webhook::Hooks, delivered: i64, leading: bool, now: Micros) {
+        if let Some(store) = self.store()
+            && let Err(e) = store.advance_hook_cursor(delivered)
+        {
             log::warn!("cannot store the webhooks' cursor (the events after the stored one will be sent again): {e}");
         }
-        let fired = match store.take_due_hook_timers(now, TIMERS_PER_SWEEP) {
-            Ok(fired) => fired,
-            Err(e) => return log::warn!("cannot read the webhooks' unread timers: {e}"),
-        };
-        for timer in &fired {
-            for (kind, data) in crate::webhook::unread(timer).into_iter().filter(|(kind, _)| hooks.wants(*kind)) {
-                if let Err(e) = store.insert_hook(kind.name(), &timer.stream, timer.seq, &data, now) {
-                    return log::warn!("cannot store an unread webhook event: {e}");
-                }
-            }
+        if leading && hooks.unread_after.is_some() {
+            self.hook_write(Write::FireHookTimers, hooks, now);
         }
     }
 

@@ -59,6 +59,8 @@ pub struct Options {
     pub redis: Option<crate::config::RedisUrl>,
     /// The per-user rate limit of stored messages, per minute.
     pub rate_limit_per_minute: u32,
+    /// With webhooks: which events the writer lane stores (`Tx::hooks`).
+    pub hooks: Option<crate::webhook::Hooks>,
 }
 
 /// How long after the bus came (back) up polling goes on at its own pace.
@@ -81,9 +83,12 @@ pub struct PgEngine {
     poller: Reader,
     committed: Receiver<Committed>,
     read: Receiver<reader::Done>,
-    /// Users seen whose record is not stored yet, by ticket, and the next such ticket.
-    seeing: HashMap<Ticket, (UserId, String)>,
-    next_seen: Ticket,
+    /// Writes nobody waits for (a user seen, a webhook event) not stored yet, by
+    /// ticket, and the next such ticket.
+    background: HashMap<Ticket, Request>,
+    next_background: Ticket,
+    /// A batch committed webhook events since the last look (`take_hooks_committed`).
+    hooks_committed: bool,
     /// Writes asked since the last batch was handed over, and the time of the last.
     open_batch: Vec<(Ticket, Request)>,
     now: Micros,
@@ -147,6 +152,7 @@ impl PgEngine {
                 node,
                 options.redis.clone().map(crate::bus::Publisher::new),
                 options.rate_limit_per_minute,
+                options.hooks.clone(),
                 committed_to,
                 waker(wake.clone()),
             ),
@@ -154,8 +160,9 @@ impl PgEngine {
             poller: Reader::start(url.to_string(), read_to, waker(wake.clone())),
             committed,
             read,
-            seeing: HashMap::new(),
-            next_seen: 0,
+            background: HashMap::new(),
+            next_background: 0,
+            hooks_committed: false,
             open_batch: Vec::new(),
             now: 0,
             writing: false,
@@ -265,22 +272,32 @@ impl PgEngine {
     }
 
     /// A user opened a first session; nobody waits for it, but until it is stored the
-    /// user is unknown to direct messages on every node: a failed one is asked again
-    /// with the next batch (`retry_seen`).
+    /// user is unknown to direct messages on every node.
     pub fn seen(&mut self, user: &UserId, name: &str, now: Micros) {
-        let ticket = UNANSWERED + self.next_seen;
-        self.next_seen += 1;
-        self.seeing.insert(ticket, (user.clone(), name.to_string()));
-        self.ask(ticket, Request::Write(Write::SeeUser { user: user.clone(), name: name.to_string() }), now);
+        self.background(Request::Write(Write::SeeUser { user: user.clone(), name: name.to_string() }), now);
     }
 
-    /// Users seen whose record failed to be stored: asked again.
-    fn retry_seen(&mut self, failed: Vec<Ticket>) {
+    /// A write nobody waits for; a failed one is asked again with the next batch
+    /// (`retry_background`).
+    pub fn background(&mut self, request: Request, now: Micros) {
+        let ticket = UNANSWERED + self.next_background;
+        self.next_background += 1;
+        self.background.insert(ticket, request.clone());
+        self.ask(ticket, request, now);
+    }
+
+    /// Writes nobody waits for that failed to be stored: asked again.
+    fn retry_background(&mut self, failed: Vec<Ticket>) {
         for ticket in failed {
-            if let Some((user, name)) = self.seeing.remove(&ticket) {
-                self.seen(&user, &name, self.now);
+            if let Some(request) = self.background.remove(&ticket) {
+                self.background(request, self.now);
             }
         }
+    }
+
+    /// Whether a batch committed webhook events since the last call.
+    pub fn take_hooks_committed(&mut self) -> bool {
+        std::mem::take(&mut self.hooks_committed)
     }
 
     /// What the lanes answered since the last call: opens are kept for `ready`; write
@@ -293,8 +310,9 @@ impl PgEngine {
             self.writing = false;
             self.committing = 0;
             match committed {
-                Committed::Yes { answers: written, events, stored, .. } => {
+                Committed::Yes { answers: written, events, stored, hooks, .. } => {
                     self.health = Ok(());
+                    self.hooks_committed |= hooks;
                     self.owed = self.owed.saturating_sub(written.len());
                     self.committed_writes += written.len();
                     self.remember(&events);
@@ -303,9 +321,9 @@ impl PgEngine {
                     let (seen, written): (Vec<_>, Vec<_>) = written.into_iter().partition(|(t, _)| *t >= UNANSWERED);
                     let (stored, failed): (Vec<_>, Vec<_>) = seen.into_iter().partition(|(_, answer)| answer.is_ok());
                     for (ticket, _) in stored {
-                        self.seeing.remove(&ticket);
+                        self.background.remove(&ticket);
                     }
-                    self.retry_seen(failed.into_iter().map(|(ticket, _)| ticket).collect());
+                    self.retry_background(failed.into_iter().map(|(ticket, _)| ticket).collect());
                     answers.extend(written);
                 }
                 Committed::No { tickets, error, batch } => {
@@ -314,7 +332,7 @@ impl PgEngine {
                     self.owed = self.owed.saturating_sub(tickets.len());
                     let failed = |e: &str| Err(Failed::Store(StoreError::Unavailable(e.to_string())));
                     let (seen, tickets): (Vec<_>, Vec<_>) = tickets.into_iter().partition(|t| *t >= UNANSWERED);
-                    self.retry_seen(seen);
+                    self.retry_background(seen);
                     answers.extend(tickets.into_iter().map(|t| (t, failed(&error))));
                 }
             }
@@ -411,7 +429,7 @@ impl PgEngine {
                 log::error!("{e}: {} writes not stored", tickets.len());
                 self.owed = self.owed.saturating_sub(tickets.len());
                 // The lane is gone (the node is stopping): nothing is asked again.
-                let failed = tickets.into_iter().filter(|t| self.seeing.remove(t).is_none()).collect::<Vec<_>>();
+                let failed = tickets.into_iter().filter(|t| self.background.remove(t).is_none()).collect::<Vec<_>>();
                 self.answered
                     .extend(failed.into_iter().map(|t| (t, Err(Failed::Store(StoreError::Unavailable(e.clone()))))));
                 self.health = Err(e);

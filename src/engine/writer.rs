@@ -43,7 +43,8 @@ const PRUNE_ROWS: i64 = 1000;
 pub enum Committed {
     /// Committed: each request's answer (a failed one was undone alone), and the events
     /// the batch recorded, in order.
-    Yes { batch: i64, answers: Vec<(Ticket, Answer)>, events: Vec<Event>, stored: u64 },
+    /// `hooks`: it stored webhook events too.
+    Yes { batch: i64, answers: Vec<(Ticket, Answer)>, events: Vec<Event>, stored: u64, hooks: bool },
     /// Nothing of it is stored; every request failed with this.
     No { batch: i64, tickets: Vec<Ticket>, error: String },
 }
@@ -64,10 +65,11 @@ impl Writer {
         node: String,
         publisher: Option<crate::bus::Publisher>,
         rate_limit_per_minute: u32,
+        hooks: Option<crate::webhook::Hooks>,
         answers: Sender<Committed>,
         wake: Box<dyn Fn() + Send>,
     ) -> Writer {
-        let mut lane = Lane { url, node, store: None, pid: None, publisher, rate: rate_limit_per_minute };
+        let mut lane = Lane { url, node, store: None, pid: None, publisher, rate: rate_limit_per_minute, hooks };
         Writer(super::lane::Lane::start("pg-writer", answers, wake, move |batch| lane.commit(batch)))
     }
 
@@ -157,6 +159,8 @@ struct Lane {
     publisher: Option<crate::bus::Publisher>,
     /// The per-user rate limit of stored messages, per minute (asked of Redis).
     rate: u32,
+    /// With webhooks: which events the batches store (`Tx::hooks`).
+    hooks: Option<crate::webhook::Hooks>,
 }
 
 impl Lane {
@@ -265,8 +269,9 @@ impl Lane {
         let (requests, refused) = self.limit(asked, std::mem::take(&mut batch.requests));
         batch.requests = requests;
         let failed = |error: String| Committed::No { batch: batch.id, tickets: tickets.clone(), error };
-        let (mut events, mut stored) = (Vec::new(), 0u64);
+        let (mut events, mut stored, mut hooked) = (Vec::new(), 0u64, 0usize);
         let node = self.node.clone();
+        let hooks = self.hooks.clone();
         if let Err(e) = begun {
             if let Some(store) = self.store.as_mut() {
                 let _ = store.rollback();
@@ -279,7 +284,8 @@ impl Lane {
                 let ran = (|| -> StoreResult<Vec<(Ticket, Answer)>> {
                     let mut answers = Vec::with_capacity(batch.requests.len() + refused.len());
                     answers.extend(refused);
-                    let mut tx = Tx { store, now: batch.now, events: &mut events, stored: &mut stored, hooks: None };
+                    let mut tx =
+                        Tx { store, now: batch.now, events: &mut events, stored: &mut stored, hooks: hooks.as_ref() };
                     let mut requests = batch.requests.into_iter().peekable();
                     while let Some((ticket, request)) = requests.next() {
                         if is_post(&request) && requests.peek().is_some_and(|(_, next)| is_post(next)) {
@@ -311,6 +317,8 @@ impl Lane {
                             log::debug!("pruned {pruned} events older than the retention");
                         }
                     }
+                    // Last before COMMIT: the outbox rows take their ids in commit order.
+                    hooked = store.flush_hooks()?;
                     Ok(answers)
                 })();
                 match ran {
@@ -326,13 +334,13 @@ impl Lane {
         match commit {
             Ok(()) => {
                 self.publish(&events);
-                Committed::Yes { batch: batch.id, answers, events, stored }
+                Committed::Yes { batch: batch.id, answers, events, stored, hooks: hooked > 0 }
             }
             Err(e) => match self.resolve(batch.id) {
                 Ok(true) => {
                     log::warn!("PostgreSQL writer lane: batch {} committed though COMMIT failed ({e})", batch.id);
                     self.publish(&events);
-                    Committed::Yes { batch: batch.id, answers, events, stored }
+                    Committed::Yes { batch: batch.id, answers, events, stored, hooks: hooked > 0 }
                 }
                 Ok(false) => failed(e.to_string()),
                 Err(lookup) => failed(format!("{e}; and its outcome could not be read: {lookup}")),

@@ -96,7 +96,7 @@ pub fn post_many(tx: &mut Tx<'_>, posts: &[Post<'_>]) -> Result<Vec<Result<Poste
         answers[index] = Ok(Posted { id: message.id, created_at: message.created_at, seq });
         let stream = StreamId::Conversation(message.conversation_id);
         let body = EventBody::Message { conversation: kind, message, customer: None };
-        tx.events.push(crate::event::Event { stream, seq, body, except: None });
+        tx.recorded(stream, seq, body)?;
         *tx.stored += 1;
     }
     Ok(answers)

@@ -89,6 +89,18 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
             tx.store.upsert_user(&user, &name, tx.now)?;
             Done::Stored
         }
+        Write::Hook(hook) => {
+            crate::webhook::store_hook(tx, &hook)?;
+            Done::Stored
+        }
+        Write::FireHookTimers => {
+            crate::webhook::fire_timers(tx)?;
+            Done::Stored
+        }
+        Write::ReportOnline(online) => {
+            crate::webhook::report_online(tx, &online)?;
+            Done::Stored
+        }
         Write::Logout { user, connections } => {
             tx.record(&StreamId::User(user.clone()), EventBody::Logout, None)?;
             Done::LoggedOut { user, connections }

@@ -53,22 +53,20 @@ pub trait Storage {
     fn upsert_customer(&mut self, new: &NewCustomer<'_>, now: Micros) -> StoreResult<Customer>;
     /// Stores a message.
     fn insert_message(&mut self, message: NewMessage<'_>, now: Micros) -> StoreResult<StoredMessage>;
-    /// Writes a webhook outbox row (`webhook::on_event`); only SQLite's store keeps an
-    /// outbox so far.
-    fn insert_hook(&mut self, kind: &str, stream: &str, seq: Option<Seq>, data: &str, now: Micros) -> StoreResult<()> {
-        let _ = (kind, stream, seq, data, now);
-        Err(StoreError::Unavailable("webhooks are kept by SQLite's store only".into()))
-    }
+    /// Writes a webhook outbox row (`webhook::on_event`), in the current transaction.
+    fn insert_hook(&mut self, kind: &str, stream: &str, seq: Option<Seq>, data: &str, now: Micros) -> StoreResult<()>;
     /// Sets a webhook unread timer.
-    fn insert_hook_timer(&mut self, timer: &super::NewTimer<'_>) -> StoreResult<()> {
-        let _ = timer;
-        Err(StoreError::Unavailable("webhooks are kept by SQLite's store only".into()))
-    }
+    fn insert_hook_timer(&mut self, timer: &super::NewTimer<'_>) -> StoreResult<()>;
+    /// Keeps a user in the set of those reported online to webhooks, or takes them out;
+    /// whether that changed the set (else the event is not reported again).
+    fn set_hook_online(&mut self, user: &UserId, online: bool) -> StoreResult<bool>;
+    /// The users reported online and never offline.
+    fn hook_online_users(&mut self) -> StoreResult<Vec<UserId>>;
+    /// Unread timers due at `now`, at most `limit`, taken (deleted), each with whoever
+    /// has still not read what it looks at.
+    fn take_due_hook_timers(&mut self, now: Micros, limit: usize) -> StoreResult<Vec<super::DueTimer>>;
     /// A member's unread messages in a conversation.
-    fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64> {
-        let _ = (conversation_id, user);
-        Err(StoreError::Unavailable("unread counts of one conversation are read by SQLite's store only".into()))
-    }
+    fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64>;
     /// Takes `n` seqs of the stream at once and returns the last (the first is `n - 1`
     /// before it). One at a time unless a store does better (PostgreSQL: one statement).
     fn next_seqs(&mut self, stream: &StreamId, n: usize, now: Micros) -> StoreResult<Seq> {
@@ -153,6 +151,18 @@ impl Storage for Store {
 
     fn insert_hook_timer(&mut self, timer: &super::NewTimer<'_>) -> StoreResult<()> {
         Store::insert_hook_timer(self, timer)
+    }
+
+    fn set_hook_online(&mut self, user: &UserId, online: bool) -> StoreResult<bool> {
+        Store::set_hook_online(self, user, online)
+    }
+
+    fn hook_online_users(&mut self) -> StoreResult<Vec<UserId>> {
+        Store::hook_online_users(self)
+    }
+
+    fn take_due_hook_timers(&mut self, now: Micros, limit: usize) -> StoreResult<Vec<super::DueTimer>> {
+        Store::take_due_hook_timers(self, now, limit)
     }
 
     fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64> {

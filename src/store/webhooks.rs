@@ -44,7 +44,7 @@ pub enum TimerKind {
 }
 
 impl TimerKind {
-    fn as_sql(self) -> &'static str {
+    pub(crate) fn as_sql(self) -> &'static str {
         match self {
             TimerKind::Message => "message",
             TimerKind::Notification => "notification",
@@ -113,16 +113,16 @@ impl Store {
         std::mem::take(&mut self.hooks_committed)
     }
 
-    /// Keeps a user in the set of those reported online (`online`), or takes them out.
-    pub fn set_hook_online(&mut self, user: &UserId, online: bool) -> StoreResult<()> {
+    /// Keeps a user in the set of those reported online (`online`), or takes them out;
+    /// whether the set changed.
+    pub fn set_hook_online(&mut self, user: &UserId, online: bool) -> StoreResult<bool> {
         self.ensure_transaction()?;
         let sql = if online {
             "INSERT OR IGNORE INTO webhook_online (user_id) VALUES (?1)"
         } else {
             "DELETE FROM webhook_online WHERE user_id = ?1"
         };
-        self.conn.prepare_cached(sql)?.execute(params![user.as_str()])?;
-        Ok(())
+        Ok(self.conn.prepare_cached(sql)?.execute(params![user.as_str()])? > 0)
     }
 
     /// Users reported online and never offline (the server stopped without telling).

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::model::now_micros;
+use crate::store::pg::{Lead, PgOutbox};
 use crate::store::{HookRow, WebhookLog};
 
 /// How often an idle thread looks at the outbox without being nudged (a nudge lost to a
@@ -42,9 +43,66 @@ pub struct Settings {
     pub batch_bytes: usize,
 }
 
+/// Where the thread reads the outbox and keeps its cursor.
+pub enum Outbox {
+    /// SQLite: a read-only connection; the loop stores the cursor (`Stats::delivered_up_to`)
+    /// in its sweep. This process alone delivers.
+    Sqlite(WebhookLog),
+    /// PostgreSQL: the node holding the lease delivers and stores the cursor itself.
+    Postgres(Box<PgOutbox>),
+}
+
+impl Outbox {
+    /// Whether this thread delivers now, and from where if it has just begun to.
+    fn lead(&mut self) -> Result<Lead, String> {
+        match self {
+            Outbox::Sqlite(_) => Ok(Lead::Held),
+            Outbox::Postgres(pg) => pg.lead(),
+        }
+    }
+
+    fn newest(&mut self) -> Result<i64, String> {
+        match self {
+            Outbox::Sqlite(log) => log.newest(),
+            Outbox::Postgres(pg) => pg.newest(),
+        }
+    }
+
+    fn after(&mut self, after: i64, limit: usize, max_bytes: usize) -> Result<Vec<HookRow>, String> {
+        match self {
+            Outbox::Sqlite(log) => log.after(after, limit, max_bytes),
+            Outbox::Postgres(pg) => pg.after(after, limit, max_bytes),
+        }
+    }
+
+    /// The receiver acknowledged up to `cursor` (or they were dropped); false when this
+    /// node no longer delivers.
+    fn acknowledged(&mut self, cursor: i64) -> bool {
+        match self {
+            Outbox::Sqlite(_) => true,
+            Outbox::Postgres(pg) => match pg.acknowledged(cursor) {
+                Ok(held) => held,
+                Err(e) => {
+                    // Sent again by whoever delivers next: at least once.
+                    log::warn!("webhooks: cannot store the cursor ({e})");
+                    true
+                }
+            },
+        }
+    }
+
+    fn release(&mut self) {
+        if let Outbox::Postgres(pg) = self {
+            pg.release();
+        }
+    }
+}
+
 /// What the thread did, read by the loop (cursor, `/metrics`, `/healthz`).
 #[derive(Default)]
 pub struct Stats {
+    /// This node delivers (always, on SQLite; the lease holder's, on PostgreSQL).
+    pub leading: AtomicBool,
     /// The last id the receiver acknowledged or that was dropped.
     pub delivered_up_to: AtomicI64,
     /// The newest outbox id the thread saw committed.
@@ -61,7 +119,12 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Events committed and not acknowledged, as the node that delivers sees them (0
+    /// on the others).
     pub fn pending(&self) -> i64 {
+        if !self.leading.load(Ordering::Relaxed) {
+            return 0;
+        }
         (self.newest.load(Ordering::Relaxed) - self.delivered_up_to.load(Ordering::Relaxed)).max(0)
     }
 
@@ -91,15 +154,23 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn start(log: WebhookLog, settings: Settings) -> Result<Delivery, String> {
-        let cursor = log.cursor()?;
+    /// Starts the thread. `lease` is how long a PostgreSQL node's hold on delivery
+    /// lasts unrenewed (it renews it every third of that).
+    pub fn start(outbox: Outbox, settings: Settings, lease: Duration) -> Result<Delivery, String> {
         let stats = Arc::new(Stats::default());
+        let cursor = match &outbox {
+            Outbox::Sqlite(log) => {
+                stats.leading.store(true, Ordering::Relaxed);
+                log.cursor()?
+            }
+            Outbox::Postgres(_) => 0,
+        };
         stats.delivered_up_to.store(cursor, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let (thread_stats, thread_stop) = (Arc::clone(&stats), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
             .name("webhooks".into())
-            .spawn(move || run(log, settings, cursor, &thread_stats, &thread_stop))
+            .spawn(move || run(outbox, settings, lease, cursor, &thread_stats, &thread_stop))
             .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
         Ok(Delivery { stats, stop, thread: Some(thread) })
     }
@@ -115,14 +186,28 @@ impl Delivery {
     pub fn delivered(&self) -> i64 {
         self.stats.delivered_up_to.load(Ordering::Relaxed)
     }
+
+    /// Whether this node delivers (see `Stats::leading`).
+    pub fn leading(&self) -> bool {
+        self.stats.leading.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Not joined: a request in flight may take up to the timeout, and what it
-        // delivers is sent again after a restart anyway.
         self.nudge();
+        // Joined for a moment only, so that a PostgreSQL node gives up its lease (another
+        // takes over at once): a request in flight may take up to the timeout, and what it
+        // delivers is sent again by whoever delivers next anyway.
+        let Some(thread) = self.thread.take() else { return };
+        let until = Instant::now() + Duration::from_millis(500);
+        while !thread.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -136,7 +221,7 @@ enum Posted {
     Failed(String),
 }
 
-fn run(log: WebhookLog, settings: Settings, mut cursor: i64, stats: &Stats, stop: &AtomicBool) {
+fn run(mut outbox: Outbox, settings: Settings, lease: Duration, mut cursor: i64, stats: &Stats, stop: &AtomicBool) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(settings.timeout))
         .http_status_as_error(false)
@@ -147,20 +232,49 @@ fn run(log: WebhookLog, settings: Settings, mut cursor: i64, stats: &Stats, stop
     let mut backoff = FIRST_RETRY;
     let mut jitter = Jitter::new();
     let mut failures_logged = 0u32;
+    // The lease is renewed every third of its length, so it never runs out while this
+    // node works (a request in flight longer than that may be sent again by another).
+    let renew_every = lease / 3;
+    let mut renewed: Option<Instant> = None;
+    let idle = IDLE_POLL.min(renew_every.max(Duration::from_millis(50)));
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(newest) = log.newest() {
+        if renewed.is_none_or(|at| at.elapsed() >= renew_every) {
+            match outbox.lead() {
+                Ok(Lead::Held) => renewed = Some(Instant::now()),
+                Ok(Lead::Took(stored)) => {
+                    log::info!("webhooks: this node delivers now, after event {stored}");
+                    cursor = stored;
+                    stats.delivered_up_to.store(cursor, Ordering::Relaxed);
+                    stats.leading.store(true, Ordering::Relaxed);
+                    renewed = Some(Instant::now());
+                }
+                Ok(Lead::Elsewhere) => {
+                    stats.leading.store(false, Ordering::Relaxed);
+                    renewed = None;
+                    sleep_unless_stopped(renew_every.min(IDLE_POLL * 2), stop);
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("webhooks: cannot reach the outbox: {e}");
+                    renewed = None;
+                    sleep_unless_stopped(IDLE_POLL, stop);
+                    continue;
+                }
+            }
+        }
+        if let Ok(newest) = outbox.newest() {
             stats.newest.store(newest, Ordering::Relaxed);
         }
-        let rows = match log.after(cursor, settings.batch_max, settings.batch_bytes) {
+        let rows = match outbox.after(cursor, settings.batch_max, settings.batch_bytes) {
             Ok(rows) => rows,
             Err(e) => {
                 log::warn!("webhooks: cannot read the outbox: {e}");
-                std::thread::park_timeout(IDLE_POLL);
+                std::thread::park_timeout(idle);
                 continue;
             }
         };
         if rows.is_empty() {
-            std::thread::park_timeout(IDLE_POLL);
+            std::thread::park_timeout(idle);
             continue;
         }
         match post(&agent, &settings, &rows) {
@@ -178,6 +292,13 @@ fn run(log: WebhookLog, settings: Settings, mut cursor: i64, stats: &Stats, stop
                 }
                 backoff = FIRST_RETRY;
                 failures_logged = 0;
+                if outbox.acknowledged(cursor) {
+                    renewed = Some(Instant::now());
+                } else {
+                    log::warn!("webhooks: another node delivers now");
+                    stats.leading.store(false, Ordering::Relaxed);
+                    renewed = None;
+                }
             }
             Posted::Failed(why) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -199,14 +320,29 @@ fn run(log: WebhookLog, settings: Settings, mut cursor: i64, stats: &Stats, stop
                         rows[0].id,
                         settings.max_age.as_secs()
                     );
+                    if !outbox.acknowledged(cursor) {
+                        stats.leading.store(false, Ordering::Relaxed);
+                        renewed = None;
+                    }
                     continue;
                 }
                 let wait = backoff / 2 + jitter.below(backoff / 2);
-                sleep_unless_stopped(wait, stop);
+                // Waits in slices, so that the lease is renewed while the receiver is down.
+                let until = Instant::now() + wait;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    sleep_unless_stopped(until.saturating_duration_since(Instant::now()).min(renew_every), stop);
+                    if renewed.is_some_and(|at| at.elapsed() >= renew_every) && Instant::now() < until {
+                        match outbox.lead() {
+                            Ok(Lead::Held) => renewed = Some(Instant::now()),
+                            _ => break,
+                        }
+                    }
+                }
                 backoff = (backoff * 2).min(settings.retry_max);
             }
         }
     }
+    outbox.release();
 }
 
 fn post(agent: &ureq::Agent, settings: &Settings, rows: &[HookRow]) -> Posted {

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use crate::event::EventBody;
 use crate::model::{HookType, Micros, Seq, StreamId, UserId, format_timestamp};
 use crate::store::{Conversation, ConversationKind, NewTimer, Storage, StoreResult, StoredMessage, TimerKind};
+use crate::tx::Tx;
 
 /// Which webhook events are written, and after how long unread timers fire: what a
 /// turn needs to write them (`Tx::hooks`). Absent when no webhook URL is set.
@@ -50,16 +51,20 @@ impl Hooks {
 pub struct Webhooks {
     pub hooks: Hooks,
     pub delivery: delivery::Delivery,
+    /// On a cluster's node that delivers: who is reported online was set to the
+    /// cluster's view since it started delivering (`App::sweep_hooks`).
+    pub reported_online: bool,
 }
 
 impl Webhooks {
-    /// Starts delivery from the outbox of the SQLite database at `path`.
+    /// Starts delivery from `outbox` (`lease`: how long a PostgreSQL node's hold on
+    /// delivery lasts unrenewed).
     pub fn start(
         config: &crate::config::WebhookConfig,
         secret: String,
-        path: &std::path::Path,
+        outbox: delivery::Outbox,
+        lease: std::time::Duration,
     ) -> Result<Webhooks, String> {
-        let log = crate::store::WebhookLog::open(path)?;
         let settings = delivery::Settings {
             url: config.url.clone(),
             secret,
@@ -69,7 +74,8 @@ impl Webhooks {
             batch_max: config.batch_max,
             batch_bytes: MAX_BATCH_BYTES,
         };
-        Ok(Webhooks { hooks: Hooks::of(config), delivery: delivery::Delivery::start(log, settings)? })
+        let delivery = delivery::Delivery::start(outbox, settings, lease)?;
+        Ok(Webhooks { hooks: Hooks::of(config), delivery, reported_online: false })
     }
 }
 
@@ -212,6 +218,76 @@ fn read(
     store.insert_hook(HookType::MessageRead.name(), key, Some(seq), &data.to_string(), now)
 }
 
+/// An event no request records: a user online or offline, a room joined or left
+/// (`Ctx::hook`). `online` keeps the set of users reported online: an online or offline
+/// that would not change it is not reported again.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub kind: HookType,
+    pub stream: StreamId,
+    pub data: String,
+    pub online: Option<(UserId, bool)>,
+}
+
+/// Stores a `Hook`, in the transaction of `tx`.
+pub fn store_hook(tx: &mut Tx<'_>, hook: &Hook) -> StoreResult<()> {
+    let Some(hooks) = tx.hooks else { return Ok(()) };
+    if let Some((user, online)) = &hook.online
+        && !tx.store.set_hook_online(user, *online)?
+    {
+        return Ok(());
+    }
+    if hooks.wants(hook.kind) {
+        tx.store.insert_hook(hook.kind.name(), &hook.stream.key(), None, &hook.data, tx.now)?;
+    }
+    Ok(())
+}
+
+/// `user.online` or `user.offline` as a `Hook`.
+pub fn presence_hook(user: &UserId, name: Option<&str>, online: bool) -> Hook {
+    Hook {
+        kind: if online { HookType::UserOnline } else { HookType::UserOffline },
+        stream: StreamId::User(user.clone()),
+        data: presence(user, name).to_string(),
+        online: Some((user.clone(), online)),
+    }
+}
+
+/// The users reported online become `online`: whoever is reported online and is not
+/// goes offline, whoever is and was not reported comes online. At start-up with
+/// nobody (a crash left users online), and on a cluster's node when it starts
+/// delivering (the cluster's view then; see `App::lead_hooks`).
+pub fn report_online(tx: &mut Tx<'_>, online: &[(UserId, String)]) -> StoreResult<usize> {
+    let reported = tx.store.hook_online_users()?;
+    let now: std::collections::HashMap<&UserId, &str> = online.iter().map(|(u, n)| (u, n.as_str())).collect();
+    let mut changed = 0;
+    for user in reported.iter().filter(|user| !now.contains_key(user)) {
+        store_hook(tx, &presence_hook(user, None, false))?;
+        changed += 1;
+    }
+    let reported: std::collections::HashSet<&UserId> = reported.iter().collect();
+    for (user, name) in online.iter().filter(|(user, _)| !reported.contains(user)) {
+        store_hook(tx, &presence_hook(user, Some(name), true))?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// The unread timers due now fire: `message.unread` and `notification.unread` for
+/// whoever has still not read what each looks at (a bounded number per call).
+pub fn fire_timers(tx: &mut Tx<'_>) -> StoreResult<usize> {
+    /// Timers looked at per call at most (twice a second).
+    const TIMERS_PER_SWEEP: usize = 2000;
+    let Some(hooks) = tx.hooks else { return Ok(0) };
+    let fired = tx.store.take_due_hook_timers(tx.now, TIMERS_PER_SWEEP)?;
+    for timer in &fired {
+        for (kind, data) in unread(timer).into_iter().filter(|(kind, _)| hooks.wants(*kind)) {
+            tx.store.insert_hook(kind.name(), &timer.stream, timer.seq, &data, tx.now)?;
+        }
+    }
+    Ok(fired.len())
+}
+
 /// `notification.read`'s data.
 pub fn notification_read(user: &UserId, notification_id: i64, unread_count: i64) -> Value {
     json!({"user_id": user.as_str(), "notification_id": notification_id, "unread_count": unread_count})
@@ -225,10 +301,11 @@ pub fn presence(user: &UserId, name: Option<&str>) -> Value {
     }
 }
 
-/// `member.joined`'s and `member.left`'s data for a room (a user's first socket in it
-/// opened, or their last one closed).
-pub fn room_member(room: &str, user: &UserId, name: &str) -> Value {
-    json!({"conversation": {"kind": "room", "id": room}, "user_id": user.as_str(), "user_name": name})
+/// `member.joined` or `member.left` of a room (a user's first socket in it opened, or
+/// their last one closed) as a `Hook`.
+pub fn room_hook(kind: HookType, room: &str, conversation: i64, user: &UserId, name: &str) -> Hook {
+    let data = json!({"conversation": {"kind": "room", "id": room}, "user_id": user.as_str(), "user_name": name});
+    Hook { kind, stream: StreamId::Conversation(conversation), data: data.to_string(), online: None }
 }
 
 /// The rows of an unread timer that fell due: one per user who has not read it.

@@ -6,8 +6,10 @@
 pub mod copy;
 pub mod migrations;
 mod store;
+mod webhooks;
 
 pub use store::PgStore;
+pub use webhooks::{Lead, PgOutbox};
 
 /// One connection, or why not, in words for the operator (the URL's password left out).
 pub fn connect(url: &str) -> Result<postgres::Client, String> {

@@ -99,15 +99,20 @@ pub struct PgStore {
     statements: HashMap<String, Statement>,
     /// The last unit was kept and its savepoint not released yet (`keep_unit`).
     unit_kept: bool,
+    /// Webhook outbox rows of the transaction, written just before it commits
+    /// (`flush_hooks`), and where each open unit's began.
+    pub(super) hooks: Vec<super::webhooks::PendingHook>,
+    pub(super) hook_marks: Vec<usize>,
 }
 
 impl PgStore {
     pub fn new(client: Client) -> PgStore {
-        PgStore { client, statements: HashMap::new(), unit_kept: false }
+        PgStore { client, statements: HashMap::new(), unit_kept: false, hooks: Vec::new(), hook_marks: Vec::new() }
     }
 
     pub fn begin(&mut self) -> StoreResult<()> {
         self.unit_kept = false;
+        self.clear_hooks();
         Ok(self.client.batch_execute("BEGIN")?)
     }
 
@@ -116,6 +121,7 @@ impl PgStore {
     /// `standard_conforming_strings` on for the transaction).
     pub fn begin_locking(&mut self, streams: &[String]) -> StoreResult<()> {
         self.unit_kept = false;
+        self.clear_hooks();
         let keys: Vec<String> =
             streams.iter().filter(|k| !k.contains('\0')).map(|k| format!("'{}'", k.replace('\'', "''"))).collect();
         if keys.len() < 2 {
@@ -131,11 +137,13 @@ impl PgStore {
 
     pub fn commit(&mut self) -> StoreResult<()> {
         self.unit_kept = false;
+        self.clear_hooks();
         Ok(self.client.batch_execute("COMMIT")?)
     }
 
     pub fn rollback(&mut self) -> StoreResult<()> {
         self.unit_kept = false;
+        self.clear_hooks();
         Ok(self.client.batch_execute("ROLLBACK")?)
     }
 
@@ -432,19 +440,47 @@ impl Storage for PgStore {
         } else {
             "SAVEPOINT unit"
         };
-        Ok(self.client.batch_execute(sql)?)
+        self.client.batch_execute(sql)?;
+        self.mark_hooks();
+        Ok(())
     }
 
     fn keep_unit(&mut self) -> StoreResult<()> {
         self.unit_kept = true;
+        self.keep_hooks();
         Ok(())
     }
 
     fn undo_unit(&mut self) {
         self.unit_kept = false;
+        self.undo_hooks();
         if let Err(e) = self.client.batch_execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit") {
             log::warn!("PostgreSQL: cannot undo a unit (the batch fails): {e}");
         }
+    }
+
+    fn insert_hook(&mut self, kind: &str, stream: &str, seq: Option<Seq>, data: &str, now: Micros) -> StoreResult<()> {
+        PgStore::insert_hook(self, kind, stream, seq, data, now)
+    }
+
+    fn insert_hook_timer(&mut self, timer: &crate::store::NewTimer<'_>) -> StoreResult<()> {
+        PgStore::insert_hook_timer(self, timer)
+    }
+
+    fn set_hook_online(&mut self, user: &UserId, online: bool) -> StoreResult<bool> {
+        PgStore::set_hook_online(self, user, online)
+    }
+
+    fn hook_online_users(&mut self) -> StoreResult<Vec<UserId>> {
+        PgStore::hook_online_users(self)
+    }
+
+    fn take_due_hook_timers(&mut self, now: Micros, limit: usize) -> StoreResult<Vec<crate::store::DueTimer>> {
+        PgStore::take_due_hook_timers(self, now, limit)
+    }
+
+    fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64> {
+        PgStore::unread_count(self, conversation_id, user)
     }
 
     fn upsert_user(&mut self, user: &UserId, name: &str, now: Micros) -> StoreResult<()> {

@@ -1,0 +1,4 @@
+-- 0006: on PostgreSQL, webhook ids in commit order and a lease on delivery
+-- (sql/pg/0006_webhook_order.sql). SQLite needs neither: one process writes the file
+-- and commits its turns in order, and it alone delivers. Nothing changes here; the
+-- version keeps both engines' schemas at the same number (`switchboard migrate`).
