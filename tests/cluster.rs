@@ -4,6 +4,10 @@
 //! whichever node stored it. With Redis too: the bus, and presence, the per-user cap
 //! and the rate limit over all nodes.
 
+// Only part of the receiver's modes are used here (tests/webhooks.rs uses them all).
+#[allow(dead_code)]
+#[path = "util/receiver.rs"]
+mod receiver;
 mod util;
 
 use std::time::Duration;
@@ -777,4 +781,92 @@ fn a_node_stopped_cleanly_takes_its_users_out_at_once_and_prefixes_keep_clusters
     assert!(stopped.elapsed() < Duration::from_secs(5), "not the lease: {:?}", stopped.elapsed());
     assert_eq!(redis.cli(&["ZCARD", "east:nodes"]).1, "1", "the stopped node left");
     drop(ann);
+}
+
+// ---- Webhooks over several nodes (docs/webhooks.md, "Several nodes").
+
+const HOOK_SECRET: &str = "hook-secret-0123456789abcdef";
+
+/// The events of a type the receiver got, for a user.
+fn hooks_for(receiver: &receiver::Receiver, kind: &str, user: &str) -> usize {
+    receiver.events().iter().filter(|e| e["type"] == kind && e["data"]["user_id"] == user).count()
+}
+
+/// Per stream, the seqs of the `message.created` events received, without repeats.
+fn created_seqs(receiver: &receiver::Receiver) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut seqs = std::collections::BTreeMap::<String, Vec<i64>>::new();
+    for event in receiver.events().iter().filter(|e| e["type"] == "message.created") {
+        let seq = event["seq"].as_i64().unwrap();
+        let stream = seqs.entry(event["stream"].as_str().unwrap().to_string()).or_default();
+        if !stream.contains(&seq) {
+            stream.push(seq);
+        }
+    }
+    seqs
+}
+
+#[test]
+fn with_webhooks_one_node_delivers_another_takes_over_and_presence_is_the_clusters() {
+    let redis = Redis::start();
+    let receiver = receiver::Receiver::start(HOOK_SECRET);
+    let url = receiver.url();
+    let settings = [
+        ("SWITCHBOARD_WEBHOOK_URL", url.as_str()),
+        ("SWITCHBOARD_WEBHOOK_SECRET", HOOK_SECRET),
+        ("SWITCHBOARD_WEBHOOK_RETRY_MAX_MS", "500"),
+        ("SWITCHBOARD_NODE_LEASE_MS", "1500"),
+    ];
+    let mut nodes = nodes_with_redis(&redis, 2, &settings);
+    let delivering = |nodes: &[Server]| -> Vec<usize> {
+        (0..nodes.len()).filter(|i| node_metric(&nodes[*i], "switchboard_webhook_delivering") == 1.0).collect()
+    };
+    eventually("one node delivers", || delivering(&nodes).len() == 1);
+
+    // A user with a socket on each node is reported online once, and offline only when
+    // the last one closes, whichever node delivers.
+    let first = nodes[0].connect_as("/ws/presence/", json!(5), "Aarav");
+    let second = nodes[1].connect_as("/ws/notifications/", json!(5), "Aarav");
+    eventually("user 5 reported online", || hooks_for(&receiver, "user.online", "5") >= 1);
+    std::thread::sleep(Duration::from_millis(500));
+    first.close();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(hooks_for(&receiver, "user.online", "5"), 1, "{:?}", receiver.events());
+    assert_eq!(hooks_for(&receiver, "user.offline", "5"), 0, "still connected on the other node");
+    second.close();
+    eventually("user 5 reported offline", || hooks_for(&receiver, "user.offline", "5") == 1);
+
+    // Messages stored by both nodes arrive once each at least, in seq order per stream.
+    for i in 0..20 {
+        for node in &nodes {
+            let (status, body) =
+                node.api("POST", "/api/rooms/hooks/messages", Some(&json!({"message": format!("m{i}")})));
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+    eventually("40 messages reported", || created_seqs(&receiver).values().map(Vec::len).sum::<usize>() == 40);
+
+    // A user connected to the node that delivers only; then that node is killed. The
+    // other takes the lease over once it runs out, delivers what was left, and reports
+    // the user offline (their node is reaped).
+    let leader = delivering(&nodes)[0];
+    let survivor = 1 - leader;
+    let _held = nodes[leader].connect_as("/ws/presence/", json!(8), "Mira");
+    eventually("user 8 reported online", || hooks_for(&receiver, "user.online", "8") == 1);
+    nodes[leader].kill();
+    for i in 20..40 {
+        let (status, body) =
+            nodes[survivor].api("POST", "/api/rooms/hooks/messages", Some(&json!({"message": format!("m{i}")})));
+        assert_eq!(status, 201, "{body}");
+    }
+    eventually("60 messages reported", || created_seqs(&receiver).values().map(Vec::len).sum::<usize>() == 60);
+    for (stream, seqs) in created_seqs(&receiver) {
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "{stream}: in order, none missing");
+    }
+    assert_eq!(delivering(&nodes[survivor..=survivor]), vec![0], "the survivor delivers");
+    eventually("user 8 reported offline", || hooks_for(&receiver, "user.offline", "8") == 1);
+    assert_eq!(hooks_for(&receiver, "user.online", "5"), 1);
+    let survivor = nodes.remove(survivor);
+    let metrics = survivor.api("GET", "/metrics", None).1.as_str().unwrap().to_string();
+    assert!(metrics.contains("switchboard_webhook_events_pending 0"), "{metrics}");
+    assert_eq!(receiver.forged(), 0);
 }

@@ -3,12 +3,14 @@
 //! Writing (this file): what a turn stores and the backend must hear of becomes a row
 //! of the outbox (`webhook_events`) in the same transaction — from the events features
 //! record (`Tx::record` calls `on_event`), from what is not an event (a notification
-//! read, `Tx::hook`; presence and room joins, `Engine::hook`), and from the unread
-//! timers when they fall due (`unread`). No I/O here beyond the store's rows.
+//! read, `Tx::hook`; presence and room joins, `Hook` through `Write::Hook`), and from
+//! the unread timers when they fall due (`fire_timers`). No I/O here beyond the store's
+//! rows, on either engine.
 //!
 //! Posting (`delivery.rs`): a helper thread reads the outbox on its own connection and
-//! posts it in batches, signed (`sign.rs`), retrying with backoff; the loop only stores
-//! how far it got (`Engine::webhook_sweep`). The loop never does HTTP.
+//! posts it in batches, signed (`sign.rs`), retrying with backoff; on SQLite the loop
+//! stores how far it got (`Engine::sweep_hooks`), on PostgreSQL the thread of the node
+//! holding the lease does. The loop never does HTTP.
 
 pub mod delivery;
 pub mod sign;
