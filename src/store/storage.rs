@@ -67,6 +67,11 @@ pub trait Storage {
     fn take_due_hook_timers(&mut self, now: Micros, limit: usize) -> StoreResult<Vec<super::DueTimer>>;
     /// A member's unread messages in a conversation.
     fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64>;
+    /// An existing conversation's kind and key (they never change: PostgreSQL's store
+    /// remembers them, saving the writer lane a round trip per webhook event).
+    fn conversation_key(&mut self, id: i64) -> StoreResult<(ConversationKind, String)> {
+        self.existing_conversation(id).map(|c| (c.kind, c.key))
+    }
     /// Takes `n` seqs of the stream at once and returns the last (the first is `n - 1`
     /// before it). One at a time unless a store does better (PostgreSQL: one statement).
     fn next_seqs(&mut self, stream: &StreamId, n: usize, now: Micros) -> StoreResult<Seq> {

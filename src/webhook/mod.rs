@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::event::EventBody;
 use crate::model::{HookType, Micros, Seq, StreamId, UserId, format_timestamp};
-use crate::store::{Conversation, ConversationKind, NewTimer, Storage, StoreResult, StoredMessage, TimerKind};
+use crate::store::{ConversationKind, NewTimer, Storage, StoreResult, StoredMessage, TimerKind};
 use crate::tx::Tx;
 
 /// Which webhook events are written, and after how long unread timers fire: what a
@@ -97,8 +97,8 @@ pub fn on_event(
     let key = stream.key();
     match body {
         EventBody::Message { conversation: kind, message, customer } => {
-            let conversation = store.existing_conversation(message.conversation_id)?;
-            let mut data = json!({"conversation": conversation_json(&conversation), "message": message_json(message)});
+            let conversation = conversation_json(store, message.conversation_id)?;
+            let mut data = json!({"conversation": conversation, "message": message_json(message)});
             if let Some(customer) = customer {
                 data["customer"] =
                     json!({"id": customer.id, "source": customer.source, "external_id": customer.external_id});
@@ -113,9 +113,8 @@ pub fn on_event(
         }
         EventBody::DirectMessage { message } => {
             let StreamId::User(recipient) = stream else { return Ok(()) };
-            let conversation = store.existing_conversation(message.conversation_id)?;
             let data = json!({
-                "conversation": conversation_json(&conversation),
+                "conversation": conversation_json(store, message.conversation_id)?,
                 "message": message_json(message),
                 "recipient_id": recipient.as_str(),
             });
@@ -176,7 +175,7 @@ pub fn on_event(
         }
         EventBody::MembersChanged { added, removed } => {
             let StreamId::Conversation(id) = stream else { return Ok(()) };
-            let conversation = conversation_json(&store.existing_conversation(*id)?);
+            let conversation = conversation_json(store, *id)?;
             for (kind, users) in [(HookType::MemberJoined, added), (HookType::MemberLeft, removed)] {
                 if !hooks.wants(kind) {
                     continue;
@@ -210,9 +209,8 @@ fn read(
     if !hooks.wants(HookType::MessageRead) {
         return Ok(());
     }
-    let conversation = store.existing_conversation(conversation_id)?;
     let data = json!({
-        "conversation": conversation_json(&conversation),
+        "conversation": conversation_json(store, conversation_id)?,
         "user_id": user.as_str(),
         "message_id": message_id,
         "unread_count": store.unread_count(conversation_id, user)?,
@@ -328,8 +326,11 @@ pub fn unread(timer: &crate::store::DueTimer) -> Vec<(HookType, String)> {
         .collect()
 }
 
-fn conversation_json(conversation: &Conversation) -> Value {
-    json!({"kind": conversation.kind.as_sql(), "id": conversation.key})
+/// A conversation as events name it: its kind and key (which never change, so a store
+/// may remember them: `Storage::conversation_key`).
+fn conversation_json(store: &mut dyn Storage, id: i64) -> StoreResult<Value> {
+    let (kind, key) = store.conversation_key(id)?;
+    Ok(json!({"kind": kind.as_sql(), "id": key}))
 }
 
 fn message_json(message: &StoredMessage) -> Value {

@@ -103,11 +103,20 @@ pub struct PgStore {
     /// (`flush_hooks`), and where each open unit's began.
     pub(super) hooks: Vec<super::webhooks::PendingHook>,
     pub(super) hook_marks: Vec<usize>,
+    /// Conversations' kinds and keys, which never change (`conversation_key`).
+    keys: HashMap<i64, (ConversationKind, String)>,
 }
 
 impl PgStore {
     pub fn new(client: Client) -> PgStore {
-        PgStore { client, statements: HashMap::new(), unit_kept: false, hooks: Vec::new(), hook_marks: Vec::new() }
+        PgStore {
+            client,
+            statements: HashMap::new(),
+            unit_kept: false,
+            hooks: Vec::new(),
+            hook_marks: Vec::new(),
+            keys: HashMap::new(),
+        }
     }
 
     pub fn begin(&mut self) -> StoreResult<()> {
@@ -481,6 +490,20 @@ impl Storage for PgStore {
 
     fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64> {
         PgStore::unread_count(self, conversation_id, user)
+    }
+
+    fn conversation_key(&mut self, id: i64) -> StoreResult<(ConversationKind, String)> {
+        /// Conversations remembered at most (then forgotten all at once).
+        const KEYS_KEPT: usize = 65_536;
+        if let Some(known) = self.keys.get(&id) {
+            return Ok(known.clone());
+        }
+        let conversation = self.existing_conversation(id)?;
+        if self.keys.len() >= KEYS_KEPT {
+            self.keys.clear();
+        }
+        self.keys.insert(id, (conversation.kind, conversation.key.clone()));
+        Ok((conversation.kind, conversation.key))
     }
 
     fn upsert_user(&mut self, user: &UserId, name: &str, now: Micros) -> StoreResult<()> {
