@@ -4,6 +4,9 @@
 //! the same history and unread counts, with the same tokens, and what they write next
 //! gets the next ids and seqs. A target that is not empty is refused and left as it was.
 
+#[allow(dead_code)]
+#[path = "util/receiver.rs"]
+mod receiver;
 mod util;
 
 use std::path::Path;
@@ -464,4 +467,60 @@ fn a_missing_busy_or_old_source_and_a_bad_or_unreachable_target_are_named_in_one
     assert_eq!(code, Some(2), "{line}");
     assert!(line.contains("older than this switchboard's"), "{line}");
     assert_eq!(psql(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0", "nothing was created");
+}
+
+/// Webhook events a SQLite server stored and could not deliver (its receiver down) are
+/// migrated with their ids, and a node on PostgreSQL delivers them, then goes on with
+/// larger ids; the cursor comes along (nothing delivered is sent again).
+#[test]
+fn undelivered_webhook_events_are_migrated_and_delivered_from_postgresql() {
+    const HOOK_SECRET: &str = "hook-secret-0123456789abcdef";
+    let receiver = receiver::Receiver::start(HOOK_SECRET);
+    let url_of_receiver = receiver.url();
+    let hooks = [
+        ("SWITCHBOARD_WEBHOOK_URL", url_of_receiver.as_str()),
+        ("SWITCHBOARD_WEBHOOK_SECRET", HOOK_SECRET),
+        ("SWITCHBOARD_WEBHOOK_EVENTS", "message.created"),
+        ("SWITCHBOARD_WEBHOOK_RETRY_MAX_MS", "300"),
+    ];
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut settings = vec![("SWITCHBOARD_DATABASE_URL", "")];
+    settings.extend_from_slice(&hooks);
+    let mut source = Server::start_in(dir, &settings);
+    let post = |server: &Server, text: &str| {
+        let (status, body) = server.api("POST", "/api/rooms/hooked/messages", Some(&json!({"message": text})));
+        assert_eq!(status, 201, "{body}");
+    };
+    post(&source, "delivered before");
+    eventually("the first event delivered", || receiver.events().len() == 1);
+    receiver.stop();
+    for i in 0..5 {
+        post(&source, &format!("waiting {i}"));
+    }
+    // The cursor of the first is stored twice a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    source.stop();
+    let db = source.db_path();
+    assert_eq!(sqlite_value(&db, "SELECT count(*) FROM webhook_events"), "5");
+
+    let url = shared().database();
+    let out = run_migrate(&db, &url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(psql(&url, "SELECT count(*) FROM webhook_events"), "5");
+    assert_eq!(psql(&url, "SELECT delivered FROM webhook_cursor"), "1");
+    assert_eq!(psql(&url, "SELECT next_id FROM webhook_next"), "7");
+
+    receiver.up();
+    let mut settings = vec![("SWITCHBOARD_DATABASE_URL", url.as_str())];
+    settings.extend_from_slice(&hooks);
+    let node = Server::start(&settings);
+    post(&node, "stored on PostgreSQL");
+    eventually("every event delivered", || receiver.events().len() == 7);
+    let events = receiver.events();
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, (1..=7).collect::<Vec<_>>(), "each once, with its id: {events:?}");
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(events[6]["data"]["message"]["content"], "stored on PostgreSQL");
+    drop(node);
 }

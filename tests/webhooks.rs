@@ -38,7 +38,15 @@ fn wait_for(receiver: &Receiver, limit: Duration, what: &str, check: impl Fn(&[V
             return events;
         }
         if Instant::now() >= deadline {
-            panic!("timed out waiting for {what}; received {} events: {:?}", events.len(), events.last());
+            let types: Vec<String> = events
+                .iter()
+                .map(|e| format!("{} {}", e["type"].as_str().unwrap_or("?"), e["data"]["user_id"]))
+                .collect();
+            panic!(
+                "timed out waiting for {what}; received {} events: {types:?}; the last: {:?}",
+                events.len(),
+                events.last()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -86,12 +94,16 @@ fn every_type_arrives_signed_with_its_fields() {
     let message = john.recv_type("chat_message");
     let mut jane = server.connect_as("/ws/consultations/c-9/", json!(7), "Priya");
     jane.send_json(json!({"type": "read_receipt", "message_id": message["data"]["id"]}));
+    // Stored before the members change (on PostgreSQL the two could commit in either order).
+    john.recv_type("read_receipt");
     let members =
         |m: Value| server.api("PUT", "/api/conversations/consultation/c-9/members", Some(&json!({"members": m})));
     assert_eq!(members(json!([5])).0, 200);
     assert_eq!(members(json!([5, 7])).0, 200);
     // A room: joined, a message from the backend, left.
-    let room = server.connect_as("/ws/rooms/lobby/", json!(5), "Aarav");
+    let mut room = server.connect_as("/ws/rooms/lobby/", json!(5), "Aarav");
+    // Opened (on PostgreSQL a session closed before its open completes never joined).
+    room.recv_type("room_users_list");
     let posted = json!({"message": "Deploy finished", "sender_id": "ci", "sender_name": "CI bot"});
     assert_eq!(server.api("POST", "/api/rooms/lobby/messages", Some(&posted)).0, 201);
     room.close();
@@ -104,6 +116,8 @@ fn every_type_arrives_signed_with_its_fields() {
     };
     let read_in_time = note("read in time");
     let left_unread = note("left unread");
+    priya_notes.send_json(json!({"type": "mark_read", "notification_id": read_in_time.to_string()}));
+    // Read again: reported once.
     priya_notes.send_json(json!({"type": "mark_read", "notification_id": read_in_time.to_string()}));
     // Everyone leaves: offline once per user, when their last socket closes.
     for client in [aarav, aarav_tab, priya, priya_notes, john, jane] {

@@ -28,10 +28,13 @@ pub fn notify(tx: &mut Tx<'_>, new: &NewNotification) -> StoreResult<Notificatio
 /// Marks one of the user's notifications read; returns the user's unread count then
 /// (`NotFound`: no such notification of theirs). The count is state, not an event.
 pub fn read_notification(tx: &mut Tx<'_>, user: &UserId, id: i64) -> Result<i64, Failed> {
-    let notification = tx.store.mark_notification_read(user, id, tx.now)?.ok_or(Failed::NotFound)?;
+    let (notification, read_now) = tx.store.mark_notification_read(user, id, tx.now)?.ok_or(Failed::NotFound)?;
     let unread_count = tx.store.unread_notification_count(user)?;
-    let data = crate::webhook::notification_read(user, notification.id, unread_count);
-    tx.hook(crate::model::HookType::NotificationRead, &StreamId::User(user.clone()), &data)?;
+    // Reported when this call read it (not again for one read before).
+    if read_now {
+        let data = crate::webhook::notification_read(user, notification.id, unread_count);
+        tx.hook(crate::model::HookType::NotificationRead, &StreamId::User(user.clone()), &data)?;
+    }
     Ok(unread_count)
 }
 

@@ -133,20 +133,27 @@ impl Store {
 
     /// Marks one of the user's notifications read (once). `None` when the id is not a
     /// notification of this user.
-    pub fn mark_notification_read(&mut self, user: &UserId, id: i64, now: Micros) -> StoreResult<Option<Notification>> {
+    pub fn mark_notification_read(
+        &mut self,
+        user: &UserId,
+        id: i64,
+        now: Micros,
+    ) -> StoreResult<Option<(Notification, bool)>> {
         self.ensure_transaction()?;
-        self.conn
+        let marked = self
+            .conn
             .prepare_cached(
                 "UPDATE notifications SET is_read = 1, read_at = ?3 WHERE id = ?1 AND user_id = ?2 AND is_read = 0",
             )?
             .execute(params![id, user.as_str(), now])?;
-        Ok(self
+        let notification = self
             .conn
             .prepare_cached(&format!(
                 "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = ?1 AND user_id = ?2"
             ))?
             .query_row(params![id, user.as_str()], notification_from_row)
-            .optional()?)
+            .optional()?;
+        Ok(notification.map(|n| (n, marked > 0)))
     }
 
     pub fn unread_notification_count(&self, user: &UserId) -> StoreResult<i64> {

@@ -102,8 +102,14 @@ pub trait Storage {
     fn unread_direct_messages(&mut self, user: &UserId, limit: usize) -> StoreResult<Vec<StoredMessage>>;
     /// Stores a notification.
     fn insert_notification(&mut self, new: &NewNotification<'_>, now: Micros) -> StoreResult<Notification>;
-    /// Marks one of a user's notifications read.
-    fn mark_notification_read(&mut self, user: &UserId, id: i64, now: Micros) -> StoreResult<Option<Notification>>;
+    /// Marks one of a user's notifications read: it, and whether this call read it
+    /// (false: it was read before).
+    fn mark_notification_read(
+        &mut self,
+        user: &UserId,
+        id: i64,
+        now: Micros,
+    ) -> StoreResult<Option<(Notification, bool)>>;
     /// A user's unread notifications, oldest first.
     fn unread_notifications(&mut self, user: &UserId, limit: usize) -> StoreResult<Vec<Notification>>;
     /// A user's unread notification count.
@@ -282,7 +288,12 @@ impl Storage for Store {
         Store::insert_notification(self, new, now)
     }
 
-    fn mark_notification_read(&mut self, user: &UserId, id: i64, now: Micros) -> StoreResult<Option<Notification>> {
+    fn mark_notification_read(
+        &mut self,
+        user: &UserId,
+        id: i64,
+        now: Micros,
+    ) -> StoreResult<Option<(Notification, bool)>> {
         Store::mark_notification_read(self, user, id, now)
     }
 

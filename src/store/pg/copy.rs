@@ -142,6 +142,23 @@ const TABLES: &[Table] = &[
         order: "rowid",
         identity: true,
     },
+    // Webhook events not delivered yet, with their ids (the receiver deduplicates by
+    // them); PostgreSQL's next id and the delivered cursor follow (`copy_webhook_state`).
+    Table {
+        name: "webhook_events",
+        columns: &["id", "type", "stream", "seq", "created_at", "data"],
+        free_text: &[],
+        order: "id",
+        identity: false,
+    },
+    Table {
+        name: "webhook_timers",
+        columns: &["id", "due", "kind", "stream", "seq", "ref_id", "conversation_id", "sender_id", "user_id", "data"],
+        free_text: &[],
+        order: "id",
+        identity: true,
+    },
+    Table { name: "webhook_online", columns: &["user_id"], free_text: &[], order: "user_id", identity: false },
 ];
 
 /// Each stream's true position in the SQLite database: the largest of its `streams` row,
@@ -266,6 +283,7 @@ impl Source {
             self.copy_table(&mut tx, table, count, &mut progress)?;
         }
         copy_streams(&mut tx, &streams, &mut progress)?;
+        self.copy_webhook_state(&mut tx)?;
         for table in TABLES.iter().filter(|t| t.identity) {
             restart_identity(&mut tx, table.name)?;
         }
@@ -288,6 +306,24 @@ impl Source {
         tx.commit().map_err(|e| (1, format!("the commit failed, so nothing was copied: {}", pg_error(&e))))?;
         eprintln!("switchboard: row counts verified: {} tables as in SQLite", TABLES.len() + 1);
         Ok((total, TABLES.len() + 1))
+    }
+
+    /// The webhooks' delivered cursor, and the next event id: past every id SQLite ever
+    /// gave (`sqlite_sequence`: ids of delivered, deleted events are not given again).
+    fn copy_webhook_state(&self, tx: &mut Transaction<'_>) -> Result<(), Failure> {
+        let (delivered, newest): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT (SELECT delivered FROM webhook_cursor WHERE id = 1),
+                        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'webhook_events'), 0)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|e| self.read_error(e))?;
+        tx.execute("UPDATE webhook_cursor SET delivered = $1, owner = NULL WHERE id = 1", &[&delivered])
+            .and_then(|_| tx.execute("UPDATE webhook_next SET next_id = $1 WHERE id = 1", &[&(newest + 1)]))
+            .map_err(|e| (1, format!("cannot copy the webhooks' cursor: {}", pg_error(&e))))?;
+        Ok(())
     }
 
     /// Every stream's position, computed (`STREAMS`).

@@ -794,8 +794,13 @@ impl Storage for PgStore {
         })
     }
 
-    fn mark_notification_read(&mut self, user: &UserId, id: i64, now: Micros) -> StoreResult<Option<Notification>> {
-        self.execute(
+    fn mark_notification_read(
+        &mut self,
+        user: &UserId,
+        id: i64,
+        now: Micros,
+    ) -> StoreResult<Option<(Notification, bool)>> {
+        let marked = self.execute(
             "UPDATE notifications SET is_read = 1, read_at = $3 WHERE id = $1 AND user_id = $2 AND is_read = 0",
             &[&id, &user.as_str(), &now],
         )?;
@@ -803,7 +808,7 @@ impl Storage for PgStore {
             &format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE id = $1 AND user_id = $2"),
             &[&id, &user.as_str()],
         )?;
-        Ok(row.map(|r| notification_from_row(&r)))
+        Ok(row.map(|r| (notification_from_row(&r), marked > 0)))
     }
 
     fn unread_notifications(&mut self, user: &UserId, limit: usize) -> StoreResult<Vec<Notification>> {
