@@ -214,7 +214,9 @@ fn serve(config: Config) -> i32 {
         Ok(verifier) => verifier,
         Err(e) => return fail(2, &e),
     };
+    let hs256 = config.jwt.algorithm == JwtAlgorithm::Hs256;
     let mut app = App::new(config, verifier, secrets.api_key.clone(), engine);
+    app.ctx.token_secret = hs256.then(|| secrets.jwt_secret.clone());
     app.ctx.metrics.webhooks = webhooks.as_ref().map(|w| std::sync::Arc::clone(&w.delivery.stats));
     app.ctx.webhooks = webhooks;
     let (server, bound) = match Server::bind(app) {

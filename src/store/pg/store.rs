@@ -23,9 +23,9 @@ use postgres::{Client, Row, Statement};
 
 use crate::model::{Micros, Seq, StreamId, UserId};
 use crate::store::{
-    BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert, Missed,
-    NewBankingMessage, NewConversation, NewCustomer, NewMessage, NewNotification, Notification, Since, Storage,
-    StoreError, StoreResult, StoredEvent, StoredMessage, direct_key,
+    BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert,
+    MAX_RECENT_CONVERSATIONS, Missed, NewBankingMessage, NewConversation, NewCustomer, NewMessage, NewNotification,
+    Notification, RecentConversation, Since, Storage, StoreError, StoreResult, StoredEvent, StoredMessage, direct_key,
 };
 
 /// The escape of `enc`: the last code point, a noncharacter no text needs.
@@ -89,6 +89,12 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, sender_id, sender_name, cont
 const CONVERSATION_SELECT: &str = "SELECT c.id, c.kind, c.key, c.title, c.status, c.priority, c.created_at, \
                                    c.updated_at, cu.id, cu.source, cu.external_id, cu.first_name, cu.last_name, \
                                    cu.profile_picture FROM conversations c LEFT JOIN customers cu ON cu.id = c.customer_id";
+/// `CONVERSATION_SELECT` with each conversation's member count as a 15th column.
+const CONVERSATION_SELECT_COUNTED: &str = "SELECT c.id, c.kind, c.key, c.title, c.status, c.priority, c.created_at, \
+                                           c.updated_at, cu.id, cu.source, cu.external_id, cu.first_name, \
+                                           cu.last_name, cu.profile_picture, \
+                                           (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = c.id) \
+                                           FROM conversations c LEFT JOIN customers cu ON cu.id = c.customer_id";
 const NOTIFICATION_COLUMNS: &str = "id, user_id, category, title, message, link, is_read, read_at, created_at";
 const ALERT_COLUMNS: &str = "id, user_id, message, severity, is_resolved, resolved_at, created_at";
 const BANKING_COLUMNS: &str = "id, user_id, subject, body, is_read, read_at, thread_id, parent_id, created_at";
@@ -556,6 +562,20 @@ impl Storage for PgStore {
             summaries.push(ConversationSummary { conversation, last_message, unread_count });
         }
         Ok(summaries)
+    }
+
+    fn recent_conversations(&mut self, limit: usize) -> StoreResult<Vec<RecentConversation>> {
+        let limit = limit.min(MAX_RECENT_CONVERSATIONS) as i64;
+        let rows = self.query(
+            &format!(
+                "{CONVERSATION_SELECT_COUNTED}
+                 ORDER BY c.updated_at DESC, c.id DESC LIMIT $1"
+            ),
+            &[&limit],
+        )?;
+        rows.iter()
+            .map(|row| Ok(RecentConversation { conversation: conversation_from_row(row)?, members: row.get(14) }))
+            .collect()
     }
 
     fn members(&mut self, conversation_id: i64) -> StoreResult<Vec<UserId>> {
