@@ -9,6 +9,9 @@
   var STATS_EVERY_MS = 1500;
   var RECENT_EVERY_MS = 3000;
   var TOKEN_TTL_SECS = 300;
+  // Rates are taken over the readings of the last few seconds, so that a burst shows
+  // for as long as that, not for one reading.
+  var RATE_WINDOW_MS = 5000;
 
   // The 12 WebSocket endpoints, and each seed document's example client frames, taken
   // from the documents (shared/seeds/, docs/protocols.md). `param`: what the path's
@@ -79,7 +82,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var apiKey = sessionStorage.getItem(KEY_ITEM);
   var stats = null;
-  var previous = null;
+  var readings = [];
   var timers = [];
   var socket = null;
 
@@ -171,15 +174,19 @@
     return Object.keys(object || {}).reduce(function (total, k) { return total + object[k]; }, 0);
   }
 
-  function rate(now, before, name, seconds) {
-    if (!before || seconds <= 0) { return '–'; }
-    var r = (now.counters[name] - before.counters[name]) / seconds;
+  function rate(name) {
+    var first = readings[0];
+    var last = readings[readings.length - 1];
+    var seconds = (last.at - first.at) / 1000;
+    if (readings.length < 2 || seconds <= 0) { return '–'; }
+    var r = (last.counters[name] - first.counters[name]) / seconds;
     return r >= 100 ? String(Math.round(r)) : r.toFixed(1);
   }
 
   function showStats(s) {
     var now = performance.now();
-    var seconds = previous ? (now - previous.at) / 1000 : 0;
+    readings.push({at: now, counters: s.counters});
+    while (readings.length > 2 && now - readings[1].at >= RATE_WINDOW_MS) { readings.shift(); }
     var first = stats === null;
     stats = s;
     $('server').textContent = 'v' + s.version + ' · ' + s.storage + ' · up ' + duration(s.uptime_secs) +
@@ -188,15 +195,14 @@
     if (first) { showEndpoint(); }
     $('t-users').textContent = s.users_online;
     $('t-conns').textContent = s.connections_open;
-    $('t-msgs').textContent = rate(s, previous && previous.stats, 'messages_stored_total', seconds);
-    $('t-deliveries').textContent = rate(s, previous && previous.stats, 'frames_out_total', seconds);
+    $('t-msgs').textContent = rate('messages_stored_total');
+    $('t-deliveries').textContent = rate('frames_out_total');
     $('t-slow').textContent = s.counters.slow_consumer_disconnects_total;
     var tokens = sum(s.auth_failures);
     var refused = s.counters.connections_refused_total;
     var limited = s.counters.rate_limited_total;
     $('t-refusals').textContent = tokens + refused + limited;
     $('t-refusals-detail').textContent = tokens + ' tokens · ' + refused + ' at a cap · ' + limited + ' rate-limited';
-    previous = {at: now, stats: s};
     var rows = Object.keys(s.open_connections).filter(function (k) { return s.open_connections[k] > 0; })
       .map(function (k) { return [k, cell(s.open_connections[k], 'num')]; });
     fill($('endpoints'), rows, 2, 'none');
@@ -308,8 +314,9 @@
     var time = new Date().toISOString().slice(11, 23);
     li.appendChild(dir);
     li.appendChild(document.createTextNode(time + '  ' + text));
-    $('try-log').appendChild(li);
-    li.scrollIntoView({block: 'nearest'});
+    var list = $('try-log');
+    list.appendChild(li);
+    list.scrollTop = list.scrollHeight;  // the log scrolls, not the page
   }
 
   function setConnected(open) {
