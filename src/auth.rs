@@ -285,6 +285,19 @@ mod tests {
     }
 
     #[test]
+    fn minted_tokens_verify_until_they_expire() {
+        let v = hs256("0123456789abcdef");
+        let minted = mint("0123456789abcdef", "42", Some("Ada"), 300);
+        let identity = v.verify(&minted.token).unwrap();
+        assert_eq!((identity.user_id.as_str(), &*identity.name), ("42", "Ada"));
+        let left = minted.expires_at - jsonwebtoken::get_current_timestamp();
+        assert!((299..=300).contains(&left), "{left}");
+        assert_eq!(mint_token("0123456789abcdef", "ann", None, 60).split('.').count(), 3);
+        let other = hs256("another-secret-entirely");
+        assert_eq!(other.verify(&minted.token), Err(AuthError::BadSignature));
+    }
+
+    #[test]
     fn tokens_come_from_query_or_bearer_header() {
         assert_eq!(token_from_request(Some("a=1&token=abc%2Edef"), None).as_deref(), Some("abc.def"));
         assert_eq!(token_from_request(None, Some(b"Bearer xyz")).as_deref(), Some("xyz"));

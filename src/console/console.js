@@ -66,8 +66,9 @@
     1001: 'going away: the server is shutting down, or the idle timeout passed with nothing from the client',
     1002: 'protocol error: the client broke the WebSocket protocol',
     1005: 'no status: the close frame carried no code',
-    1006: 'abnormal closure: the connection dropped without a close frame (refused upgrade, ' +
-      'Origin not allowed, network, or a reset)',
+    1006: 'abnormal closure: the connection dropped without a close frame (nothing listening, ' +
+      'an upgrade refused, such as an Origin not in SWITCHBOARD_ALLOWED_ORIGINS, a URL this page\'s ' +
+      'Content-Security-Policy does not allow, or a reset)',
     1007: 'invalid data: a text frame that is not UTF-8',
     1008: 'policy violation: too much sent before the session opened, or a ?since= ahead of the stream',
     1009: 'message too big: larger than SWITCHBOARD_MAX_MESSAGE_BYTES',
