@@ -193,6 +193,7 @@ fn stats_are_the_metrics_counters_as_json() {
     ada.recv_type("chat_message");
     bob.recv_type("chat_message");
 
+    let (_, before) = server.api("GET", "/metrics", None);
     let (status, stats) = server.api("GET", "/api/stats", None);
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["users_online"], json!(2));
@@ -209,20 +210,23 @@ fn stats_are_the_metrics_counters_as_json() {
     assert!(counters["frames_out_total"].as_u64().unwrap() >= 2);
     assert_eq!(counters["slow_consumer_disconnects_total"], json!(0));
     assert_eq!(stats["auth_failures"].as_object().unwrap().len(), 11);
-    // The same counters as /metrics, by the same names, with the same values (those that
-    // the two requests themselves do not move).
-    let (_, metrics) = server.api("GET", "/metrics", None);
-    let text = metrics.as_str().unwrap();
+    // The same counters as /metrics, by the same names, each between its values just
+    // before and just after (counters only grow; the requests themselves move some).
+    let (_, after) = server.api("GET", "/metrics", None);
+    let (before, text) = (before.as_str().unwrap(), after.as_str().unwrap());
     assert_eq!(
         counters.len(),
         text.lines().filter(|l| l.starts_with("# TYPE ") && l.ends_with(" counter")).count() - 1
     );
     for (name, value) in counters {
-        let metric = metric(text, &format!("switchboard_{name}"));
-        if name != "api_requests_total" {
-            assert_eq!(metric, value.as_f64().unwrap(), "{name}");
-        }
+        let name = format!("switchboard_{name}");
+        let value = value.as_f64().unwrap();
+        assert!(metric(before, &name) <= value && value <= metric(text, &name), "{name}");
     }
+    assert_eq!(
+        metric(before, "switchboard_api_requests_total") + 1.0,
+        counters["api_requests_total"].as_f64().unwrap()
+    );
     assert_eq!(metric(text, "switchboard_open_connections{endpoint=\"rooms\"}"), 2.0);
 }
 
