@@ -241,6 +241,7 @@ fn serve(config: Config) -> i32 {
     if secrets.api_key_generated {
         println!("server API: curl -H 'Authorization: Bearer {}' http://{}/api/online", secrets.api_key, bound.api);
     }
+    println!("console: http://{}/console", bound.api);
     if let Some((secret, true)) = &secrets.webhook_secret {
         println!("webhook secret generated and kept in {kept_in} (it signs every webhook request): {secret}");
     }
