@@ -608,12 +608,12 @@ fn stats(ctx: &Ctx, request: &Request) -> Value {
     let open: i64 = ctx.metrics.open_connections.values().sum();
     body["version"] = json!(env!("CARGO_PKG_VERSION"));
     body["storage"] = json!(ctx.engine.storage_name());
-    body["now"] = json!(crate::model::format_timestamp(crate::model::now_micros()));
-    body["uptime_secs"] = json!((crate::model::now_micros() - ctx.started_at).max(0) / 1_000_000);
+    body["now"] = json!(crate::model::format_timestamp(ctx.now));
+    body["uptime_secs"] = json!((ctx.now - ctx.started_at).max(0) / 1_000_000);
     body["users_online"] = json!(ctx.online_users().len());
     body["connections_open"] = json!(open);
     body["ws_url"] = json!(ctx.ws_addr.map(|ws| console::ws_url(ws, request.header_str("Host"))));
-    body["tokens"] = json!(ctx.token_secret.is_some());
+    body["mints_tokens"] = json!(ctx.token_secret.is_some());
     body["chat_protocol"] = json!(match ctx.config.chat_protocol {
         crate::config::ChatProtocol::Rooms => "rooms",
         crate::config::ChatProtocol::Consultation => "consultation",

@@ -202,7 +202,7 @@ fn stats_are_the_metrics_counters_as_json() {
     assert_eq!(stats["open_connections"]["presence"], json!(1));
     assert_eq!(stats["ws_url"], json!(format!("ws://{}", server.ws)));
     assert_eq!(stats["storage"], json!(if on_postgres() { "postgresql" } else { "sqlite" }));
-    assert_eq!((stats["tokens"].clone(), stats["chat_protocol"].clone()), (json!(true), json!("rooms")));
+    assert_eq!((stats["mints_tokens"].clone(), stats["chat_protocol"].clone()), (json!(true), json!("rooms")));
     assert_eq!(stats["version"], json!(env!("CARGO_PKG_VERSION")));
     assert!(stats["uptime_secs"].is_u64() && stats["now"].is_string());
     let counters = stats["counters"].as_object().unwrap();
@@ -283,4 +283,20 @@ fn recent_conversations_newest_first_with_member_counts() {
     assert_eq!(status, 401);
     let (status, _) = server.api("DELETE", "/api/conversations", None);
     assert_eq!(status, 405);
+}
+
+#[test]
+fn no_tokens_are_minted_for_a_public_key_algorithm() {
+    let key = fixture("rsa_public.pem");
+    let server = Server::start(&[
+        ("SWITCHBOARD_JWT_ALGORITHM", "RS256"),
+        ("SWITCHBOARD_JWT_PUBLIC_KEY_FILE", key.to_str().unwrap()),
+    ]);
+    let (status, body) = server.api("POST", "/api/tokens", Some(&json!({"user_id": 42})));
+    assert_eq!(status, 501, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("HS256"), "{body}");
+    // Bad input is still named first.
+    assert_eq!(server.api("POST", "/api/tokens", Some(&json!({}))).0, 422);
+    let (_, stats) = server.api("GET", "/api/stats", None);
+    assert_eq!(stats["mints_tokens"], json!(false));
 }

@@ -194,6 +194,11 @@
       (s.ws_url ? ' · ' + s.ws_url : '');
     if (first && s.ws_url && !$('try-ws').value) { $('try-ws').value = s.ws_url; }
     if (first) { showEndpoint(); }
+    if (!s.mints_tokens) {
+      $('try-connect').disabled = true;
+      state('This server verifies tokens with a public key (SWITCHBOARD_JWT_ALGORITHM): only your backend ' +
+        'can sign them, so the console cannot connect for you.', 'closed');
+    }
     $('t-users').textContent = s.users_online;
     $('t-conns').textContent = s.connections_open;
     $('t-msgs').textContent = rate('messages_stored_total');
