@@ -89,12 +89,6 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, sender_id, sender_name, cont
 const CONVERSATION_SELECT: &str = "SELECT c.id, c.kind, c.key, c.title, c.status, c.priority, c.created_at, \
                                    c.updated_at, cu.id, cu.source, cu.external_id, cu.first_name, cu.last_name, \
                                    cu.profile_picture FROM conversations c LEFT JOIN customers cu ON cu.id = c.customer_id";
-/// `CONVERSATION_SELECT` with each conversation's member count as a 15th column.
-const CONVERSATION_SELECT_COUNTED: &str = "SELECT c.id, c.kind, c.key, c.title, c.status, c.priority, c.created_at, \
-                                           c.updated_at, cu.id, cu.source, cu.external_id, cu.first_name, \
-                                           cu.last_name, cu.profile_picture, \
-                                           (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = c.id) \
-                                           FROM conversations c LEFT JOIN customers cu ON cu.id = c.customer_id";
 const NOTIFICATION_COLUMNS: &str = "id, user_id, category, title, message, link, is_read, read_at, created_at";
 const ALERT_COLUMNS: &str = "id, user_id, message, severity, is_resolved, resolved_at, created_at";
 const BANKING_COLUMNS: &str = "id, user_id, subject, body, is_read, read_at, thread_id, parent_id, created_at";
@@ -566,16 +560,27 @@ impl Storage for PgStore {
 
     fn recent_conversations(&mut self, limit: usize) -> StoreResult<Vec<RecentConversation>> {
         let limit = limit.min(MAX_RECENT_CONVERSATIONS) as i64;
-        let rows = self.query(
-            &format!(
-                "{CONVERSATION_SELECT_COUNTED}
-                 ORDER BY c.updated_at DESC, c.id DESC LIMIT $1"
-            ),
-            &[&limit],
-        )?;
-        rows.iter()
-            .map(|row| Ok(RecentConversation { conversation: conversation_from_row(row)?, members: row.get(14) }))
-            .collect()
+        let rows =
+            self.query(&format!("{CONVERSATION_SELECT} ORDER BY c.updated_at DESC, c.id DESC LIMIT $1"), &[&limit])?;
+        let conversations = rows.iter().map(conversation_from_row).collect::<StoreResult<Vec<_>>>()?;
+        // Member counts in one more round trip, not one per conversation.
+        let ids: Vec<i64> = conversations.iter().map(|c| c.id).collect();
+        let counts: HashMap<i64, i64> = self
+            .query(
+                "SELECT conversation_id, count(*) FROM conversation_members WHERE conversation_id = ANY($1)
+                 GROUP BY conversation_id",
+                &[&ids],
+            )?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        Ok(conversations
+            .into_iter()
+            .map(|conversation| {
+                let members = counts.get(&conversation.id).copied().unwrap_or(0);
+                RecentConversation { conversation, members }
+            })
+            .collect())
     }
 
     fn members(&mut self, conversation_id: i64) -> StoreResult<Vec<UserId>> {
