@@ -641,24 +641,18 @@ def main():
         run.check("harness", False, "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
     finally:
         timer.cancel()
-        if server is not None:
+        for srv, what in ((server, "server"), (console_srv, "console server")):
+            if srv is None:
+                continue
             if run.failed:
-                tail = server.log_tail(8)
+                tail = srv.log_tail(8)
                 if tail:
-                    print("browser: last server log lines:", flush=True)
+                    print("browser: last %s log lines:" % what, flush=True)
                     for line in tail:
                         print("  " + line[:300], flush=True)
-            server.stop()
-            if args.server_log:
-                shutil.copyfile(server.log_path, args.server_log)
-        if console_srv is not None:
-            if run.failed:
-                tail = console_srv.log_tail(8)
-                if tail:
-                    print("browser: last console server log lines:", flush=True)
-                    for line in tail:
-                        print("  " + line[:300], flush=True)
-            console_srv.stop()
+            srv.stop()
+        if server is not None and args.server_log:
+            shutil.copyfile(server.log_path, args.server_log)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
     print("browser: ran in %.1f s" % (time.monotonic() - started))
