@@ -67,8 +67,7 @@
     1002: 'protocol error: the client broke the WebSocket protocol',
     1005: 'no status: the close frame carried no code',
     1006: 'abnormal closure: the connection dropped without a close frame (nothing listening, ' +
-      'an upgrade refused, such as an Origin not in SWITCHBOARD_ALLOWED_ORIGINS, a URL this page\'s ' +
-      'Content-Security-Policy does not allow, or a reset)',
+      'an upgrade refused, such as an Origin not in SWITCHBOARD_ALLOWED_ORIGINS, or a reset)',
     1007: 'invalid data: a text frame that is not UTF-8',
     1008: 'policy violation: too much sent before the session opened, or a ?since= ahead of the stream',
     1009: 'message too big: larger than SWITCHBOARD_MAX_MESSAGE_BYTES',
@@ -369,6 +368,21 @@
     }
     socket = ws;
     state('connecting…');
+    // A URL the page's policy does not allow is neither refused by the constructor nor
+    // closed: the browser only reports the violation.
+    var blocked = function (event) {
+      if (socket !== ws || !/^wss?:/.test(event.blockedURI)) { return; }
+      document.removeEventListener('securitypolicyviolation', blocked);
+      socket = null;
+      var text = 'not connected: the page\'s Content-Security-Policy allows WebSockets only to the ' +
+        'WebSocket listener (as /api/stats gives it) and to this page\'s own origin';
+      log('close', text);
+      state(text, 'closed');
+      setConnected(false);
+    };
+    document.addEventListener('securitypolicyviolation', blocked);
+    ws.addEventListener('close', function () { document.removeEventListener('securitypolicyviolation', blocked); });
+    ws.addEventListener('open', function () { document.removeEventListener('securitypolicyviolation', blocked); });
     ws.addEventListener('open', function () {
       if (socket !== ws) { return; }
       state('open', 'open');

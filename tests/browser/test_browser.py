@@ -27,6 +27,8 @@ allow-list (the console's own origin is the API listener's):
   8. the "try it" panel gets a token, opens /ws/rooms/{room}/, sends the document's example
      frame with one click and sees it come back (the test client in the room gets it too),
      then disconnects with the close code explained
+  9. the browser enforces the page's policy: a WebSocket URL elsewhere is refused, and the
+     panel says why
 
   --screenshot PATH saves a screenshot of the console (docs/console.png) after check 8.
 """
@@ -451,6 +453,23 @@ def console_checks(run, browser, open_page, console_srv, test_page, screenshot):
             log = "?"
         run.check("8 console try-it room message", False, "%s: %s; log %s; console problems: %s"
                   % (type(e).__name__, str(e).splitlines()[0], log, problems))
+
+    # 9. the browser enforces the policy: a WebSocket URL elsewhere is refused, and said
+    try:
+        problems.clear()
+        page.fill("#try-ws", "ws://127.0.0.1:1")
+        page.click("#try-connect")
+        page.wait_for_function(
+            "() => document.getElementById('try-state').textContent.includes('Content-Security-Policy')",
+            timeout=5000)
+        said = page.text_content("#try-state")
+        violations = [p for p in problems if "violates the following Content Security Policy directive" in p]
+        enabled = page.evaluate("() => !document.getElementById('try-connect').disabled")
+        run.check("9 console policy refuses other sockets", len(violations) == 1 and enabled,
+                  "%r; browser: %s" % (said, violations[0].split("?token=")[0] + "...'" if violations else problems))
+    except Exception as e:
+        run.check("9 console policy refuses other sockets", False, "%s: %s; console problems: %s"
+                  % (type(e).__name__, str(e).splitlines()[0], problems))
     ctx.close()
 
 
