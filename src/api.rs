@@ -16,14 +16,19 @@
 //! - `POST /api/notifications`, `POST /api/fraud-alerts`,
 //!   `POST /api/fraud-alerts/{id}/resolve`, `POST /api/messages`
 //! - `POST /api/users/{user_id}/disconnect`
+//! - `GET /api/stats` (the `/metrics` counters as JSON, users online, the WebSocket URL)
+//! - `GET /api/conversations?limit=N` (rooms and conversations, newest activity first)
+//! - `POST /api/tokens` (a short-lived HS256 access token, as `switchboard token` mints)
+//! - `GET /console` and its script and style (no key; the page asks for it)
 
 use serde_json::{Value, json};
 
+use crate::console;
 use crate::context::{ApiReply, Ctx, Then};
 use crate::endpoints;
-use crate::http::{HttpError, Request, json_response, response};
-use crate::hub::ConnId;
-use crate::model::{Identity, UserId};
+use crate::http::{HttpError, Request, json_response, response, response_with_headers};
+use crate::hub::{ConnId, Topic};
+use crate::model::{Identity, MAX_USER_ID_LEN, UserId};
 use crate::request::{
     self, Answer, CustomerFields, Done, Failed, Inbound, NewBankingMessage, NewMemberConversation, NewNotification,
     Read, Write,
@@ -73,6 +78,9 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
         let status = if body["status"] == "ok" { 200 } else { 503 };
         return Some(json_response(status, &body));
     }
+    if console::is_console_path(path) {
+        return Some(console_asset(ctx, request, path));
+    }
     if let Err(e) = authorize(ctx, request) {
         return Some(e.to_response());
     }
@@ -92,6 +100,9 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
         ("POST", ["api", "fraud-alerts", id, "resolve"]) => resolve_fraud_alert(id),
         ("POST", ["api", "messages"]) => create_banking_message(request),
         ("POST", ["api", "users", user, "disconnect"]) => disconnect_user(ctx, user),
+        ("GET", ["api", "stats"]) => Ok(Step::Reply(200, stats(ctx, request))),
+        ("GET", ["api", "conversations"]) => recent_conversations(request),
+        ("POST", ["api", "tokens"]) => mint_token(ctx, request),
         (
             _,
             ["metrics"]
@@ -105,7 +116,9 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
             | ["api", "fraud-alerts"]
             | ["api", "fraud-alerts", _, "resolve"]
             | ["api", "messages"]
-            | ["api", "users", _, "disconnect"],
+            | ["api", "users", _, "disconnect"]
+            | ["api", "stats"]
+            | ["api", "tokens"],
         ) => Err(HttpError::new(405, "method not allowed")),
         _ => Err(HttpError::new(404, "no such API route")),
     };
@@ -571,4 +584,137 @@ fn disconnect_user(ctx: &mut Ctx, user: &str) -> Routed {
         }
         other => Err(failure(other.unexpected("logout"))),
     }))
+}
+
+/// The console's page, script or style, with its Content-Security-Policy; only `GET`.
+fn console_asset(ctx: &Ctx, request: &Request, path: &str) -> Vec<u8> {
+    let Some(asset) = console::asset(path).filter(|_| request.method == "GET") else {
+        return HttpError::new(405, "method not allowed").to_response();
+    };
+    let policy = console::content_security_policy(ctx.ws_addr, request.header_str("Host"));
+    let headers = [
+        ("Content-Security-Policy", policy.as_str()),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
+    ];
+    response_with_headers(200, asset.content_type, &headers, asset.body.as_bytes())
+}
+
+/// `GET /api/stats`: what the console shows live. The counters are `/metrics`' own;
+/// rates are the client's to compute from two readings.
+fn stats(ctx: &Ctx, request: &Request) -> Value {
+    let mut body = ctx.metrics.to_json();
+    let open: i64 = ctx.metrics.open_connections.values().sum();
+    body["version"] = json!(env!("CARGO_PKG_VERSION"));
+    body["storage"] = json!(ctx.engine.storage_name());
+    body["now"] = json!(crate::model::format_timestamp(ctx.now));
+    body["uptime_secs"] = json!((ctx.now - ctx.started_at).max(0) / 1_000_000);
+    body["users_online"] = json!(ctx.online_users().len());
+    body["connections_open"] = json!(open);
+    body["ws_url"] = json!(ctx.ws_addr.map(|ws| console::ws_url(ws, request.header_str("Host"))));
+    body["mints_tokens"] = json!(ctx.token_secret.is_some());
+    body["chat_protocol"] = json!(match ctx.config.chat_protocol {
+        crate::config::ChatProtocol::Rooms => "rooms",
+        crate::config::ChatProtocol::Consultation => "consultation",
+        crate::config::ChatProtocol::Support => "support",
+    });
+    body
+}
+
+/// Conversations a recent list shows unless asked for another number.
+const DEFAULT_RECENT_CONVERSATIONS: usize = 20;
+
+/// `GET /api/conversations?limit=N`: rooms and conversations of every kind, newest
+/// activity first, with their member counts and who is connected to them here.
+fn recent_conversations(request: &Request) -> Routed {
+    let mut limit = DEFAULT_RECENT_CONVERSATIONS;
+    for (name, value) in request.query.as_deref().unwrap_or("").split('&').filter_map(|p| p.split_once('=')) {
+        if name == "limit" {
+            limit = crate::http::decode_query(value)
+                .parse()
+                .ok()
+                .filter(|n| (1..=crate::store::MAX_RECENT_CONVERSATIONS).contains(n))
+                .ok_or_else(|| {
+                    HttpError::new(
+                        422,
+                        format!("\"limit\" must be a number from 1 to {}", crate::store::MAX_RECENT_CONVERSATIONS),
+                    )
+                })?;
+        }
+    }
+    Ok(Step::Ask(request::Request::Read(Read::Recent { limit }), recent_found))
+}
+
+fn recent_found(ctx: &mut Ctx, answer: Answer) -> ApiReply {
+    let recent = match answer? {
+        Done::Recent(recent) => recent,
+        other => return Err(failure(other.unexpected("recent conversations"))),
+    };
+    let conversations: Vec<Value> = recent
+        .iter()
+        .map(|recent| {
+            let conversation = &recent.conversation;
+            let topic = Topic::Conversation(conversation.id);
+            json!({
+                "kind": conversation.kind.as_sql(),
+                "id": conversation.key,
+                "title": conversation.title,
+                "status": conversation.status,
+                "members": recent.members,
+                "online": ctx.hub.users(&topic).len(),
+                "connections": ctx.hub.conns(&topic).len(),
+                "created_at": crate::model::format_timestamp(conversation.created_at),
+                "updated_at": crate::model::format_timestamp(conversation.updated_at),
+            })
+        })
+        .collect();
+    Ok((200, json!({ "conversations": conversations })))
+}
+
+/// Lifetime of a token from `POST /api/tokens` unless asked otherwise, and the longest
+/// it may ask for: tokens for trying things out, not for clients.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
+pub const MAX_TOKEN_TTL_SECS: u64 = 3600;
+
+/// `POST /api/tokens`: `{"user_id", "user_name"?, "ttl_secs"?}` → a short-lived HS256
+/// access token, the same `switchboard token` prints (`auth::mint`).
+fn mint_token(ctx: &Ctx, request: &Request) -> Routed {
+    let body = json_body(request)?;
+    let user = required_user(&body)?;
+    if user.as_str().len() > MAX_USER_ID_LEN {
+        return Err(HttpError::new(422, format!("\"user_id\" is longer than {MAX_USER_ID_LEN} bytes")));
+    }
+    let name = match body.get("user_name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= crate::auth::MAX_NAME_LEN => Some(s.as_str()),
+        Some(_) => {
+            let max = crate::auth::MAX_NAME_LEN;
+            return Err(HttpError::new(
+                422,
+                format!("\"user_name\" must be a non-empty string of at most {max} bytes"),
+            ));
+        }
+    };
+    let ttl = match body.get("ttl_secs") {
+        None | Some(Value::Null) => DEFAULT_TOKEN_TTL_SECS,
+        Some(value) => value.as_u64().filter(|t| (1..=MAX_TOKEN_TTL_SECS).contains(t)).ok_or_else(|| {
+            HttpError::new(
+                422,
+                format!("\"ttl_secs\" must be a whole number of seconds from 1 to {MAX_TOKEN_TTL_SECS}"),
+            )
+        })?,
+    };
+    let Some(secret) = &ctx.token_secret else {
+        return Err(HttpError::new(
+            501,
+            "switchboard mints HS256 tokens only; with a public-key SWITCHBOARD_JWT_ALGORITHM tokens come from your backend",
+        ));
+    };
+    let minted = crate::auth::mint(secret, user.as_str(), name, ttl);
+    let expires_at = crate::model::format_timestamp(minted.expires_at as i64 * 1_000_000);
+    Ok(Step::Reply(
+        201,
+        json!({"token": minted.token, "expires_at": expires_at, "ttl_secs": ttl, "user_id": user.to_json()}),
+    ))
 }

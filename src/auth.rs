@@ -188,6 +188,18 @@ pub fn token_from_request(query: Option<&str>, authorization: Option<&[u8]>) -> 
 
 /// Mints an HS256 access token, for `switchboard token` and the first-run hint.
 pub fn mint_token(secret: &str, user_id: &str, name: Option<&str>, ttl_secs: u64) -> String {
+    mint(secret, user_id, name, ttl_secs).token
+}
+
+/// A minted token and its `exp` (Unix seconds).
+pub struct Minted {
+    pub token: String,
+    pub expires_at: u64,
+}
+
+/// Mints an HS256 access token: the one `switchboard token` prints, and the server
+/// API's `POST /api/tokens` answers with (the console's "try it" panel).
+pub fn mint(secret: &str, user_id: &str, name: Option<&str>, ttl_secs: u64) -> Minted {
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = Map::new();
     let id = UserId::new(user_id).to_json();
@@ -198,8 +210,10 @@ pub fn mint_token(secret: &str, user_id: &str, name: Option<&str>, ttl_secs: u64
     claims.insert("token_type".into(), Value::from("access"));
     claims.insert("iat".into(), Value::from(now));
     claims.insert("exp".into(), Value::from(now + ttl_secs));
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 signing with a byte secret cannot fail")
+    let token =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .expect("HS256 signing with a byte secret cannot fail");
+    Minted { token, expires_at: now + ttl_secs }
 }
 
 #[cfg(test)]
@@ -268,6 +282,19 @@ mod tests {
         let name = v.verify(&token).unwrap().name;
         assert_eq!(name.len(), 200);
         assert!(long.starts_with(&*name));
+    }
+
+    #[test]
+    fn minted_tokens_verify_until_they_expire() {
+        let v = hs256("0123456789abcdef");
+        let minted = mint("0123456789abcdef", "42", Some("Ada"), 300);
+        let identity = v.verify(&minted.token).unwrap();
+        assert_eq!((identity.user_id.as_str(), &*identity.name), ("42", "Ada"));
+        let left = minted.expires_at - jsonwebtoken::get_current_timestamp();
+        assert!((299..=300).contains(&left), "{left}");
+        assert_eq!(mint_token("0123456789abcdef", "ann", None, 60).split('.').count(), 3);
+        let other = hs256("another-secret-entirely");
+        assert_eq!(other.verify(&minted.token), Err(AuthError::BadSignature));
     }
 
     #[test]

@@ -223,7 +223,9 @@ fn serve(config: Config) -> i32 {
         Ok(verifier) => verifier,
         Err(e) => return fail(2, &e),
     };
+    let hs256 = config.jwt.algorithm == JwtAlgorithm::Hs256;
     let mut app = App::new(config, verifier, secrets.api_key.clone(), engine);
+    app.ctx.token_secret = hs256.then(|| secrets.jwt_secret.clone());
     app.ctx.metrics.webhooks = webhooks.as_ref().map(|w| std::sync::Arc::clone(&w.delivery.stats));
     app.ctx.webhooks = webhooks;
     let (server, bound) = match Server::bind(app) {
@@ -248,6 +250,7 @@ fn serve(config: Config) -> i32 {
     if secrets.api_key_generated {
         println!("server API: curl -H 'Authorization: Bearer {}' http://{}/api/online", secrets.api_key, bound.api);
     }
+    println!("console: http://{}/console", bound.api);
     if let Some((secret, true)) = &secrets.webhook_secret {
         println!("webhook secret generated and kept in {kept_in} (it signs every webhook request): {secret}");
     }

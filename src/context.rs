@@ -234,6 +234,14 @@ pub struct Ctx {
     pub recent: Recent,
     /// The time of the current turn, set by `App::begin_turn`.
     pub now: Micros,
+    /// When this server started (the console's uptime).
+    pub started_at: Micros,
+    /// The HS256 secret tokens are signed with, when switchboard verifies HS256: what
+    /// `POST /api/tokens` mints with (`None` with a public-key algorithm).
+    pub token_secret: Option<String>,
+    /// The WebSocket listener's address once bound (port 0 resolved): the console's
+    /// WebSocket URL.
+    pub ws_addr: Option<std::net::SocketAddr>,
 }
 
 impl Ctx {
@@ -267,6 +275,9 @@ impl Ctx {
             sequencer: Sequencer::new(4096),
             recent: Recent::default(),
             now: crate::model::now_micros(),
+            started_at: crate::model::now_micros(),
+            token_secret: None,
+            ws_addr: None,
         }
     }
 

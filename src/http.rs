@@ -188,6 +188,12 @@ pub fn json_response(status: u16, body: &Value) -> Vec<u8> {
 
 /// A complete response; the connection closes after it.
 pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    response_with_headers(status, content_type, &[], body)
+}
+
+/// A complete response with headers of its own (`name`, `value`: both are the caller's
+/// constants or checked by it, never a client's bytes unchecked).
+pub fn response_with_headers(status: u16, content_type: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
         reason_phrase(status),
@@ -199,6 +205,9 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     }
     if status == 401 {
         out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
+    }
+    for (name, value) in headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);

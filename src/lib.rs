@@ -9,6 +9,7 @@ pub mod bus;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod endpoints;
 pub mod engine;

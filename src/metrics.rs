@@ -80,82 +80,101 @@ impl Metrics {
         *self.open_connections.entry(endpoint).or_default() -= 1;
     }
 
+    /// Every plain counter: its name (after `switchboard_`), its help text and its value.
+    /// `/metrics` renders them as Prometheus text, `/api/stats` as JSON.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 24] {
+        [
+            (
+                "connections_accepted_total",
+                "TCP connections accepted on the WebSocket listener.",
+                self.connections_accepted,
+            ),
+            ("connections_refused_total", "Connections refused at a connection cap.", self.connections_refused),
+            ("frames_in_total", "WebSocket data frames received.", self.frames_in),
+            ("bytes_in_total", "Payload bytes of data frames received.", self.bytes_in),
+            ("frames_out_total", "WebSocket data frames queued to clients.", self.frames_out),
+            ("bytes_out_total", "Payload bytes of data frames queued to clients.", self.bytes_out),
+            ("messages_stored_total", "Chat messages and events stored.", self.messages_stored),
+            ("commits_total", "SQLite transactions committed (one per busy loop turn).", self.commits),
+            ("commit_failures_total", "SQLite commits that failed and were rolled back.", self.commit_failures),
+            (
+                "slow_consumer_disconnects_total",
+                "Connections dropped because their outbound buffer filled.",
+                self.slow_consumer_disconnects,
+            ),
+            ("rate_limited_total", "Client messages dropped by the per-user rate limit.", self.rate_limited),
+            (
+                "handshake_timeouts_total",
+                "Connections dropped before finishing their handshake.",
+                self.handshake_timeouts,
+            ),
+            ("idle_timeouts_total", "Connections closed after the idle timeout.", self.idle_timeouts),
+            ("api_requests_total", "Server API requests answered.", self.api_requests),
+            (
+                "stream_fills_total",
+                "Reads of stream events stored by another node or seen out of order (PostgreSQL).",
+                self.stream_fills,
+            ),
+            (
+                "bus_reconnects_total",
+                "Connections to the Redis bus made again after one was lost.",
+                self.bus_reconnects,
+            ),
+            ("bus_events_total", "Events heard on the Redis bus.", self.bus_events),
+            (
+                "position_repairs_total",
+                "Streams a position check found behind while the Redis bus was up (an event the bus lost).",
+                self.position_repairs,
+            ),
+            ("presence_changes_total", "Presence changes heard on the Redis bus.", self.presence_changes),
+            ("reaped_nodes_total", "Other nodes taken out of presence after their lease ran out.", self.reaped_nodes),
+            (
+                "presence_rebuilds_total",
+                "Times this node told Redis its presence again (Redis lost its data, or this node its lease).",
+                self.presence_rebuilds,
+            ),
+            (
+                "backpressure_turns_total",
+                "Loop turns that left clients' frames unread because too many writes waited for their commit.",
+                self.backpressure_turns,
+            ),
+            (
+                "writes_refused_total",
+                "Server API writes answered 503 because too many writes waited for their commit.",
+                self.writes_refused,
+            ),
+            (
+                "events_lost_total",
+                "Stream events a node's listeners missed because they were no longer kept.",
+                self.events_lost,
+            ),
+        ]
+    }
+
+    /// The same counters as `render`, as JSON (`GET /api/stats`): plain counters by
+    /// name, open connections by endpoint, refused tokens by reason.
+    pub fn to_json(&self) -> serde_json::Value {
+        let counters: serde_json::Map<String, serde_json::Value> =
+            self.counters().iter().map(|(name, _, value)| (name.to_string(), (*value).into())).collect();
+        let open: serde_json::Map<String, serde_json::Value> =
+            self.open_connections.iter().map(|(endpoint, count)| (endpoint.to_string(), (*count).into())).collect();
+        let auth: serde_json::Map<String, serde_json::Value> = AuthError::ALL
+            .iter()
+            .map(|error| {
+                (error.reason().to_string(), self.auth_failures.get(error.reason()).copied().unwrap_or(0).into())
+            })
+            .collect();
+        serde_json::json!({"counters": counters, "open_connections": open, "auth_failures": auth})
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
+        for (name, help, value) in self.counters() {
             let _ = writeln!(
                 out,
                 "# HELP switchboard_{name} {help}\n# TYPE switchboard_{name} counter\nswitchboard_{name} {value}"
             );
-        };
-        counter(
-            "connections_accepted_total",
-            "TCP connections accepted on the WebSocket listener.",
-            self.connections_accepted,
-        );
-        counter("connections_refused_total", "Connections refused at a connection cap.", self.connections_refused);
-        counter("frames_in_total", "WebSocket data frames received.", self.frames_in);
-        counter("bytes_in_total", "Payload bytes of data frames received.", self.bytes_in);
-        counter("frames_out_total", "WebSocket data frames queued to clients.", self.frames_out);
-        counter("bytes_out_total", "Payload bytes of data frames queued to clients.", self.bytes_out);
-        counter("messages_stored_total", "Chat messages and events stored.", self.messages_stored);
-        counter("commits_total", "SQLite transactions committed (one per busy loop turn).", self.commits);
-        counter("commit_failures_total", "SQLite commits that failed and were rolled back.", self.commit_failures);
-        counter(
-            "slow_consumer_disconnects_total",
-            "Connections dropped because their outbound buffer filled.",
-            self.slow_consumer_disconnects,
-        );
-        counter("rate_limited_total", "Client messages dropped by the per-user rate limit.", self.rate_limited);
-        counter(
-            "handshake_timeouts_total",
-            "Connections dropped before finishing their handshake.",
-            self.handshake_timeouts,
-        );
-        counter("idle_timeouts_total", "Connections closed after the idle timeout.", self.idle_timeouts);
-        counter("api_requests_total", "Server API requests answered.", self.api_requests);
-        counter(
-            "stream_fills_total",
-            "Reads of stream events stored by another node or seen out of order (PostgreSQL).",
-            self.stream_fills,
-        );
-        counter(
-            "bus_reconnects_total",
-            "Connections to the Redis bus made again after one was lost.",
-            self.bus_reconnects,
-        );
-        counter("bus_events_total", "Events heard on the Redis bus.", self.bus_events);
-        counter(
-            "position_repairs_total",
-            "Streams a position check found behind while the Redis bus was up (an event the bus lost).",
-            self.position_repairs,
-        );
-        counter("presence_changes_total", "Presence changes heard on the Redis bus.", self.presence_changes);
-        counter(
-            "reaped_nodes_total",
-            "Other nodes taken out of presence after their lease ran out.",
-            self.reaped_nodes,
-        );
-        counter(
-            "presence_rebuilds_total",
-            "Times this node told Redis its presence again (Redis lost its data, or this node its lease).",
-            self.presence_rebuilds,
-        );
-        counter(
-            "backpressure_turns_total",
-            "Loop turns that left clients' frames unread because too many writes waited for their commit.",
-            self.backpressure_turns,
-        );
-        counter(
-            "writes_refused_total",
-            "Server API writes answered 503 because too many writes waited for their commit.",
-            self.writes_refused,
-        );
-        counter(
-            "events_lost_total",
-            "Stream events a node's listeners missed because they were no longer kept.",
-            self.events_lost,
-        );
+        }
         let _ = writeln!(
             out,
             "# HELP switchboard_open_connections Open WebSocket connections by endpoint.\n# TYPE switchboard_open_connections gauge"

@@ -13,7 +13,7 @@ use crate::hub::ConnId;
 use crate::model::{Identity, Micros, Seq, StreamId, UserId};
 use crate::store::{
     BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert, Notification,
-    StoreError, StoredMessage,
+    RecentConversation, StoreError, StoredMessage,
 };
 
 /// What a handler asks of the engine.
@@ -32,6 +32,8 @@ pub enum Read {
     ConversationList(UserId),
     /// A member-only conversation by kind and key, with its members.
     Conversation { kind: ConversationKind, key: String },
+    /// Conversations of every kind, newest activity first, at most `limit` (the console).
+    Recent { limit: usize },
 }
 
 /// A write: one domain operation, with everything it needs (the server API's larger
@@ -259,6 +261,7 @@ pub enum Done {
         conversation: Conversation,
         members: Vec<UserId>,
     },
+    Recent(Vec<RecentConversation>),
     Inbound {
         conversation: String,
         created: bool,

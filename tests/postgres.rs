@@ -197,6 +197,8 @@ fn script() -> Vec<Request> {
         Request::Read(Read::UserKnown(UserId::new("nobody"))),
         Request::Read(Read::ConversationList(ann.user_id.clone())),
         Request::Read(Read::Conversation { kind: ConversationKind::Consultation, key: text("c1") }),
+        Request::Read(Read::Recent { limit: 100 }),
+        Request::Read(Read::Recent { limit: 2 }),
     ]
 }
 
@@ -284,6 +286,7 @@ fn every_domain_operation_answers_on_postgresql_as_on_sqlite() {
         "Logout",
         "Recovered",
         "Ahead",
+        "Recent([RecentConversation",
     ] {
         assert!(all.contains(needle), "{needle} is not in the transcript:\n{all}");
     }

@@ -160,6 +160,16 @@ pub enum Engine {
     Postgres(Box<postgres::PgEngine>),
 }
 
+impl Engine {
+    /// The storage engine's name, as the console shows it.
+    pub fn storage_name(&self) -> &'static str {
+        match self {
+            Engine::Local(_) | Engine::Deferred(..) => "sqlite",
+            Engine::Postgres(_) => "postgresql",
+        }
+    }
+}
+
 /// What a deferred engine has been asked and not answered yet.
 #[derive(Default)]
 pub struct Waiting {

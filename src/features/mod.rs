@@ -38,6 +38,7 @@ fn read(tx: &mut Tx<'_>, read: Read) -> Answer {
             let members = tx.store.members(conversation.id)?;
             Ok(Done::Conversation { conversation, members })
         }
+        Read::Recent { limit } => Ok(Done::Recent(tx.store.recent_conversations(limit)?)),
     }
 }
 

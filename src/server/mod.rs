@@ -115,6 +115,7 @@ impl Server {
         poll.registry().register(&mut api_listener, API_LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let bound = Bound { ws: ws_listener.local_addr()?, api: api_listener.local_addr()? };
+        app.ctx.ws_addr = Some(bound.ws);
         let limits = &app.config().limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)

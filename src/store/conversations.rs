@@ -56,6 +56,17 @@ pub struct ConversationSummary {
     pub unread_count: i64,
 }
 
+/// A conversation as the console's recent list shows it: with how many members it has
+/// (rooms have none: anyone may join them).
+#[derive(Debug)]
+pub struct RecentConversation {
+    pub conversation: Conversation,
+    pub members: i64,
+}
+
+/// Most conversations one recent list holds.
+pub const MAX_RECENT_CONVERSATIONS: usize = 100;
+
 const CONVERSATION_SELECT: &str =
     "SELECT c.id, c.kind, c.key, c.title, c.status, c.priority, c.created_at, c.updated_at,
             cu.id, cu.source, cu.external_id, cu.first_name, cu.last_name, cu.profile_picture
@@ -133,6 +144,27 @@ impl Store {
             .prepare_cached("SELECT user_id FROM conversation_members WHERE conversation_id = ?1 ORDER BY user_id")?;
         let rows = statement.query_map(params![conversation_id], |row| row.get::<_, String>(0))?;
         Ok(rows.map(|r| r.map(|s| UserId::new(&s))).collect::<Result<_, _>>()?)
+    }
+
+    /// The conversations of every kind with the newest activity first (at most
+    /// `MAX_RECENT_CONVERSATIONS`), each with its member count.
+    pub fn recent_conversations(&mut self, limit: usize) -> StoreResult<Vec<RecentConversation>> {
+        self.write_touched()?;
+        let limit = limit.min(MAX_RECENT_CONVERSATIONS) as i64;
+        let conversations: Vec<Conversation> = self
+            .conn
+            .prepare_cached(&format!("{CONVERSATION_SELECT} ORDER BY c.updated_at DESC, c.id DESC LIMIT ?1"))?
+            .query_map(params![limit], conversation_from_row)?
+            .collect::<Result<_, _>>()?;
+        let mut recent = Vec::with_capacity(conversations.len());
+        for conversation in conversations {
+            let members = self
+                .conn
+                .prepare_cached("SELECT count(*) FROM conversation_members WHERE conversation_id = ?1")?
+                .query_row(params![conversation.id], |row| row.get(0))?;
+            recent.push(RecentConversation { conversation, members });
+        }
+        Ok(recent)
     }
 
     pub fn is_member(&self, conversation_id: i64, user: &UserId) -> StoreResult<bool> {

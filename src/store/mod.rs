@@ -23,7 +23,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::config::DbCheck;
 use crate::model::{Micros, Seq, UserId};
 
-pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
+pub use conversations::{
+    Conversation, ConversationSummary, Customer, MAX_RECENT_CONVERSATIONS, NewConversation, NewCustomer,
+    RecentConversation, direct_key,
+};
 pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
 pub use storage::Storage;

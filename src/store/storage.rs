@@ -43,6 +43,8 @@ pub trait Storage {
     fn open_support_conversation(&mut self, customer_id: i64) -> StoreResult<Option<Conversation>>;
     /// A user's conversations of a kind, with unread counts.
     fn conversations_of(&mut self, user: &UserId, kind: ConversationKind) -> StoreResult<Vec<ConversationSummary>>;
+    /// Conversations of every kind, newest activity first, with their member counts.
+    fn recent_conversations(&mut self, limit: usize) -> StoreResult<Vec<RecentConversation>>;
     /// A conversation's members.
     fn members(&mut self, conversation_id: i64) -> StoreResult<Vec<UserId>>;
     /// Whether a user is a member of a conversation.
@@ -234,6 +236,10 @@ impl Storage for Store {
 
     fn conversations_of(&mut self, user: &UserId, kind: ConversationKind) -> StoreResult<Vec<ConversationSummary>> {
         Store::conversations_of(self, user, kind)
+    }
+
+    fn recent_conversations(&mut self, limit: usize) -> StoreResult<Vec<RecentConversation>> {
+        Store::recent_conversations(self, limit)
     }
 
     fn members(&mut self, conversation_id: i64) -> StoreResult<Vec<UserId>> {

@@ -18,6 +18,19 @@ Checks:
   4a. a 65,537-byte message (limit 65,536): close 1009, every try
   4b. a 1 MiB message: close 1009, every try
   5. Origin allow-list: the allowed origin opens, others fail before the upgrade (403)
+
+The console (GET /console on the API listener), against a second server with no Origin
+allow-list (the console's own origin is the API listener's):
+  6. the page loads with no console errors and asks for the API key before any API call;
+     the key is kept for the tab (a reload does not ask again)
+  7. a user online appears when a test client connects
+  8. the "try it" panel gets a token, opens /ws/rooms/{room}/, sends the document's example
+     frame with one click and sees it come back (the test client in the room gets it too),
+     then disconnects with the close code explained
+  9. the browser enforces the page's policy: a WebSocket URL elsewhere is refused, and the
+     panel says why
+
+  --screenshot PATH saves a screenshot of the console (docs/console.png) after check 8.
 """
 
 import argparse
@@ -203,18 +216,21 @@ class Server:
 
     LINE = re.compile(r"listening on ws://(\S+) \(server API on http://(\S+)\)")
 
-    def __init__(self, binary, tmpdir, allowed_origins):
-        self.log_path = os.path.join(tmpdir, "server.log")
+    def __init__(self, binary, tmpdir, allowed_origins, name="server"):
+        self.log_path = os.path.join(tmpdir, name + ".log")
         env = dict(os.environ)
         env.update({
             "SWITCHBOARD_JWT_SECRET": JWT_SECRET,
             "SWITCHBOARD_API_KEY": API_KEY,
-            "SWITCHBOARD_ALLOWED_ORIGINS": allowed_origins,
             "SWITCHBOARD_LOG": "info",
         })
+        if allowed_origins is not None:
+            env["SWITCHBOARD_ALLOWED_ORIGINS"] = allowed_origins
+        else:
+            env.pop("SWITCHBOARD_ALLOWED_ORIGINS", None)
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [binary, "--db", os.path.join(tmpdir, "sb.db"),
+            [binary, "--db", os.path.join(tmpdir, name + ".db"),
              "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log,
             env=env, cwd=tmpdir, preexec_fn=die_with_parent)
@@ -314,6 +330,149 @@ def tally(results):
     return ", ".join("%dx%s" % (v, k) for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def api_post(server, path, body):
+    """A server API POST with the test key; the parsed answer."""
+    import urllib.request
+    request = urllib.request.Request("http://%s%s" % (server.api, path), data=json.dumps(body).encode(),
+                                     headers={"Authorization": "Bearer " + API_KEY,
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def take_screenshot(page, test_page, console_srv, ws, path):
+    """The README's picture: a few clients in two rooms and a consultation, some traffic."""
+    api_post(console_srv, "/api/conversations",
+             {"kind": "consultation", "id": "c-1001", "title": "Reading with Ada", "members": [40, 41]})
+    clients = [("%s/ws/rooms/support/?token=%s" % (ws, mint_token(40, "linus")), "s0"),
+               ("%s/ws/rooms/support/?token=%s" % (ws, mint_token(42, "alan")), "s1"),
+               ("%s/ws/consultations/c-1001/?token=%s" % (ws, mint_token(41, "ada")), "c0"),
+               ("%s/ws/presence/?token=%s" % (ws, mint_token(41, "ada")), "p0")]
+    for url, name in clients:
+        test_page.evaluate("([n, u]) => sbConnect(n, u, 5000)", [name, url])
+    for i in range(6):
+        test_page.evaluate("(i) => sbSend('grace', JSON.stringify({message: 'hi console ' + i}))", i)
+        test_page.evaluate("(i) => sbSend('s0', JSON.stringify({message: 'ticket ' + i}))", i)
+        time.sleep(0.3)
+    page.wait_for_function("() => document.getElementById('t-users').textContent === '5'", timeout=5000)
+    page.wait_for_function("() => document.querySelectorAll('#recent tr').length >= 3", timeout=5000)
+    page.set_viewport_size({"width": 1280, "height": 1040})
+    page.evaluate("() => { document.getElementById('try-log').scrollTop = 0; window.scrollTo(0, 0); }")
+    page.screenshot(path=path)  # the viewport, not the whole log: a PNG of about 140 KB
+    print("browser: screenshot saved to %s" % path, flush=True)
+
+
+def console_checks(run, browser, open_page, console_srv, test_page, screenshot):
+    """Checks 6-8: the console page of `console_srv`, driven like a person would."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(10000)
+    page = ctx.new_page()
+    problems = []
+    api_calls = []
+    page.on("console", lambda m: problems.append("console.%s: %s" % (m.type, m.text))
+            if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append("page error: %s" % e))
+    page.on("requestfailed", lambda r: problems.append("request failed: %s %s" % (r.url, r.failure)))
+    page.on("request", lambda r: api_calls.append(r.url) if "/api/" in r.url else None)
+    base = "http://%s" % console_srv.api
+
+    # 6. loads, asks for the key before calling the API, keeps it for the tab
+    try:
+        response = page.goto(base + "/console")
+        policy = response.headers.get("content-security-policy", "")
+        page.wait_for_selector("#key-input", state="visible", timeout=5000)
+        asked_first = len(api_calls) == 0
+        page.fill("#key-input", API_KEY)
+        page.click("#key-save")
+        page.wait_for_function("() => document.getElementById('status').textContent === 'live'", timeout=5000)
+        hidden = page.evaluate("() => document.getElementById('key-dialog').hidden")
+        stored = page.evaluate("() => sessionStorage.getItem('switchboard.apiKey')") == API_KEY
+        page.reload()
+        page.wait_for_function("() => document.getElementById('status').textContent === 'live'", timeout=5000)
+        asked_again = page.evaluate("() => !document.getElementById('key-dialog').hidden")
+        ok = (response.status == 200 and "script-src 'self'" in policy and asked_first and hidden and stored
+              and not asked_again and not problems)
+        run.check("6 console loads and asks for the key", ok,
+                  "status %s; CSP %r; no API call before the key: %s; key kept in sessionStorage: %s; "
+                  "asked again after a reload: %s; console problems: %s"
+                  % (response.status, policy[:60] + "...", asked_first, stored, asked_again, problems or "none"))
+    except Exception as e:
+        run.check("6 console loads and asks for the key", False, "%s: %s; console problems: %s"
+                  % (type(e).__name__, str(e).splitlines()[0], problems))
+
+    # 7. a user online appears when a test client connects
+    ws = "ws://%s" % console_srv.addr
+    try:
+        url = "%s/ws/rooms/lobby/?token=%s" % (ws, mint_token(31, "grace"))
+        r = test_page.evaluate("([n, u]) => sbConnect(n, u, 5000)", ["grace", url])
+        page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('#users td')).some(td => td.textContent === 'grace')",
+            timeout=5000)
+        users = page.evaluate("() => document.getElementById('t-users').textContent")
+        endpoints = page.evaluate("() => document.getElementById('endpoints').textContent")
+        run.check("7 console shows a user online", r.get("opened") and users == "1" and "rooms" in endpoints,
+                  "test client opened=%s; users online tile %s; endpoints %r" % (r.get("opened"), users, endpoints))
+    except Exception as e:
+        run.check("7 console shows a user online", False, "%s: %s" % (type(e).__name__, str(e).splitlines()[0]))
+
+    # 8. try it: a room message out and back
+    try:
+        index = page.evaluate("() => Array.from(document.querySelectorAll('#try-endpoint option'))"
+                              ".findIndex(o => o.textContent === '/ws/rooms/{room}/')")
+        page.select_option("#try-endpoint", str(index))
+        page.fill("#try-param", "lobby")
+        page.fill("#try-user", "7")
+        page.fill("#try-name", "Console Ada")
+        page.click("#try-connect")
+        page.wait_for_selector("#try-examples button:not([disabled])", timeout=5000)
+        example = page.text_content("#try-examples button")
+        page.click("#try-examples button")
+        page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('#try-log li.in'))"
+            ".some(li => li.textContent.includes('\"chat_message\"') && li.textContent.includes('Hello world!'))",
+            timeout=5000)
+        test_page.wait_for_function(
+            "() => sbHasFrame('grace', {type: 'chat_message', message: 'Hello world!', sender_id: '7'})",
+            timeout=5000)
+        out = page.evaluate("() => Array.from(document.querySelectorAll('#try-log li.out')).map(li => li.textContent)")
+        if screenshot:
+            take_screenshot(page, test_page, console_srv, ws, screenshot)
+        page.click("#try-disconnect")
+        page.wait_for_function("() => document.getElementById('try-state').textContent.startsWith('closed')",
+                               timeout=5000)
+        closed = page.text_content("#try-state")
+        ok = (example == "send chat message" and any('{"message":"Hello world!"}' in t for t in out)
+              and closed.startswith("closed 1000") and "normal closure" in closed and not problems)
+        run.check("8 console try-it room message", ok,
+                  "clicked %r; sent %s; the echo and grace's copy arrived; %r; console problems: %s"
+                  % (example, out, closed, problems or "none"))
+    except Exception as e:
+        try:
+            log = page.evaluate("() => Array.from(document.querySelectorAll('#try-log li')).map(li => li.textContent)")
+        except Exception:
+            log = "?"
+        run.check("8 console try-it room message", False, "%s: %s; log %s; console problems: %s"
+                  % (type(e).__name__, str(e).splitlines()[0], log, problems))
+
+    # 9. the browser enforces the policy: a WebSocket URL elsewhere is refused, and said
+    try:
+        problems.clear()
+        page.fill("#try-ws", "ws://127.0.0.1:1")
+        page.click("#try-connect")
+        page.wait_for_function(
+            "() => document.getElementById('try-state').textContent.includes('Content-Security-Policy')",
+            timeout=5000)
+        said = page.text_content("#try-state")
+        violations = [p for p in problems if "violates the following Content Security Policy directive" in p]
+        enabled = page.evaluate("() => !document.getElementById('try-connect').disabled")
+        run.check("9 console policy refuses other sockets", len(violations) == 1 and enabled,
+                  "%r; browser: %s" % (said, violations[0].split("?token=")[0] + "...'" if violations else problems))
+    except Exception as e:
+        run.check("9 console policy refuses other sockets", False, "%s: %s; console problems: %s"
+                  % (type(e).__name__, str(e).splitlines()[0], problems))
+    ctx.close()
+
+
 # ---------------------------------------------------------------------------- the test
 
 class Run:
@@ -336,6 +495,7 @@ def main():
     ap.add_argument("--tries", type=int, default=20)
     ap.add_argument("--limit", type=int, default=65536, help="the server's max message bytes (its default)")
     ap.add_argument("--server-log", help="copy the server's stderr (log level info) to this file")
+    ap.add_argument("--screenshot", help="save a screenshot of the console to this PNG file")
     args = ap.parse_args()
 
     os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
@@ -344,12 +504,13 @@ def main():
     def watchdog():
         print("browser: watchdog: still running after %d s, giving up" % OVERALL_SECONDS, flush=True)
         print("browser: %d passed, %d failed" % (run.passed, run.failed + 1), flush=True)
-        if server is not None and server.alive():
-            server.proc.kill()
+        for srv in (server, console_srv):
+            if srv is not None and srv.alive():
+                srv.proc.kill()
         os._exit(1)
 
     run = Run()
-    server = None
+    server = console_srv = None
     timer = threading.Timer(OVERALL_SECONDS, watchdog)
     timer.daemon = True
     timer.start()
@@ -362,6 +523,7 @@ def main():
         refused = "http://127.0.0.1:%d" % other_port
         refused_host = "http://localhost:%d" % page_port  # same port, other host: other origin
         server = Server(args.binary, tmpdir, allowed)
+        console_srv = Server(args.binary, tmpdir, None, name="console")
         ws = "ws://%s" % server.addr
         print("browser: switchboard on %s, page on %s (allowed origin), %s and %s (not allowed)"
               % (server.addr, allowed, refused, refused_host), flush=True)
@@ -484,26 +646,32 @@ def main():
                                    for o, r in results.items()))
                       + "; raw upgrade: " + ", ".join("%s -> %r" % (o, s) for o, s in raw.items()))
 
+            # 6-8. the console
+            console_checks(run, browser, open_page, console_srv, page_a, args.screenshot)
+
             for c in (ctx_a, ctx_b):
                 c.close()
             browser.close()
 
-        if not server.alive():
-            run.check("server still running", False, "switchboard exited with %s" % server.proc.returncode)
+        for srv in (server, console_srv):
+            if not srv.alive():
+                run.check("server still running", False, "switchboard exited with %s" % srv.proc.returncode)
     except Exception as e:
         run.check("harness", False, "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
     finally:
         timer.cancel()
-        if server is not None:
+        for srv, what in ((server, "server"), (console_srv, "console server")):
+            if srv is None:
+                continue
             if run.failed:
-                tail = server.log_tail(8)
+                tail = srv.log_tail(8)
                 if tail:
-                    print("browser: last server log lines:", flush=True)
+                    print("browser: last %s log lines:" % what, flush=True)
                     for line in tail:
                         print("  " + line[:300], flush=True)
-            server.stop()
-            if args.server_log:
-                shutil.copyfile(server.log_path, args.server_log)
+            srv.stop()
+        if server is not None and args.server_log:
+            shutil.copyfile(server.log_path, args.server_log)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
     print("browser: ran in %.1f s" % (time.monotonic() - started))

@@ -23,9 +23,9 @@ use postgres::{Client, Row, Statement};
 
 use crate::model::{Micros, Seq, StreamId, UserId};
 use crate::store::{
-    BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert, Missed,
-    NewBankingMessage, NewConversation, NewCustomer, NewMessage, NewNotification, Notification, Since, Storage,
-    StoreError, StoreResult, StoredEvent, StoredMessage, direct_key,
+    BankingMessage, Conversation, ConversationKind, ConversationSummary, Customer, FraudAlert,
+    MAX_RECENT_CONVERSATIONS, Missed, NewBankingMessage, NewConversation, NewCustomer, NewMessage, NewNotification,
+    Notification, RecentConversation, Since, Storage, StoreError, StoreResult, StoredEvent, StoredMessage, direct_key,
 };
 
 /// The escape of `enc`: the last code point, a noncharacter no text needs.
@@ -615,6 +615,31 @@ impl Storage for PgStore {
             summaries.push(ConversationSummary { conversation, last_message, unread_count });
         }
         Ok(summaries)
+    }
+
+    fn recent_conversations(&mut self, limit: usize) -> StoreResult<Vec<RecentConversation>> {
+        let limit = limit.min(MAX_RECENT_CONVERSATIONS) as i64;
+        let rows =
+            self.query(&format!("{CONVERSATION_SELECT} ORDER BY c.updated_at DESC, c.id DESC LIMIT $1"), &[&limit])?;
+        let conversations = rows.iter().map(conversation_from_row).collect::<StoreResult<Vec<_>>>()?;
+        // Member counts in one more round trip, not one per conversation.
+        let ids: Vec<i64> = conversations.iter().map(|c| c.id).collect();
+        let counts: HashMap<i64, i64> = self
+            .query(
+                "SELECT conversation_id, count(*) FROM conversation_members WHERE conversation_id = ANY($1)
+                 GROUP BY conversation_id",
+                &[&ids],
+            )?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        Ok(conversations
+            .into_iter()
+            .map(|conversation| {
+                let members = counts.get(&conversation.id).copied().unwrap_or(0);
+                RecentConversation { conversation, members }
+            })
+            .collect())
     }
 
     fn members(&mut self, conversation_id: i64) -> StoreResult<Vec<UserId>> {
