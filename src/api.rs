@@ -16,6 +16,7 @@
 //! - `POST /api/notifications`, `POST /api/fraud-alerts`,
 //!   `POST /api/fraud-alerts/{id}/resolve`, `POST /api/messages`
 //! - `POST /api/users/{user_id}/disconnect`
+//! - `PUT /api/users/{user_id}` (a display name, for tokens that carry none)
 
 use serde_json::{Value, json};
 
@@ -92,6 +93,7 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
         ("POST", ["api", "fraud-alerts", id, "resolve"]) => resolve_fraud_alert(id),
         ("POST", ["api", "messages"]) => create_banking_message(request),
         ("POST", ["api", "users", user, "disconnect"]) => disconnect_user(ctx, user),
+        ("PUT", ["api", "users", user]) => set_display_name(user, request),
         (
             _,
             ["metrics"]
@@ -105,7 +107,8 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
             | ["api", "fraud-alerts"]
             | ["api", "fraud-alerts", _, "resolve"]
             | ["api", "messages"]
-            | ["api", "users", _, "disconnect"],
+            | ["api", "users", _, "disconnect"]
+            | ["api", "users", _],
         ) => Err(HttpError::new(405, "method not allowed")),
         _ => Err(HttpError::new(404, "no such API route")),
     };
@@ -570,5 +573,25 @@ fn disconnect_user(ctx: &mut Ctx, user: &str) -> Routed {
             Ok((200, json!({"user_id": user.to_json(), "disconnected": connections})))
         }
         other => Err(failure(other.unexpected("logout"))),
+    }))
+}
+
+/// `PUT /api/users/{user_id}`: the name shown for a user whose token carries none (a
+/// default SimpleJWT access token has only `user_id`), from their next connection on. A
+/// name in the token still wins.
+fn set_display_name(user: &str, request: &Request) -> Routed {
+    let user = crate::http::decode_path(user);
+    if user.is_empty() || user.len() > crate::model::MAX_USER_ID_LEN {
+        return Err(HttpError::new(422, "the user id must be 1-200 bytes"));
+    }
+    let body = json_body(request)?;
+    let name = required_str(&body, "name")?;
+    if name.len() > crate::auth::MAX_NAME_LEN {
+        return Err(HttpError::new(422, format!("\"name\" is longer than {} bytes", crate::auth::MAX_NAME_LEN)));
+    }
+    let set = Write::SetDisplayName { user: UserId::new(&user), name: name.to_string() };
+    Ok(Step::Ask(request::Request::Write(set), |_, answer| match answer? {
+        Done::User { user, name } => Ok((200, json!({"user": {"id": user.to_json(), "name": name}}))),
+        other => Err(failure(other.unexpected("display name"))),
     }))
 }

@@ -126,6 +126,11 @@ pub enum Write {
         user: UserId,
         name: String,
     },
+    /// The backend names a user (the server API): shown when their token has no name.
+    SetDisplayName {
+        user: UserId,
+        name: String,
+    },
 }
 
 impl Request {
@@ -265,6 +270,11 @@ pub enum Done {
     LoggedOut {
         user: UserId,
         connections: usize,
+    },
+    /// A user's display name as stored.
+    User {
+        user: UserId,
+        name: String,
     },
 }
 

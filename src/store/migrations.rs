@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "notifications", include_str!("../../sql/0003_notifications.sql")),
     (4, "streams", include_str!("../../sql/0004_streams.sql")),
     (5, "webhooks", include_str!("../../sql/0005_webhooks.sql")),
+    (6, "display_names", include_str!("../../sql/0006_display_names.sql")),
 ];
 
 pub fn apply(conn: &Connection) -> Result<(), String> {

@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "notifications", include_str!("../../../sql/pg/0003_notifications.sql")),
     (4, "streams", include_str!("../../../sql/pg/0004_streams.sql")),
     (5, "webhooks", include_str!("../../../sql/pg/0005_webhooks.sql")),
+    (6, "display_names", include_str!("../../../sql/pg/0006_display_names.sql")),
 ];
 
 /// The advisory lock key of switchboard's migrations ("sbmigrat").
