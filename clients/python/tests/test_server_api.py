@@ -1,8 +1,13 @@
 """Every route of the server API through the client, against the real binary, with
 WebSocket clients (``websockets``) seeing what the calls push."""
 
+import http.client
 import json
-from typing import Any, Dict
+import threading
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -155,3 +160,70 @@ def test_the_idempotency_key_is_accepted_by_the_server(client):
     # caller's own is sent as given.
     first = client.create_notification(6, "Shipped", "Order 17 shipped", idempotency_key="order-17-shipped")
     assert first["title"] == "Shipped"
+
+
+class FailingProxy:
+    """In front of the real API: answers the first try of each request 503 with
+    Retry-After (as switchboard does while it cannot store), without passing it on, and
+    forwards the next tries unchanged; records every try's Idempotency-Key."""
+
+    def __init__(self, upstream: str) -> None:
+        target = urllib.parse.urlsplit(upstream)
+        self.keys: List[Optional[str]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                key = self.headers.get("Idempotency-Key")
+                first = key not in proxy.keys
+                proxy.keys.append(key)
+                if first:
+                    raw = b'{"error": "could not store the request; try again later"}'
+                    self.send_response(503)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
+                upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=WAIT)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                upstream_conn.request("POST", self.path, body=body, headers=headers)
+                answer = upstream_conn.getresponse()
+                raw = answer.read()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.getheader("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+                upstream_conn.close()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_a_retried_call_reaches_the_real_server_once_with_its_first_key(switchboard):
+    proxy = FailingProxy(switchboard.api_url)
+    try:
+        client = Client(proxy.url, switchboard.api_key, timeout=5, backoff=0.05)
+        with ws(switchboard, "/ws/v1/notifications/", 31) as socket:
+            assert recv_type(socket, "unread_count")["count"] == 0
+            created = client.create_notification(31, "Retried", "Sent twice, stored once")
+            frame = recv_type(socket, "notification")
+            assert (frame["id"], frame["title"]) == (created["id"], "Retried")
+            assert recv_type(socket, "unread_count")["count"] == 1
+            with pytest.raises(TimeoutError):
+                socket.recv(timeout=0.5)
+        assert len(proxy.keys) == 2 and proxy.keys[0] == proxy.keys[1]
+        assert uuid.UUID(str(proxy.keys[0])).version == 4
+    finally:
+        proxy.server.shutdown()
+        proxy.server.server_close()
