@@ -26,7 +26,8 @@ use crate::store::{ConversationKind, StoreError};
 /// need no storage refuse here.
 pub fn load(ctx: &Ctx, session: &mut Session, since: Option<Seq>) -> Result<Option<OpenLoad>, Refusal> {
     // A token without a name (SimpleJWT's default access token) names its user by their
-    // id: the name the backend set for them, if any, is read with the rest.
+    // id (`auth`), as does one whose name is the id itself: the name the backend set for
+    // them, if any, is read with the rest and replaces it (`opened`).
     let nameless = *session.identity.name == *session.identity.user_id.as_str();
     Ok(endpoint_load(ctx, session, since)?.map(|load| OpenLoad { display_name: nameless, ..load }))
 }
