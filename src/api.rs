@@ -20,6 +20,7 @@
 //! - `GET /api/conversations?limit=N` (rooms and conversations, newest activity first)
 //! - `POST /api/tokens` (a short-lived HS256 access token, as `switchboard token` mints)
 //! - `GET /console` and its script and style (no key; the page asks for it)
+//! - `PUT /api/users/{user_id}` (a display name, for tokens that carry none)
 
 use serde_json::{Value, json};
 
@@ -103,6 +104,7 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
         ("GET", ["api", "stats"]) => Ok(Step::Reply(200, stats(ctx, request))),
         ("GET", ["api", "conversations"]) => recent_conversations(request),
         ("POST", ["api", "tokens"]) => mint_token(ctx, request),
+        ("PUT", ["api", "users", user]) => set_display_name(user, request),
         (
             _,
             ["metrics"]
@@ -118,7 +120,8 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
             | ["api", "messages"]
             | ["api", "users", _, "disconnect"]
             | ["api", "stats"]
-            | ["api", "tokens"],
+            | ["api", "tokens"]
+            | ["api", "users", _],
         ) => Err(HttpError::new(405, "method not allowed")),
         _ => Err(HttpError::new(404, "no such API route")),
     };
@@ -717,4 +720,24 @@ fn mint_token(ctx: &Ctx, request: &Request) -> Routed {
         201,
         json!({"token": minted.token, "expires_at": expires_at, "ttl_secs": ttl, "user_id": user.to_json()}),
     ))
+}
+
+/// `PUT /api/users/{user_id}`: the name shown for a user whose token carries none (a
+/// default SimpleJWT access token has only `user_id`), from their next connection on. A
+/// name in the token still wins.
+fn set_display_name(user: &str, request: &Request) -> Routed {
+    let user = crate::http::decode_path(user);
+    if user.is_empty() || user.len() > crate::model::MAX_USER_ID_LEN {
+        return Err(HttpError::new(422, "the user id must be 1-200 bytes"));
+    }
+    let body = json_body(request)?;
+    let name = required_str(&body, "name")?;
+    if name.len() > crate::auth::MAX_NAME_LEN {
+        return Err(HttpError::new(422, format!("\"name\" is longer than {} bytes", crate::auth::MAX_NAME_LEN)));
+    }
+    let set = Write::SetDisplayName { user: UserId::new(&user), name: name.to_string() };
+    Ok(Step::Ask(request::Request::Write(set), |_, answer| match answer? {
+        Done::User { user, name } => Ok((200, json!({"user": {"id": user.to_json(), "name": name}}))),
+        other => Err(failure(other.unexpected("display name"))),
+    }))
 }

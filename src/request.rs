@@ -136,6 +136,11 @@ pub enum Write {
     /// With webhooks: the users reported online become these, each change reported
     /// (`webhook::report_online`).
     ReportOnline(Vec<(UserId, String)>),
+    /// The backend names a user (the server API): shown when their token has no name.
+    SetDisplayName {
+        user: UserId,
+        name: String,
+    },
 }
 
 impl Request {
@@ -276,6 +281,11 @@ pub enum Done {
     LoggedOut {
         user: UserId,
         connections: usize,
+    },
+    /// A user's display name as stored.
+    User {
+        user: UserId,
+        name: String,
     },
 }
 

@@ -159,7 +159,7 @@ fn check_owner(session: &Session, path_user: &str) -> Result<UserId, Refusal> {
 /// token's; then the pending items of the user's stream.
 pub fn load(session: &Session, path_user: &str, replay: Replay) -> Result<OpenLoad, Refusal> {
     let user = check_owner(session, path_user)?;
-    Ok(OpenLoad { user, target: Target::User, since: None, replay, unread_count: false })
+    Ok(OpenLoad { user, target: Target::User, since: None, replay, unread_count: false, display_name: false })
 }
 
 pub fn load_messages(session: &Session, path_user: &str) -> Result<OpenLoad, Refusal> {

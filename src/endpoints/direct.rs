@@ -87,6 +87,7 @@ pub fn load(session: &Session) -> OpenLoad {
         since: None,
         replay: Replay::UnreadDirect { limit: OFFLINE_DELIVERY_LIMIT },
         unread_count: false,
+        display_name: false,
     }
 }
 

@@ -25,6 +25,14 @@ use crate::store::{ConversationKind, StoreError};
 /// or later, and `opened` renders it), resuming after `since` when given. Checks that
 /// need no storage refuse here.
 pub fn load(ctx: &Ctx, session: &mut Session, since: Option<Seq>) -> Result<Option<OpenLoad>, Refusal> {
+    // A token without a name (SimpleJWT's default access token) names its user by their
+    // id (`auth`), as does one whose name is the id itself: the name the backend set for
+    // them, if any, is read with the rest and replaces it (`opened`).
+    let nameless = *session.identity.name == *session.identity.user_id.as_str();
+    Ok(endpoint_load(ctx, session, since)?.map(|load| OpenLoad { display_name: nameless, ..load }))
+}
+
+fn endpoint_load(ctx: &Ctx, session: &mut Session, since: Option<Seq>) -> Result<Option<OpenLoad>, Refusal> {
     let load = match session.endpoint.clone() {
         Endpoint::Rooms { room } => return rooms::load(ctx, session, &room, since).map(Some),
         Endpoint::Consultation { id } => consultation::load(ctx, session, &id),
@@ -55,6 +63,9 @@ pub fn opened(ctx: &mut Ctx, session: &mut Session, opened: Option<Result<Opened
         Some(Err(e)) => return Err(refusal(e)),
         Some(Ok(opened)) => opened,
     };
+    if let Some(name) = &opened.display_name {
+        session.identity.name = name.as_str().into();
+    }
     match session.endpoint.clone() {
         Endpoint::Rooms { room } => rooms::opened(ctx, session, &room, opened),
         Endpoint::Consultation { id } => consultation::opened(ctx, session, &id, opened),
@@ -79,6 +90,7 @@ pub fn member_history(ctx: &Ctx, session: &Session, kind: ConversationKind, key:
         since: None,
         replay: Replay::History { limit: ctx.config.history_limit },
         unread_count: false,
+        display_name: false,
     }
 }
 

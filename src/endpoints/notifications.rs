@@ -167,6 +167,7 @@ pub fn load(session: &Session) -> OpenLoad {
         since: None,
         replay: Replay::Notifications { limit: REPLAY_LIMIT },
         unread_count: true,
+        display_name: false,
     }
 }
 

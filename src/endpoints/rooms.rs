@@ -107,6 +107,7 @@ pub fn load(ctx: &Ctx, session: &mut Session, room: &str, since: Option<Seq>) ->
         since,
         replay,
         unread_count: false,
+        display_name: false,
     })
 }
 

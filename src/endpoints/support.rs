@@ -257,6 +257,7 @@ pub fn load_list(session: &Session) -> OpenLoad {
         since: None,
         replay: Replay::ConversationList,
         unread_count: false,
+        display_name: false,
     }
 }
 

@@ -72,6 +72,9 @@ pub struct OpenLoad {
     /// Also the user's unread notification count (001 and 003 end their opening with it,
     /// resumed or not).
     pub unread_count: bool,
+    /// Also the display name the backend gave the user (`PUT /api/users/{id}`): their
+    /// token carries no name (`endpoints::load` sets it).
+    pub display_name: bool,
 }
 
 /// The replay as read.
@@ -111,6 +114,8 @@ pub struct Opened {
     /// nodes: every user with a session on a node follows their stream there, so that a
     /// logout stored by another node reaches all their sessions (`Ctx::follow_user`).
     pub user_position: Option<Seq>,
+    /// The display name the backend gave the user, when asked for and set.
+    pub display_name: Option<String>,
 }
 
 /// Why a session cannot open.
@@ -520,7 +525,8 @@ pub fn open(store: &mut dyn Storage, load: &OpenLoad, now: Micros) -> Result<Ope
         },
     };
     let unread_count = if load.unread_count { Some(store.unread_notification_count(&load.user)?) } else { None };
-    Ok(Opened { stream, position, conversation, start, unread_count, user_position: None })
+    let display_name = if load.display_name { store.display_name(&load.user)? } else { None };
+    Ok(Opened { stream, position, conversation, start, unread_count, user_position: None, display_name })
 }
 
 fn snapshot(store: &mut dyn Storage, load: &OpenLoad, stream: &StreamId) -> Result<Snapshot, StoreError> {

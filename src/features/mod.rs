@@ -102,6 +102,10 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
             crate::webhook::report_online(tx, &online)?;
             Done::Stored
         }
+        Write::SetDisplayName { user, name } => {
+            tx.store.set_display_name(&user, &name)?;
+            Done::User { user, name }
+        }
         Write::Logout { user, connections } => {
             tx.record(&StreamId::User(user.clone()), EventBody::Logout, None)?;
             Done::LoggedOut { user, connections }

@@ -207,6 +207,29 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the display name the backend gave a user, making them known if they were
+    /// not (`name`, the token's, starts as the id, as for a member named before they
+    /// connect).
+    pub fn set_display_name(&mut self, user: &UserId, name: &str) -> StoreResult<()> {
+        self.ensure_transaction()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO users (id, name, first_seen, last_seen, display_name) VALUES (?1, ?1, 0, 0, ?2)
+                 ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
+            )?
+            .execute(params![user.as_str(), name])?;
+        Ok(())
+    }
+
+    pub fn display_name(&self, user: &UserId) -> StoreResult<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT display_name FROM users WHERE id = ?1")?
+            .query_row(params![user.as_str()], |row| row.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten())
+    }
+
     pub fn user_exists(&self, user: &UserId) -> StoreResult<bool> {
         Ok(self
             .conn

@@ -27,6 +27,11 @@ pub trait Storage {
     fn upsert_user(&mut self, user: &UserId, name: &str, now: Micros) -> StoreResult<()>;
     /// Whether a user is known.
     fn user_exists(&mut self, user: &UserId) -> StoreResult<bool>;
+    /// Sets the display name the backend gave a user (the server API); the user is
+    /// known from then on.
+    fn set_display_name(&mut self, user: &UserId, name: &str) -> StoreResult<()>;
+    /// The display name the backend gave a user, if it gave one.
+    fn display_name(&mut self, user: &UserId) -> StoreResult<Option<String>>;
     /// A conversation's id by kind and key, created if new.
     fn get_or_create_conversation(&mut self, kind: ConversationKind, key: &str, now: Micros) -> StoreResult<i64>;
     /// A conversation's id by kind and key.
@@ -204,6 +209,14 @@ impl Storage for Store {
 
     fn user_exists(&mut self, user: &UserId) -> StoreResult<bool> {
         Store::user_exists(self, user)
+    }
+
+    fn set_display_name(&mut self, user: &UserId, name: &str) -> StoreResult<()> {
+        Store::set_display_name(self, user, name)
+    }
+
+    fn display_name(&mut self, user: &UserId) -> StoreResult<Option<String>> {
+        Store::display_name(self, user)
     }
 
     fn get_or_create_conversation(&mut self, kind: ConversationKind, key: &str, now: Micros) -> StoreResult<i64> {

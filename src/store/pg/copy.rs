@@ -60,8 +60,8 @@ const TABLES: &[Table] = &[
     Table { name: "settings", columns: &["key", "value"], free_text: &[], order: "key", identity: false },
     Table {
         name: "users",
-        columns: &["id", "name", "first_seen", "last_seen"],
-        free_text: &["name"],
+        columns: &["id", "name", "first_seen", "last_seen", "display_name"],
+        free_text: &["name", "display_name"],
         order: "id",
         identity: false,
     },

@@ -520,6 +520,20 @@ impl Storage for PgStore {
         Ok(self.query_opt("SELECT 1 FROM users WHERE id = $1", &[&user.as_str()])?.is_some())
     }
 
+    fn set_display_name(&mut self, user: &UserId, name: &str) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO users (id, name, first_seen, last_seen, display_name) VALUES ($1, $1, 0, 0, $2)
+             ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
+            &[&user.as_str(), &enc(name)],
+        )?;
+        Ok(())
+    }
+
+    fn display_name(&mut self, user: &UserId) -> StoreResult<Option<String>> {
+        let row = self.query_opt("SELECT display_name FROM users WHERE id = $1", &[&user.as_str()])?;
+        Ok(row.and_then(|row| row.get::<_, Option<String>>(0)).map(dec))
+    }
+
     fn get_or_create_conversation(&mut self, kind: ConversationKind, key: &str, now: Micros) -> StoreResult<i64> {
         if let Some(id) = self.conversation_id(kind, key)? {
             return Ok(id);
