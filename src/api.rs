@@ -25,14 +25,14 @@
 use serde_json::{Value, json};
 
 use crate::console;
-use crate::context::{ApiReply, Ctx, Then};
+use crate::context::{ApiRender, ApiReply, Ctx, Then};
 use crate::endpoints;
 use crate::http::{HttpError, Request, json_response, response, response_with_headers};
 use crate::hub::{ConnId, Topic};
 use crate::model::{Identity, MAX_USER_ID_LEN, UserId};
 use crate::request::{
-    self, Answer, CustomerFields, Done, Failed, Inbound, NewBankingMessage, NewMemberConversation, NewNotification,
-    Read, Write,
+    self, Answer, CustomerFields, Done, Failed, Idempotent, Inbound, NewBankingMessage, NewMemberConversation,
+    NewNotification, Read, ReplyFn, Write,
 };
 use crate::store::{Conversation, ConversationKind};
 
@@ -46,7 +46,11 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// `render` makes of its answer.
 enum Step {
     Reply(u16, Value),
+    /// A read, and how its answer becomes the reply.
     Ask(request::Request, fn(&mut Ctx, Answer) -> ApiReply),
+    /// A write, and how its answer becomes the reply: with an `Idempotency-Key`, that is
+    /// made where the write runs and kept with it (`Write::Idempotent`).
+    Write(Write, ReplyFn),
 }
 
 type Routed = Result<Step, HttpError>;
@@ -129,10 +133,60 @@ pub fn handle(ctx: &mut Ctx, conn: ConnId, request: &Request) -> Option<Vec<u8>>
         Ok(Step::Reply(status, body)) => Some(json_response(status, &body)),
         Ok(Step::Ask(asked, render)) => {
             let durable = matches!(asked, request::Request::Write(_));
-            ctx.ask(Then::Api { conn, render, durable }, asked);
+            ctx.ask(Then::Api { conn, render: ApiRender::Read(render), durable }, asked);
+            None
+        }
+        Ok(Step::Write(write, reply)) => {
+            let (write, reply) = match idempotency_key(request) {
+                Ok(None) => (write, reply),
+                Ok(Some(key)) => {
+                    let fingerprint = fingerprint(request);
+                    (Write::Idempotent(Box::new(Idempotent { key, fingerprint, write, reply })), replied as ReplyFn)
+                }
+                Err(e) => return Some(e.to_response()),
+            };
+            ctx.ask(Then::Api { conn, render: ApiRender::Write(reply), durable: true }, request::Request::Write(write));
             None
         }
         Err(e) => Some(e.to_response()),
+    }
+}
+
+/// The longest `Idempotency-Key` accepted (a UUID is 36 characters).
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` of a write, if it has one: 1 to 255 visible ASCII characters.
+fn idempotency_key(request: &Request) -> Result<Option<String>, HttpError> {
+    let Some(key) = request.header("Idempotency-Key") else { return Ok(None) };
+    let key = std::str::from_utf8(key).map(str::trim).unwrap_or("");
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HttpError::new(
+            400,
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters (a UUID, say)"),
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// What makes two requests the same for their `Idempotency-Key`: method, path, query
+/// and body (SHA-256, hex).
+fn fingerprint(request: &Request) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [request.method.as_bytes(), request.path.as_bytes(), request.query.as_deref().unwrap_or("").as_bytes()]
+    {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.update(&request.body);
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The reply of an idempotent write: made where it ran, or kept from its first run.
+fn replied(answer: Answer) -> ApiReply {
+    match answer? {
+        Done::Replied { status, body } => Ok((status, body)),
+        other => Err(failure(other.unexpected("idempotent write"))),
     }
 }
 
@@ -214,10 +268,10 @@ fn post_room_message(room: &str, request: &Request) -> Routed {
     };
     let sender = Identity { user_id: sender_id, name: sender_name.into() };
     let post = Write::PostToRoom { room, sender, content: message.to_string() };
-    Ok(Step::Ask(request::Request::Write(post), room_posted))
+    Ok(Step::Write(post, room_posted))
 }
 
-fn room_posted(_: &mut Ctx, answer: Answer) -> ApiReply {
+fn room_posted(answer: Answer) -> ApiReply {
     match answer {
         Ok(Done::PostedToRoom { room, posted }) => Ok((
             201,
@@ -314,6 +368,7 @@ fn failure(failed: Failed) -> HttpError {
         }
         Failed::Exists { .. } => HttpError::new(409, failed.to_string()),
         Failed::RateLimited => HttpError::new(429, failed.to_string()),
+        Failed::Conflict(_) => HttpError::new(409, failed.to_string()),
         Failed::Empty | Failed::Refused(_) => HttpError::new(422, failed.to_string()),
         Failed::Store(e) => {
             log::error!("server API: {e}");
@@ -372,10 +427,10 @@ fn create_conversation(request: &Request) -> Routed {
     };
     let title = optional_str(&body, "title")?.map(str::to_string);
     let new = NewMemberConversation { kind, key, title, status, priority, customer, members };
-    Ok(Step::Ask(request::Request::Write(Write::CreateConversation(Box::new(new))), conversation_created))
+    Ok(Step::Write(Write::CreateConversation(Box::new(new)), conversation_created))
 }
 
-fn conversation_created(_: &mut Ctx, answer: Answer) -> ApiReply {
+fn conversation_created(answer: Answer) -> ApiReply {
     match answer? {
         Done::Conversation { conversation, members } => Ok((201, conversation_json(&conversation, &members))),
         other => Err(failure(other.unexpected("conversation created"))),
@@ -390,10 +445,10 @@ fn conversation_path(kind: &str, id: &str) -> Result<(ConversationKind, String),
 
 fn get_conversation(kind: &str, id: &str) -> Routed {
     let (kind, key) = conversation_path(kind, id)?;
-    Ok(Step::Ask(request::Request::Read(Read::Conversation { kind, key }), conversation_found))
+    Ok(Step::Ask(request::Request::Read(Read::Conversation { kind, key }), |_, answer| conversation_found(answer)))
 }
 
-fn conversation_found(_: &mut Ctx, answer: Answer) -> ApiReply {
+fn conversation_found(answer: Answer) -> ApiReply {
     match answer? {
         Done::Conversation { conversation, members } => Ok((200, conversation_json(&conversation, &members))),
         other => Err(failure(other.unexpected("conversation found"))),
@@ -407,7 +462,7 @@ fn set_members(kind: &str, id: &str, request: &Request) -> Routed {
     let body = json_body(request)?;
     let members = parse_members(body.get("members"))?;
     // Removed members' sessions close when the change is delivered (`MembersChanged`).
-    Ok(Step::Ask(request::Request::Write(Write::SetMembers { kind, key, members }), conversation_found))
+    Ok(Step::Write(Write::SetMembers { kind, key, members }, conversation_found))
 }
 
 /// `POST /api/inbound`: a customer's message from an external platform.
@@ -425,10 +480,10 @@ fn inbound(request: &Request) -> Routed {
     let conversation = optional_str(&body, "conversation_id")?.map(str::to_string);
     let inbound =
         Inbound { customer, content, conversation, new_key: random_key(), members: members.unwrap_or_default() };
-    Ok(Step::Ask(request::Request::Write(Write::Inbound(Box::new(inbound))), inbound_stored))
+    Ok(Step::Write(Write::Inbound(Box::new(inbound)), inbound_stored))
 }
 
-fn inbound_stored(_: &mut Ctx, answer: Answer) -> ApiReply {
+fn inbound_stored(answer: Answer) -> ApiReply {
     match answer? {
         Done::Inbound { conversation, created, message, customer } => {
             let object = serde_json::to_value(endpoints::support::MessageObject::new(&message, Some(&customer)))
@@ -483,10 +538,10 @@ fn create_notification(request: &Request) -> Routed {
         message: message.to_string(),
         link: optional_str(&body, "link")?.map(str::to_string),
     };
-    Ok(Step::Ask(request::Request::Write(Write::Notify(Box::new(new))), notified))
+    Ok(Step::Write(Write::Notify(Box::new(new)), notified))
 }
 
-fn notified(_: &mut Ctx, answer: Answer) -> ApiReply {
+fn notified(answer: Answer) -> ApiReply {
     match answer? {
         Done::Notification(notification) => Ok((
             201,
@@ -518,7 +573,7 @@ fn create_fraud_alert(request: &Request) -> Routed {
         return Err(HttpError::new(422, format!("\"severity\" must be one of {}", SEVERITIES.join(", "))));
     }
     let raise = Write::RaiseFraudAlert { user, message: message.to_string(), severity: severity.to_string() };
-    Ok(Step::Ask(request::Request::Write(raise), |_, answer| match answer? {
+    Ok(Step::Write(raise, |answer| match answer? {
         Done::FraudAlert(alert) => Ok((201, alert_json(&alert))),
         other => Err(failure(other.unexpected("fraud alert"))),
     }))
@@ -527,7 +582,7 @@ fn create_fraud_alert(request: &Request) -> Routed {
 /// `POST /api/fraud-alerts/{id}/resolve`: resolves once; resolving again changes nothing.
 fn resolve_fraud_alert(id: &str) -> Routed {
     let id = path_id(id)?;
-    Ok(Step::Ask(request::Request::Write(Write::ResolveFraudAlert { id }), |_, answer| match answer {
+    Ok(Step::Write(Write::ResolveFraudAlert { id }, |answer| match answer {
         Ok(Done::FraudAlert(alert)) => Ok((200, alert_json(&alert))),
         Ok(other) => Err(failure(other.unexpected("fraud alert resolved"))),
         Err(Failed::NotFound) => Err(HttpError::new(404, "no such alert")),
@@ -560,7 +615,7 @@ fn create_banking_message(request: &Request) -> Routed {
         thread,
         new_thread: random_key(),
     };
-    Ok(Step::Ask(request::Request::Write(Write::PostBankingMessage(Box::new(new))), |_, answer| match answer? {
+    Ok(Step::Write(Write::PostBankingMessage(Box::new(new)), |answer| match answer? {
         Done::BankingMessage(message) => {
             let object = serde_json::to_value(endpoints::banking::MessageObject::new(&message)).unwrap_or(Value::Null);
             Ok((201, json!({ "message": object })))
@@ -581,7 +636,7 @@ fn disconnect_user(ctx: &mut Ctx, user: &str) -> Routed {
         ctx.logout_conn(*conn);
     }
     let logout = Write::Logout { user, connections };
-    Ok(Step::Ask(request::Request::Write(logout), |_, answer| match answer? {
+    Ok(Step::Write(logout, |answer| match answer? {
         Done::LoggedOut { user, connections } => {
             Ok((200, json!({"user_id": user.to_json(), "disconnected": connections})))
         }
@@ -736,7 +791,7 @@ fn set_display_name(user: &str, request: &Request) -> Routed {
         return Err(HttpError::new(422, format!("\"name\" is longer than {} bytes", crate::auth::MAX_NAME_LEN)));
     }
     let set = Write::SetDisplayName { user: UserId::new(&user), name: name.to_string() };
-    Ok(Step::Ask(request::Request::Write(set), |_, answer| match answer? {
+    Ok(Step::Write(set, |answer| match answer? {
         Done::User { user, name } => Ok((200, json!({"user": {"id": user.to_json(), "name": name}}))),
         other => Err(failure(other.unexpected("display name"))),
     }))

@@ -438,7 +438,10 @@ impl App {
                 _ => log::debug!("conn={}: an answer for a session that is gone", conn.serial),
             },
             Then::Api { conn, render, durable } => {
-                let reply = render(&mut self.ctx, answer);
+                let reply = match render {
+                    crate::context::ApiRender::Read(render) => render(&mut self.ctx, answer),
+                    crate::context::ApiRender::Write(reply) => reply(answer),
+                };
                 let durable = durable && reply.is_ok();
                 let response = crate::api::response_of(reply);
                 self.ctx.outbox.push(Out::Http { to: conn, response, durable });

@@ -65,7 +65,16 @@ pub enum Then {
     Session { conn: ConnId, render: fn(&mut Ctx, &Session, Answer) },
     /// Reply to the server API request on `conn`; a `durable` reply reports stored data
     /// and becomes a 503 if the turn's commit fails.
-    Api { conn: ConnId, render: fn(&mut Ctx, Answer) -> ApiReply, durable: bool },
+    Api { conn: ConnId, render: ApiRender, durable: bool },
+}
+
+/// How a server API reply is made from its answer: a read's may look at the loop's
+/// state; a write's only at its answer (so that with an `Idempotency-Key` it is made
+/// where the write runs, `request::ReplyFn`).
+#[derive(Clone, Copy)]
+pub enum ApiRender {
+    Read(fn(&mut Ctx, Answer) -> ApiReply),
+    Write(crate::request::ReplyFn),
 }
 
 impl Then {

@@ -141,6 +141,24 @@ pub enum Write {
         user: UserId,
         name: String,
     },
+    /// A server API write sent with an `Idempotency-Key`: run once, its reply kept with
+    /// it in the same transaction (`features::idempotent`).
+    Idempotent(Box<Idempotent>),
+}
+
+/// The reply of a server API write, made from its answer: with an `Idempotency-Key`,
+/// inside the transaction, so that it is kept with what the write stored.
+pub type ReplyFn = fn(Answer) -> Result<(u16, serde_json::Value), crate::http::HttpError>;
+
+/// A server API write and its key (`Write::Idempotent`).
+#[derive(Debug, Clone)]
+pub struct Idempotent {
+    pub key: String,
+    /// What identifies the request: a retry must be the same request (SHA-256 of the
+    /// method, the path and the body, hex).
+    pub fingerprint: String,
+    pub write: Write,
+    pub reply: ReplyFn,
 }
 
 impl Request {
@@ -150,6 +168,10 @@ impl Request {
     /// batches never wait for each other's streams crosswise (a deadlock).
     pub fn streams(&self) -> Vec<StreamId> {
         let Request::Write(write) = self else { return Vec::new() };
+        let mut write: &Write = write;
+        while let Write::Idempotent(idempotent) = write {
+            write = &idempotent.write;
+        }
         let user = |user: &UserId| vec![StreamId::User(user.clone())];
         match write {
             Write::Post { conversation, .. }
@@ -275,6 +297,12 @@ pub enum Done {
     },
     /// A notification read: the user's unread count now.
     UnreadCount(i64),
+    /// A server API reply, made where the write ran, or kept from its first run
+    /// (`Write::Idempotent`).
+    Replied {
+        status: u16,
+        body: serde_json::Value,
+    },
     Notification(Notification),
     FraudAlert(FraudAlert),
     BankingMessage(BankingMessage),
@@ -311,6 +339,9 @@ pub enum Failed {
     Refused(&'static str),
     /// Past the sender's rate limit over all nodes: not stored.
     RateLimited,
+    /// Another request holds what this one needs (an `Idempotency-Key` of a request
+    /// being committed); try again.
+    Conflict(&'static str),
     Store(StoreError),
 }
 
@@ -324,6 +355,7 @@ impl std::fmt::Display for Failed {
             Failed::Exists { kind, key } => write!(f, "a {} conversation with id {key:?} exists", kind.as_sql()),
             Failed::Refused(why) => f.write_str(why),
             Failed::RateLimited => f.write_str("rate limit exceeded"),
+            Failed::Conflict(why) => f.write_str(why),
             Failed::Store(e) => write!(f, "{e}"),
         }
     }

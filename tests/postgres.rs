@@ -11,12 +11,15 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     let server = shared();
     let url = server.database();
     let mut client = pg::connect(&url).expect("connect");
-    assert_eq!(migrations::apply(&mut client).unwrap(), [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(migrations::apply(&mut client).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(migrations::apply(&mut client).unwrap(), Vec::<i64>::new(), "applied once");
     let (ok, recorded) =
         server.psql(&url, "SELECT string_agg(version || ' ' || name, ',' ORDER BY version) FROM schema_migrations");
     assert!(ok, "{recorded}");
-    assert_eq!(recorded, "1 init,2 conversations,3 notifications,4 streams,5 webhooks,6 webhook_order,7 display_names");
+    assert_eq!(
+        recorded,
+        "1 init,2 conversations,3 notifications,4 streams,5 webhooks,6 webhook_order,7 display_names,8 idempotency"
+    );
     // The same versions and names as SQLite's, so either engine's database is at a
     // version both understand.
     let sqlite: Vec<(i64, &str)> = switchboard::store::MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
@@ -30,7 +33,7 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     assert_eq!(
         tables,
         "banking_messages,batches,conversation_members,conversations,customers,events,fraud_alerts,\
-         message_reads,messages,notifications,schema_migrations,settings,streams,users,\
+         idempotency_keys,message_reads,messages,notifications,schema_migrations,settings,streams,users,\
          webhook_cursor,webhook_events,webhook_next,webhook_online,webhook_timers"
     );
 
@@ -43,7 +46,7 @@ fn migrations_apply_once_in_order_and_a_newer_database_is_refused() {
     // A database that a newer switchboard migrated is refused, not guessed at.
     assert!(server.psql(&url, "INSERT INTO schema_migrations (version, name) VALUES (99, 'future')").0);
     let refused = migrations::apply(&mut client).unwrap_err();
-    assert!(refused.contains("schema version 99, newer than this switchboard knows (7)"), "{refused}");
+    assert!(refused.contains("schema version 99, newer than this switchboard knows (8)"), "{refused}");
 }
 
 #[test]
@@ -58,7 +61,7 @@ fn nodes_starting_at_once_migrate_a_database_once() {
         .collect();
     let mut applied: Vec<Vec<i64>> = nodes.into_iter().map(|n| n.join().unwrap().expect("migrated")).collect();
     applied.sort();
-    assert_eq!(applied, [vec![], vec![], vec![], vec![1, 2, 3, 4, 5, 6, 7]], "exactly one node migrated");
+    assert_eq!(applied, [vec![], vec![], vec![], vec![1, 2, 3, 4, 5, 6, 7, 8]], "exactly one node migrated");
 }
 
 #[test]

@@ -455,6 +455,9 @@ impl Engine {
         if let Err(e) = store.flush_streams() {
             log::warn!("cannot write the streams' positions (they are recovered from the rows): {e}");
         }
+        if let Err(e) = store.prune_replies(now) {
+            log::warn!("cannot prune the kept server API replies: {e}");
+        }
         match store.prune_events(before, std::time::Duration::from_millis(5)) {
             Ok(0) => {}
             Ok(pruned) => log::debug!("pruned {pruned} events older than the retention"),

@@ -316,6 +316,11 @@ impl Lane {
                         if pruned > 0 {
                             log::debug!("pruned {pruned} events older than the retention");
                         }
+                        store.execute(
+                            "DELETE FROM idempotency_keys WHERE key IN (
+                                 SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+                            &[&(batch.now - crate::store::REPLY_KEPT), &PRUNE_ROWS],
+                        )?;
                     }
                     // Last before COMMIT: the outbox rows take their ids in commit order.
                     hooked = store.flush_hooks()?;

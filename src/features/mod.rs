@@ -12,7 +12,8 @@ pub mod support;
 
 use crate::event::EventBody;
 use crate::model::StreamId;
-use crate::request::{Answer, Done, Read, Request, Write};
+use crate::request::{Answer, Done, Failed, Idempotent, Read, Request, Write};
+use crate::store::{KeptReply, REPLY_KEPT, StoreError};
 use crate::tx::Tx;
 
 /// Runs one request on the store in `tx`.
@@ -40,6 +41,31 @@ fn read(tx: &mut Tx<'_>, read: Read) -> Answer {
         }
         Read::Recent { limit } => Ok(Done::Recent(tx.store.recent_conversations(limit)?)),
     }
+}
+
+/// A server API write with an `Idempotency-Key`: the same request again gets the reply
+/// kept under the key (another request with it is refused); else the write runs and its
+/// reply is kept with what it stored, in the same transaction. Only a success is kept: a
+/// write that failed stored nothing, and a retry runs it again.
+fn idempotent(tx: &mut Tx<'_>, request: Idempotent) -> Answer {
+    if let Some(kept) = tx.store.kept_reply(&request.key)?
+        && kept.created_at >= tx.now - REPLY_KEPT
+    {
+        if kept.fingerprint != request.fingerprint {
+            return Err(Failed::Refused(
+                "this Idempotency-Key was used with another request (method, path or body differ)",
+            ));
+        }
+        let body = serde_json::from_str(&kept.body).unwrap_or(serde_json::Value::Null);
+        return Ok(Done::Replied { status: kept.status, body });
+    }
+    let done = self::write(tx, request.write)?;
+    let (status, body) = (request.reply)(Ok(done)).map_err(|e| Failed::Store(StoreError::Unavailable(e.message)))?;
+    let kept = KeptReply { fingerprint: request.fingerprint, status, body: body.to_string(), created_at: tx.now };
+    if !tx.store.keep_reply(&request.key, &kept)? {
+        return Err(Failed::Conflict("a request with this Idempotency-Key is being stored; try again"));
+    }
+    Ok(Done::Replied { status, body })
 }
 
 fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
@@ -102,6 +128,7 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
             crate::webhook::report_online(tx, &online)?;
             Done::Stored
         }
+        Write::Idempotent(request) => idempotent(tx, *request)?,
         Write::SetDisplayName { user, name } => {
             tx.store.set_display_name(&user, &name)?;
             Done::User { user, name }

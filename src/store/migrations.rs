@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "webhooks", include_str!("../../sql/0005_webhooks.sql")),
     (6, "webhook_order", include_str!("../../sql/0006_webhook_order.sql")),
     (7, "display_names", include_str!("../../sql/0007_display_names.sql")),
+    (8, "idempotency", include_str!("../../sql/0008_idempotency.sql")),
 ];
 
 pub fn apply(conn: &Connection) -> Result<(), String> {

@@ -12,6 +12,7 @@ mod file;
 mod migrations;
 mod notifications;
 pub mod pg;
+mod replies;
 mod storage;
 mod streams;
 mod webhooks;
@@ -29,6 +30,7 @@ pub use conversations::{
 };
 pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
+pub use replies::{KeptReply, REPLY_KEPT};
 pub use storage::Storage;
 pub use streams::{Missed, Since, StoredEvent};
 pub use webhooks::{DueTimer, HookRow, NewTimer, TimerKind, WebhookLog};

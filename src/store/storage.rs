@@ -74,6 +74,11 @@ pub trait Storage {
     fn take_due_hook_timers(&mut self, now: Micros, limit: usize) -> StoreResult<Vec<super::DueTimer>>;
     /// A member's unread messages in a conversation.
     fn unread_count(&mut self, conversation_id: i64, user: &UserId) -> StoreResult<i64>;
+    /// The server API reply kept under an `Idempotency-Key`, if any.
+    fn kept_reply(&mut self, key: &str) -> StoreResult<Option<super::KeptReply>>;
+    /// Keeps a reply under its key (replacing one older than a day); false when a live
+    /// one is kept already (another request with the key got there first).
+    fn keep_reply(&mut self, key: &str, reply: &super::KeptReply) -> StoreResult<bool>;
     /// An existing conversation's kind and key (they never change: PostgreSQL's store
     /// remembers them, saving the writer lane a round trip per webhook event).
     fn conversation_key(&mut self, id: i64) -> StoreResult<(ConversationKind, String)> {
@@ -173,6 +178,14 @@ impl Storage for Store {
 
     fn set_hook_online(&mut self, user: &UserId, online: bool) -> StoreResult<bool> {
         Store::set_hook_online(self, user, online)
+    }
+
+    fn kept_reply(&mut self, key: &str) -> StoreResult<Option<super::KeptReply>> {
+        Store::kept_reply(self, key)
+    }
+
+    fn keep_reply(&mut self, key: &str, reply: &super::KeptReply) -> StoreResult<bool> {
+        Store::keep_reply(self, key, reply)
     }
 
     fn hook_online_users(&mut self) -> StoreResult<Vec<UserId>> {

@@ -159,6 +159,14 @@ const TABLES: &[Table] = &[
         identity: true,
     },
     Table { name: "webhook_online", columns: &["user_id"], free_text: &[], order: "user_id", identity: false },
+    // Server API replies kept by Idempotency-Key: a retry after the move still gets its.
+    Table {
+        name: "idempotency_keys",
+        columns: &["key", "fingerprint", "status", "body", "created_at"],
+        free_text: &["key", "body"],
+        order: "key",
+        identity: false,
+    },
 ];
 
 /// Each stream's true position in the SQLite database: the largest of its `streams` row,

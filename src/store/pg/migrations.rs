@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "webhooks", include_str!("../../../sql/pg/0005_webhooks.sql")),
     (6, "webhook_order", include_str!("../../../sql/pg/0006_webhook_order.sql")),
     (7, "display_names", include_str!("../../../sql/pg/0007_display_names.sql")),
+    (8, "idempotency", include_str!("../../../sql/pg/0008_idempotency.sql")),
 ];
 
 /// The advisory lock key of switchboard's migrations ("sbmigrat").

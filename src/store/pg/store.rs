@@ -492,6 +492,39 @@ impl Storage for PgStore {
         PgStore::unread_count(self, conversation_id, user)
     }
 
+    fn kept_reply(&mut self, key: &str) -> StoreResult<Option<crate::store::KeptReply>> {
+        let row = self.query_opt(
+            "SELECT fingerprint, status, body, created_at FROM idempotency_keys WHERE key = $1",
+            &[&enc(key)],
+        )?;
+        Ok(row.map(|r| crate::store::KeptReply {
+            fingerprint: r.get(0),
+            status: r.get::<_, i32>(1) as u16,
+            body: dec(r.get(2)),
+            created_at: r.get(3),
+        }))
+    }
+
+    fn keep_reply(&mut self, key: &str, reply: &crate::store::KeptReply) -> StoreResult<bool> {
+        // Another node's request with the same key, not committed yet, makes this wait
+        // for it; then it inserted nothing.
+        let kept = self.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
+                 body = excluded.body, created_at = excluded.created_at
+             WHERE idempotency_keys.created_at < $6",
+            &[
+                &enc(key),
+                &reply.fingerprint,
+                &i32::from(reply.status),
+                &enc(&reply.body),
+                &reply.created_at,
+                &(reply.created_at - crate::store::REPLY_KEPT),
+            ],
+        )?;
+        Ok(kept > 0)
+    }
+
     fn conversation_key(&mut self, id: i64) -> StoreResult<(ConversationKind, String)> {
         /// Conversations remembered at most (then forgotten all at once).
         const KEYS_KEPT: usize = 65_536;
