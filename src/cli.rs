@@ -1,5 +1,5 @@
 //! The command line: `switchboard [serve]`, `switchboard token`, `switchboard migrate`,
-//! `--help`, `--version`. Reads the configuration, opens the store, finds or generates
+//! `switchboard backup`, `--help`, `--version`. Reads the configuration, opens the store, finds or generates
 //! the secrets, binds the listeners and hands over to the event loop. Exit codes: 0 after
 //! a clean stop, 2 for a bad setting or command line, 1 when start-up fails otherwise.
 
@@ -31,6 +31,12 @@ Usage:
                                       copy the SQLite database (SWITCHBOARD_DB, with no
                                       server running on it) into an empty PostgreSQL
                                       database, then check every table's row count
+  switchboard backup FILE [--overwrite] [SETTINGS]
+                                      copy the SQLite database (SWITCHBOARD_DB) to FILE
+                                      while the server runs: consistent, checked with
+                                      PRAGMA integrity_check, renamed into place at the
+                                      end; an existing FILE is replaced only with
+                                      --overwrite (PostgreSQL: use pg_dump)
   switchboard --help | --version
 
 Every setting can be given as a flag or as an environment variable; the flag wins.
@@ -62,6 +68,7 @@ pub fn main(args: Vec<String>) -> i32 {
         None | Some("serve") if rest.len() <= 1 => serve(config),
         Some("token") => token(config, &rest[1..]),
         Some("migrate") => migrate(config, &rest[1..]),
+        Some("backup") => backup(config, &rest[1..]),
         Some(other) => fail(2, &format!("unknown command or flag {other:?}; see switchboard --help")),
         None => fail(2, "see switchboard --help"),
     }
@@ -366,6 +373,46 @@ fn migrate(config: Config, args: &[String]) -> i32 {
             0
         }
         Err((code, message)) => fail(code, &message),
+    }
+}
+
+/// `switchboard backup FILE [--overwrite]`: a consistent copy of the SQLite database,
+/// taken beside a running server (`store::backup`). The summary goes to stdout.
+fn backup(config: Config, args: &[String]) -> i32 {
+    let mut overwrite = false;
+    let mut target = None;
+    for arg in args {
+        match arg.as_str() {
+            "--overwrite" => overwrite = true,
+            flag if flag.starts_with('-') => {
+                return fail(2, &format!("unknown flag {flag:?} for backup; see switchboard --help"));
+            }
+            file if target.is_none() => target = Some(std::path::PathBuf::from(file)),
+            extra => return fail(2, &format!("backup takes one FILE; {extra:?} is one too many")),
+        }
+    }
+    if config.database_url.is_some() {
+        return fail(
+            2,
+            "backup copies the SQLite file; with SWITCHBOARD_DATABASE_URL the data is in PostgreSQL: back it up with pg_dump (or your PostgreSQL's own backups)",
+        );
+    }
+    let Some(target) = target.filter(|t| !t.as_os_str().is_empty()) else {
+        return fail(2, "backup needs FILE: where to write the copy");
+    };
+    match crate::store::backup::backup(&config.db_path, &target, overwrite) {
+        Ok(copied) => {
+            println!(
+                "switchboard: backed up {} to {}: {} bytes ({} pages), integrity ok ({:.2} s)",
+                config.db_path.display(),
+                target.display(),
+                copied.bytes,
+                copied.pages,
+                copied.elapsed.as_secs_f64()
+            );
+            0
+        }
+        Err(e) => fail(1, &format!("backup failed: {e}")),
     }
 }
 

@@ -6,6 +6,7 @@
 //! by the server at the end of the turn (`commit`), before anything of that turn is
 //! sent to any client. Reads inside the turn see the turn's own writes.
 
+pub mod backup;
 mod checkpoint;
 mod conversations;
 mod file;
