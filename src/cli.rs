@@ -184,6 +184,12 @@ fn serve(config: Config) -> i32 {
                 "SWITCHBOARD_WEBHOOK_URL works with the SQLite store only so far (not with SWITCHBOARD_DATABASE_URL)",
             );
         }
+        Some(_) if config.retention.is_on() => {
+            return fail(
+                2,
+                "SWITCHBOARD_RETENTION_DAYS and SWITCHBOARD_ROOM_HISTORY_MAX work with the SQLite store only so far (not with SWITCHBOARD_DATABASE_URL); on PostgreSQL delete old rows with your own job",
+            );
+        }
         Some(url) => match postgres_engine(url, &config) {
             Ok((engine, secrets)) => (engine, secrets, "PostgreSQL".to_string(), None),
             Err((code, message)) => return fail(code, &message),
@@ -197,6 +203,18 @@ fn serve(config: Config) -> i32 {
                 Ok(secrets) => secrets,
                 Err(e) => return fail(1, &e),
             };
+            if config.retention.is_on() {
+                match store.use_incremental_vacuum() {
+                    Ok(None) => {}
+                    Ok(Some(took)) => log::info!(
+                        "retention: the database gives deleted pages back to the file system from now on (one VACUUM, {:.1} s)",
+                        took.as_secs_f64()
+                    ),
+                    Err(e) => {
+                        return fail(1, &format!("retention: cannot switch the database to incremental vacuum: {e}"));
+                    }
+                }
+            }
             let engine = if std::env::var_os("SWITCHBOARD_TEST_DEFERRED_ENGINE").is_some_and(|v| v == "1") {
                 // For the test suite only (ARCHITECTURE.md, "Storage as data"): every
                 // open and request answered a turn later, the shape of an engine on

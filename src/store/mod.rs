@@ -13,6 +13,7 @@ mod file;
 mod migrations;
 mod notifications;
 pub mod pg;
+mod retention;
 mod storage;
 mod streams;
 mod webhooks;
@@ -27,6 +28,7 @@ use crate::model::{Micros, Seq, UserId};
 pub use conversations::{Conversation, ConversationSummary, Customer, NewConversation, NewCustomer, direct_key};
 pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
+pub use retention::{Live, Pruned};
 pub use storage::Storage;
 pub use streams::{Missed, Since, StoredEvent};
 pub use webhooks::{DueTimer, HookRow, NewTimer, TimerKind, WebhookLog};
@@ -243,6 +245,8 @@ pub struct Store {
     /// the last look stored some (the delivery thread is woken for them).
     hooks_in_turn: usize,
     hooks_committed: bool,
+    /// Where retention's passes are (`retention.rs`).
+    retention: retention::State,
 }
 
 impl Drop for Store {
@@ -273,6 +277,15 @@ impl Store {
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Open(format!("cannot open database {}: {e}", path.display())))?;
+        // A new database gives deleted pages back to the file system when retention asks
+        // (`retention.rs`); this must be set before the first table is created.
+        let empty: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| StoreError::Open(format!("cannot read database {}: {e}", path.display())))?;
+        if empty == 0 {
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(|e| StoreError::Open(format!("cannot configure database {}: {e}", path.display())))?;
+        }
         let setup = format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
             if sync_full { "FULL" } else { "NORMAL" }
@@ -308,6 +321,7 @@ impl Store {
             seqs: streams::Seqs::default(),
             hooks_in_turn: 0,
             hooks_committed: false,
+            retention: retention::State::default(),
         })
     }
 
@@ -491,6 +505,9 @@ impl Store {
     /// orders by activity).
     pub(crate) fn write_touched(&mut self) -> StoreResult<()> {
         for (conversation_id, at) in std::mem::take(&mut self.touched) {
+            if let Some(posted) = &mut self.retention.posted {
+                posted.insert(conversation_id);
+            }
             self.conn
                 .prepare_cached("UPDATE conversations SET updated_at = max(updated_at, ?2) WHERE id = ?1")?
                 .execute(params![conversation_id, at])?;
@@ -589,7 +606,11 @@ impl Store {
                 "INSERT INTO conversations (kind, key, title, created_at, updated_at) VALUES (?1, ?2, ?2, ?3, ?3)",
             )?
             .execute(params![kind.as_sql(), key, now])?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        if kind == ConversationKind::Room {
+            self.continue_pruned_room(id, key, now)?;
+        }
+        Ok(id)
     }
 
     pub fn conversation_id(&self, kind: ConversationKind, key: &str) -> StoreResult<Option<i64>> {
