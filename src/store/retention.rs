@@ -147,7 +147,13 @@ impl Store {
         live: &Live<'_>,
     ) -> StoreResult<Pruned> {
         let mut pruned = Pruned::default();
-        if !rules.is_on() || self.in_transaction || self.lost.is_some() || self.write_error.is_some() {
+        if self.in_transaction {
+            // The sweep came in the middle of a turn that wrote: right after its commit
+            // instead (`App::after_turn`), or a busy server would never get to it.
+            self.retention.again_at = Some(Instant::now());
+            return Ok(pruned);
+        }
+        if !rules.is_on() || self.lost.is_some() || self.write_error.is_some() {
             return Ok(pruned);
         }
         if rules.room_history_max.is_some() && self.retention.posted.is_none() {
