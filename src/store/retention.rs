@@ -633,3 +633,79 @@ enum Step {
     /// Looked at everything (or reached rows too young).
     Through { rows: usize },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::UserId;
+    use crate::store::{ConversationKind, NewBankingMessage, NewMessage, Since};
+
+    const NOBODY: Live<'static> = Live { online: &|_| false, listened: &|_| false };
+
+    fn prune(store: &mut Store, rules: &Retention, now: Micros) -> usize {
+        let mut rows = 0;
+        // Passes rest between rounds; a test wants them all through now.
+        for _ in 0..20 {
+            store.retention.rest_until = Default::default();
+            rows += store.prune_retention(rules, now, Duration::from_secs(10), &NOBODY).unwrap().rows;
+        }
+        rows
+    }
+
+    fn by_age(secs: u64) -> Retention {
+        Retention { max_age: Some(Duration::from_secs(secs)), ..Retention::default() }
+    }
+
+    #[test]
+    fn a_pruned_room_resumes_as_gone_and_its_name_goes_on_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("t.db"), false).unwrap();
+        let ann = UserId::new("1");
+        let room = store.get_or_create_conversation(ConversationKind::Room, "old", 0).unwrap();
+        let stream = StreamId::Conversation(room);
+        for n in 0..5 {
+            let seq = store.next_seq(&stream, 0).unwrap();
+            let message = NewMessage { seq: Some(seq), ..NewMessage::text(room, (&ann, "ann"), "hi") };
+            store.insert_message(message, n).unwrap();
+        }
+        // A newer row elsewhere, so that the room's messages are not the newest of all.
+        let other = store.get_or_create_conversation(ConversationKind::Room, "new", 10_000_000).unwrap();
+        store.insert_message(NewMessage::text(other, (&ann, "ann"), "new"), 10_000_000).unwrap();
+        store.commit().unwrap();
+        let now = 10_000_000;
+        assert_eq!(prune(&mut store, &by_age(5), now), 6, "five messages and the room");
+        assert_eq!(store.conversation_id(ConversationKind::Room, "old").unwrap(), None);
+        // The old number resumes as gone, never as something else.
+        assert_eq!(store.events_since(&stream, 2, 100).unwrap(), Since::Gone { last: 5 });
+        let again = store.get_or_create_conversation(ConversationKind::Room, "old", now).unwrap();
+        assert_ne!(again, room);
+        let again = StreamId::Conversation(again);
+        assert_eq!(store.last_seq(&again).unwrap(), 5);
+        assert_eq!(store.events_since(&again, 2, 100).unwrap(), Since::Gone { last: 5 });
+        store.commit().unwrap();
+        // The newest row of a table stays, even when old: its id is never used again.
+        assert_eq!(prune(&mut store, &by_age(1), now + 100_000_000), 0);
+        assert_eq!(store.recent_messages(other, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_banking_thread_goes_replies_first_and_unread_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("t.db"), false).unwrap();
+        let user = UserId::new("7");
+        let new = |parent_id| NewBankingMessage { user_id: &user, subject: "s", body: "b", thread_id: "t", parent_id };
+        let parent = store.insert_banking_message(&new(None), 0).unwrap().id;
+        let reply = store.insert_banking_message(&new(Some(parent)), 0).unwrap().id;
+        let unread = store.insert_banking_message(&new(None), 0).unwrap().id;
+        store.insert_banking_message(&new(None), 50_000_000).unwrap();
+        for id in [parent, reply] {
+            store.mark_banking_message_read(&user, id, 0).unwrap();
+        }
+        store.commit().unwrap();
+        assert_eq!(prune(&mut store, &by_age(1), 60_000_000), 2);
+        assert!(store.banking_message(parent).unwrap().is_none() && store.banking_message(reply).unwrap().is_none());
+        assert!(store.banking_message(unread).unwrap().is_some(), "unread stays");
+        let rules = Retention { prune_unread: true, ..by_age(1) };
+        assert_eq!(prune(&mut store, &rules, 60_000_000), 1);
+    }
+}
