@@ -511,6 +511,20 @@ impl App {
     /// a moment (see `Store::finish_checkpoint`).
     pub fn after_turn(&mut self) {
         self.ctx.engine.after_turn();
+        if self.ctx.config.retention.is_on() && self.ctx.engine.retention_due().is_some_and(|at| Instant::now() >= at) {
+            self.prune_retention();
+        }
+    }
+
+    /// Deletes what is past keeping for about a millisecond (between turns).
+    fn prune_retention(&mut self) {
+        let (online, hub) = (&self.ctx.online, &self.ctx.hub);
+        let live = crate::store::Live {
+            online: &|user| online.contains_key(&UserId::new(user)),
+            listened: &|conversation| !hub.conns(&crate::hub::Topic::Conversation(conversation)).is_empty(),
+        };
+        let rules = self.ctx.config.retention;
+        self.ctx.engine.prune_retention(&rules, crate::model::now_micros(), &live);
     }
 
     /// What the Redis bus brought: its events are delivered (in order, once, through
@@ -581,8 +595,16 @@ impl App {
     /// Forgets rate-limit buckets that have refilled, so the map does not grow with
     /// every user ever seen. Called from the server's periodic sweep.
     pub fn sweep(&mut self) {
-        let before = self.ctx.now - self.ctx.config.event_retention.as_micros().min(i64::MAX as u128) as i64;
+        // Events outlive neither their own retention nor what they report.
+        let events_kept = match self.ctx.config.retention.max_age {
+            Some(age) => age.min(self.ctx.config.event_retention),
+            None => self.ctx.config.event_retention,
+        };
+        let before = self.ctx.now - events_kept.as_micros().min(i64::MAX as u128) as i64;
         self.ctx.engine.sweep(before, self.ctx.now);
+        if self.ctx.config.retention.is_on() {
+            self.prune_retention();
+        }
         self.sweep_hooks();
         if let Some(cluster) = &mut self.ctx.cluster {
             cluster.settle(Instant::now());

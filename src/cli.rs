@@ -1,5 +1,5 @@
 //! The command line: `switchboard [serve]`, `switchboard token`, `switchboard migrate`,
-//! `--help`, `--version`. Reads the configuration, opens the store, finds or generates
+//! `switchboard backup`, `--help`, `--version`. Reads the configuration, opens the store, finds or generates
 //! the secrets, binds the listeners and hands over to the event loop. Exit codes: 0 after
 //! a clean stop, 2 for a bad setting or command line, 1 when start-up fails otherwise.
 
@@ -31,6 +31,12 @@ Usage:
                                       copy the SQLite database (SWITCHBOARD_DB, with no
                                       server running on it) into an empty PostgreSQL
                                       database, then check every table's row count
+  switchboard backup FILE [--overwrite] [SETTINGS]
+                                      copy the SQLite database (SWITCHBOARD_DB) to FILE
+                                      while the server runs: consistent, checked with
+                                      PRAGMA integrity_check, renamed into place at the
+                                      end; an existing FILE is replaced only with
+                                      --overwrite (PostgreSQL: use pg_dump)
   switchboard --help | --version
 
 Every setting can be given as a flag or as an environment variable; the flag wins.
@@ -62,6 +68,7 @@ pub fn main(args: Vec<String>) -> i32 {
         None | Some("serve") if rest.len() <= 1 => serve(config),
         Some("token") => token(config, &rest[1..]),
         Some("migrate") => migrate(config, &rest[1..]),
+        Some("backup") => backup(config, &rest[1..]),
         Some(other) => fail(2, &format!("unknown command or flag {other:?}; see switchboard --help")),
         None => fail(2, "see switchboard --help"),
     }
@@ -171,6 +178,12 @@ fn serve(config: Config) -> i32 {
         },
     };
     let (engine, secrets, kept_in, webhooks) = match &config.database_url {
+        Some(_) if config.retention.is_on() => {
+            return fail(
+                2,
+                "SWITCHBOARD_RETENTION_DAYS and SWITCHBOARD_ROOM_HISTORY_MAX work with the SQLite store only so far (not with SWITCHBOARD_DATABASE_URL); on PostgreSQL delete old rows with your own job",
+            );
+        }
         Some(url) => match postgres_engine(url, &config) {
             Ok((engine, secrets, node)) => {
                 let webhooks = match (&config.webhook, &secrets.webhook_secret) {
@@ -199,6 +212,18 @@ fn serve(config: Config) -> i32 {
                 Ok(secrets) => secrets,
                 Err(e) => return fail(1, &e),
             };
+            if config.retention.is_on() {
+                match store.use_incremental_vacuum() {
+                    Ok(None) => {}
+                    Ok(Some(took)) => log::info!(
+                        "retention: the database gives deleted pages back to the file system from now on (one VACUUM, {:.1} s)",
+                        took.as_secs_f64()
+                    ),
+                    Err(e) => {
+                        return fail(1, &format!("retention: cannot switch the database to incremental vacuum: {e}"));
+                    }
+                }
+            }
             let engine = if std::env::var_os("SWITCHBOARD_TEST_DEFERRED_ENGINE").is_some_and(|v| v == "1") {
                 // For the test suite only (ARCHITECTURE.md, "Storage as data"): every
                 // open and request answered a turn later, the shape of an engine on
@@ -380,6 +405,46 @@ fn migrate(config: Config, args: &[String]) -> i32 {
             0
         }
         Err((code, message)) => fail(code, &message),
+    }
+}
+
+/// `switchboard backup FILE [--overwrite]`: a consistent copy of the SQLite database,
+/// taken beside a running server (`store::backup`). The summary goes to stdout.
+fn backup(config: Config, args: &[String]) -> i32 {
+    let mut overwrite = false;
+    let mut target = None;
+    for arg in args {
+        match arg.as_str() {
+            "--overwrite" => overwrite = true,
+            flag if flag.starts_with('-') => {
+                return fail(2, &format!("unknown flag {flag:?} for backup; see switchboard --help"));
+            }
+            file if target.is_none() => target = Some(std::path::PathBuf::from(file)),
+            extra => return fail(2, &format!("backup takes one FILE; {extra:?} is one too many")),
+        }
+    }
+    if config.database_url.is_some() {
+        return fail(
+            2,
+            "backup copies the SQLite file; with SWITCHBOARD_DATABASE_URL the data is in PostgreSQL: back it up with pg_dump (or your PostgreSQL's own backups)",
+        );
+    }
+    let Some(target) = target.filter(|t| !t.as_os_str().is_empty()) else {
+        return fail(2, "backup needs FILE: where to write the copy");
+    };
+    match crate::store::backup::backup(&config.db_path, &target, overwrite) {
+        Ok(copied) => {
+            println!(
+                "switchboard: backed up {} to {}: {} bytes ({} pages), integrity ok ({:.2} s)",
+                config.db_path.display(),
+                target.display(),
+                copied.bytes,
+                copied.pages,
+                copied.elapsed.as_secs_f64()
+            );
+            0
+        }
+        Err(e) => fail(1, &format!("backup failed: {e}")),
     }
 }
 

@@ -193,6 +193,24 @@ pub const SETTINGS: &[Setting] = &[
         help: "how long events other than messages are kept for clients that reconnect with ?since= (the records themselves are kept)",
     },
     Setting {
+        flag: "retention-days",
+        env: "SWITCHBOARD_RETENTION_DAYS",
+        default: None,
+        help: "delete what is older than this many days (fractions allowed, e.g. 0.5): messages, read notifications, resolved fraud alerts, read banking messages, then rooms and users with nothing left; unread items stay (see --retention-unread); unset: keep everything. SQLite only",
+    },
+    Setting {
+        flag: "room-history-max",
+        env: "SWITCHBOARD_ROOM_HISTORY_MAX",
+        default: None,
+        help: "keep only the newest this many messages of each room (rooms only: not consultations, support or 1:1 conversations); unset: no limit. SQLite only",
+    },
+    Setting {
+        flag: "retention-unread",
+        env: "SWITCHBOARD_RETENTION_UNREAD",
+        default: Some("keep"),
+        help: "with --retention-days: keep (unread messages, notifications, banking messages and unresolved fraud alerts are never deleted by age) or prune (they go by age too)",
+    },
+    Setting {
         flag: "webhook-url",
         env: "SWITCHBOARD_WEBHOOK_URL",
         default: None,
@@ -326,6 +344,9 @@ pub struct Config {
     pub history_limit: usize,
     /// How long `events` rows are kept for recovery with `?since=`.
     pub event_retention: std::time::Duration,
+    /// What is deleted by age or by count (`SWITCHBOARD_RETENTION_*`,
+    /// `SWITCHBOARD_ROOM_HISTORY_MAX`).
+    pub retention: Retention,
     /// With PostgreSQL: the Redis bus.
     pub redis: Option<RedisUrl>,
     /// With Redis: how long a node's presence lasts without renewal.
@@ -340,6 +361,26 @@ pub struct Config {
     /// Empty means any origin is accepted.
     pub allowed_origins: Vec<String>,
     pub log_level: log::LevelFilter,
+}
+
+/// What the store deletes between turns (`store/retention.rs`); nothing when both
+/// limits are unset.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Retention {
+    /// Messages, read notifications, resolved alerts and read banking messages older than
+    /// this go, then rooms and users with nothing left.
+    pub max_age: Option<Duration>,
+    /// Messages kept per room, the newest.
+    pub room_history_max: Option<u64>,
+    /// Unread items go by age too.
+    pub prune_unread: bool,
+}
+
+impl Retention {
+    /// Whether anything is ever deleted.
+    pub fn is_on(&self) -> bool {
+        self.max_age.is_some() || self.room_history_max.is_some()
+    }
 }
 
 /// `SWITCHBOARD_WEBHOOK_*`: where webhooks go and what they carry (docs/webhooks.md).
@@ -532,6 +573,35 @@ impl RawSettings {
         Ok(value)
     }
 
+    fn retention(&self) -> Result<Retention, ConfigError> {
+        let max_age = match self.optional("retention-days") {
+            None => None,
+            Some(raw) => {
+                let days: f64 = raw.parse().map_err(|_| invalid("retention-days", &raw, "a number of days"))?;
+                let secs = days * 86_400.0;
+                if !secs.is_finite() || secs < 1.0 {
+                    return Err(invalid("retention-days", &raw, "a number of days of at least one second (0.00002)"));
+                }
+                Some(Duration::from_secs_f64(secs))
+            }
+        };
+        let room_history_max = match self.optional("room-history-max") {
+            None => None,
+            Some(_) => Some(self.positive("room-history-max")?),
+        };
+        let prune_unread = match self.get("retention-unread").unwrap_or_default().trim() {
+            "keep" => false,
+            "prune" => true,
+            other => return Err(invalid("retention-unread", other, "keep or prune")),
+        };
+        if prune_unread && max_age.is_none() {
+            return Err(ConfigError(
+                "SWITCHBOARD_RETENTION_UNREAD=prune (--retention-unread) needs SWITCHBOARD_RETENTION_DAYS: the age past which unread items go".into(),
+            ));
+        }
+        Ok(Retention { max_age, room_history_max, prune_unread })
+    }
+
     fn webhook(&self) -> Result<Option<WebhookConfig>, ConfigError> {
         let Some(url) = self.optional("webhook-url") else { return Ok(None) };
         let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
@@ -678,6 +748,7 @@ impl RawSettings {
             },
             history_limit: self.parsed("history-limit", "a whole number")?,
             event_retention: std::time::Duration::from_secs(self.positive("event-retention-secs")?),
+            retention: self.retention()?,
             redis: match self.optional("redis-url") {
                 None => None,
                 Some(_) if self.optional("database-url").is_none() => {
@@ -788,6 +859,29 @@ mod tests {
         assert!(err.0.contains("SWITCHBOARD_JWT_PUBLIC_KEY_FILE"), "{err}");
         let err = parse(&["--idle-timeout-secs", "0"], &[]).unwrap_err();
         assert!(err.0.contains("SWITCHBOARD_IDLE_TIMEOUT_SECS"), "{err}");
+    }
+
+    #[test]
+    fn retention_takes_days_a_count_and_what_to_do_with_unread_items() {
+        assert_eq!(parse(&[], &[]).unwrap().retention, Retention::default());
+        let config = parse(&["--retention-days", "0.5", "--room-history-max", "100"], &[]).unwrap();
+        assert_eq!(config.retention.max_age, Some(Duration::from_secs(43_200)));
+        assert_eq!(config.retention.room_history_max, Some(100));
+        assert!(!config.retention.prune_unread);
+        let config = parse(&[], &[("SWITCHBOARD_RETENTION_DAYS", "30"), ("SWITCHBOARD_RETENTION_UNREAD", "prune")]);
+        assert!(config.unwrap().retention.prune_unread);
+        for (flag, value, named) in [
+            ("--retention-days", "0", "SWITCHBOARD_RETENTION_DAYS"),
+            ("--retention-days", "-3", "SWITCHBOARD_RETENTION_DAYS"),
+            ("--retention-days", "a week", "SWITCHBOARD_RETENTION_DAYS"),
+            ("--room-history-max", "0", "SWITCHBOARD_ROOM_HISTORY_MAX"),
+            ("--retention-unread", "yes", "SWITCHBOARD_RETENTION_UNREAD"),
+        ] {
+            let err = parse(&[flag, value], &[]).unwrap_err();
+            assert!(err.0.contains(named), "{err}");
+        }
+        let err = parse(&["--retention-unread", "prune"], &[]).unwrap_err();
+        assert!(err.0.contains("needs SWITCHBOARD_RETENTION_DAYS"), "{err}");
     }
 
     #[test]

@@ -318,7 +318,8 @@ impl Engine {
     pub fn next_poll(&self) -> Option<std::time::Instant> {
         match self {
             Engine::Postgres(pg) => Some(pg.next_poll()),
-            Engine::Local(_) | Engine::Deferred(..) => None,
+            // Retention with work left (`Store::retention_due`).
+            Engine::Local(store) | Engine::Deferred(store, _) => store.retention_due(),
         }
     }
 
@@ -458,10 +459,38 @@ impl Engine {
         if let Err(e) = store.prune_replies(now) {
             log::warn!("cannot prune the kept server API replies: {e}");
         }
-        match store.prune_events(before, std::time::Duration::from_millis(5)) {
+        match store.prune_events(before, std::time::Duration::from_millis(1)) {
             Ok(0) => {}
             Ok(pruned) => log::debug!("pruned {pruned} events older than the retention"),
             Err(e) => log::warn!("cannot prune events: {e}"),
+        }
+    }
+}
+
+impl Engine {
+    /// Between turns, with retention on: deletes what is past keeping for about a
+    /// millisecond (`store/retention.rs`). SQLite only: `cli` refuses retention with
+    /// PostgreSQL.
+    /// When retention has work left and may run again.
+    pub fn retention_due(&mut self) -> Option<std::time::Instant> {
+        self.store().and_then(|store| store.retention_due())
+    }
+
+    pub fn prune_retention(&mut self, rules: &crate::config::Retention, now: Micros, live: &crate::store::Live<'_>) {
+        /// What one sweep (twice a second) spends on it at most, give or take one step.
+        const BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+        let Some(store) = self.store() else { return };
+        match store.prune_retention(rules, now, BUDGET, live) {
+            Ok(pruned) if pruned.steps > 0 && (pruned.rows > 0 || pruned.pages > 0) => log::debug!(
+                "retention: {} rows deleted and {} free pages given back in {} steps, the longest {} us ({})",
+                pruned.rows,
+                pruned.pages,
+                pruned.steps,
+                pruned.slowest.as_micros(),
+                pruned.slowest_phase
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("retention: cannot delete what is past keeping now (tried again next sweep): {e}"),
         }
     }
 }

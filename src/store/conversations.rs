@@ -135,7 +135,11 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
             )?
             .execute(params![new.kind.as_sql(), new.key, new.title, new.status, new.priority, new.customer_id, now])?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        if new.kind == ConversationKind::Room {
+            self.continue_pruned_room(id, new.key, now)?;
+        }
+        Ok(id)
     }
 
     pub fn members(&self, conversation_id: i64) -> StoreResult<Vec<UserId>> {

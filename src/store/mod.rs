@@ -6,6 +6,7 @@
 //! by the server at the end of the turn (`commit`), before anything of that turn is
 //! sent to any client. Reads inside the turn see the turn's own writes.
 
+pub mod backup;
 mod checkpoint;
 mod conversations;
 mod file;
@@ -13,6 +14,7 @@ mod migrations;
 mod notifications;
 pub mod pg;
 mod replies;
+mod retention;
 mod storage;
 mod streams;
 mod webhooks;
@@ -31,6 +33,7 @@ pub use conversations::{
 pub use migrations::MIGRATIONS;
 pub use notifications::{BankingMessage, FraudAlert, NewBankingMessage, NewNotification, Notification};
 pub use replies::{KeptReply, REPLY_KEPT};
+pub use retention::{Live, Pruned};
 pub use storage::Storage;
 pub use streams::{Missed, Since, StoredEvent};
 pub use webhooks::{DueTimer, HookRow, NewTimer, TimerKind, WebhookLog};
@@ -247,6 +250,8 @@ pub struct Store {
     /// the last look stored some (the delivery thread is woken for them).
     hooks_in_turn: usize,
     hooks_committed: bool,
+    /// Where retention's passes are (`retention.rs`).
+    retention: retention::State,
 }
 
 impl Drop for Store {
@@ -277,6 +282,15 @@ impl Store {
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Open(format!("cannot open database {}: {e}", path.display())))?;
+        // A new database gives deleted pages back to the file system when retention asks
+        // (`retention.rs`); this must be set before the first table is created.
+        let empty: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| StoreError::Open(format!("cannot read database {}: {e}", path.display())))?;
+        if empty == 0 {
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(|e| StoreError::Open(format!("cannot configure database {}: {e}", path.display())))?;
+        }
         let setup = format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
             if sync_full { "FULL" } else { "NORMAL" }
@@ -312,6 +326,7 @@ impl Store {
             seqs: streams::Seqs::default(),
             hooks_in_turn: 0,
             hooks_committed: false,
+            retention: retention::State::default(),
         })
     }
 
@@ -495,6 +510,9 @@ impl Store {
     /// orders by activity).
     pub(crate) fn write_touched(&mut self) -> StoreResult<()> {
         for (conversation_id, at) in std::mem::take(&mut self.touched) {
+            if let Some(posted) = &mut self.retention.posted {
+                posted.insert(conversation_id);
+            }
             self.conn
                 .prepare_cached("UPDATE conversations SET updated_at = max(updated_at, ?2) WHERE id = ?1")?
                 .execute(params![conversation_id, at])?;
@@ -593,7 +611,11 @@ impl Store {
                 "INSERT INTO conversations (kind, key, title, created_at, updated_at) VALUES (?1, ?2, ?2, ?3, ?3)",
             )?
             .execute(params![kind.as_sql(), key, now])?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        if kind == ConversationKind::Room {
+            self.continue_pruned_room(id, key, now)?;
+        }
+        Ok(id)
     }
 
     pub fn conversation_id(&self, kind: ConversationKind, key: &str) -> StoreResult<Option<i64>> {

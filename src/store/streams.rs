@@ -116,6 +116,14 @@ impl Seqs {
         }
     }
 
+    /// Forgets a stream's cached number (its rows changed underneath), unless the open
+    /// turn moved it.
+    pub(super) fn forget(&mut self, stream: &StreamId) {
+        if !self.turn.contains_key(stream) {
+            self.last.remove(stream);
+        }
+    }
+
     /// The turn's commit failed: every stream goes back to where it was before it.
     pub(super) fn rollback_turn(&mut self) {
         self.unit = None;
@@ -296,7 +304,7 @@ impl Store {
     /// Between turns: deletes events older than `before`, oldest first, a batch at a time
     /// until a batch comes back short or `budget` has passed. Returns how many went.
     pub fn prune_events(&mut self, before: Micros, budget: std::time::Duration) -> StoreResult<usize> {
-        const BATCH: i64 = 500;
+        const BATCH: i64 = 128;
         if self.in_transaction || self.lost.is_some() || self.write_error.is_some() {
             return Ok(0);
         }
