@@ -131,10 +131,10 @@ pub enum Write {
     /// With webhooks: an event no request records (a user online or offline, a room
     /// joined or left).
     Hook(Box<crate::webhook::Hook>),
-    /// With webhooks: the unread timers due now fire (`webhook::fire_timers`).
+    /// With webhooks: the unread timers due now fire (`features::hooks::fire_timers`).
     FireHookTimers,
     /// With webhooks: the users reported online become these, each change reported
-    /// (`webhook::report_online`).
+    /// (`features::hooks::report_online`).
     ReportOnline(Vec<(UserId, String)>),
     /// The backend names a user (the server API): shown when their token has no name.
     SetDisplayName {

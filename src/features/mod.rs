@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod conversations;
+pub mod hooks;
 pub mod inbox;
 pub mod support;
 
@@ -117,15 +118,15 @@ fn write(tx: &mut Tx<'_>, write: Write) -> Answer {
             Done::Stored
         }
         Write::Hook(hook) => {
-            crate::webhook::store_hook(tx, &hook)?;
+            hooks::store(tx, &hook)?;
             Done::Stored
         }
         Write::FireHookTimers => {
-            crate::webhook::fire_timers(tx)?;
+            hooks::fire_timers(tx)?;
             Done::Stored
         }
         Write::ReportOnline(online) => {
-            crate::webhook::report_online(tx, &online)?;
+            hooks::report_online(tx, &online)?;
             Done::Stored
         }
         Write::Idempotent(request) => idempotent(tx, *request)?,

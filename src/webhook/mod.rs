@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use crate::event::EventBody;
 use crate::model::{HookType, Micros, Seq, StreamId, UserId, format_timestamp};
 use crate::store::{ConversationKind, NewTimer, Storage, StoreResult, StoredMessage, TimerKind};
-use crate::tx::Tx;
 
 /// Which webhook events are written, and after how long unread timers fire: what a
 /// turn needs to write them (`Tx::hooks`). Absent when no webhook URL is set.
@@ -229,20 +228,6 @@ pub struct Hook {
     pub online: Option<(UserId, bool)>,
 }
 
-/// Stores a `Hook`, in the transaction of `tx`.
-pub fn store_hook(tx: &mut Tx<'_>, hook: &Hook) -> StoreResult<()> {
-    let Some(hooks) = tx.hooks else { return Ok(()) };
-    if let Some((user, online)) = &hook.online
-        && !tx.store.set_hook_online(user, *online)?
-    {
-        return Ok(());
-    }
-    if hooks.wants(hook.kind) {
-        tx.store.insert_hook(hook.kind.name(), &hook.stream.key(), None, &hook.data, tx.now)?;
-    }
-    Ok(())
-}
-
 /// `user.online` or `user.offline` as a `Hook`.
 pub fn presence_hook(user: &UserId, name: Option<&str>, online: bool) -> Hook {
     Hook {
@@ -251,41 +236,6 @@ pub fn presence_hook(user: &UserId, name: Option<&str>, online: bool) -> Hook {
         data: presence(user, name).to_string(),
         online: Some((user.clone(), online)),
     }
-}
-
-/// The users reported online become `online`: whoever is reported online and is not
-/// goes offline, whoever is and was not reported comes online. At start-up with
-/// nobody (a crash left users online), and on a cluster's node when it starts
-/// delivering (the cluster's view then; see `App::lead_hooks`).
-pub fn report_online(tx: &mut Tx<'_>, online: &[(UserId, String)]) -> StoreResult<usize> {
-    let reported = tx.store.hook_online_users()?;
-    let now: std::collections::HashMap<&UserId, &str> = online.iter().map(|(u, n)| (u, n.as_str())).collect();
-    let mut changed = 0;
-    for user in reported.iter().filter(|user| !now.contains_key(user)) {
-        store_hook(tx, &presence_hook(user, None, false))?;
-        changed += 1;
-    }
-    let reported: std::collections::HashSet<&UserId> = reported.iter().collect();
-    for (user, name) in online.iter().filter(|(user, _)| !reported.contains(user)) {
-        store_hook(tx, &presence_hook(user, Some(name), true))?;
-        changed += 1;
-    }
-    Ok(changed)
-}
-
-/// The unread timers due now fire: `message.unread` and `notification.unread` for
-/// whoever has still not read what each looks at (a bounded number per call).
-pub fn fire_timers(tx: &mut Tx<'_>) -> StoreResult<usize> {
-    /// Timers looked at per call at most (twice a second).
-    const TIMERS_PER_SWEEP: usize = 2000;
-    let Some(hooks) = tx.hooks else { return Ok(0) };
-    let fired = tx.store.take_due_hook_timers(tx.now, TIMERS_PER_SWEEP)?;
-    for timer in &fired {
-        for (kind, data) in unread(timer).into_iter().filter(|(kind, _)| hooks.wants(*kind)) {
-            tx.store.insert_hook(kind.name(), &timer.stream, timer.seq, &data, tx.now)?;
-        }
-    }
-    Ok(fired.len())
 }
 
 /// `notification.read`'s data.
