@@ -2,7 +2,8 @@
 //! PostgreSQL database and one throwaway redis-server, under load from rooms, notifications,
 //! direct chat and presence watchers, while the bus is cut, a node is killed with SIGKILL and
 //! started again, and Redis is shut down (its data gone) and started again. Then every
-//! client's view is checked against what PostgreSQL holds.
+//! client's view is checked against what PostgreSQL holds, and so is what a webhook
+//! receiver heard (check 9: the killed node is made the one delivering webhooks first).
 //!
 //! Clients reconnect as behind a load balancer: a client whose node died opens a socket on a
 //! live node with `?since=<the last seq it saw>`. Each user holds one socket (the cap user
@@ -13,6 +14,9 @@
 //! the test fails at the end if any failed. `soak` (ignored; `benches/chaos-soak.sh`) repeats
 //! the kill/restart cycle `SWITCHBOARD_SOAK_CYCLES` times and stalls a node with SIGSTOP.
 
+#[allow(dead_code)]
+#[path = "util/receiver.rs"]
+mod receiver;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1074,9 +1078,34 @@ fn three_nodes_under_faults_lose_nothing_and_converge() {
     let _serial = serial();
     let started = Instant::now();
     let rooms = env_usize("SWITCHBOARD_CHAOS_ROOMS", 6);
-    let mut cluster = Cluster::start(&[]);
+    // Webhooks too: every stored message is reported, whichever node delivers (the
+    // lease moves when its holder is killed).
+    let hooks = receiver::Receiver::start(HOOK_SECRET);
+    let hooks_url = hooks.url();
+    let mut cluster = Cluster::start(&[
+        ("SWITCHBOARD_WEBHOOK_URL", hooks_url.as_str()),
+        ("SWITCHBOARD_WEBHOOK_SECRET", HOOK_SECRET),
+        ("SWITCHBOARD_WEBHOOK_EVENTS", "message.created"),
+        ("SWITCHBOARD_WEBHOOK_RETRY_MAX_MS", "500"),
+    ]);
     let shared = cluster.shared.clone();
     eprintln!("cluster up in {:.1} s", started.elapsed().as_secs_f64());
+    // n2, killed at t=6, is made the node that delivers webhooks (the first node to start
+    // took the lease): the kill then moves delivery to another node under load.
+    let n2 = cluster.server(1).log_text();
+    let node = n2.split("storing in PostgreSQL as node ").nth(1).and_then(|r| r.lines().next()).expect("n2's node id");
+    cluster.psql(&format!(
+        "UPDATE webhook_cursor SET owner = '{node}', lease_until = clock_timestamp() + interval '3 seconds'"
+    ));
+    eventually("n2 delivers the webhooks", || {
+        cluster
+            .server(1)
+            .api("GET", "/metrics", None)
+            .1
+            .as_str()
+            .unwrap_or("")
+            .contains("switchboard_webhook_delivering 1")
+    });
 
     // Clients, each user with one socket (the cap user aside).
     let mut specs = room_specs(rooms, Duration::from_millis(75));
@@ -1390,6 +1419,11 @@ fn three_nodes_under_faults_lose_nothing_and_converge() {
     }
     report.add("(7) metrics show the recovery paths ran", failures, format!("{metrics:?}"));
 
+    // (9) Webhooks: every stored message reported at least once, in seq order per
+    // stream, nothing reported that is not stored, one event per id.
+    let (failures, summary) = check_webhooks(&cluster, &hooks);
+    report.add("(9) webhooks: every stored message reported, in order, nothing else", failures, summary);
+
     // (8) Latency, reported.
     print_latency(
         &logs,
@@ -1413,6 +1447,80 @@ fn three_nodes_under_faults_lose_nothing_and_converge() {
     print_pg_deadlocks();
     eprintln!("chaos run took {:.1} s", started.elapsed().as_secs_f64());
     report.finish();
+}
+
+const HOOK_SECRET: &str = "hook-secret-0123456789abcdef";
+
+/// Check (9): waits (up to 20 s) for the receiver to have a `message.created` for every
+/// message in PostgreSQL, then compares.
+fn check_webhooks(cluster: &Cluster, hooks: &receiver::Receiver) -> (Vec<String>, String) {
+    let stored: BTreeSet<i64> = cluster.psql("SELECT id FROM messages").iter().filter_map(|l| l.parse().ok()).collect();
+    let reported = |events: &[Value]| -> BTreeSet<i64> {
+        events.iter().filter_map(|e| e["data"]["message"]["id"].as_i64()).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !stored.is_subset(&reported(&hooks.events())) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = hooks.events();
+    let got = reported(&events);
+    let mut failures = Vec::new();
+    let missing: Vec<&i64> = stored.difference(&got).collect();
+    if !missing.is_empty() {
+        failures.push(format!(
+            "{} stored messages never reported, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    let phantoms: Vec<&i64> = got.difference(&stored).collect();
+    if !phantoms.is_empty() {
+        failures.push(format!(
+            "{} reported messages not stored, e.g. {:?}",
+            phantoms.len(),
+            &phantoms[..phantoms.len().min(5)]
+        ));
+    }
+    // Per stream, the first report of each seq comes in seq order.
+    let (mut by_id, mut seqs) = (HashMap::<i64, (String, i64)>::new(), HashMap::<String, Vec<i64>>::new());
+    for event in &events {
+        let (id, stream, seq) =
+            (event["id"].as_i64().unwrap_or(-1), id_string(&event["stream"]), event["seq"].as_i64().unwrap_or(-1));
+        match by_id.insert(id, (stream.clone(), seq)) {
+            Some(first) if first != (stream.clone(), seq) => {
+                failures.push(format!("event id {id} reported as {first:?} and as ({stream}, {seq})"));
+            }
+            Some(_) => {}
+            None => seqs.entry(stream).or_default().push(seq),
+        }
+    }
+    for (stream, seqs) in &seqs {
+        if seqs.windows(2).any(|w| w[0] >= w[1]) {
+            failures.push(format!("{stream}: reported out of seq order: {:?}", &seqs[..seqs.len().min(20)]));
+        }
+    }
+    if hooks.forged() > 0 {
+        failures.push(format!("{} requests with a bad signature", hooks.forged()));
+    }
+    let delivering: Vec<String> = cluster
+        .live_servers()
+        .filter(|(_, server)| {
+            server.api("GET", "/metrics", None).1.as_str().unwrap_or("").contains("switchboard_webhook_delivering 1")
+        })
+        .map(|(i, _)| format!("n{}", i + 1))
+        .collect();
+    if delivering.len() != 1 {
+        failures.push(format!("{} live nodes deliver ({delivering:?}), want exactly 1", delivering.len()));
+    }
+    let summary = format!(
+        "{} stored, {} events received ({} duplicates) in {} requests, {} streams; delivering at the end: {delivering:?}",
+        stored.len(),
+        events.len(),
+        events.len() - by_id.len(),
+        hooks.requests(),
+        seqs.len()
+    );
+    (failures, summary)
 }
 
 // ---- The rate limit across nodes.
