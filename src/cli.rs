@@ -178,12 +178,6 @@ fn serve(config: Config) -> i32 {
         },
     };
     let (engine, secrets, kept_in, webhooks) = match &config.database_url {
-        Some(_) if config.retention.is_on() => {
-            return fail(
-                2,
-                "SWITCHBOARD_RETENTION_DAYS and SWITCHBOARD_ROOM_HISTORY_MAX work with the SQLite store only so far (not with SWITCHBOARD_DATABASE_URL); on PostgreSQL delete old rows with your own job",
-            );
-        }
         Some(url) => match postgres_engine(url, &config) {
             Ok((engine, secrets, node)) => {
                 let webhooks = match (&config.webhook, &secrets.webhook_secret) {
@@ -352,6 +346,7 @@ fn postgres_engine(url: &str, config: &Config) -> Result<(Engine, Secrets, Strin
         redis: config.redis.clone(),
         rate_limit_per_minute: config.limits.rate_limit_per_minute,
         hooks: config.webhook.as_ref().map(crate::webhook::Hooks::of),
+        retention: config.retention,
     };
     let engine = crate::engine::postgres::PgEngine::start(url, node.clone(), wake, options);
     Ok((Engine::Postgres(Box::new(engine)), secrets, node))

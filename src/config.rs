@@ -196,13 +196,13 @@ pub const SETTINGS: &[Setting] = &[
         flag: "retention-days",
         env: "SWITCHBOARD_RETENTION_DAYS",
         default: None,
-        help: "delete what is older than this many days (fractions allowed, e.g. 0.5): messages, read notifications, resolved fraud alerts, read banking messages, then rooms and users with nothing left; unread items stay (see --retention-unread); unset: keep everything. SQLite only",
+        help: "delete what is older than this many days (fractions allowed, e.g. 0.5): messages, read notifications, resolved fraud alerts, read banking messages, then rooms and users with nothing left (on SQLite); unread items stay (see --retention-unread); unset: keep everything",
     },
     Setting {
         flag: "room-history-max",
         env: "SWITCHBOARD_ROOM_HISTORY_MAX",
         default: None,
-        help: "keep only the newest this many messages of each room (rooms only: not consultations, support or 1:1 conversations); unset: no limit. SQLite only",
+        help: "keep only the newest this many messages of each room (rooms only: not consultations, support or 1:1 conversations); unset: no limit",
     },
     Setting {
         flag: "retention-unread",

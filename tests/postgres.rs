@@ -302,7 +302,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
-use switchboard::engine::writer::{Batch, Committed, Writer};
+use switchboard::engine::writer::{Batch, Committed, Rules, Writer};
 
 fn post(ticket: u64, who_: &str, content: &str) -> (u64, Request) {
     (ticket, Request::Write(Write::PostToRoom { room: text("lobby"), sender: who(who_), content: text(content) }))
@@ -316,8 +316,7 @@ fn writer(url: &str, node: &str) -> (Writer, Receiver<Committed>, Arc<AtomicUsiz
         url.to_string(),
         node.to_string(),
         None,
-        60,
-        None,
+        Rules { rate_limit_per_minute: 60, ..Default::default() },
         answers,
         Box::new(move || {
             wake.fetch_add(1, Ordering::SeqCst);

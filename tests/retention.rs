@@ -1,6 +1,7 @@
 //! Retention (`SWITCHBOARD_RETENTION_DAYS`, `SWITCHBOARD_ROOM_HISTORY_MAX`,
-//! `SWITCHBOARD_RETENTION_UNREAD`) on the real binary and real SQLite files: rows are
-//! backdated through rusqlite while the server is stopped, then a server with retention
+//! `SWITCHBOARD_RETENTION_UNREAD`) on the real binary and real SQLite files (and, but for
+//! the file's own tests, on PostgreSQL in the suite's third pass): rows are
+//! backdated while the server is stopped, then a server with retention
 //! deletes what is old, keeps what is fresh or unread, gives the pages back to the file
 //! system, and a client resuming with `?since=` a pruned seq is told that recovery is not
 //! possible. Each test prints the longest retention step the server logged.
@@ -43,6 +44,17 @@ fn file_size(path: &Path) -> u64 {
 fn backdate(db: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(sql).unwrap();
+}
+
+/// Rows written into a stopped server's store, whichever engine (SQL both speak).
+fn write_rows(server: &Server, sql: &str) {
+    if on_postgres() {
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            server.query(statement);
+        }
+    } else {
+        backdate(&server.db_path(), sql);
+    }
 }
 
 #[test]
@@ -192,9 +204,6 @@ fn server_with(stopped: &Server, extra: &[(&str, &str)]) -> Server {
 
 #[test]
 fn a_room_keeps_its_newest_messages_and_resuming_past_them_is_refused() {
-    if sqlite_only("retention deletes from the SQLite file (PostgreSQL refuses the settings)") {
-        return;
-    }
     let server = Server::start(&[("SWITCHBOARD_ROOM_HISTORY_MAX", "10")]);
     for n in 1..=40 {
         let (status, _) = server.api("POST", "/api/rooms/busy/messages", Some(&json!({"message": format!("m{n}")})));
@@ -230,16 +239,63 @@ fn a_room_keeps_its_newest_messages_and_resuming_past_them_is_refused() {
     eprintln!("room history: {sweeps} sweeps deleted something, the longest step {longest} us");
 }
 
+/// On either engine: old room messages go, an old message a member has not read stays,
+/// fresh ones stay; read notifications and resolved alerts go by age, unread and
+/// unresolved ones stay.
+#[test]
+fn old_messages_go_and_unread_ones_stay_on_either_engine() {
+    let mut server = Server::start(&[]);
+    for n in 0..3 {
+        assert_eq!(server.api("POST", "/api/rooms/old/messages", Some(&json!({"message": format!("o{n}")}))).0, 201);
+    }
+    let body = json!({"kind": "consultation", "id": "c-old", "title": "t", "members": [5, 7]});
+    assert_eq!(server.api("POST", "/api/conversations", Some(&body)).0, 201);
+    let mut doctor = server.connect_as("/ws/consultations/c-old/", json!(5), "Dr. Rao");
+    doctor.recv();
+    doctor.send_json(json!({"type": "chat_message", "message": "unread by 7"}));
+    doctor.recv_type("chat_message");
+    doctor.close();
+    for (title, user) in [("read", 7), ("unread", 7)] {
+        let note = json!({"user_id": user, "title": title, "message": "m"});
+        assert_eq!(server.api("POST", "/api/notifications", Some(&note)).0, 201);
+    }
+    for message in ["resolved", "open"] {
+        let alert = json!({"user_id": 7, "message": message, "severity": "high"});
+        assert_eq!(server.api("POST", "/api/fraud-alerts", Some(&alert)).0, 201);
+    }
+    let resolved = server.query("SELECT id FROM fraud_alerts WHERE message = 'resolved'")[0].clone();
+    assert_eq!(server.api("POST", &format!("/api/fraud-alerts/{resolved}/resolve"), None).0, 200);
+    assert_eq!(server.api("POST", "/api/rooms/fresh/messages", Some(&json!({"message": "f"}))).0, 201);
+    server.stop();
+    let old = now_micros() - 3 * DAY;
+    write_rows(
+        &server,
+        &format!(
+            "UPDATE messages SET created_at = {old} WHERE content <> 'f';
+             UPDATE notifications SET created_at = {old}, is_read = CASE WHEN title = 'read' THEN 1 ELSE 0 END;
+             UPDATE fraud_alerts SET created_at = {old};"
+        ),
+    );
+    let server = server_with(&server, &[("SWITCHBOARD_RETENTION_DAYS", "1")]);
+    eventually("old read items deleted", || {
+        count(&server, "SELECT count(*) FROM messages") == 2
+            && count(&server, "SELECT count(*) FROM notifications") == 1
+            && count(&server, "SELECT count(*) FROM fraud_alerts") == 1
+    });
+    let mut kept = server.query("SELECT content FROM messages");
+    kept.sort();
+    assert_eq!(kept, ["f", "unread by 7"]);
+    assert_eq!(server.query("SELECT title FROM notifications"), ["unread"]);
+    assert_eq!(server.query("SELECT message FROM fraud_alerts"), ["open"]);
+}
+
 #[test]
 fn unread_items_go_by_age_only_when_told() {
-    if sqlite_only("retention deletes from the SQLite file (PostgreSQL refuses the settings)") {
-        return;
-    }
     let mut server = Server::start(&[]);
     server.stop();
     let (old, fresh) = (now_micros() - 3 * DAY, now_micros());
-    backdate(
-        &server.db_path(),
+    write_rows(
+        &server,
         &format!(
             "INSERT INTO notifications (user_id, category, title, message, is_read, created_at) VALUES
                  ('7', 'info', 'unread', 'old and unread', 0, {old}), ('7', 'info', 'new', 'fresh', 0, {fresh});
@@ -258,17 +314,13 @@ fn unread_items_go_by_age_only_when_told() {
 }
 
 #[test]
-fn retention_settings_are_checked_and_refused_on_postgresql() {
+fn retention_settings_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("x.db").display().to_string();
     for (env, says) in [
         (vec![("SWITCHBOARD_RETENTION_DAYS", "soon")], "SWITCHBOARD_RETENTION_DAYS"),
         (vec![("SWITCHBOARD_ROOM_HISTORY_MAX", "-1")], "SWITCHBOARD_ROOM_HISTORY_MAX"),
         (vec![("SWITCHBOARD_RETENTION_UNREAD", "prune")], "needs SWITCHBOARD_RETENTION_DAYS"),
-        (
-            vec![("SWITCHBOARD_RETENTION_DAYS", "30"), ("SWITCHBOARD_DATABASE_URL", "postgres://sb@127.0.0.1:1/none")],
-            "SQLite store only",
-        ),
     ] {
         let mut env = env;
         env.push(("SWITCHBOARD_DB", &db));

@@ -61,6 +61,9 @@ pub struct Options {
     pub rate_limit_per_minute: u32,
     /// With webhooks: which events the writer lane stores (`Tx::hooks`).
     pub hooks: Option<crate::webhook::Hooks>,
+    /// What is deleted by age or count (`SWITCHBOARD_RETENTION_*`): by the writer lane,
+    /// a bounded number of rows with a batch every few seconds.
+    pub retention: crate::config::Retention,
 }
 
 /// How long after the bus came (back) up polling goes on at its own pace.
@@ -151,8 +154,11 @@ impl PgEngine {
                 url.to_string(),
                 node,
                 options.redis.clone().map(crate::bus::Publisher::new),
-                options.rate_limit_per_minute,
-                options.hooks.clone(),
+                super::writer::Rules {
+                    rate_limit_per_minute: options.rate_limit_per_minute,
+                    hooks: options.hooks.clone(),
+                    retention: options.retention,
+                },
                 committed_to,
                 waker(wake.clone()),
             ),

@@ -38,6 +38,75 @@ pub struct Batch {
 /// Rows one batch prunes at most, so that pruning never holds a batch up for long.
 const PRUNE_ROWS: i64 = 1000;
 
+/// How often a node's writer lane deletes what retention says is too old (each time a
+/// bounded number of rows per table, `RETAIN_ROWS`).
+const RETAIN_EVERY: Duration = Duration::from_secs(2);
+const RETAIN_ROWS: i64 = 500;
+
+/// Retention on PostgreSQL, in the batch's transaction, the same rules as SQLite's
+/// (`store/retention.rs`) for what goes: messages by age (not one someone has not read,
+/// unless unread items go too) and beyond a room's newest `room_history_max`; read
+/// notifications, resolved fraud alerts, read banking messages without replies by age.
+/// Rows another node is deleting are skipped (`SKIP LOCKED`). Rooms and users are kept;
+/// ids are never reused (identities) and a stream's position is its `streams` row, so
+/// deleting rows moves no number back, and a client resuming past deleted messages is
+/// told recovery is not possible (`Since::from_missed` sees the gap).
+fn retain(store: &mut PgStore, retention: &crate::config::Retention, now: Micros) -> StoreResult<()> {
+    let mut deleted = 0;
+    if let Some(age) = retention.max_age {
+        let cutoff = now - age.as_micros().min(i64::MAX as u128) as i64;
+        let unread_too = retention.prune_unread;
+        deleted += store.execute(
+            "DELETE FROM messages WHERE id IN (
+                 SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.created_at < $1 AND ($2 OR c.kind = 'room' OR NOT EXISTS (
+                     SELECT 1 FROM conversation_members cm
+                     WHERE cm.conversation_id = m.conversation_id AND cm.user_id IS DISTINCT FROM m.sender_id
+                       AND cm.last_read_message_id < m.id
+                       AND NOT EXISTS (SELECT 1 FROM message_reads r WHERE r.message_id = m.id AND r.user_id = cm.user_id)))
+                 ORDER BY m.id LIMIT $3 FOR UPDATE OF m SKIP LOCKED)",
+            &[&cutoff, &unread_too, &RETAIN_ROWS],
+        )?;
+        deleted += store.execute(
+            "DELETE FROM notifications WHERE id IN (
+                 SELECT id FROM notifications WHERE created_at < $1 AND ($2 OR is_read = 1)
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            &[&cutoff, &unread_too, &RETAIN_ROWS],
+        )?;
+        deleted += store.execute(
+            "DELETE FROM fraud_alerts WHERE id IN (
+                 SELECT id FROM fraud_alerts WHERE created_at < $1 AND ($2 OR is_resolved = 1)
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            &[&cutoff, &unread_too, &RETAIN_ROWS],
+        )?;
+        deleted += store.execute(
+            "DELETE FROM banking_messages WHERE id IN (
+                 SELECT b.id FROM banking_messages b WHERE b.created_at < $1 AND ($2 OR b.is_read = 1)
+                   AND NOT EXISTS (SELECT 1 FROM banking_messages r WHERE r.parent_id = b.id)
+                 ORDER BY b.id LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            &[&cutoff, &unread_too, &RETAIN_ROWS],
+        )?;
+    }
+    if let Some(max) = retention.room_history_max {
+        // A room's stream numbers its messages only, so those at or below its last seq
+        // less `max` are the ones past its newest `max`.
+        let max = max.min(i64::MAX as u64) as i64;
+        deleted += store.execute(
+            "DELETE FROM messages WHERE id IN (
+                 SELECT m.id FROM messages m
+                 JOIN conversations c ON c.id = m.conversation_id AND c.kind = 'room'
+                 JOIN streams s ON s.id = 'c:' || m.conversation_id
+                 WHERE m.seq <= s.last_seq - $1
+                 ORDER BY m.id LIMIT $2 FOR UPDATE OF m SKIP LOCKED)",
+            &[&max, &RETAIN_ROWS],
+        )?;
+    }
+    if deleted > 0 {
+        log::debug!("retention: deleted {deleted} rows");
+    }
+    Ok(())
+}
+
 /// What the lane says about a batch.
 #[derive(Debug)]
 pub enum Committed {
@@ -47,6 +116,17 @@ pub enum Committed {
     Yes { batch: i64, answers: Vec<(Ticket, Answer)>, events: Vec<Event>, stored: u64, hooks: bool },
     /// Nothing of it is stored; every request failed with this.
     No { batch: i64, tickets: Vec<Ticket>, error: String },
+}
+
+/// What the lane applies to every batch besides its requests.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// The per-user rate limit of stored messages, per minute (asked of Redis).
+    pub rate_limit_per_minute: u32,
+    /// With webhooks: which events the batches store (`Tx::hooks`).
+    pub hooks: Option<crate::webhook::Hooks>,
+    /// What is deleted by age or count (`retain`).
+    pub retention: crate::config::Retention,
 }
 
 /// The loop's handle on the lane. Dropping it ends the lane after its current batch.
@@ -64,12 +144,12 @@ impl Writer {
         url: String,
         node: String,
         publisher: Option<crate::bus::Publisher>,
-        rate_limit_per_minute: u32,
-        hooks: Option<crate::webhook::Hooks>,
+        rules: Rules,
         answers: Sender<Committed>,
         wake: Box<dyn Fn() + Send>,
     ) -> Writer {
-        let mut lane = Lane { url, node, store: None, pid: None, publisher, rate: rate_limit_per_minute, hooks };
+        let Rules { rate_limit_per_minute: rate, hooks, retention } = rules;
+        let mut lane = Lane { url, node, store: None, pid: None, publisher, rate, hooks, retention, retained: None };
         Writer(super::lane::Lane::start("pg-writer", answers, wake, move |batch| lane.commit(batch)))
     }
 
@@ -161,6 +241,9 @@ struct Lane {
     rate: u32,
     /// With webhooks: which events the batches store (`Tx::hooks`).
     hooks: Option<crate::webhook::Hooks>,
+    /// What is deleted by age or count, and when that last ran (`retain`).
+    retention: crate::config::Retention,
+    retained: Option<std::time::Instant>,
 }
 
 impl Lane {
@@ -272,6 +355,13 @@ impl Lane {
         let (mut events, mut stored, mut hooked) = (Vec::new(), 0u64, 0usize);
         let node = self.node.clone();
         let hooks = self.hooks.clone();
+        let retention = self.retention;
+        let retain_now = self.retention.is_on()
+            && batch.prune_before.is_some()
+            && self.retained.is_none_or(|at| at.elapsed() >= RETAIN_EVERY);
+        if retain_now {
+            self.retained = Some(std::time::Instant::now());
+        }
         if let Err(e) = begun {
             if let Some(store) = self.store.as_mut() {
                 let _ = store.rollback();
@@ -321,6 +411,9 @@ impl Lane {
                                  SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
                             &[&(batch.now - crate::store::REPLY_KEPT), &PRUNE_ROWS],
                         )?;
+                        if retain_now {
+                            retain(store, &retention, batch.now)?;
+                        }
                     }
                     // Last before COMMIT: the outbox rows take their ids in commit order.
                     hooked = store.flush_hooks()?;
