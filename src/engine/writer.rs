@@ -67,25 +67,26 @@ fn retain(store: &mut PgStore, retention: &crate::config::Retention, now: Micros
                  ORDER BY m.id LIMIT $3 FOR UPDATE OF m SKIP LOCKED)",
             &[&cutoff, &unread_too, &RETAIN_ROWS],
         )?;
-        deleted += store.execute(
-            "DELETE FROM notifications WHERE id IN (
-                 SELECT id FROM notifications WHERE created_at < $1 AND ($2 OR is_read = 1)
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)",
-            &[&cutoff, &unread_too, &RETAIN_ROWS],
-        )?;
-        deleted += store.execute(
-            "DELETE FROM fraud_alerts WHERE id IN (
-                 SELECT id FROM fraud_alerts WHERE created_at < $1 AND ($2 OR is_resolved = 1)
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)",
-            &[&cutoff, &unread_too, &RETAIN_ROWS],
-        )?;
-        deleted += store.execute(
-            "DELETE FROM banking_messages WHERE id IN (
-                 SELECT b.id FROM banking_messages b WHERE b.created_at < $1 AND ($2 OR b.is_read = 1)
-                   AND NOT EXISTS (SELECT 1 FROM banking_messages r WHERE r.parent_id = b.id)
-                 ORDER BY b.id LIMIT $3 FOR UPDATE SKIP LOCKED)",
-            &[&cutoff, &unread_too, &RETAIN_ROWS],
-        )?;
+        // Each table with the column that says it was dealt with (read, resolved), and
+        // what else must hold (a banking message goes only once no reply points at it).
+        for (table, done, also) in [
+            ("notifications", "is_read", ""),
+            ("fraud_alerts", "is_resolved", ""),
+            (
+                "banking_messages",
+                "is_read",
+                "AND NOT EXISTS (SELECT 1 FROM banking_messages r WHERE r.parent_id = t.id)",
+            ),
+        ] {
+            deleted += store.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE id IN (
+                         SELECT t.id FROM {table} t WHERE t.created_at < $1 AND ($2 OR t.{done} = 1) {also}
+                         ORDER BY t.id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+                ),
+                &[&cutoff, &unread_too, &RETAIN_ROWS],
+            )?;
+        }
     }
     if let Some(max) = retention.room_history_max {
         // A room's stream numbers its messages only, so those at or below its last seq
